@@ -1,0 +1,56 @@
+"""mailer: newsletters and webinar mail for a small practice. create_app() builds the web app."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailer.db import make_engine, make_session_factory
+from mailer.rendering import EmailRenderer
+from mailer.settings import Settings, load_settings
+from mailer.transports import Transport, transport_from_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass
+class Mailer:
+    """What every entry point needs: settings, the database, the renderer, the transport."""
+
+    settings: Settings
+    engine: sa.Engine
+    sessions: sessionmaker[Session]
+    renderer: EmailRenderer
+    transport: Transport
+
+    def sender(self, **kwargs):
+        from mailer.sender import Sender
+
+        return Sender(self.settings, self.sessions, self.transport, self.renderer, **kwargs)
+
+
+def build(settings: Settings, transport: Transport | None = None) -> Mailer:
+    engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    return Mailer(settings, engine, sessions, EmailRenderer(), transport or transport_from_settings(settings, sessions))
+
+
+def create_app(overrides: dict | None = None, *, transport: Transport | None = None) -> Flask:
+    from mailer.web import register
+
+    settings = load_settings(overrides)
+    app = Flask(__name__, template_folder=str(ROOT / "templates"), instance_path=settings.instance_path)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
+        MAX_CONTENT_LENGTH=1024 * 1024,
+        WTF_CSRF_TIME_LIMIT=None,
+    )
+    app.extensions["mailer"] = build(settings, transport)
+    register(app)
+    return app

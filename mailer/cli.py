@@ -1,0 +1,197 @@
+"""`python -m mailer …`: the command line. Each command calls the same domain
+functions as the web pages and the API."""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+
+import click
+
+from mailer import build, consent, contacts, users
+from mailer.db import migrate as run_migrations, session_scope, utcnow
+from mailer.errors import InvalidInput
+from mailer.models import User
+from mailer.settings import SettingsError, load_settings
+
+log = logging.getLogger("mailer")
+
+
+def _mailer():
+    try:
+        return build(load_settings())
+    except SettingsError as exc:
+        raise click.ClickException(str(exc))
+
+
+def _migrate(m) -> None:
+    from mailer.demo import ensure_default_list
+
+    run_migrations(m.settings.database_url)
+    with session_scope(m.sessions) as session:
+        ensure_default_list(session)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def main(verbose: bool) -> None:
+    """mailer: newsletters and webinar mail."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("apscheduler", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    m = _mailer()
+    _migrate(m)
+    click.echo("database is up to date")
+
+
+@main.command("create-user")
+@click.argument("email")
+@click.option("--role", default="owner", type=click.Choice(["owner", "editor", "viewer"]))
+@click.password_option(help="Prompted for when not given (or set MAILER_NEW_PASSWORD).", envvar="MAILER_NEW_PASSWORD")
+def create_user(email: str, role: str, password: str) -> None:
+    """Add a staff user who can log in at /admin."""
+    m = _mailer()
+    try:
+        with session_scope(m.sessions) as session:
+            users.create_user(session, email, password, role)
+    except InvalidInput as exc:
+        raise click.ClickException(exc.message)
+    click.echo(f"created {role} {email}")
+
+
+@main.command("create-token")
+@click.argument("email")
+@click.option("--name", required=True, help="What the token is for, e.g. 'website'.")
+@click.option("--scope", default="read", type=click.Choice(["read", "write"]))
+def create_token(email: str, name: str, scope: str) -> None:
+    """Create an API token for a staff user; it is shown only once."""
+    import sqlalchemy as sa
+
+    m = _mailer()
+    with session_scope(m.sessions) as session:
+        user = session.scalar(sa.select(User).where(User.email == email.strip().lower()))
+        if user is None:
+            raise click.ClickException(f"no staff user {email}")
+        token = users.create_token(session, user, name, scope)
+    click.echo(token)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1")
+@click.option("--port", default=5000, type=int)
+@click.option("--demo", is_flag=True, help="Add demo content and print a staff login.")
+def serve(host: str, port: int, demo: bool) -> None:
+    """Web app and worker in one process, for development."""
+    from mailer import create_app
+    from mailer.demo import DEMO_USER, seed_demo
+    from mailer.scheduler import build_scheduler
+
+    m = _mailer()
+    _migrate(m)
+    if demo:
+        with session_scope(m.sessions) as session:
+            password = seed_demo(session, m.settings.timezone, utcnow())
+        click.echo(f"\n  Staff login: {m.settings.base_url}/admin  {DEMO_USER} / {password}")
+    click.echo(f"  Signup form: {m.settings.base_url}/subscribe")
+    click.echo(f"  Mail goes to: {'SMTP ' + m.transport.host if m.settings.smtp_url else 'the dev mailbox at /admin/mailbox'}\n")
+    app = create_app()
+    scheduler = build_scheduler(app.extensions["mailer"], app.extensions["mailer"].sender(), blocking=False)
+    scheduler.start()
+    try:
+        app.run(host=host, port=port, threaded=True, use_reloader=False)
+    finally:
+        scheduler.shutdown(wait=True)
+
+
+@main.command()
+@click.option("--drain", is_flag=True, help="Send everything due now, then exit.")
+def worker(drain: bool) -> None:
+    """The scheduler and sender (run one or more beside the web app)."""
+    from mailer.scheduler import build_scheduler
+
+    m = _mailer()
+    sender = m.sender()
+    if drain:
+        result = sender.drain()
+        click.echo(f"sent {result.sent}, deferred {result.deferred}, failed {result.failed}, skipped {result.skipped}")
+        return
+    scheduler = build_scheduler(m, sender, blocking=True)
+
+    def stop(signum, _frame):
+        log.info("signal %s: finishing the current batch, then stopping", signum)
+        scheduler.shutdown(wait=False)
+
+    signal.signal(signal.SIGTERM, stop)
+    log.info("worker %s started", sender.worker_id)
+    try:
+        scheduler.start()
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+def purge() -> None:
+    """Delete unconfirmed signups older than the opt-in window now."""
+    m = _mailer()
+    with session_scope(m.sessions) as session:
+        count = contacts.purge_expired_pending(session, m.settings, utcnow())
+    click.echo(f"purged {count} unconfirmed signups")
+
+
+@main.command()
+@click.option("--contact", "email", required=True, help="Export all data held about this address.")
+def export(email: str) -> None:
+    """Export one person's data and consent history as JSON."""
+    m = _mailer()
+    try:
+        with session_scope(m.sessions) as session:
+            data = contacts.export_contact(session, email)
+    except InvalidInput as exc:
+        raise click.ClickException(exc.message)
+    if data is None:
+        raise click.ClickException(f"no contact with the address {email}")
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@main.group("consent")
+def consent_group() -> None:
+    """The consent ledger."""
+
+
+@consent_group.command("verify")
+def consent_verify() -> None:
+    """Check that no consent event was changed or removed."""
+    m = _mailer()
+    with m.sessions() as session:
+        report = consent.verify_chain(session)
+    if report.intact:
+        click.echo(f"consent ledger intact: {report.events} events verified")
+        return
+    click.echo(f"consent ledger BROKEN at event {report.broken_event_id}: {report.reason}", err=True)
+    sys.exit(1)
+
+
+@main.command("unsubscribe-mail")
+def unsubscribe_mail() -> None:
+    """Handle one List-Unsubscribe mailto request read from standard input
+    (for an MTA pipe, e.g. Postfix: `unsubscribe: "|python -m mailer unsubscribe-mail"`)."""
+    from email import message_from_binary_file, policy
+
+    message = message_from_binary_file(sys.stdin.buffer, policy=policy.default)
+    subject = str(message.get("Subject", ""))
+    token = subject.split()[-1] if subject.split() else ""
+    m = _mailer()
+    with session_scope(m.sessions) as session:
+        result = contacts.unsubscribe(session, m.settings, token,
+                                      context=consent.RequestContext(source_url="mailto", note="List-Unsubscribe mailto"),
+                                      now=utcnow())
+    click.echo(result.outcome.value)
+    if result.outcome == contacts.LinkOutcome.INVALID:
+        sys.exit(1)

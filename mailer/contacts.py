@@ -1,0 +1,353 @@
+"""Contacts: signup with double opt-in, confirmation, unsubscribe, purge, export."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import hashlib
+import hmac
+import unicodedata
+import zoneinfo
+
+import sqlalchemy as sa
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy.orm import Session
+
+from mailer import consent, outbox, tokens
+from mailer.db import dialect_insert
+from mailer.errors import InvalidInput
+from mailer.models import (ConsentAction, ConsentEvent, ConsentWording, Contact, Delivery, DeliveryStatus, MailingList,
+                           Registration, Subscription, SubscriptionStatus, Suppression)
+from mailer.settings import Settings
+
+DEFAULT_LIST = "newsletter"
+NAME_MAX = 100
+EMAIL_MAX = 254
+CONFIRMATION = "confirmation"
+_ZONES = zoneinfo.available_timezones()
+
+
+def normalise_email(raw: str | None) -> str:
+    """A syntactically valid address in one canonical form (lower case), or InvalidInput."""
+    text = (raw or "").strip()
+    if not text:
+        raise InvalidInput("email", "Please enter your email address.")
+    if len(text) > EMAIL_MAX:
+        raise InvalidInput("email", "That email address is too long.")
+    try:
+        info = validate_email(text, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidInput("email", f"That email address is not valid: {exc}") from None
+    return info.normalized.lower()
+
+
+def clean_name(raw: str | None) -> str:
+    """Control and format characters removed, whitespace collapsed, at most NAME_MAX characters."""
+    text = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in (raw or ""))
+    return " ".join(text.split())[:NAME_MAX].strip()
+
+
+def clean_timezone(raw: str | None) -> str | None:
+    return raw if raw in _ZONES else None
+
+
+def email_hash(settings: Settings, address: str) -> str:
+    key = hashlib.sha256(f"mailer.email-hash:{settings.secret_key}".encode()).digest()
+    return hmac.new(key, address.encode(), hashlib.sha256).hexdigest()
+
+
+def current_wording(session: Session, list_id: int) -> ConsentWording | None:
+    return session.scalar(sa.select(ConsentWording).where(ConsentWording.list_id == list_id)
+                          .order_by(ConsentWording.version.desc()).limit(1))
+
+
+def _wording_shown(session: Session, mailing_list: MailingList, version: int | None) -> ConsentWording:
+    if version is None:
+        wording = current_wording(session, mailing_list.id)
+    else:
+        wording = session.scalar(sa.select(ConsentWording).where(
+            ConsentWording.list_id == mailing_list.id, ConsentWording.version == version))
+    if wording is None:
+        raise InvalidInput("consent_version", "The consent wording on this form is unknown; reload the page.")
+    return wording
+
+
+def public_lists(session: Session, slugs) -> list[MailingList]:
+    wanted = list(dict.fromkeys(slugs or [DEFAULT_LIST]))
+    found = session.scalars(sa.select(MailingList).where(MailingList.slug.in_(wanted), MailingList.public)).all()
+    if len(found) != len(wanted):
+        raise InvalidInput("lists", "Unknown mailing list.")
+    return list(found)
+
+
+def get_or_create_contact(session: Session, settings: Settings, address: str, *, name: str = "",
+                          timezone: str | None = None, now: dt.datetime) -> Contact:
+    session.execute(
+        dialect_insert(session, Contact)
+        .values(email=address, email_hash=email_hash(settings, address), name=name, timezone=timezone, created_at=now)
+        .on_conflict_do_nothing(index_elements=["email"])
+    )
+    contact = session.scalars(sa.select(Contact).where(Contact.email == address)).one()
+    # Someone else may type this address; never overwrite what the owner gave us.
+    if not contact.name and name:
+        contact.name = name
+    if not contact.timezone and timezone:
+        contact.timezone = timezone
+    return contact
+
+
+def is_suppressed(session: Session, settings: Settings, address: str) -> bool:
+    return session.scalar(sa.select(sa.exists().where(Suppression.email_hash == email_hash(settings, address))))
+
+
+def subscribe(session: Session, settings: Settings, *, email: str, name: str = "", lists=None,
+              consent_given: bool, consent_version: int | None = None, timezone: str | None = None,
+              context: consent.RequestContext, now: dt.datetime) -> None:
+    """Start double opt-in. Returns nothing on purpose: the caller's answer must be
+    the same whether the address is new, pending, active, unsubscribed or suppressed."""
+    address = normalise_email(email)
+    name = clean_name(name)
+    mailing_lists = public_lists(session, lists)
+    if not consent_given:
+        raise InvalidInput("consent", "Please tick the box to agree to receive the newsletter.")
+    wordings = [_wording_shown(session, ml, consent_version) for ml in mailing_lists]
+    if is_suppressed(session, settings, address):
+        return
+    contact = get_or_create_contact(session, settings, address, name=name, timezone=clean_timezone(timezone), now=now)
+    for mailing_list, wording in zip(mailing_lists, wordings):
+        _request_subscription(session, settings, contact, mailing_list, wording, context, now)
+
+
+def _request_subscription(session, settings, contact, mailing_list, wording, context, now) -> None:
+    inserted = session.execute(
+        dialect_insert(session, Subscription)
+        .values(contact_id=contact.id, list_id=mailing_list.id, status=SubscriptionStatus.PENDING,
+                pending_since=now, confirmation_sent_at=now, created_at=now)
+        .on_conflict_do_nothing(index_elements=["contact_id", "list_id"])
+    ).rowcount == 1
+    sub = session.scalars(sa.select(Subscription).where(
+        Subscription.contact_id == contact.id, Subscription.list_id == mailing_list.id)).one()
+    if not inserted and not _restart_or_resend(session, settings, sub, now):
+        return
+    consent.record_event(session, contact_id=contact.id, list_id=mailing_list.id, purpose=f"list:{mailing_list.slug}",
+                         action=ConsentAction.REQUESTED, wording_id=wording.id, context=context, now=now)
+    sent_at = int(sub.confirmation_sent_at.timestamp())
+    outbox.enqueue(session, contact_id=contact.id, kind=CONFIRMATION, list_id=mailing_list.id,
+                   ref_id=sub.id, dedupe_key=f"confirm:{sub.id}:{sent_at}", now=now)
+
+
+def _restart_or_resend(session: Session, settings: Settings, sub: Subscription, now: dt.datetime) -> bool:
+    """Move an unsubscribed person back to pending, or resend to a pending one at
+    most once per interval. Each is a compare-and-set, so concurrent requests send once."""
+    if sub.status == SubscriptionStatus.UNSUBSCRIBED:
+        stmt = sa.update(Subscription).where(
+            Subscription.id == sub.id, Subscription.status == SubscriptionStatus.UNSUBSCRIBED
+        ).values(status=SubscriptionStatus.PENDING, pending_since=now, confirmation_sent_at=now)
+    elif sub.status == SubscriptionStatus.PENDING:
+        resend_after = now - dt.timedelta(seconds=settings.confirmation_resend_seconds)
+        stmt = sa.update(Subscription).where(
+            Subscription.id == sub.id, Subscription.status == SubscriptionStatus.PENDING,
+            Subscription.confirmation_sent_at <= resend_after,
+        ).values(confirmation_sent_at=now)
+    else:
+        return False
+    if session.execute(stmt).rowcount != 1:
+        return False
+    session.refresh(sub)
+    return True
+
+
+# Links -----------------------------------------------------------------------
+
+def confirm_token(settings: Settings, sub: Subscription) -> str:
+    return tokens.dumps(settings.secret_key, "confirm", [sub.id, int(sub.pending_since.timestamp())], timed=True)
+
+
+def unsubscribe_token(settings: Settings, contact_id: int, list_id: int) -> str:
+    return tokens.dumps(settings.secret_key, "unsubscribe", [contact_id, list_id])
+
+
+def confirm_url(settings: Settings, sub: Subscription) -> str:
+    return f"{settings.base_url}/confirm/{confirm_token(settings, sub)}"
+
+
+def unsubscribe_url(settings: Settings, contact_id: int, list_id: int) -> str:
+    return f"{settings.base_url}/unsubscribe/{unsubscribe_token(settings, contact_id, list_id)}"
+
+
+def unsubscribe_mailto(settings: Settings, contact_id: int, list_id: int) -> str:
+    return f"mailto:{settings.unsubscribe_mailto}?subject=unsubscribe%20{unsubscribe_token(settings, contact_id, list_id)}"
+
+
+# Confirm and unsubscribe ----------------------------------------------------------
+
+class LinkOutcome(enum.StrEnum):
+    CONFIRMED = "confirmed"
+    ALREADY_CONFIRMED = "already_confirmed"
+    UNSUBSCRIBED = "unsubscribed"
+    ALREADY_UNSUBSCRIBED = "already_unsubscribed"
+    EXPIRED = "expired"
+    INVALID = "invalid"
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkResult:
+    outcome: LinkOutcome
+    list_name: str = ""
+
+
+def confirm(session: Session, settings: Settings, token: str, *, context: consent.RequestContext,
+            now: dt.datetime) -> LinkResult:
+    try:
+        sub_id, since = tokens.loads(settings.secret_key, "confirm", token,
+                                     max_age=settings.pending_expiry_days * 86400)
+    except tokens.SignatureExpired:
+        return LinkResult(LinkOutcome.EXPIRED)
+    except (tokens.BadSignature, ValueError, TypeError):
+        return LinkResult(LinkOutcome.INVALID)
+    sub = session.get(Subscription, sub_id)
+    if sub is None:
+        return LinkResult(LinkOutcome.EXPIRED)
+    list_name = sub.mailing_list.name
+    if sub.status == SubscriptionStatus.ACTIVE:
+        return LinkResult(LinkOutcome.ALREADY_CONFIRMED, list_name)
+    if sub.status != SubscriptionStatus.PENDING or int(sub.pending_since.timestamp()) != since:
+        return LinkResult(LinkOutcome.EXPIRED, list_name)
+    changed = session.execute(
+        sa.update(Subscription).where(Subscription.id == sub.id, Subscription.status == SubscriptionStatus.PENDING)
+        .values(status=SubscriptionStatus.ACTIVE, confirmed_at=now)
+    ).rowcount
+    if changed != 1:
+        return LinkResult(LinkOutcome.ALREADY_CONFIRMED, list_name)
+    consent.record_event(session, contact_id=sub.contact_id, list_id=sub.list_id,
+                         purpose=f"list:{sub.mailing_list.slug}", action=ConsentAction.CONFIRMED,
+                         wording_id=_requested_wording_id(session, sub), context=context, now=now)
+    return LinkResult(LinkOutcome.CONFIRMED, list_name)
+
+
+def _requested_wording_id(session: Session, sub: Subscription) -> int | None:
+    return session.scalar(sa.select(ConsentEvent.wording_id).where(
+        ConsentEvent.contact_id == sub.contact_id, ConsentEvent.list_id == sub.list_id,
+        ConsentEvent.action == ConsentAction.REQUESTED).order_by(ConsentEvent.id.desc()).limit(1))
+
+
+def subscription_for_unsubscribe(session: Session, settings: Settings, token: str) -> Subscription | None:
+    try:
+        contact_id, list_id = tokens.loads(settings.secret_key, "unsubscribe", token)
+    except (tokens.BadSignature, ValueError, TypeError):
+        return None
+    return session.scalar(sa.select(Subscription).where(
+        Subscription.contact_id == contact_id, Subscription.list_id == list_id))
+
+
+def unsubscribe(session: Session, settings: Settings, token: str, *, context: consent.RequestContext,
+                now: dt.datetime) -> LinkResult:
+    """Withdraw consent for one list and cancel every message for it not yet sent."""
+    sub = subscription_for_unsubscribe(session, settings, token)
+    if sub is None:
+        return LinkResult(LinkOutcome.INVALID)
+    list_name = sub.mailing_list.name
+    changed = session.execute(
+        sa.update(Subscription).where(
+            Subscription.id == sub.id,
+            Subscription.status.in_([SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING]),
+        ).values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=now)
+    ).rowcount
+    if changed != 1:
+        return LinkResult(LinkOutcome.ALREADY_UNSUBSCRIBED, list_name)
+    consent.record_event(session, contact_id=sub.contact_id, list_id=sub.list_id,
+                         purpose=f"list:{sub.mailing_list.slug}", action=ConsentAction.WITHDRAWN,
+                         context=context, now=now)
+    outbox.cancel_pending(session, contact_id=sub.contact_id, list_id=sub.list_id, reason="unsubscribed")
+    return LinkResult(LinkOutcome.UNSUBSCRIBED, list_name)
+
+
+# Housekeeping and personal data ---------------------------------------------------
+
+def purge_expired_pending(session: Session, settings: Settings, now: dt.datetime) -> int:
+    """Drop signups never confirmed in time; forget people who have nothing else with us."""
+    cutoff = now - dt.timedelta(days=settings.pending_expiry_days)
+    expired = session.scalars(sa.select(Subscription).where(
+        Subscription.status == SubscriptionStatus.PENDING, Subscription.pending_since < cutoff)).all()
+    for sub in expired:
+        consent.record_event(session, contact_id=sub.contact_id, list_id=sub.list_id,
+                             purpose=f"list:{sub.mailing_list.slug}", action=ConsentAction.EXPIRED, now=now)
+        outbox.cancel_pending(session, contact_id=sub.contact_id, list_id=sub.list_id, reason="signup expired")
+        session.delete(sub)
+    session.flush()
+    for contact_id in {sub.contact_id for sub in expired}:
+        if not _has_other_ties(session, contact_id):
+            anonymise_contact(session, contact_id, now)
+    return len(expired)
+
+
+def _has_other_ties(session: Session, contact_id: int) -> bool:
+    return bool(session.scalar(sa.select(
+        sa.exists().where(Subscription.contact_id == contact_id)
+        | sa.exists().where(Registration.contact_id == contact_id)
+    )))
+
+
+def anonymise_contact(session: Session, contact_id: int, now: dt.datetime) -> None:
+    """Remove the person's data; the row stays so the consent chain keeps its links."""
+    outbox.cancel_pending(session, contact_id=contact_id, reason="contact erased")
+    session.execute(sa.update(Contact).where(Contact.id == contact_id)
+                    .values(email=None, email_hash=None, name="", timezone=None, erased_at=now))
+    consent.redact_contact_events(session, contact_id, now)
+
+
+def export_contact(session: Session, email: str) -> dict | None:
+    """Everything held about one person (GDPR Art. 15), as plain JSON-ready data."""
+    address = normalise_email(email)
+    contact = session.scalar(sa.select(Contact).where(Contact.email == address))
+    if contact is None:
+        return None
+    subs = session.scalars(sa.select(Subscription).where(Subscription.contact_id == contact.id)).all()
+    deliveries = session.scalars(sa.select(Delivery).where(Delivery.contact_id == contact.id).order_by(Delivery.id)).all()
+    return {
+        "contact": {"email": contact.email, "name": contact.name, "timezone": contact.timezone,
+                    "created_at": _iso(contact.created_at)},
+        "subscriptions": [{"list": s.mailing_list.slug, "status": s.status, "created_at": _iso(s.created_at),
+                           "confirmed_at": _iso(s.confirmed_at), "unsubscribed_at": _iso(s.unsubscribed_at)}
+                          for s in subs],
+        "deliveries": [{"kind": d.kind, "status": d.status, "created_at": _iso(d.created_at),
+                        "sent_at": _iso(d.sent_at)} for d in deliveries],
+        "consent_events": [
+            {"id": e.id, "at": _iso(e.created_at), "purpose": e.purpose, "action": e.action,
+             "wording_version": e.wording.version if e.wording else None,
+             "wording": e.wording.text if e.wording else None,
+             "source_url": e.source_url, "ip": e.ip, "user_agent": e.user_agent, "note": e.note,
+             "hash": e.hash}
+            for e in consent.contact_history(session, contact.id)
+        ],
+    }
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def ensure_list(session: Session, slug: str, name: str, wording: str, *, description: str = "") -> MailingList:
+    """Create a list and its first consent wording if missing (migrate and demo use this)."""
+    mailing_list = session.scalar(sa.select(MailingList).where(MailingList.slug == slug))
+    if mailing_list is None:
+        mailing_list = MailingList(slug=slug, name=name, description=description)
+        session.add(mailing_list)
+        session.flush()
+        session.add(ConsentWording(list_id=mailing_list.id, version=1, text=wording))
+        session.flush()
+    return mailing_list
+
+
+# Mail built from this module ------------------------------------------------------
+
+def confirmation_email(session: Session, settings: Settings, delivery: Delivery):
+    """Template context for a confirmation request, or a reason not to send it."""
+    sub = session.get(Subscription, delivery.ref_id)
+    if sub is None or sub.status != SubscriptionStatus.PENDING:
+        return outbox.Skip(DeliveryStatus.CANCELLED, "subscription no longer pending")
+    return {
+        "list_name": sub.mailing_list.name,
+        "confirm_url": confirm_url(settings, sub),
+        "expiry_days": settings.pending_expiry_days,
+    }

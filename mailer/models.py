@@ -1,0 +1,282 @@
+"""Tables. Statuses are plain strings; their allowed values are the StrEnums here."""
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Optional
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from mailer.db import Base, utcnow
+
+
+class SubscriptionStatus(enum.StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class ConsentAction(enum.StrEnum):
+    REQUESTED = "requested"
+    CONFIRMED = "confirmed"
+    WITHDRAWN = "withdrawn"
+    EXPIRED = "expired"
+    ERASED = "erased"
+
+
+class DeliveryStatus(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SUPPRESSED = "suppressed"
+
+
+# Rows in these states are still waiting to go out.
+PENDING_DELIVERY = (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED)
+
+
+class Role(enum.StrEnum):
+    OWNER = "owner"
+    EDITOR = "editor"
+    VIEWER = "viewer"
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # NULL once the person is erased or an unconfirmed signup is purged.
+    email: Mapped[Optional[str]] = mapped_column(sa.String(320), unique=True)
+    # Keyed hash of the address, matched against suppressions.email_hash.
+    email_hash: Mapped[Optional[str]] = mapped_column(sa.String(64), index=True)
+    name: Mapped[str] = mapped_column(sa.String(100), default="")
+    timezone: Mapped[Optional[str]] = mapped_column(sa.String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    erased_at: Mapped[Optional[dt.datetime]]
+
+    subscriptions: Mapped[list["Subscription"]] = relationship(back_populates="contact")
+
+    @property
+    def first_name(self) -> str:
+        return self.name.split(" ")[0] if self.name else ""
+
+
+class MailingList(Base):
+    __tablename__ = "mailing_lists"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    public: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ConsentWording(Base):
+    """The exact text a person is shown when asked for consent, versioned per list."""
+
+    __tablename__ = "consent_wordings"
+    __table_args__ = (sa.UniqueConstraint("list_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(sa.ForeignKey("mailing_lists.id"))
+    version: Mapped[int]
+    text: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        sa.UniqueConstraint("contact_id", "list_id"),
+        sa.Index("ix_subscriptions_list_status", "list_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id"))
+    list_id: Mapped[int] = mapped_column(sa.ForeignKey("mailing_lists.id"))
+    status: Mapped[str] = mapped_column(sa.String(20))
+    # Start of the current double opt-in; confirmation links carry it.
+    pending_since: Mapped[Optional[dt.datetime]]
+    confirmation_sent_at: Mapped[Optional[dt.datetime]]
+    confirmed_at: Mapped[Optional[dt.datetime]]
+    unsubscribed_at: Mapped[Optional[dt.datetime]]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    contact: Mapped[Contact] = relationship(back_populates="subscriptions")
+    mailing_list: Mapped[MailingList] = relationship()
+
+
+class ConsentEvent(Base):
+    """Append-only. `hash` chains each event to the one before it; the personal
+    fields (IP, user agent, source URL, note) enter the chain through
+    `personal_digest`, so they can be redacted on erasure without breaking it."""
+
+    __tablename__ = "consent_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id"), index=True)
+    list_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("mailing_lists.id"))
+    purpose: Mapped[str] = mapped_column(sa.String(100))
+    action: Mapped[str] = mapped_column(sa.String(20))
+    wording_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("consent_wordings.id"))
+    source_url: Mapped[Optional[str]] = mapped_column(sa.Text)
+    ip: Mapped[Optional[str]] = mapped_column(sa.String(64))
+    user_agent: Mapped[Optional[str]] = mapped_column(sa.Text)
+    note: Mapped[Optional[str]] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime]
+    personal_digest: Mapped[str] = mapped_column(sa.String(64))
+    prev_hash: Mapped[str] = mapped_column(sa.String(64))
+    hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    redacted_at: Mapped[Optional[dt.datetime]]
+
+    wording: Mapped[Optional[ConsentWording]] = relationship()
+
+
+class Delivery(Base):
+    """The outbox: one row per message to one person, rendered at send time."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
+        sa.Index("ix_deliveries_contact_status", "contact_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id"))
+    kind: Mapped[str] = mapped_column(sa.String(30))
+    list_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("mailing_lists.id"))
+    ref_id: Mapped[Optional[int]]
+    dedupe_key: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    status: Mapped[str] = mapped_column(sa.String(20), default=DeliveryStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[dt.datetime]
+    lease_owner: Mapped[Optional[str]] = mapped_column(sa.String(100))
+    lease_expires_at: Mapped[Optional[dt.datetime]]
+    last_error: Mapped[Optional[str]] = mapped_column(sa.Text)
+    # Set at the first claim and kept across attempts.
+    message_id: Mapped[Optional[str]] = mapped_column(sa.String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[Optional[dt.datetime]]
+
+    contact: Mapped[Contact] = relationship()
+
+
+class Suppression(Base):
+    """Addresses never to be mailed again, kept as a keyed hash so the list
+    survives erasure without holding the address itself."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    reason: Mapped[str] = mapped_column(sa.String(30))
+    detail: Mapped[str] = mapped_column(sa.Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(sa.String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(sa.String(255))
+    role: Mapped[str] = mapped_column(sa.String(20), default=Role.OWNER)
+    failed_logins: Mapped[int] = mapped_column(default=0)
+    locked_until: Mapped[Optional[dt.datetime]]
+    last_login_at: Mapped[Optional[dt.datetime]]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(sa.String(100))
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    scope: Mapped[str] = mapped_column(sa.String(10), default="read")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[Optional[dt.datetime]]
+    revoked_at: Mapped[Optional[dt.datetime]]
+
+
+class AuditLog(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("users.id"))
+    action: Mapped[str] = mapped_column(sa.String(50))
+    detail: Mapped[str] = mapped_column(sa.Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class DevMessage(Base):
+    """The local dev mailbox: messages kept instead of sent when no SMTP is set."""
+
+    __tablename__ = "dev_messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    mail_from: Mapped[str] = mapped_column(sa.String(320))
+    rcpt_to: Mapped[str] = mapped_column(sa.String(320))
+    subject: Mapped[str] = mapped_column(sa.Text, default="")
+    raw: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+newsletter_lists = sa.Table(
+    "newsletter_lists",
+    Base.metadata,
+    sa.Column("newsletter_id", sa.ForeignKey("newsletters.id"), primary_key=True),
+    sa.Column("list_id", sa.ForeignKey("mailing_lists.id"), primary_key=True),
+)
+
+
+class Newsletter(Base):
+    __tablename__ = "newsletters"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject: Mapped[str] = mapped_column(sa.String(300))
+    preheader: Mapped[str] = mapped_column(sa.String(300), default="")
+    body_md: Mapped[str] = mapped_column(sa.Text, default="")
+    layout: Mapped[str] = mapped_column(sa.String(100), default="default")
+    status: Mapped[str] = mapped_column(sa.String(20), default="draft")
+    send_at: Mapped[Optional[dt.datetime]]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    lists: Mapped[list[MailingList]] = relationship(secondary=newsletter_lists)
+
+
+class Webinar(Base):
+    __tablename__ = "webinars"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(sa.String(100), unique=True)
+    title: Mapped[str] = mapped_column(sa.String(300))
+    description_md: Mapped[str] = mapped_column(sa.Text, default="")
+    starts_at: Mapped[dt.datetime]
+    timezone: Mapped[str] = mapped_column(sa.String(64))
+    duration_minutes: Mapped[int] = mapped_column(default=60)
+    capacity: Mapped[Optional[int]]
+    join_url: Mapped[str] = mapped_column(sa.Text, default="")
+    replay_url: Mapped[str] = mapped_column(sa.Text, default="")
+    # Minutes before the start, comma-separated: "1440,60".
+    reminder_offsets: Mapped[str] = mapped_column(sa.String(200), default="1440,60")
+    status: Mapped[str] = mapped_column(sa.String(20), default="draft")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Registration(Base):
+    __tablename__ = "registrations"
+    __table_args__ = (sa.UniqueConstraint("webinar_id", "contact_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    webinar_id: Mapped[int] = mapped_column(sa.ForeignKey("webinars.id"))
+    contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id"))
+    status: Mapped[str] = mapped_column(sa.String(20), default="confirmed")
+    timezone: Mapped[Optional[str]] = mapped_column(sa.String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

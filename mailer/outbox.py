@@ -1,0 +1,131 @@
+"""The outbox: enqueue with dedupe, claim due rows under a lease, record outcomes."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+import secrets
+import typing
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from mailer.db import dialect_insert, is_postgres
+from mailer.models import PENDING_DELIVERY, Contact, Delivery, DeliveryStatus, Suppression
+
+
+def _not_suppressed():
+    return ~sa.exists().where(Suppression.email_hash == Contact.email_hash)
+
+
+def enqueue(session: Session, *, contact_id: int, kind: str, dedupe_key: str, now: dt.datetime,
+            list_id: int | None = None, ref_id: int | None = None, due_at: dt.datetime | None = None) -> bool:
+    """Queue one message for one contact. False when the key was queued before,
+    or the contact is erased or suppressed: nothing is queued then."""
+    source = sa.select(
+        Contact.id, sa.literal(kind), sa.literal(list_id, sa.Integer), sa.literal(ref_id, sa.Integer),
+        sa.literal(dedupe_key), sa.literal(DeliveryStatus.QUEUED.value), sa.literal(0),
+        sa.literal(due_at or now, Delivery.next_attempt_at.type), sa.literal(now, Delivery.created_at.type),
+    ).where(Contact.id == contact_id, Contact.email.is_not(None), _not_suppressed())
+    stmt = dialect_insert(session, Delivery).from_select(
+        ["contact_id", "kind", "list_id", "ref_id", "dedupe_key", "status", "attempts", "next_attempt_at",
+         "created_at"],
+        source,
+    ).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    return session.execute(stmt).rowcount == 1
+
+
+def cancel_pending(session: Session, *, contact_id: int, list_id: int | None = None,
+                   kinds: tuple[str, ...] | None = None, reason: str = "cancelled") -> int:
+    """Cancel a contact's messages that have not gone out (all, or one list's, or some kinds)."""
+    stmt = sa.update(Delivery).where(Delivery.contact_id == contact_id, Delivery.status.in_(PENDING_DELIVERY))
+    if list_id is not None:
+        stmt = stmt.where(Delivery.list_id == list_id)
+    if kinds is not None:
+        stmt = stmt.where(Delivery.kind.in_(kinds))
+    return session.execute(stmt.values(status=DeliveryStatus.CANCELLED, last_error=reason)).rowcount
+
+
+def claim_due(session: Session, *, worker_id: str, now: dt.datetime, limit: int, lease_seconds: int,
+              message_domain: str) -> list[int]:
+    """Lease up to `limit` due rows to this worker; rows whose lease ran out count as due."""
+    due = sa.or_(
+        sa.and_(Delivery.status.in_(PENDING_DELIVERY), Delivery.next_attempt_at <= now),
+        sa.and_(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_expires_at < now),
+    )
+    query = sa.select(Delivery.id).where(due).order_by(Delivery.next_attempt_at, Delivery.id).limit(limit)
+    if is_postgres(session):
+        query = query.with_for_update(skip_locked=True)
+    # SQLite: the transaction began IMMEDIATE, so no other worker claims meanwhile.
+    ids = list(session.scalars(query))
+    if not ids:
+        return []
+    session.execute(
+        sa.update(Delivery).where(Delivery.id.in_(ids)).values(
+            status=DeliveryStatus.SENDING, lease_owner=worker_id,
+            lease_expires_at=now + dt.timedelta(seconds=lease_seconds), attempts=Delivery.attempts + 1,
+        )
+    )
+    # One stable Message-ID per delivery, fixed before the first attempt leaves.
+    nonce = secrets.token_hex(6)
+    session.execute(
+        sa.update(Delivery).where(Delivery.id.in_(ids), Delivery.message_id.is_(None)).values(
+            message_id=sa.literal("<") + sa.cast(Delivery.id, sa.String) + f".{nonce}@{message_domain}>"
+        )
+    )
+    return ids
+
+
+@dataclasses.dataclass
+class Outcomes:
+    """What happened to each claimed row in one batch."""
+
+    sent: list[int] = dataclasses.field(default_factory=list)
+    deferred: dict[int, str] = dataclasses.field(default_factory=dict)
+    failed: dict[int, str] = dataclasses.field(default_factory=dict)
+    skipped: dict[int, tuple[str, str]] = dataclasses.field(default_factory=dict)  # id → (status, reason)
+
+
+class Skip(typing.NamedTuple):
+    """A deliberate decision not to send a claimed row, with the status to record."""
+
+    status: str
+    reason: str
+
+
+def retry_delay(attempts: int, *, base_seconds: int, cap_seconds: int, rng: random.Random = random) -> dt.timedelta:
+    """Exponential backoff with ±20% jitter, so deferred rows do not retry in lockstep."""
+    seconds = min(cap_seconds, base_seconds * 2 ** max(attempts - 1, 0))
+    return dt.timedelta(seconds=seconds * rng.uniform(0.8, 1.2))
+
+
+def record_outcomes(session: Session, outcomes: Outcomes, *, worker_id: str, now: dt.datetime,
+                    base_seconds: int, cap_seconds: int, deadline: dt.timedelta) -> None:
+    """Write a batch's results; rows whose lease this worker lost are left alone."""
+    mine = sa.and_(Delivery.lease_owner == worker_id, Delivery.status == DeliveryStatus.SENDING)
+    done = dict(lease_owner=None, lease_expires_at=None)
+    if outcomes.sent:
+        session.execute(sa.update(Delivery).where(Delivery.id.in_(outcomes.sent), mine)
+                        .values(status=DeliveryStatus.SENT, sent_at=now, last_error=None, **done))
+    for delivery_id, error in outcomes.failed.items():
+        session.execute(sa.update(Delivery).where(Delivery.id == delivery_id, mine)
+                        .values(status=DeliveryStatus.FAILED, last_error=error, **done))
+    for delivery_id, (status, reason) in outcomes.skipped.items():
+        session.execute(sa.update(Delivery).where(Delivery.id == delivery_id, mine)
+                        .values(status=status, last_error=reason, **done))
+    if outcomes.deferred:
+        rows = session.execute(sa.select(Delivery.id, Delivery.attempts, Delivery.created_at)
+                               .where(Delivery.id.in_(list(outcomes.deferred)), mine)).all()
+        for delivery_id, attempts, created_at in rows:
+            error = outcomes.deferred[delivery_id]
+            if now - created_at >= deadline:
+                values = dict(status=DeliveryStatus.FAILED, last_error=f"gave up after {attempts} attempts: {error}")
+            else:
+                delay = retry_delay(attempts, base_seconds=base_seconds, cap_seconds=cap_seconds)
+                values = dict(status=DeliveryStatus.DEFERRED, last_error=error, next_attempt_at=now + delay)
+            session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(**values, **done))
+
+
+def queue_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(sa.select(Delivery.status, sa.func.count()).group_by(Delivery.status)).all()
+    return {status: count for status, count in rows}

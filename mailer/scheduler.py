@@ -1,0 +1,46 @@
+"""APScheduler wiring for the worker. The scheduler is only a clock: every job
+reads what is due from the database and writes its result back idempotently."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+from mailer import contacts
+from mailer.db import session_scope, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def send_due(sender) -> None:
+    result = sender.drain()
+    if result.claimed:
+        log.info("sent %d, deferred %d, failed %d, skipped %d", result.sent, result.deferred, result.failed,
+                 result.skipped)
+
+
+def purge_expired_signups(mailer) -> None:
+    with session_scope(mailer.sessions) as session:
+        purged = contacts.purge_expired_pending(session, mailer.settings, utcnow())
+    if purged:
+        log.info("purged %d unconfirmed signups", purged)
+
+
+def periodic_jobs(mailer, sender) -> list[dict]:
+    """Every periodic job in one list, registered at start-up."""
+    return [
+        dict(id="send-due", func=send_due, args=[sender], trigger="interval",
+             seconds=mailer.settings.send_interval_seconds),
+        dict(id="purge-expired-signups", func=purge_expired_signups, args=[mailer], trigger="interval", hours=1),
+    ]
+
+
+def build_scheduler(mailer, sender, *, blocking: bool):
+    cls = BlockingScheduler if blocking else BackgroundScheduler
+    scheduler = cls(timezone=dt.timezone.utc,
+                    job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60})
+    for job in periodic_jobs(mailer, sender):
+        scheduler.add_job(replace_existing=True, next_run_time=utcnow(), **job)
+    return scheduler

@@ -1,0 +1,22 @@
+"""Signed tokens for links in mail: confirm a signup, unsubscribe from a list."""
+from __future__ import annotations
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+
+__all__ = ["BadSignature", "SignatureExpired", "dumps", "loads"]
+
+
+def _serializer(secret_key: str, purpose: str, timed: bool):
+    cls = URLSafeTimedSerializer if timed else URLSafeSerializer
+    return cls(secret_key, salt=f"mailer.{purpose}")
+
+
+def dumps(secret_key: str, purpose: str, payload, *, timed: bool = False) -> str:
+    return _serializer(secret_key, purpose, timed).dumps(payload)
+
+
+def loads(secret_key: str, purpose: str, token: str, *, max_age: int | None = None):
+    """Raises SignatureExpired when older than max_age, BadSignature when forged."""
+    if max_age is not None:
+        return _serializer(secret_key, purpose, True).loads(token, max_age=max_age)
+    return _serializer(secret_key, purpose, False).loads(token)

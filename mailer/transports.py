@@ -1,0 +1,209 @@
+"""Transports: SMTP (one connection reused per batch), the local dev mailbox, memory."""
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+from contextlib import contextmanager
+from typing import Iterator, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from mailer.db import session_scope
+from mailer.models import DevMessage
+
+
+class TransportError(Exception):
+    """A message was not accepted. `temporary` decides retry (True) or fail (False);
+    `connection_lost` tells the sender to open a new connection before the next one."""
+
+    def __init__(self, message: str, *, code: int | None = None, temporary: bool, connection_lost: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.temporary = temporary
+        self.connection_lost = connection_lost
+
+
+class Connection(Protocol):
+    def send(self, mail_from: str, rcpt_to: str, data: bytes) -> None: ...
+
+    def reopen(self) -> None: ...
+
+
+class Transport(Protocol):
+    name: str
+
+    def connect(self): ...  # a context manager yielding a Connection
+
+    def check(self) -> None: ...
+
+
+def classify_smtp_reply(code: int, text: str) -> TransportError:
+    """RFC 5321: 4xx is worth retrying, 5xx is final for this recipient."""
+    message = f"{code} {text}".strip()
+    return TransportError(message, code=code, temporary=code < 500, connection_lost=code == 421)
+
+
+def _reply_text(raw) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+class SMTPTransport:
+    name = "smtp"
+
+    def __init__(self, url: str, *, timeout: float = 30, local_hostname: str | None = None):
+        parts = urlsplit(url)
+        if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
+            raise ValueError("MAILER_SMTP_URL must look like smtp://user:pass@host:587?starttls=1 or smtps://host:465")
+        self.ssl = parts.scheme == "smtps"
+        self.host = parts.hostname
+        self.port = parts.port or (465 if self.ssl else 25)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.starttls = parse_qs(parts.query).get("starttls", ["0"])[0] in {"1", "true", "yes"}
+        self.timeout = timeout
+        self.local_hostname = local_hostname
+
+    def _open(self) -> smtplib.SMTP:
+        try:
+            if self.ssl:
+                client = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
+                                          local_hostname=self.local_hostname, context=ssl.create_default_context())
+            else:
+                client = smtplib.SMTP(self.host, self.port, timeout=self.timeout, local_hostname=self.local_hostname)
+                if self.starttls:
+                    client.starttls(context=ssl.create_default_context())
+            if self.username:
+                client.login(self.username, self.password or "")
+            return client
+        except smtplib.SMTPAuthenticationError as exc:
+            raise TransportError(f"SMTP login refused: {exc.smtp_code} {_reply_text(exc.smtp_error)}",
+                                 code=exc.smtp_code, temporary=True, connection_lost=True) from None
+        except smtplib.SMTPResponseException as exc:
+            raise TransportError(f"SMTP server refused the session: {exc.smtp_code} {_reply_text(exc.smtp_error)}",
+                                 code=exc.smtp_code, temporary=True, connection_lost=True) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise TransportError(f"cannot reach SMTP server {self.host}:{self.port}: {exc}",
+                                 temporary=True, connection_lost=True) from None
+
+    @contextmanager
+    def connect(self) -> Iterator["SMTPConnection"]:
+        connection = SMTPConnection(self)
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+    def check(self) -> None:
+        client = self._open()
+        try:
+            client.noop()
+        finally:
+            client.quit()
+
+
+class SMTPConnection:
+    """Opens lazily and again after a lost connection; RSET between transactions."""
+
+    def __init__(self, transport: SMTPTransport):
+        self.transport = transport
+        self.client: smtplib.SMTP | None = None
+        self.used = False
+
+    def send(self, mail_from: str, rcpt_to: str, data: bytes) -> None:
+        if self.client is None:
+            self.client = self.transport._open()
+            self.used = False
+        try:
+            if self.used:
+                self.client.rset()
+            self.used = True
+            self.client.sendmail(mail_from, [rcpt_to], data)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, text = next(iter(exc.recipients.values()))
+            raise classify_smtp_reply(code, _reply_text(text)) from None
+        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
+            raise classify_smtp_reply(exc.smtp_code, _reply_text(exc.smtp_error)) from None
+        except smtplib.SMTPServerDisconnected as exc:
+            self._drop()
+            raise TransportError(f"connection lost: {exc}", temporary=True, connection_lost=True) from None
+        except smtplib.SMTPResponseException as exc:
+            self._drop()
+            raise classify_smtp_reply(exc.smtp_code, _reply_text(exc.smtp_error)) from None
+        except (OSError, socket.timeout, smtplib.SMTPException) as exc:
+            self._drop()
+            raise TransportError(f"SMTP error: {exc}", temporary=True, connection_lost=True) from None
+
+    def reopen(self) -> None:
+        """Connect again after a lost connection; TransportError when the server is unreachable."""
+        self._drop()
+        self.client = self.transport._open()
+        self.used = False
+
+    def _drop(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.close()
+            finally:
+                self.client = None
+
+    def close(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.quit()
+            except (OSError, smtplib.SMTPException):
+                pass
+            self._drop()
+
+
+class DevMailboxTransport:
+    """Keeps messages in the database for /admin/mailbox instead of sending them."""
+
+    name = "dev-mailbox"
+
+    def __init__(self, session_factory):
+        self.session_factory = session_factory
+
+    @contextmanager
+    def connect(self):
+        yield self
+
+    def send(self, mail_from: str, rcpt_to: str, data: bytes) -> None:
+        from email import message_from_bytes, policy
+
+        subject = str(message_from_bytes(data, policy=policy.default)["Subject"] or "")
+        with session_scope(self.session_factory) as session:
+            session.add(DevMessage(mail_from=mail_from, rcpt_to=rcpt_to, subject=subject, raw=data))
+
+    def reopen(self) -> None:
+        return None
+
+    def check(self) -> None:
+        return None
+
+
+class MemoryTransport:
+    """Collects messages in a list; for unit tests of rendering and rules only."""
+
+    name = "memory"
+
+    def __init__(self):
+        self.messages: list[tuple[str, str, bytes]] = []
+
+    @contextmanager
+    def connect(self):
+        yield self
+
+    def send(self, mail_from: str, rcpt_to: str, data: bytes) -> None:
+        self.messages.append((mail_from, rcpt_to, data))
+
+    def reopen(self) -> None:
+        return None
+
+    def check(self) -> None:
+        return None
+
+
+def transport_from_settings(settings, session_factory) -> Transport:
+    if settings.smtp_url:
+        return SMTPTransport(settings.smtp_url, timeout=settings.smtp_timeout_seconds)
+    return DevMailboxTransport(session_factory)

@@ -1,0 +1,71 @@
+"""Web layer: blueprints translate HTTP to domain calls and back."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from flask import Flask, current_app, request
+from flask_wtf.csrf import CSRFProtect
+
+from mailer.consent import RequestContext
+from mailer.db import session_scope
+from mailer.rendering import format_local
+
+csrf = CSRFProtect()
+
+
+def mailer():
+    return current_app.extensions["mailer"]
+
+
+@contextmanager
+def db_session():
+    with session_scope(mailer().sessions) as session:
+        yield session
+
+
+def request_context(source_url: str | None = None) -> RequestContext:
+    """The evidence for the consent ledger: where the person was and with what."""
+    return RequestContext(
+        source_url=(source_url or request.referrer or request.url)[:2000],
+        ip=request.remote_addr,
+        user_agent=(request.user_agent.string or "")[:500],
+    )
+
+
+def wants_json() -> bool:
+    if request.is_json:
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+
+
+def _security_headers(response):
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    # Links carry tokens: never leak them to another site in a Referer.
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if request.path.startswith("/admin"):
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Content-Security-Policy",
+                                    "default-src 'self'; frame-src 'self'; img-src 'self' data:; frame-ancestors 'none'")
+    else:
+        # Public pages may be embedded in the organisation's own site (iframe).
+        response.headers.setdefault("Content-Security-Policy", "default-src 'self'; img-src 'self' data:")
+    return response
+
+
+def register(app: Flask) -> None:
+    from mailer.web import admin, auth, public
+    from mailer.web.ratelimit import SlidingWindowLimiter
+
+    settings = app.extensions["mailer"].settings
+    app.extensions["signup_limiter"] = SlidingWindowLimiter(settings.signup_rate_limit,
+                                                            settings.signup_rate_window_seconds)
+    app.extensions["login_limiter"] = SlidingWindowLimiter(20, 300)
+    csrf.init_app(app)
+    csrf.exempt(public.bp)
+    app.register_blueprint(public.bp)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(admin.bp)
+    app.after_request(_security_headers)
+    app.context_processor(lambda: {"settings": settings})
+    app.add_template_filter(format_local, "local_time")

@@ -1,0 +1,64 @@
+"""Staff login and logout; `login_required` guards every /admin page."""
+from __future__ import annotations
+
+import functools
+
+from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
+
+from mailer import users
+from mailer.db import utcnow
+from mailer.models import User
+from mailer.web import db_session, mailer
+
+bp = Blueprint("auth", __name__, url_prefix="/admin")
+
+
+def login_required(view):
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        user_id = session.get("user_id")
+        user = None
+        if user_id is not None:
+            with db_session() as s:
+                user = s.get(User, user_id)
+        if user is None:
+            return redirect(url_for("auth.login", next=request.full_path))
+        g.user = user
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def _safe_next(target: str | None) -> str:
+    if target and target.startswith("/admin") and not target.startswith("//"):
+        return target
+    return url_for("admin.dashboard")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    error = None
+    if request.method == "POST":
+        settings = mailer().settings
+        if not current_app.extensions["login_limiter"].allow(request.remote_addr or "?"):
+            error = "Too many login attempts from your network. Try again in a few minutes."
+        else:
+            try:
+                with db_session() as s:
+                    user = users.authenticate(s, request.form.get("email", ""), request.form.get("password", ""),
+                                              now=utcnow(), max_failures=settings.login_max_failures,
+                                              lockout_seconds=settings.login_lockout_seconds)
+                    user_id = user.id
+            except users.LoginRefused as exc:
+                error = str(exc)
+            else:
+                session.clear()
+                session["user_id"] = user_id
+                return redirect(_safe_next(request.args.get("next")))
+    return render_template("admin/login.html", error=error), 400 if error else 200
+
+
+@bp.post("/logout")
+def logout():
+    session.clear()
+    return redirect(url_for("auth.login"))
