@@ -23,6 +23,7 @@ class Mailer:
     settings: Settings
     engine: sa.Engine
     sessions: sessionmaker[Session]
+    read_sessions: sessionmaker[Session]
     renderer: EmailRenderer
     transport: Transport
 
@@ -35,7 +36,8 @@ class Mailer:
 def build(settings: Settings, transport: Transport | None = None) -> Mailer:
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)
-    return Mailer(settings, engine, sessions, EmailRenderer(), transport or transport_from_settings(settings, sessions))
+    return Mailer(settings, engine, sessions, make_session_factory(engine, read_only=True), EmailRenderer(),
+                  transport or transport_from_settings(settings, sessions))
 
 
 def create_app(overrides: dict | None = None, *, transport: Transport | None = None) -> Flask:

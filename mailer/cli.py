@@ -169,7 +169,7 @@ def consent_group() -> None:
 def consent_verify() -> None:
     """Check that no consent event was changed or removed."""
     m = _mailer()
-    with m.sessions() as session:
+    with m.read_sessions() as session:
         report = consent.verify_chain(session)
     if report.intact:
         click.echo(f"consent ledger intact: {report.events} events verified")

@@ -1,8 +1,9 @@
 """Database: engine, sessions, the declarative Base, and running migrations.
 
 One engine per app or worker. SQLite runs in WAL mode with a busy timeout and
-every transaction opens with BEGIN IMMEDIATE, so concurrent writers queue for
-the lock instead of failing with "database is locked" when a read upgrades."""
+every unit of work opens with BEGIN IMMEDIATE, so concurrent writers queue for
+the lock instead of failing with "database is locked" when a read upgrades.
+Read-only sessions open a plain deferred transaction."""
 from __future__ import annotations
 
 import datetime as dt
@@ -72,14 +73,17 @@ def make_engine(url: str, **kwargs) -> sa.Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN DEFERRED" if conn.get_execution_options().get("read_only") else "BEGIN IMMEDIATE")
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True, **kwargs)
 
 
-def make_session_factory(engine: sa.Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def make_session_factory(engine: sa.Engine, *, read_only: bool = False) -> sessionmaker[Session]:
+    """Sessions for units of work, or (read_only) for looking only: on SQLite those
+    take no write lock, so a long read never holds up the sender or a signup."""
+    bind = engine.execution_options(read_only=True) if read_only else engine
+    return sessionmaker(bind, expire_on_commit=False)
 
 
 @contextmanager

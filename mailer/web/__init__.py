@@ -19,7 +19,15 @@ def mailer():
 
 @contextmanager
 def db_session():
+    """A unit of work for one request: committed on success, rolled back on error."""
     with session_scope(mailer().sessions) as session:
+        yield session
+
+
+@contextmanager
+def db_reader():
+    """A read-only session for pages that only look."""
+    with mailer().read_sessions() as session:
         yield session
 
 

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, abort, render_template
 
 from mailer import outbox
 from mailer.models import Contact, DevMessage, MailingList, Newsletter, Subscription, Webinar
-from mailer.web import db_session
+from mailer.web import db_reader
 from mailer.web.auth import login_required
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -18,7 +18,7 @@ MAILBOX_PAGE = 50
 @bp.get("/")
 @login_required
 def dashboard():
-    with db_session() as s:
+    with db_reader() as s:
         counts = s.execute(
             sa.select(MailingList.name, Subscription.status, sa.func.count())
             .join(Subscription, Subscription.list_id == MailingList.id)
@@ -42,7 +42,7 @@ def dashboard():
 @bp.get("/mailbox")
 @login_required
 def mailbox():
-    with db_session() as s:
+    with db_reader() as s:
         messages = s.execute(
             sa.select(DevMessage.id, DevMessage.rcpt_to, DevMessage.subject, DevMessage.created_at)
             .order_by(DevMessage.id.desc()).limit(MAILBOX_PAGE)
@@ -51,7 +51,7 @@ def mailbox():
 
 
 def _dev_message(message_id: int) -> DevMessage:
-    with db_session() as s:
+    with db_reader() as s:
         message = s.get(DevMessage, message_id)
     if message is None:
         abort(404)

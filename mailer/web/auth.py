@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, g, redirect, render_template, request,
 from mailer import users
 from mailer.db import utcnow
 from mailer.models import User
-from mailer.web import db_session, mailer
+from mailer.web import db_reader, db_session, mailer
 
 bp = Blueprint("auth", __name__, url_prefix="/admin")
 
@@ -19,7 +19,7 @@ def login_required(view):
         user_id = session.get("user_id")
         user = None
         if user_id is not None:
-            with db_session() as s:
+            with db_reader() as s:
                 user = s.get(User, user_id)
         if user is None:
             return redirect(url_for("auth.login", next=request.full_path))

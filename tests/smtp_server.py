@@ -1,0 +1,75 @@
+"""A real SMTP server for tests (aiosmtpd on 127.0.0.1) that records every message
+and can be told to refuse recipients or data with a chosen reply."""
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Callable
+
+from aiosmtpd.controller import Controller
+
+
+@dataclasses.dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return message_from_bytes(self.data, policy=policy.default)
+
+
+class RecordingHandler:
+    def __init__(self):
+        self.received: list[Received] = []
+        self.lock = threading.Lock()
+        # Return an SMTP reply such as "451 4.3.0 try later" to refuse, or None to accept.
+        self.rcpt_reply: Callable[[str], str | None] = lambda address: None
+        self.data_reply: Callable[[bytes], str | None] = lambda data: None
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.rcpt_reply(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        reply = self.data_reply(envelope.content)
+        if reply:
+            return reply
+        with self.lock:
+            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 Message accepted for delivery"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SMTPServer:
+    def __init__(self, port: int | None = None):
+        self.handler = RecordingHandler()
+        self.port = port or free_port()
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    @property
+    def received(self) -> list[Received]:
+        return self.handler.received
+
+    def start(self) -> "SMTPServer":
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
