@@ -148,6 +148,12 @@ def unsubscribe(token: str):
     return _link_page(result)
 
 
+@bp.get("/livez")
+def livez():
+    """Liveness: the process answers. Touches nothing else (also the benchmark's baseline route)."""
+    return "ok\n", 200, {"Content-Type": "text/plain"}
+
+
 @bp.get("/healthz")
 def healthz():
     checks = {}
