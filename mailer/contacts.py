@@ -124,7 +124,8 @@ def _request_subscription(session, settings, contact, mailing_list, wording, con
         .values(contact_id=contact.id, list_id=mailing_list.id, status=SubscriptionStatus.PENDING,
                 pending_since=now, confirmation_sent_at=now, created_at=now)
         .on_conflict_do_nothing(index_elements=["contact_id", "list_id"])
-    ).rowcount == 1
+        .returning(Subscription.id)
+    ).first() is not None
     sub = session.scalars(sa.select(Subscription).where(
         Subscription.contact_id == contact.id, Subscription.list_id == mailing_list.id)).one()
     if not inserted and not _restart_or_resend(session, settings, sub, now):

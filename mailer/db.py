@@ -98,9 +98,10 @@ def is_postgres(session_or_engine) -> bool:
     return bind.dialect.name == "postgresql"
 
 
-def dialect_insert(session: Session, table):
-    """An INSERT that knows ON CONFLICT, on SQLite and PostgreSQL alike."""
-    return (postgresql if is_postgres(session) else sqlite).insert(table)
+def dialect_insert(session: Session, model):
+    """A Core INSERT that knows ON CONFLICT, on SQLite and PostgreSQL alike. To learn
+    whether a row went in, use RETURNING: rowcount is not reliable for INSERT on PostgreSQL."""
+    return (postgresql if is_postgres(session) else sqlite).insert(getattr(model, "__table__", model))
 
 
 def alembic_config(url: str):

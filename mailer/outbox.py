@@ -31,8 +31,8 @@ def enqueue(session: Session, *, contact_id: int, kind: str, dedupe_key: str, no
         ["contact_id", "kind", "list_id", "ref_id", "dedupe_key", "status", "attempts", "next_attempt_at",
          "created_at"],
         source,
-    ).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    return session.execute(stmt).rowcount == 1
+    ).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Delivery.id)
+    return session.execute(stmt).first() is not None
 
 
 def cancel_pending(session: Session, *, contact_id: int, list_id: int | None = None,

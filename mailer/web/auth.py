@@ -43,15 +43,15 @@ def login():
         if not current_app.extensions["login_limiter"].allow(request.remote_addr or "?"):
             error = "Too many login attempts from your network. Try again in a few minutes."
         else:
-            try:
-                with db_session() as s:
-                    user = users.authenticate(s, request.form.get("email", ""), request.form.get("password", ""),
-                                              now=utcnow(), max_failures=settings.login_max_failures,
-                                              lockout_seconds=settings.login_lockout_seconds)
-                    user_id = user.id
-            except users.LoginRefused as exc:
-                error = str(exc)
-            else:
+            user_id = None
+            with db_session() as s:  # failed attempts must be committed too, so catch inside
+                try:
+                    user_id = users.authenticate(s, request.form.get("email", ""), request.form.get("password", ""),
+                                                 now=utcnow(), max_failures=settings.login_max_failures,
+                                                 lockout_seconds=settings.login_lockout_seconds).id
+                except users.LoginRefused as exc:
+                    error = str(exc)
+            if user_id is not None:
                 session.clear()
                 session["user_id"] = user_id
                 return redirect(_safe_next(request.args.get("next")))

@@ -1,0 +1,599 @@
+"""Signup throughput benchmark: POST /subscribe against GET /livez, on SQLite and PostgreSQL.
+
+Run from the repository root, as root (it may install wrk with apt-get):
+
+    .venv/bin/python bench/signup.py                 # both backends, 10 s per measured phase
+    .venv/bin/python bench/signup.py --sqlite-only   # skip PostgreSQL
+    .venv/bin/python bench/signup.py --duration 5 --connections 32
+
+(`python bench/signup.py` with another interpreter re-runs itself under .venv/bin/python.)
+
+For each backend the script:
+
+1. makes a fresh database (a SQLite file in a temp dir; for PostgreSQL a database
+   bench_signup_<random> on postgresql+psycopg://postgres@127.0.0.1:5432, dropped at the end;
+   PostgreSQL is skipped with a message when the server is unreachable), migrates it and
+   seeds the "newsletter" list;
+2. starts `gunicorn -w 2 wsgi:app` on a free port (dev mailbox transport, rate limit off);
+3. drives it with wrk (-t 2, -c N, --latency): GET /livez as the baseline, then POST /subscribe
+   with a unique address per request;
+4. sends POST /subscribe open-loop at a fixed 200 requests/s from a small Python load generator
+   (latency counted from the moment each request was due, so queueing is not hidden);
+5. fires 1,000 concurrent signups at once and checks in the database that every one answered
+   2xx left a 'pending' subscription and a 'requested' consent event, and that gunicorn never
+   logged "database is locked".
+
+Targets (reported, they do not change the exit code): subscribe/livez throughput ratio >= 0.5,
+p99 at 200 req/s < 50 ms. Exit code 1 when a signup is lost, any 5xx or connection error
+occurred, or "database is locked" appears in the gunicorn log; 0 otherwise.
+
+The load generators run on the same machine as the server and the database, so the absolute
+figures depend on `nproc`; the ratio to /livez is the figure to compare between machines.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shlex
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+PG_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432"
+WORKERS = 2
+FIXED_RATE = 200
+BURST_SIZE = 1000
+TARGET_RATIO = 0.5
+TARGET_P99_MS = 50.0
+LOCKED = "database is locked"
+
+try:
+    import sqlalchemy as sa
+except ImportError:  # not the project's interpreter: run again under the virtualenv
+    if VENV_PYTHON.exists() and Path(sys.prefix).resolve() != VENV_PYTHON.parent.parent.resolve():
+        os.environ.setdefault("BENCH_COMMAND", shlex.join(sys.orig_argv))
+        os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), *sys.argv])
+    raise
+
+sys.path.insert(0, str(ROOT))
+from mailer.db import make_engine, make_session_factory, migrate, session_scope  # noqa: E402
+from mailer.demo import ensure_default_list  # noqa: E402
+
+# wrk script for POST /subscribe: one unique address per request, "<tag>-t<thread>-<counter>".
+# done() prints one JSON line that signup.py reads back.
+WRK_SUBSCRIBE_LUA = r"""
+local next_id = 0
+
+function setup(thread)
+  next_id = next_id + 1
+  thread:set("tid", next_id)
+end
+
+function init(args)
+  tag = args[1]
+  counter = 0
+  codes = {}
+end
+
+function request()
+  counter = counter + 1
+  local body = string.format(
+    "email=%s-t%d-%d%%40bench.example&name=Bench&consent=yes&consent_version=1&lists=newsletter",
+    tag, tid, counter)
+  return wrk.format("POST", "/subscribe", {["Content-Type"] = "application/x-www-form-urlencoded"}, body)
+end
+"""
+
+# Shared by both wrk runs: count answers by status code per thread, report as JSON.
+WRK_REPORT_LUA = r"""
+function response(status, headers, body)
+  codes[status] = (codes[status] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  local totals = {}
+  for _, thread in ipairs(all_threads) do
+    for status, n in pairs(thread:get("codes")) do
+      totals[tostring(status)] = (totals[tostring(status)] or 0) + n
+    end
+  end
+  local parts = {}
+  for status, n in pairs(totals) do
+    table.insert(parts, string.format('"%s": %d', status, n))
+  end
+  io.write(string.format(
+    'BENCH_JSON {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "max_us": %d, ' ..
+    '"non_2xx_3xx": %d, "connect": %d, "read": %d, "write": %d, "timeout": %d, "codes": {%s}}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency.max,
+    summary.errors.status, summary.errors.connect, summary.errors.read, summary.errors.write,
+    summary.errors.timeout, table.concat(parts, ", ")))
+end
+"""
+
+# GET /livez needs no request() function; it only needs the thread list and counters.
+WRK_THREADS_LUA = r"""
+all_threads = {}
+local setup_inner = setup
+function setup(thread)
+  if setup_inner then setup_inner(thread) end
+  table.insert(all_threads, thread)
+end
+local init_inner = init
+function init(args)
+  if init_inner then init_inner(args) end
+  codes = {}
+end
+"""
+
+
+@dataclass
+class LoadResult:
+    """One measured phase: throughput, latency and answers by status code."""
+
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    codes: dict[str, int]
+    errors: int = 0  # connection errors, timeouts: no HTTP answer at all
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def non_2xx(self) -> int:
+        return sum(n for code, n in self.codes.items() if not code.startswith("2"))
+
+    @property
+    def server_errors(self) -> int:
+        return sum(n for code, n in self.codes.items() if code.startswith("5"))
+
+
+@dataclass
+class BurstResult:
+    """The 1,000-at-once check and what the database holds afterwards."""
+
+    codes: dict[str, int]
+    no_answer: int
+    accepted: int
+    rows_found: int
+    missing: list[str]
+    locked_in_log: int
+    tracebacks_in_log: int
+    seconds: float
+
+    @property
+    def server_errors(self) -> int:
+        return sum(n for code, n in self.codes.items() if code.startswith("5"))
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.server_errors and not self.no_answer and not self.locked_in_log
+
+
+@dataclass
+class BackendReport:
+    name: str
+    livez: LoadResult | None = None
+    subscribe: LoadResult | None = None
+    fixed: LoadResult | None = None
+    burst: BurstResult | None = None
+    skipped: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.subscribe.rps / self.livez.rps if self.livez and self.livez.rps else 0.0
+
+    @property
+    def failed(self) -> bool:
+        if self.skipped:
+            return False
+        phases = [self.livez, self.subscribe, self.fixed]
+        return (self.burst is None or not self.burst.ok
+                or any(p is None or p.server_errors or p.errors for p in phases))
+
+
+# Setup -------------------------------------------------------------------------------
+
+def ensure_wrk() -> str:
+    """Path to wrk, installing the Debian package first if it is missing."""
+    path = shutil.which("wrk")
+    if path is None:
+        print("wrk not found: installing it with apt-get (Debian package wrk) ...", flush=True)
+        subprocess.run("apt-get update -qq && apt-get install -y -qq wrk", shell=True, check=True,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        path = shutil.which("wrk")
+        if path is None:
+            sys.exit("wrk is still not on PATH after apt-get install")
+    return path
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prepare_database(url: str) -> None:
+    """Run the migrations and create the default "newsletter" list that /subscribe needs."""
+    migrate(url)
+    engine = make_engine(url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            ensure_default_list(session)
+    finally:
+        engine.dispose()
+
+
+def postgres_admin_engine():
+    """An AUTOCOMMIT engine on the `postgres` database, or None when the server is unreachable."""
+    engine = sa.create_engine(f"{PG_SERVER_URL}/postgres", isolation_level="AUTOCOMMIT",
+                              connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        print(f"PostgreSQL at {PG_SERVER_URL} is unreachable, skipping it: {str(exc).splitlines()[0]}")
+        return None
+    return engine
+
+
+class Gunicorn:
+    """gunicorn -w 2 serving wsgi:app on a free port; output goes to a log file."""
+
+    def __init__(self, database_url: str, workdir: Path):
+        self.port = free_port()
+        self.log_path = workdir / "gunicorn.log"
+        self.instance = workdir / "instance"
+        self.instance.mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}  # no SMTP URL, no stray settings
+        env.update(MAILER_DATABASE_URL=database_url, MAILER_SECRET_KEY="bench",
+                   MAILER_INSTANCE_PATH=str(self.instance), MAILER_SIGNUP_RATE_LIMIT="100000000")
+        self.log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-w", str(WORKERS), "-b", f"127.0.0.1:{self.port}", "wsgi:app"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Wait until GET /livez answers 200, then give the second worker a moment to boot."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log_text()}")
+            try:
+                if http_request(self.port, "GET", "/livez")[0] == 200:
+                    time.sleep(1.0)
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gunicorn did not answer /livez within {timeout} s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM (graceful shutdown), SIGKILL if it takes longer than 20 s."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+# Load ------------------------------------------------------------------------------------
+
+def http_request(port: int, method: str, path: str, body: str | None = None, timeout: float = 60) -> tuple[int, bytes]:
+    """One request on a fresh connection; returns (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def signup_body(address: str) -> str:
+    """The form a browser would post for one signup to the newsletter."""
+    return urllib.parse.urlencode({"email": address, "name": "Bench", "consent": "yes",
+                                   "consent_version": "1", "lists": "newsletter"})
+
+
+def run_wrk(wrk: str, url: str, script: str, args: argparse.Namespace, workdir: Path, *lua_args: str) -> LoadResult:
+    """Run wrk with the given Lua script; read the JSON line that done() prints."""
+    script_path = workdir / f"wrk-{uuid.uuid4().hex[:6]}.lua"
+    script_path.write_text(script + WRK_THREADS_LUA + WRK_REPORT_LUA)
+    cmd = [wrk, "-t", "2", "-c", str(args.connections), "-d", f"{args.duration}s", "--timeout", "10s",
+           "--latency", "-s", str(script_path), url]
+    if lua_args:
+        cmd += ["--", *lua_args]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = next((ln for ln in out.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"no summary from wrk:\n{out}")
+    data = json.loads(line.removeprefix("BENCH_JSON "))
+    return LoadResult(
+        requests=data["requests"], seconds=data["duration_us"] / 1e6,
+        p50_ms=data["p50_us"] / 1000, p99_ms=data["p99_us"] / 1000, codes=data["codes"],
+        errors=data["connect"] + data["read"] + data["write"] + data["timeout"],
+    )
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile (pct in 0..100)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, round(pct / 100 * len(ordered) + 0.5))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def fixed_rate_signups(port: int, rate: int, seconds: float, tag: str) -> LoadResult:
+    """Open-loop load: request i is due at start + i/rate, whatever happened to earlier ones.
+    Latency is measured from the due time, so time spent waiting for a free thread counts."""
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    codes: dict[str, int] = {}
+    errors = 0
+    lock = threading.Lock()
+
+    def one(i: int, due: float) -> None:
+        nonlocal errors
+        try:
+            status, _ = http_request(port, "POST", "/subscribe", signup_body(f"{tag}-{i}@bench.example"), timeout=30)
+        except OSError:
+            with lock:
+                errors += 1
+            return
+        elapsed = time.perf_counter() - due
+        with lock:
+            latencies.append(elapsed)
+            codes[str(status)] = codes.get(str(status), 0) + 1
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        start = time.perf_counter() + 0.05
+        for i in range(total):
+            due = start + i / rate
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            pool.submit(one, i, due)
+    elapsed = time.perf_counter() - start
+    return LoadResult(requests=len(latencies), seconds=elapsed, p50_ms=percentile(latencies, 50) * 1000,
+                      p99_ms=percentile(latencies, 99) * 1000, codes=codes, errors=errors)
+
+
+def burst_signups(port: int, count: int, tag: str) -> tuple[dict[str, int], int, list[str], float]:
+    """`count` threads, each with its own address, released together by a Barrier.
+    Returns (answers by status, requests with no answer, addresses answered 2xx, seconds)."""
+    barrier = threading.Barrier(count + 1)
+    statuses: list[int | None] = [None] * count
+    addresses = [f"{tag}-{i}@bench.example" for i in range(count)]
+
+    def one(i: int) -> None:
+        body = signup_body(addresses[i])
+        barrier.wait()
+        try:
+            statuses[i] = http_request(port, "POST", "/subscribe", body, timeout=120)[0]
+        except OSError:
+            statuses[i] = None
+
+    threading.stack_size(512 * 1024)
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    codes: dict[str, int] = {}
+    for status in statuses:
+        if status is not None:
+            codes[str(status)] = codes.get(str(status), 0) + 1
+    accepted = [a for a, s in zip(addresses, statuses) if s is not None and 200 <= s < 300]
+    return codes, statuses.count(None), accepted, elapsed
+
+
+def rows_for(database_url: str, tag: str) -> set[str]:
+    """Addresses with this tag that have a pending subscription and a 'requested' consent event."""
+    engine = make_engine(database_url)
+    query = sa.text("""
+        SELECT c.email FROM contacts c
+        WHERE c.email LIKE :pattern
+          AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.contact_id = c.id AND s.status = 'pending')
+          AND EXISTS (SELECT 1 FROM consent_events e WHERE e.contact_id = c.id AND e.action = 'requested')
+    """)
+    try:
+        with engine.connect() as conn:
+            return set(conn.scalars(query, {"pattern": f"{tag}-%"}))
+    finally:
+        engine.dispose()
+
+
+# One backend ------------------------------------------------------------------------------
+
+def preflight(server: Gunicorn, database_url: str, run: str) -> None:
+    """One signup by hand: fail early, with the answer shown, if /subscribe does not work."""
+    tag = f"pre-{run}"
+    status, body = http_request(server.port, "POST", "/subscribe", signup_body(f"{tag}-0@bench.example"))
+    if status != 200 or f"{tag}-0@bench.example" not in rows_for(database_url, tag):
+        raise RuntimeError(f"preflight signup failed: HTTP {status}\n{body[:2000].decode(errors='replace')}\n"
+                           f"{server.log_text()[-4000:]}")
+
+
+def bench_backend(name: str, database_url: str, wrk: str, args: argparse.Namespace, workdir: Path) -> BackendReport:
+    """All phases against one fresh database and one gunicorn."""
+    report = BackendReport(name)
+    run = uuid.uuid4().hex[:8]
+    print(f"\n=== {name} ===", flush=True)
+    prepare_database(database_url)
+    server = Gunicorn(database_url, workdir)
+    try:
+        server.wait_ready()
+        preflight(server, database_url, run)
+        print(f"gunicorn -w {WORKERS} on {server.base_url}; wrk -t 2 -c {args.connections} -d {args.duration}s",
+              flush=True)
+
+        report.livez = run_wrk(wrk, f"{server.base_url}/livez", "", args, workdir)
+        print_load("GET /livez (wrk)", report.livez)
+        report.subscribe = run_wrk(wrk, f"{server.base_url}/subscribe", WRK_SUBSCRIBE_LUA, args, workdir,
+                                   f"wrk-{run}")
+        print_load("POST /subscribe (wrk)", report.subscribe)
+        print(f"  ratio subscribe/livez: {report.ratio:.2f} (target >= {TARGET_RATIO}: "
+              f"{'met' if report.ratio >= TARGET_RATIO else 'MISSED'})", flush=True)
+
+        report.fixed = fixed_rate_signups(server.port, FIXED_RATE, args.duration, f"rate-{run}")
+        print_load(f"POST /subscribe at {FIXED_RATE}/s (open loop)", report.fixed)
+        print(f"  p99 at {FIXED_RATE}/s: {report.fixed.p99_ms:.1f} ms (target < {TARGET_P99_MS:.0f} ms: "
+              f"{'met' if report.fixed.p99_ms < TARGET_P99_MS else 'MISSED'})", flush=True)
+
+        tag = f"burst-{run}"
+        codes, no_answer, accepted, seconds = burst_signups(server.port, BURST_SIZE, tag)
+        found = rows_for(database_url, tag)
+        log = server.log_text()
+        report.burst = BurstResult(
+            codes=codes, no_answer=no_answer, accepted=len(accepted), rows_found=len(found & set(accepted)),
+            missing=sorted(set(accepted) - found), locked_in_log=log.count(LOCKED),
+            tracebacks_in_log=log.count("Traceback"), seconds=seconds,
+        )
+        print_burst(report.burst)
+    finally:
+        server.stop()
+    return report
+
+
+def print_load(label: str, result: LoadResult) -> None:
+    print(f"  {label}: {result.rps:.1f} req/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
+          f"{result.requests} answers {format_codes(result.codes)}, non-2xx {result.non_2xx}, "
+          f"no answer {result.errors}", flush=True)
+
+
+def print_burst(burst: BurstResult) -> None:
+    print(f"  burst of {BURST_SIZE} concurrent signups in {burst.seconds:.1f} s:")
+    print(f"    answers by status: {format_codes(burst.codes)}; no answer: {burst.no_answer}")
+    print(f"    answered 2xx: {burst.accepted}; rows found (pending subscription + 'requested' consent event): "
+          f"{burst.rows_found}; missing rows: {len(burst.missing)}"
+          + (f" e.g. {burst.missing[:3]}" if burst.missing else ""))
+    print(f"    \"{LOCKED}\" in gunicorn log: {burst.locked_in_log}; tracebacks in log: {burst.tracebacks_in_log}")
+    print(f"    burst check: {'ok' if burst.ok else 'FAILED'}", flush=True)
+
+
+def format_codes(codes: dict[str, int]) -> str:
+    return "{" + ", ".join(f"{code}: {n}" for code, n in sorted(codes.items())) + "}"
+
+
+# Whole run -----------------------------------------------------------------------------------
+
+def run_sqlite(wrk: str, args: argparse.Namespace) -> BackendReport:
+    with tempfile.TemporaryDirectory(prefix="bench_signup_") as tmp:
+        return bench_backend("SQLite", f"sqlite:///{Path(tmp) / 'bench.db'}", wrk, args, Path(tmp))
+
+
+def run_postgres(wrk: str, args: argparse.Namespace) -> BackendReport:
+    """Create bench_signup_<random>, benchmark it, drop it (even after a failure)."""
+    if args.sqlite_only:
+        return BackendReport("PostgreSQL", skipped="--sqlite-only")
+    admin = postgres_admin_engine()
+    if admin is None:
+        return BackendReport("PostgreSQL", skipped=f"server at {PG_SERVER_URL} unreachable")
+    name = f"bench_signup_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        try:
+            with tempfile.TemporaryDirectory(prefix="bench_signup_") as tmp:
+                return bench_backend("PostgreSQL", f"{PG_SERVER_URL}/{name}", wrk, args, Path(tmp))
+        finally:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def markdown_table(reports: list[BackendReport]) -> str:
+    """The summary as a Markdown table for the README."""
+    lines = [
+        "| Backend | /livez req/s | /subscribe req/s | ratio (≥ 0.5) | /livez p50 / p99 ms "
+        f"| /subscribe p50 / p99 ms | p99 at {FIXED_RATE}/s (< 50 ms) | non-2xx | burst {BURST_SIZE}: 2xx / lost / 5xx / locked |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in reports:
+        if r.skipped:
+            lines.append(f"| {r.name} | skipped: {r.skipped} | | | | | | | |")
+            continue
+        if not (r.livez and r.subscribe and r.fixed and r.burst):
+            lines.append(f"| {r.name} | did not finish | | | | | | | |")
+            continue
+        non_2xx = r.livez.non_2xx + r.subscribe.non_2xx + r.fixed.non_2xx + sum(
+            n for c, n in r.burst.codes.items() if not c.startswith("2"))
+        lines.append(
+            f"| {r.name} | {r.livez.rps:.0f} | {r.subscribe.rps:.0f} | {r.ratio:.2f} "
+            f"| {r.livez.p50_ms:.1f} / {r.livez.p99_ms:.1f} | {r.subscribe.p50_ms:.1f} / {r.subscribe.p99_ms:.1f} "
+            f"| {r.fixed.p99_ms:.1f} | {non_2xx} "
+            f"| {r.burst.accepted} / {len(r.burst.missing)} / {r.burst.server_errors} / {r.burst.locked_in_log} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured phase (default 10)")
+    parser.add_argument("--connections", "-c", type=int, default=16, help="wrk connections (default 16)")
+    parser.add_argument("--sqlite-only", action="store_true", help="skip PostgreSQL")
+    args = parser.parse_args()
+    command = os.environ.get("BENCH_COMMAND") or shlex.join(sys.orig_argv)
+
+    wrk = ensure_wrk()
+    started = time.monotonic()
+    reports = []
+    for runner, label in ((run_sqlite, "SQLite"), (run_postgres, "PostgreSQL")):
+        try:
+            reports.append(runner(wrk, args))
+        except Exception as exc:  # report the other backend anyway
+            print(f"{label} run failed: {exc}", file=sys.stderr)
+            reports.append(BackendReport(label))
+        if reports[-1].skipped:
+            print(f"\n=== {label} === skipped: {reports[-1].skipped}")
+
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    print(f"\n## Signup benchmark\n\nnproc: {nproc}  ")
+    print(f"Command: `{command}` (wrk -t 2 -c {args.connections}, {args.duration} s per phase, "
+          f"gunicorn -w {WORKERS} sync, total {time.monotonic() - started:.0f} s)\n")
+    print(markdown_table(reports))
+    failed = [r.name for r in reports if r.failed or (not r.skipped and r.burst is None)]
+    print(f"\nResult: {'FAILED (' + ', '.join(failed) + ')' if failed else 'ok: no lost signups, no 5xx'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Operations: purge of unconfirmed signups, the CLI, and the newcomer's `serve --demo`."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import sqlalchemy as sa
+import time_machine
+from click.testing import CliRunner
+
+from mailer import consent, contacts
+from mailer.cli import main
+from mailer.consent import RequestContext
+from mailer.db import session_scope, utcnow
+from mailer.models import ConsentEvent, Contact, Delivery, Subscription
+from tests.conftest import SECRET, signup
+from tests.smtp_server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(database_url, tmp_path, **extra):
+    return {"MAILER_DATABASE_URL": database_url, "MAILER_SECRET_KEY": SECRET,
+            "MAILER_INSTANCE_PATH": str(tmp_path / "instance"), **extra}
+
+
+def test_unconfirmed_signups_are_purged_after_the_window_and_the_person_forgotten(mailer, db):
+    old = utcnow() - dt.timedelta(days=8)
+    with session_scope(mailer.sessions) as session:
+        for address, when in (("old@example.com", old), ("new@example.com", utcnow())):
+            contacts.subscribe(session, mailer.settings, email=address, consent_given=True,
+                               context=RequestContext(ip="192.0.2.1"), now=when)
+    with session_scope(mailer.sessions) as session:
+        assert contacts.purge_expired_pending(session, mailer.settings, utcnow()) == 1
+    assert db.scalars(sa.select(Contact.email).where(Contact.email.is_not(None))) == ["new@example.com"]
+    assert db.scalar(sa.select(sa.func.count()).select_from(Subscription)) == 1
+    statuses = db.scalars(sa.select(Delivery.status).order_by(Delivery.id))
+    assert statuses == ["cancelled", "queued"]
+    forgotten = db.scalar(sa.select(Contact).where(Contact.email.is_(None)))
+    assert forgotten.name == "" and forgotten.erased_at is not None
+    events = db.scalars(sa.select(ConsentEvent).where(ConsentEvent.contact_id == forgotten.id).order_by(ConsentEvent.id))
+    assert [e.action for e in events] == ["requested", "expired"]
+    assert all(e.ip is None for e in events)
+    with mailer.read_sessions() as session:
+        assert consent.verify_chain(session).intact
+
+
+def test_expired_confirmation_link_says_so(client, mailer, db):
+    with session_scope(mailer.sessions) as session:
+        contacts.subscribe(session, mailer.settings, email="late@example.com", consent_given=True,
+                           context=RequestContext(), now=utcnow())
+    with mailer.read_sessions() as session:
+        sub = session.scalar(sa.select(Subscription))
+        token = contacts.confirm_token(mailer.settings, sub)
+        with time_machine.travel(utcnow() - dt.timedelta(days=8)):
+            stale = contacts.confirm_token(mailer.settings, sub)
+    answer = client.get(f"/confirm/{stale}")
+    assert answer.status_code == 404
+    assert "This link has expired. Please sign up again." in answer.text
+    assert client.get(f"/confirm/{token}").status_code == 200
+
+
+def test_worker_drain_cli_sends_and_reports(client, smtp_server, database_url, tmp_path):
+    signup(client, "a@example.com")
+    result = CliRunner().invoke(main, ["worker", "--drain"],
+                                env=_env(database_url, tmp_path, MAILER_SMTP_URL=smtp_server.url))
+    assert result.exit_code == 0, result.output
+    assert "sent 1, deferred 0, failed 0, skipped 0" in result.output
+    assert len(smtp_server.received) == 1
+
+
+def test_mailto_unsubscribe_request_is_handled(client, mailer, smtp_server, database_url, tmp_path, db):
+    signup(client, "a@example.com")
+    mailer.sender().drain()
+    mailto = smtp_server.received[0].message["List-Unsubscribe"].split(",")[1].strip(" <>")
+    subject = mailto.split("subject=", 1)[1].replace("%20", " ")
+    request = f"From: a@example.com\r\nTo: unsubscribe@example.com\r\nSubject: {subject}\r\n\r\n".encode()
+    result = CliRunner().invoke(main, ["unsubscribe-mail"], input=request, env=_env(database_url, tmp_path))
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "unsubscribed"
+    assert db.scalar(sa.select(Subscription.status)) == "unsubscribed"
+
+
+def test_create_user_cli_refuses_a_short_password(database_url, tmp_path):
+    env = _env(database_url, tmp_path, MAILER_NEW_PASSWORD="short")
+    result = CliRunner().invoke(main, ["create-user", "boss@clinic.example"], env=env)
+    assert result.exit_code == 1
+    assert "at least 12 characters" in result.output
+    env["MAILER_NEW_PASSWORD"] = "a much longer password"
+    assert CliRunner().invoke(main, ["create-user", "boss@clinic.example"], env=env).exit_code == 0
+    token = CliRunner().invoke(main, ["create-token", "boss@clinic.example", "--name", "website"], env=env)
+    assert token.exit_code == 0 and token.output.startswith("mlr_")
+
+
+def test_newcomer_serve_demo_shows_login_demo_content_and_mail(tmp_path):
+    """`python -m mailer serve --demo` on an empty instance: migrates, seeds, prints a login,
+    and the confirmation mail of a signup reaches the dev mailbox through the in-process worker."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.update(MAILER_INSTANCE_PATH=str(tmp_path / "instance"), MAILER_BASE_URL=f"http://127.0.0.1:{port}",
+               MAILER_SEND_INTERVAL_SECONDS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "mailer", "serve", "--demo", "--port", str(port)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output = ""
+        while "Staff login" not in output:
+            line = proc.stdout.readline()
+            assert line, f"serve exited early:\n{output}"
+            output += line
+        email, password = re.search(r"(admin@example\.com) / (\S+)", output).groups()
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{base}/livez", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+
+        import http.cookiejar
+
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        data = b"email=newcomer%40example.com&name=Nia&consent=yes&consent_version=1&lists=newsletter"
+        assert "Check your inbox" in opener.open(f"{base}/subscribe", data=data).read().decode()
+        login_page = opener.open(f"{base}/admin/login").read().decode()
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', login_page).group(1)
+        form = urllib.parse.urlencode({"email": email, "password": password, "csrf_token": csrf}).encode()
+        dashboard = opener.open(f"{base}/admin/login", data=form).read().decode()
+        assert "Spine Health: understanding and easing back pain" in dashboard
+        assert "Spine Health monthly: three habits for a happier back" in dashboard
+        for _ in range(50):
+            mailbox = opener.open(f"{base}/admin/mailbox").read().decode()
+            if "newcomer@example.com" in mailbox:
+                break
+            time.sleep(0.2)
+        assert "Please confirm your subscription to Monthly newsletter" in mailbox
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

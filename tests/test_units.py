@@ -1,0 +1,85 @@
+"""Pure rules, settings and the schema, tested directly."""
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import pytest
+
+from mailer.demo import first_weekday_of_next_month
+from mailer.outbox import retry_delay
+from mailer.rendering import format_local, one_line
+from mailer.settings import SettingsError, load_settings
+from mailer.transports import SMTPTransport, classify_smtp_reply
+
+UTC = dt.timezone.utc
+
+
+def test_local_time_is_shown_in_the_readers_zone_across_the_dst_change():
+    before = dt.datetime(2027, 3, 27, 18, 0, tzinfo=UTC)  # London still on GMT
+    after = dt.datetime(2027, 3, 28, 18, 0, tzinfo=UTC)  # London on BST since 01:00 UTC
+    assert format_local(before, "Europe/London") == "Saturday 27 March 2027, 18:00 GMT"
+    assert format_local(after, "Europe/London") == "Sunday 28 March 2027, 19:00 BST"
+    assert format_local(after, "America/New_York") == "Sunday 28 March 2027, 14:00 EDT"
+    assert format_local(after, "Australia/Sydney") == "Monday 29 March 2027, 05:00 AEDT"
+
+
+def test_first_tuesday_at_18_local_is_the_right_utc_instant_on_both_sides_of_dst():
+    # Tuesday 2 March 2027 18:00 GMT = 18:00 UTC; Tuesday 6 April 2027 18:00 BST = 17:00 UTC.
+    assert first_weekday_of_next_month(dt.datetime(2027, 2, 10, tzinfo=UTC), "Europe/London", 1, 18) == \
+        dt.datetime(2027, 3, 2, 18, 0, tzinfo=UTC)
+    assert first_weekday_of_next_month(dt.datetime(2027, 3, 10, tzinfo=UTC), "Europe/London", 1, 18) == \
+        dt.datetime(2027, 4, 6, 17, 0, tzinfo=UTC)
+    assert first_weekday_of_next_month(dt.datetime(2027, 12, 10, tzinfo=UTC), "Europe/London", 1, 18) == \
+        dt.datetime(2028, 1, 4, 18, 0, tzinfo=UTC)
+
+
+def test_retry_delay_grows_exponentially_with_jitter_and_a_cap():
+    rng = random.Random(1)
+    delays = [retry_delay(n, base_seconds=60, cap_seconds=3600, rng=rng).total_seconds() for n in range(1, 10)]
+    assert 48 <= delays[0] <= 72
+    assert 96 <= delays[1] <= 144
+    assert all(d <= 3600 * 1.2 for d in delays)
+    assert delays[-1] >= 3600 * 0.8
+
+
+def test_smtp_reply_classification():
+    assert classify_smtp_reply(451, "try later").temporary
+    assert not classify_smtp_reply(550, "no such user").temporary
+    assert classify_smtp_reply(421, "closing").connection_lost
+
+
+def test_smtp_url_parsing():
+    t = SMTPTransport("smtp://user%40x:p%2Fw@mail.example:587?starttls=1")
+    assert (t.host, t.port, t.username, t.password, t.starttls, t.ssl) == ("mail.example", 587, "user@x", "p/w", True, False)
+    s = SMTPTransport("smtps://mail.example")
+    assert (s.port, s.ssl) == (465, True)
+    with pytest.raises(ValueError):
+        SMTPTransport("http://mail.example")
+
+
+def test_one_line_removes_line_breaks():
+    assert one_line("a\r\nBcc: b\n c") == "a Bcc: b c"
+
+
+def test_settings_from_environment(tmp_path):
+    env = {"MAILER_FROM": "Clinic <hi@clinic.example>", "MAILER_SEND_BATCH_SIZE": "7",
+           "MAILER_INSTANCE_PATH": str(tmp_path), "MAILER_BASE_URL": "https://x.example/"}
+    settings = load_settings(environ=env)
+    assert settings.from_email == "hi@clinic.example"
+    assert settings.send_batch_size == 7
+    assert settings.base_url == "https://x.example"
+    assert settings.database_url == f"sqlite:///{tmp_path / 'mailer.db'}"
+    assert settings.reply_to == "Clinic <hi@clinic.example>"
+    # The generated secret key is kept, so links keep working after a restart.
+    assert load_settings(environ=env).secret_key == settings.secret_key
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("MAILER_SEND_BATCH_SIZE", "lots", "must be a whole number"),
+    ("MAILER_TIMEZONE", "Mars/Olympus", "is not an IANA time zone"),
+    ("MAILER_FROM", "nobody", "has no email address"),
+])
+def test_bad_settings_are_named(tmp_path, name, value, message):
+    with pytest.raises(SettingsError, match=message):
+        load_settings(environ={name: value, "MAILER_INSTANCE_PATH": str(tmp_path)})
