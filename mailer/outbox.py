@@ -35,6 +35,14 @@ def enqueue(session: Session, *, contact_id: int, kind: str, dedupe_key: str, no
     return session.execute(stmt).first() is not None
 
 
+def suppressed_hashes(session: Session, email_hashes) -> set[str]:
+    """Which of these address hashes are on the suppression list (one query per batch)."""
+    wanted = [h for h in email_hashes if h]
+    if not wanted:
+        return set()
+    return set(session.scalars(sa.select(Suppression.email_hash).where(Suppression.email_hash.in_(wanted))))
+
+
 def cancel_pending(session: Session, *, contact_id: int, list_id: int | None = None,
                    kinds: tuple[str, ...] | None = None, reason: str = "cancelled") -> int:
     """Cancel a contact's messages that have not gone out (all, or one list's, or some kinds)."""

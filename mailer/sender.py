@@ -84,6 +84,7 @@ class Sender:
     def _build(self, session: Session, ids: list[int], outcomes: outbox.Outcomes) -> list[OutgoingMessage]:
         deliveries = session.scalars(sa.select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.id)
                                      .options(selectinload(Delivery.contact))).all()
+        suppressed = outbox.suppressed_hashes(session, [d.contact.email_hash for d in deliveries])
         now = self.clock()
         messages = []
         for delivery in deliveries:
@@ -91,16 +92,20 @@ class Sender:
             if contact.email is None:
                 outcomes.skipped[delivery.id] = (DeliveryStatus.CANCELLED, "contact erased")
                 continue
-            if contacts.is_suppressed(session, self.settings, contact.email):
+            if contact.email_hash in suppressed:
                 outcomes.skipped[delivery.id] = (DeliveryStatus.SUPPRESSED, "address is suppressed")
                 continue
-            context = CONTEXT_BUILDERS[delivery.kind](session, self.settings, delivery)
-            if isinstance(context, outbox.Skip):
-                outcomes.skipped[delivery.id] = (context.status, context.reason)
+            builder = CONTEXT_BUILDERS.get(delivery.kind)
+            if builder is None:
+                outcomes.failed[delivery.id] = f"unknown kind of mail: {delivery.kind}"
                 continue
             try:
+                context = builder(session, self.settings, delivery)
+                if isinstance(context, outbox.Skip):
+                    outcomes.skipped[delivery.id] = (context.status, context.reason)
+                    continue
                 data = self._compose(delivery, contact, context, now)
-            except Exception as exc:  # a template bug must not stop the rest of the batch
+            except Exception as exc:  # one broken message must not stop the rest of the batch
                 log.exception("cannot render delivery %s", delivery.id)
                 outcomes.failed[delivery.id] = f"rendering failed: {exc}"
                 continue

@@ -1,0 +1,61 @@
+"""Outbox rules: a dedupe key is queued once; suppressed and erased people get nothing."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from mailer import contacts, outbox
+from mailer.db import session_scope, utcnow
+from mailer.models import Contact, Delivery, Suppression
+from tests.conftest import signup
+
+
+def _contact(mailer, address="a@example.com"):
+    with session_scope(mailer.sessions) as session:
+        return contacts.get_or_create_contact(session, mailer.settings, address, now=utcnow()).id
+
+
+def test_same_dedupe_key_is_queued_once(mailer, db):
+    contact_id = _contact(mailer)
+    with session_scope(mailer.sessions) as session:
+        first = outbox.enqueue(session, contact_id=contact_id, kind="confirmation", dedupe_key="k1", now=utcnow())
+        again = outbox.enqueue(session, contact_id=contact_id, kind="confirmation", dedupe_key="k1", now=utcnow())
+    assert (first, again) == (True, False)
+    assert db.scalar(sa.select(sa.func.count()).select_from(Delivery)) == 1
+
+
+def test_suppressed_address_is_not_queued(mailer, db):
+    contact_id = _contact(mailer)
+    db.write(sa.insert(Suppression).values(email_hash=contacts.email_hash(mailer.settings, "a@example.com"),
+                                           reason="complaint", detail="", created_at=utcnow()))
+    with session_scope(mailer.sessions) as session:
+        assert not outbox.enqueue(session, contact_id=contact_id, kind="confirmation", dedupe_key="k", now=utcnow())
+
+
+def test_address_suppressed_after_queueing_is_skipped_at_send(client, mailer, smtp_server, db):
+    signup(client, "a@example.com")
+    signup(client, "b@example.com")
+    db.write(sa.insert(Suppression).values(email_hash=contacts.email_hash(mailer.settings, "a@example.com"),
+                                           reason="hard_bounce", detail="550", created_at=utcnow()))
+    result = mailer.sender().drain()
+    assert (result.sent, result.skipped) == (1, 1)
+    assert [r.rcpt_tos for r in smtp_server.received] == [["b@example.com"]]
+    statuses = dict(db.execute(sa.select(Contact.email, Delivery.status).join(Contact)))
+    assert statuses == {"a@example.com": "suppressed", "b@example.com": "sent"}
+
+
+def test_erased_contact_gets_nothing(client, mailer, smtp_server, db):
+    signup(client, "a@example.com")
+    contact_id = db.scalar(sa.select(Contact.id))
+    db.write(sa.update(Contact).where(Contact.id == contact_id).values(email=None))  # erased after queueing
+    assert mailer.sender().drain().skipped == 1
+    assert smtp_server.received == []
+
+
+def test_unknown_kind_fails_that_row_and_sends_the_rest(client, mailer, smtp_server, db):
+    signup(client, "a@example.com")
+    contact_id = _contact(mailer, "b@example.com")
+    with session_scope(mailer.sessions) as session:
+        outbox.enqueue(session, contact_id=contact_id, kind="mystery", dedupe_key="m", now=utcnow())
+    result = mailer.sender().drain()
+    assert (result.sent, result.failed) == (1, 1)
+    assert db.scalar(sa.select(Delivery.last_error).where(Delivery.kind == "mystery")) == "unknown kind of mail: mystery"
