@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -93,6 +94,8 @@ def serve(host: str, port: int, demo: bool) -> None:
     from mailer.demo import DEMO_USER, seed_demo
     from mailer.scheduler import build_scheduler
 
+    # Links in mail must point at this server unless a public address is configured.
+    os.environ.setdefault("MAILER_BASE_URL", f"http://{host}:{port}")
     m = _mailer()
     _migrate(m)
     if demo:

@@ -104,8 +104,7 @@ def test_newcomer_serve_demo_shows_login_demo_content_and_mail(tmp_path):
     and the confirmation mail of a signup reaches the dev mailbox through the in-process worker."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
-    env.update(MAILER_INSTANCE_PATH=str(tmp_path / "instance"), MAILER_BASE_URL=f"http://127.0.0.1:{port}",
-               MAILER_SEND_INTERVAL_SECONDS="1")
+    env.update(MAILER_INSTANCE_PATH=str(tmp_path / "instance"), MAILER_SEND_INTERVAL_SECONDS="1")
     proc = subprocess.Popen([sys.executable, "-m", "mailer", "serve", "--demo", "--port", str(port)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -141,6 +140,9 @@ def test_newcomer_serve_demo_shows_login_demo_content_and_mail(tmp_path):
                 break
             time.sleep(0.2)
         assert "Please confirm your subscription to Monthly newsletter" in mailbox
+        message = opener.open(base + re.search(r'href="(/admin/mailbox/\d+)"', mailbox).group(1)).read().decode()
+        confirm = re.search(rf"({re.escape(base)}/confirm/[^\s<\"]+)", message).group(1)
+        assert "You are now subscribed to Monthly newsletter" in opener.open(confirm).read().decode()
     finally:
         proc.terminate()
         proc.wait(timeout=10)
