@@ -14,6 +14,9 @@ import css_inline
 import jinja2
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "email"
+# Fold only past RFC 5322's hard limit: below it, the email package would fold a long
+# URL by turning it into an RFC 2047 encoded-word, which List-Unsubscribe must not contain.
+MAIL_POLICY = SMTP.clone(max_line_length=998)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +62,7 @@ def parse_address(value: str) -> Address:
 
 def build_message(rendered: RenderedEmail, *, from_addr: str, reply_to: str, to_email: str, to_name: str,
                   message_id: str, date: dt.datetime, headers: dict[str, str] | None = None) -> EmailMessage:
-    msg = EmailMessage(policy=SMTP)
+    msg = EmailMessage(policy=MAIL_POLICY)
     msg["From"] = parse_address(from_addr)
     msg["To"] = make_address(to_name, to_email)
     msg["Reply-To"] = parse_address(reply_to)

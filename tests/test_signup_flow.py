@@ -29,6 +29,10 @@ def test_double_opt_in_confirm_and_one_click_unsubscribe(client, mailer, smtp_se
     assert msg["Date"]
     assert msg["Cc"] is None and msg["Bcc"] is None
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # As a mail client reads it: literal URIs, never RFC 2047 encoded-words.
+    raw_header = received.data.split(b"\r\nList-Unsubscribe: ", 1)[1].split(b"\r\n", 1)[0]
+    assert raw_header.startswith(b"<https://news.example.org/unsubscribe/")
+    assert b"=?" not in raw_header and b", <mailto:unsubscribe@example.com?subject=unsubscribe%20" in raw_header
     unsub_https, unsub_mailto = [part.strip(" <>") for part in msg["List-Unsubscribe"].split(",")]
     assert unsub_https.startswith("https://news.example.org/unsubscribe/")
     assert unsub_mailto.startswith("mailto:unsubscribe@example.com?subject=unsubscribe%20")

@@ -23,6 +23,13 @@
     progress.textContent = "Step 2 of 2";
     document.getElementById("name").focus();
   });
+  document.getElementById("change").addEventListener("click", function (event) {
+    event.preventDefault();
+    step2.hidden = true;
+    step1.hidden = false;
+    progress.textContent = "Step 1 of 2";
+    email.focus();
+  });
   form.addEventListener("submit", function (event) {
     var consent = document.getElementById("consent");
     if (!step2.hidden && consent && !consent.checked) {

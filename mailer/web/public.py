@@ -12,6 +12,12 @@ from mailer.web import db_session, mailer, request_context, wants_json
 
 bp = Blueprint("public", __name__)
 
+
+@bp.context_processor
+def _embed_mode():
+    """?embed=1: the page sits in an iframe on the organisation's site, so no site chrome."""
+    return {"embed": request.args.get("embed") == "1"}
+
 HONEYPOT_FIELD = "website"
 SIGNUP_DONE = "Almost done: we have sent you an email. Click the link in it to confirm your subscription."
 
@@ -56,7 +62,7 @@ def _render_form(step: int, values: dict, error: InvalidInput | None = None, sta
         except InvalidInput:
             choices = _form_lists(session, None)
         page = render_template("public/subscribe.html", step=step, values=values, choices=choices, error=error,
-                               honeypot=HONEYPOT_FIELD, embed=request.args.get("embed") == "1")
+                               honeypot=HONEYPOT_FIELD)
     return page, status
 
 
