@@ -28,7 +28,9 @@ p99 at 200 req/s < 50 ms. Exit code 1 when a signup is lost, any 5xx or connecti
 occurred, or "database is locked" appears in the gunicorn log; 0 otherwise.
 
 The load generators run on the same machine as the server and the database, so the absolute
-figures depend on `nproc`; the ratio to /livez is the figure to compare between machines.
+figures depend on `nproc` and on whatever else runs there (the load average before the run is
+printed); the ratio to /livez is the figure to compare between machines. A whole run for both
+backends takes about 90 s with the defaults.
 """
 from __future__ import annotations
 
@@ -45,10 +47,11 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +63,7 @@ BURST_SIZE = 1000
 TARGET_RATIO = 0.5
 TARGET_P99_MS = 50.0
 LOCKED = "database is locked"
+PAUSE_SECONDS = 2  # between phases, so each one starts against an idle server
 
 try:
     import sqlalchemy as sa
@@ -194,7 +198,6 @@ class BackendReport:
     fixed: LoadResult | None = None
     burst: BurstResult | None = None
     skipped: str = ""
-    notes: list[str] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -216,8 +219,10 @@ def ensure_wrk() -> str:
     path = shutil.which("wrk")
     if path is None:
         print("wrk not found: installing it with apt-get (Debian package wrk) ...", flush=True)
-        subprocess.run("apt-get update -qq && apt-get install -y -qq wrk", shell=True, check=True,
-                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        done = subprocess.run("apt-get update -qq && apt-get install -y -qq wrk", shell=True, text=True,
+                              capture_output=True, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        if done.returncode != 0:
+            sys.exit(f"apt-get install wrk failed:\n{done.stdout}\n{done.stderr}")
         path = shutil.which("wrk")
         if path is None:
             sys.exit("wrk is still not on PATH after apt-get install")
@@ -466,17 +471,20 @@ def bench_backend(name: str, database_url: str, wrk: str, args: argparse.Namespa
 
         report.livez = run_wrk(wrk, f"{server.base_url}/livez", "", args, workdir)
         print_load("GET /livez (wrk)", report.livez)
+        time.sleep(PAUSE_SECONDS)
         report.subscribe = run_wrk(wrk, f"{server.base_url}/subscribe", WRK_SUBSCRIBE_LUA, args, workdir,
                                    f"wrk-{run}")
         print_load("POST /subscribe (wrk)", report.subscribe)
         print(f"  ratio subscribe/livez: {report.ratio:.2f} (target >= {TARGET_RATIO}: "
               f"{'met' if report.ratio >= TARGET_RATIO else 'MISSED'})", flush=True)
 
+        time.sleep(PAUSE_SECONDS)
         report.fixed = fixed_rate_signups(server.port, FIXED_RATE, args.duration, f"rate-{run}")
         print_load(f"POST /subscribe at {FIXED_RATE}/s (open loop)", report.fixed)
         print(f"  p99 at {FIXED_RATE}/s: {report.fixed.p99_ms:.1f} ms (target < {TARGET_P99_MS:.0f} ms: "
               f"{'met' if report.fixed.p99_ms < TARGET_P99_MS else 'MISSED'})", flush=True)
 
+        time.sleep(PAUSE_SECONDS)
         tag = f"burst-{run}"
         codes, no_answer, accepted, seconds = burst_signups(server.port, BURST_SIZE, tag)
         found = rows_for(database_url, tag)
@@ -574,19 +582,21 @@ def main() -> int:
     command = os.environ.get("BENCH_COMMAND") or shlex.join(sys.orig_argv)
 
     wrk = ensure_wrk()
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())  # other work on the machine skews the figures
     started = time.monotonic()
     reports = []
     for runner, label in ((run_sqlite, "SQLite"), (run_postgres, "PostgreSQL")):
         try:
             reports.append(runner(wrk, args))
-        except Exception as exc:  # report the other backend anyway
-            print(f"{label} run failed: {exc}", file=sys.stderr)
+        except Exception:  # report the other backend anyway
+            print(f"{label} run failed:", file=sys.stderr)
+            traceback.print_exc()
             reports.append(BackendReport(label))
         if reports[-1].skipped:
             print(f"\n=== {label} === skipped: {reports[-1].skipped}")
 
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    print(f"\n## Signup benchmark\n\nnproc: {nproc}  ")
+    print(f"\n## Signup benchmark\n\nnproc: {nproc}; load average before the run: {load_before}  ")
     print(f"Command: `{command}` (wrk -t 2 -c {args.connections}, {args.duration} s per phase, "
           f"gunicorn -w {WORKERS} sync, total {time.monotonic() - started:.0f} s)\n")
     print(markdown_table(reports))
