@@ -74,7 +74,9 @@ except ImportError:  # not the project's interpreter: run again under the virtua
     raise
 
 sys.path.insert(0, str(ROOT))
+from mailer import build  # noqa: E402
 from mailer.db import make_engine, make_session_factory, migrate, session_scope  # noqa: E402
+from mailer.settings import load_settings  # noqa: E402
 from mailer.demo import ensure_default_list  # noqa: E402
 
 # wrk script for POST /subscribe: one unique address per request, "<tag>-t<thread>-<counter>".
@@ -429,8 +431,25 @@ def burst_signups(port: int, count: int, tag: str) -> tuple[dict[str, int], int,
     return codes, statuses.count(None), accepted, elapsed
 
 
-def rows_for(database_url: str, tag: str) -> set[str]:
-    """Addresses with this tag that have a pending subscription and a 'requested' consent event."""
+def process_accepted_signups(database_url: str, workdir: Path) -> tuple[int, float]:
+    """Do the worker's part: turn accepted signups into subscriptions, consent events and
+    queued confirmations (what `python -m mailer worker` does every second)."""
+    mailer = build(load_settings({"database_url": database_url, "secret_key": "bench",
+                                  "instance_path": str(workdir / "worker-instance")}))
+    started = time.perf_counter()
+    try:
+        count = mailer.process_signups()
+    finally:
+        mailer.engine.dispose()
+    return count, time.perf_counter() - started
+
+
+def rows_for(database_url: str, tag: str, workdir: Path) -> set[str]:
+    """Addresses with this tag that, once the worker has processed the accepted signups,
+    have a pending subscription and a 'requested' consent event."""
+    count, seconds = process_accepted_signups(database_url, workdir)
+    if count > 1:
+        print(f"  worker processed {count} accepted signups in {seconds:.1f} s ({count / seconds:.0f}/s)", flush=True)
     engine = make_engine(database_url)
     query = sa.text("""
         SELECT c.email FROM contacts c
@@ -447,11 +466,11 @@ def rows_for(database_url: str, tag: str) -> set[str]:
 
 # One backend ------------------------------------------------------------------------------
 
-def preflight(server: Gunicorn, database_url: str, run: str) -> None:
+def preflight(server: Gunicorn, database_url: str, run: str, workdir: Path) -> None:
     """One signup by hand: fail early, with the answer shown, if /subscribe does not work."""
     tag = f"pre-{run}"
     status, body = http_request(server.port, "POST", "/subscribe", signup_body(f"{tag}-0@bench.example"))
-    if status != 200 or f"{tag}-0@bench.example" not in rows_for(database_url, tag):
+    if status != 200 or f"{tag}-0@bench.example" not in rows_for(database_url, tag, workdir):
         raise RuntimeError(f"preflight signup failed: HTTP {status}\n{body[:2000].decode(errors='replace')}\n"
                            f"{server.log_text()[-4000:]}")
 
@@ -465,7 +484,7 @@ def bench_backend(name: str, database_url: str, wrk: str, args: argparse.Namespa
     server = Gunicorn(database_url, workdir)
     try:
         server.wait_ready()
-        preflight(server, database_url, run)
+        preflight(server, database_url, run, workdir)
         print(f"gunicorn -w {WORKERS} on {server.base_url}; wrk -t 2 -c {args.connections} -d {args.duration}s",
               flush=True)
 
@@ -487,7 +506,7 @@ def bench_backend(name: str, database_url: str, wrk: str, args: argparse.Namespa
         time.sleep(PAUSE_SECONDS)
         tag = f"burst-{run}"
         codes, no_answer, accepted, seconds = burst_signups(server.port, BURST_SIZE, tag)
-        found = rows_for(database_url, tag)
+        found = rows_for(database_url, tag, workdir)
         log = server.log_text()
         report.burst = BurstResult(
             codes=codes, no_answer=no_answer, accepted=len(accepted), rows_found=len(found & set(accepted)),

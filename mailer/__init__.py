@@ -32,6 +32,23 @@ class Mailer:
 
         return Sender(self.settings, self.sessions, self.transport, self.renderer, **kwargs)
 
+    def process_signups(self) -> int:
+        from mailer.contacts import process_signups
+        from mailer.db import session_scope
+
+        total = 0
+        while True:
+            with session_scope(self.sessions) as session:
+                done = process_signups(session, self.settings)
+            total += done
+            if not done:
+                return total
+
+    def drain(self, **sender_kwargs):
+        """Everything due now: accepted signups become mail, then all due mail is sent."""
+        self.process_signups()
+        return self.sender(**sender_kwargs).drain()
+
 
 def build(settings: Settings, transport: Transport | None = None) -> Mailer:
     engine = make_engine(settings.database_url)

@@ -122,6 +122,7 @@ def worker(drain: bool) -> None:
     m = _mailer()
     sender = m.sender()
     if drain:
+        m.process_signups()
         result = sender.drain()
         click.echo(f"sent {result.sent}, deferred {result.deferred}, failed {result.failed}, skipped {result.skipped}")
         return

@@ -6,6 +6,9 @@ import datetime as dt
 import enum
 import hashlib
 import hmac
+import logging
+import threading
+import time
 import unicodedata
 import zoneinfo
 
@@ -14,11 +17,13 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.orm import Session
 
 from mailer import consent, outbox, tokens
-from mailer.db import dialect_insert
+from mailer.db import dialect_insert, is_postgres
 from mailer.errors import InvalidInput
 from mailer.models import (ConsentAction, ConsentEvent, ConsentWording, Contact, Delivery, DeliveryStatus, MailingList,
-                           Registration, Subscription, SubscriptionStatus, Suppression)
+                           Registration, SignupRequest, Subscription, SubscriptionStatus, Suppression)
 from mailer.settings import Settings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LIST = "newsletter"
 NAME_MAX = 100
@@ -98,6 +103,84 @@ def get_or_create_contact(session: Session, settings: Settings, address: str, *,
 
 def is_suppressed(session: Session, settings: Settings, address: str) -> bool:
     return session.scalar(sa.select(sa.exists().where(Suppression.email_hash == email_hash(settings, address))))
+
+
+# Built once: the public form runs these on every request.
+_LIST_WORDINGS = (
+    sa.select(MailingList.slug, ConsentWording.version)
+    .join(ConsentWording, ConsentWording.list_id == MailingList.id)
+    .where(MailingList.public)
+)
+_INSERT_SIGNUP = sa.insert(SignupRequest.__table__)
+
+
+class PublicLists:
+    """Public lists and their consent wording versions, re-read at most every `ttl`
+    seconds: the signup form checks them on every request, and they rarely change."""
+
+    def __init__(self, ttl: float = 10.0, clock=time.monotonic):
+        self.ttl = ttl
+        self.clock = clock
+        self._versions: dict[str, set[int]] = {}
+        self._read_at: float | None = None
+        self._lock = threading.Lock()
+
+    def versions(self, connection) -> dict[str, set[int]]:
+        with self._lock:
+            if self._read_at is None or self.clock() - self._read_at > self.ttl:
+                versions: dict[str, set[int]] = {}
+                for slug, version in connection.execute(_LIST_WORDINGS):
+                    versions.setdefault(slug, set()).add(version)
+                self._versions, self._read_at = versions, self.clock()
+            return self._versions
+
+    def check(self, connection, slugs: list[str], consent_version: int | None) -> None:
+        versions = self.versions(connection)
+        if not all(slug in versions for slug in slugs):
+            raise InvalidInput("lists", "Unknown mailing list.")
+        if consent_version is not None and not all(consent_version in versions[slug] for slug in slugs):
+            raise InvalidInput("consent_version", "The consent wording on this form is unknown; reload the page.")
+
+
+def accept_signup(connection, public_lists: PublicLists, *, email: str, name: str = "", lists=None, consent_given: bool,
+                  consent_version: int | None = None, timezone: str | None = None,
+                  context: consent.RequestContext, now: dt.datetime) -> None:
+    """Validate a signup from the public form and keep it for the worker
+    (process_signups). The request path reads nothing about the address, so the
+    answer, and its timing, cannot tell whether the address is known. Takes a Core
+    connection (or a session): this is the hottest path of the public site."""
+    address = normalise_email(email)
+    slugs = list(dict.fromkeys(lists or [DEFAULT_LIST]))
+    if not consent_given:
+        raise InvalidInput("consent", "Please tick the box to agree to receive the newsletter.")
+    public_lists.check(connection, slugs, consent_version)
+    connection.execute(_INSERT_SIGNUP, {
+        "email": address, "name": clean_name(name), "lists": ",".join(slugs), "consent_version": consent_version,
+        "timezone": clean_timezone(timezone), "source_url": context.source_url, "ip": context.ip,
+        "user_agent": context.user_agent, "created_at": now,
+    })
+
+
+def process_signups(session: Session, settings: Settings, *, limit: int = 500) -> int:
+    """Turn accepted signups into pending subscriptions, consent events and confirmation
+    mails, as of the moment each was made. Safe to run in several workers at once."""
+    query = sa.select(SignupRequest).order_by(SignupRequest.id).limit(limit)
+    if is_postgres(session):
+        query = query.with_for_update(skip_locked=True)
+    requests = session.scalars(query).all()
+    for request in requests:
+        try:
+            with session.begin_nested():
+                subscribe(session, settings, email=request.email, name=request.name,
+                          lists=request.lists.split(","), consent_given=True,
+                          consent_version=request.consent_version, timezone=request.timezone,
+                          context=consent.RequestContext(request.source_url, request.ip, request.user_agent),
+                          now=request.created_at)
+        except InvalidInput as exc:  # the list or wording went away since the form was sent
+            log.warning("dropping signup request %s: %s", request.id, exc.message)
+        session.delete(request)
+    session.flush()
+    return len(requests)
 
 
 def subscribe(session: Session, settings: Settings, *, email: str, name: str = "", lists=None,

@@ -89,6 +89,25 @@ class ConsentWording(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class SignupRequest(Base):
+    """A validated signup as the form received it, kept until the worker turns it into
+    a pending subscription, a consent event and a confirmation mail. The public form
+    does one insert, so it is fast and answers alike for every address."""
+
+    __tablename__ = "signup_requests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(sa.String(320))
+    name: Mapped[str] = mapped_column(sa.String(100), default="")
+    lists: Mapped[str] = mapped_column(sa.String(500))  # list slugs, comma-separated
+    consent_version: Mapped[Optional[int]]
+    timezone: Mapped[Optional[str]] = mapped_column(sa.String(64))
+    source_url: Mapped[Optional[str]] = mapped_column(sa.Text)
+    ip: Mapped[Optional[str]] = mapped_column(sa.String(64))
+    user_agent: Mapped[Optional[str]] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime]
+
+
 class Subscription(Base):
     __tablename__ = "subscriptions"
     __table_args__ = (

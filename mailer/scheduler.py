@@ -21,6 +21,13 @@ def send_due(sender) -> None:
                  result.skipped)
 
 
+def process_signups(mailer, scheduler) -> None:
+    processed = mailer.process_signups()
+    if processed:
+        log.info("processed %d signups", processed)
+        scheduler.get_job("send-due").modify(next_run_time=utcnow())  # send their confirmations now
+
+
 def purge_expired_signups(mailer) -> None:
     with session_scope(mailer.sessions) as session:
         purged = contacts.purge_expired_pending(session, mailer.settings, utcnow())
@@ -28,9 +35,10 @@ def purge_expired_signups(mailer) -> None:
         log.info("purged %d unconfirmed signups", purged)
 
 
-def periodic_jobs(mailer, sender) -> list[dict]:
+def periodic_jobs(mailer, sender, scheduler) -> list[dict]:
     """Every periodic job in one list, registered at start-up."""
     return [
+        dict(id="process-signups", func=process_signups, args=[mailer, scheduler], trigger="interval", seconds=1),
         dict(id="send-due", func=send_due, args=[sender], trigger="interval",
              seconds=mailer.settings.send_interval_seconds),
         dict(id="purge-expired-signups", func=purge_expired_signups, args=[mailer], trigger="interval", hours=1),
@@ -41,6 +49,6 @@ def build_scheduler(mailer, sender, *, blocking: bool):
     cls = BlockingScheduler if blocking else BackgroundScheduler
     scheduler = cls(timezone=dt.timezone.utc,
                     job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60})
-    for job in periodic_jobs(mailer, sender):
+    for job in periodic_jobs(mailer, sender, scheduler):
         scheduler.add_job(replace_existing=True, next_run_time=utcnow(), **job)
     return scheduler

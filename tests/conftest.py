@@ -133,7 +133,12 @@ def links_in(text: str) -> list[str]:
     return re.findall(r"https://news\.example\.org/\S+", text)
 
 
-def signup(client, email="ada@example.com", name="Ada", **extra):
+def signup(client, email="ada@example.com", name="Ada", process=True, **extra):
+    """Post the signup form as a visitor would; then (process=True) let the worker
+    turn accepted signups into subscriptions and queued confirmations."""
     data = {"email": email, "name": name, "consent": "yes", "consent_version": "1", "lists": "newsletter"}
     data.update(extra)
-    return client.post("/subscribe", data=data, headers={"User-Agent": "pytest-browser/1.0"})
+    response = client.post("/subscribe", data=data, headers={"User-Agent": "pytest-browser/1.0"})
+    if process:
+        client.application.extensions["mailer"].process_signups()
+    return response

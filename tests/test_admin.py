@@ -63,7 +63,7 @@ def test_wrong_password_then_lockout(dev_app):
 def test_confirmation_mail_appears_in_the_dev_mailbox(dev_app):
     visitor = dev_app.test_client()
     signup(visitor, "ada@example.com", "Ada <b>Lovelace</b>")
-    dev_app.extensions["mailer"].sender().drain()
+    dev_app.extensions["mailer"].drain()
 
     staff = dev_app.test_client()
     assert login(staff).status_code == 302

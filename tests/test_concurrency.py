@@ -1,12 +1,14 @@
-"""Many signups at once: none lost, no 'database is locked', the consent chain stays one chain."""
+"""Many signups at once, then several workers processing them at once: none lost,
+no 'database is locked', no confirmation twice, the consent chain stays one chain."""
 from __future__ import annotations
 
 import threading
 
 import sqlalchemy as sa
 
-from mailer import consent
-from mailer.models import ConsentEvent, Delivery, Subscription
+from mailer import consent, contacts
+from mailer.db import session_scope
+from mailer.models import ConsentEvent, Delivery, SignupRequest, Subscription
 from tests.conftest import signup
 
 THREADS = 12
@@ -24,7 +26,7 @@ def test_concurrent_signups_lose_nothing_and_keep_the_chain_intact(app, mailer, 
         for i in range(PER_THREAD):
             # Every visitor also signs up one shared address: a duplicate race.
             address = "shared@example.com" if i == 0 else f"v{n}-{i}@example.com"
-            code = signup(client, address).status_code
+            code = signup(client, address, process=False).status_code
             with lock:
                 answers.append(code)
 
@@ -34,6 +36,20 @@ def test_concurrent_signups_lose_nothing_and_keep_the_chain_intact(app, mailer, 
     for t in threads:
         t.join(timeout=60)
     assert answers == [200] * (THREADS * PER_THREAD)
+    assert db.scalar(sa.select(sa.func.count()).select_from(SignupRequest)) == THREADS * PER_THREAD
+
+    def worker() -> None:
+        while True:
+            with session_scope(mailer.sessions) as session:
+                if not contacts.process_signups(session, mailer.settings, limit=3):
+                    return
+
+    workers = [threading.Thread(target=worker) for _ in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(timeout=60)
+    assert db.scalar(sa.select(sa.func.count()).select_from(SignupRequest)) == 0
     unique = THREADS * (PER_THREAD - 1) + 1
     assert db.scalar(sa.select(sa.func.count()).select_from(Subscription)) == unique
     assert db.scalar(sa.select(sa.func.count()).select_from(Delivery)) == unique  # one confirmation each

@@ -21,7 +21,7 @@ def _cli(database_url, tmp_path, *args):
 def _cycle(client, mailer, smtp_server):
     signup(client, "ada@example.com", "Ada")
     signup(client, "bob@example.com", "Bob")
-    mailer.sender().drain()
+    mailer.drain()
     for received in smtp_server.received:
         text = received.message.get_body(preferencelist=("plain",)).get_content()
         client.get([l for l in links_in(text) if "/confirm/" in l][0].removeprefix("https://news.example.org"))

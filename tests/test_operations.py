@@ -78,7 +78,7 @@ def test_worker_drain_cli_sends_and_reports(client, smtp_server, database_url, t
 
 def test_mailto_unsubscribe_request_is_handled(client, mailer, smtp_server, database_url, tmp_path, db):
     signup(client, "a@example.com")
-    mailer.sender().drain()
+    mailer.drain()
     mailto = smtp_server.received[0].message["List-Unsubscribe"].split(",")[1].strip(" <>")
     subject = mailto.split("subject=", 1)[1].replace("%20", " ")
     request = f"From: a@example.com\r\nTo: unsubscribe@example.com\r\nSubject: {subject}\r\n\r\n".encode()

@@ -36,7 +36,7 @@ def test_address_suppressed_after_queueing_is_skipped_at_send(client, mailer, sm
     signup(client, "b@example.com")
     db.write(sa.insert(Suppression).values(email_hash=contacts.email_hash(mailer.settings, "a@example.com"),
                                            reason="hard_bounce", detail="550", created_at=utcnow()))
-    result = mailer.sender().drain()
+    result = mailer.drain()
     assert (result.sent, result.skipped) == (1, 1)
     assert [r.rcpt_tos for r in smtp_server.received] == [["b@example.com"]]
     statuses = dict(db.execute(sa.select(Contact.email, Delivery.status).join(Contact)))
@@ -47,7 +47,7 @@ def test_erased_contact_gets_nothing(client, mailer, smtp_server, db):
     signup(client, "a@example.com")
     contact_id = db.scalar(sa.select(Contact.id))
     db.write(sa.update(Contact).where(Contact.id == contact_id).values(email=None))  # erased after queueing
-    assert mailer.sender().drain().skipped == 1
+    assert mailer.drain().skipped == 1
     assert smtp_server.received == []
 
 
@@ -56,6 +56,26 @@ def test_unknown_kind_fails_that_row_and_sends_the_rest(client, mailer, smtp_ser
     contact_id = _contact(mailer, "b@example.com")
     with session_scope(mailer.sessions) as session:
         outbox.enqueue(session, contact_id=contact_id, kind="mystery", dedupe_key="m", now=utcnow())
-    result = mailer.sender().drain()
+    result = mailer.drain()
     assert (result.sent, result.failed) == (1, 1)
     assert db.scalar(sa.select(Delivery.last_error).where(Delivery.kind == "mystery")) == "unknown kind of mail: mystery"
+
+
+def test_public_lists_are_reread_after_their_ttl(mailer):
+    from mailer.contacts import PublicLists, ensure_list
+    from mailer.errors import InvalidInput
+
+    now = [0.0]
+    catalog = PublicLists(ttl=10, clock=lambda: now[0])
+    with mailer.engine.connect() as conn:
+        catalog.check(conn, ["newsletter"], 1)
+    with session_scope(mailer.sessions) as session:
+        ensure_list(session, "events", "Events", "Yes, tell me about events.")
+    with mailer.engine.connect() as conn:
+        try:
+            catalog.check(conn, ["events"], 1)
+            raise AssertionError("a list created after the last read was accepted before the TTL")
+        except InvalidInput as exc:
+            assert exc.field == "lists"
+        now[0] = 11
+        catalog.check(conn, ["events"], 1)  # seen once the TTL has passed

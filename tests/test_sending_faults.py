@@ -31,7 +31,7 @@ def test_smtp_server_down_defers_then_sends_when_it_is_back(database_url, tmp_pa
     signup(client, "a@example.com")
     signup(client, "b@example.com")
 
-    result = mailer.sender().drain()
+    result = mailer.drain()
     assert (result.sent, result.deferred) == (0, 2)
     rows = _rows(db)
     assert [r.status for r in rows] == ["deferred", "deferred"]
@@ -41,7 +41,7 @@ def test_smtp_server_down_defers_then_sends_when_it_is_back(database_url, tmp_pa
 
     server = SMTPServer(port).start()
     try:
-        assert mailer.sender().drain().sent == 0  # not due yet: backing off
+        assert mailer.drain().sent == 0  # not due yet: backing off
         assert mailer.sender(clock=_later(5)).drain().sent == 2
     finally:
         server.stop()
@@ -56,7 +56,7 @@ def test_4xx_is_retried_with_backoff_and_5xx_fails(client, mailer, smtp_server, 
     smtp_server.handler.rcpt_reply = lambda address: replies.get(address)
     for address in ("ok@example.com", "soft@example.com", "hard@example.com"):
         signup(client, address)
-    result = mailer.sender().drain()
+    result = mailer.drain()
     assert (result.sent, result.deferred, result.failed) == (1, 1, 1)
     rows = {r.last_error: r for r in _rows(db) if r.last_error}
     assert rows["451 4.3.0 Try again later"].status == "deferred"
@@ -78,7 +78,7 @@ def test_4xx_is_retried_with_backoff_and_5xx_fails(client, mailer, smtp_server, 
 def test_gives_up_after_the_deadline(client, mailer, smtp_server, db):
     smtp_server.handler.rcpt_reply = lambda address: "452 4.2.2 Mailbox full"
     signup(client, "full@example.com")
-    mailer.sender().drain()
+    mailer.drain()
     mailer.sender(clock=lambda: utcnow() + dt.timedelta(hours=49)).drain()
     row = _rows(db)[0]
     assert row.status == "failed"
@@ -97,7 +97,7 @@ def test_connection_dropped_mid_data_is_retried_not_lost(client, mailer, smtp_se
     smtp_server.handler.data_reply = drop_first
     signup(client, "a@example.com")
     signup(client, "b@example.com")
-    result = mailer.sender().drain()
+    result = mailer.drain()
     assert result.deferred == 1 and result.sent == 1
     assert mailer.sender(clock=_later(5)).drain().sent == 1
     assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == ["a@example.com", "b@example.com"]
@@ -113,7 +113,7 @@ def test_worker_killed_after_claiming_leaves_rows_that_a_new_worker_sends_once(c
         claimed = outbox.claim_due(session, worker_id="dead", now=utcnow(), limit=10, lease_seconds=300,
                                    message_domain="clinic.example")
     assert len(claimed) == 2
-    assert mailer.sender().drain().claimed == 0  # still leased to the dead worker
+    assert mailer.drain().claimed == 0  # still leased to the dead worker
 
     after_lease = _later(6)
     fresh = Sender(mailer.settings, mailer.sessions, mailer.transport, mailer.renderer, clock=after_lease)
@@ -136,6 +136,6 @@ def test_restarted_worker_sends_exactly_once(database_url, tmp_path, smtp_server
 
     for _ in range(2):  # a new worker process, started twice
         worker = create_app(overrides).extensions["mailer"]
-        worker.sender().drain()
+        worker.drain()
         worker.engine.dispose()
     assert [r.rcpt_tos for r in smtp_server.received] == [["a@example.com"]]

@@ -14,7 +14,7 @@ def test_double_opt_in_confirm_and_one_click_unsubscribe(client, mailer, smtp_se
     assert response.status_code == 200
     assert "Check your inbox" in response.text
 
-    result = mailer.sender().drain()
+    result = mailer.drain()
     assert result.sent == 1
     assert len(smtp_server.received) == 1
     received = smtp_server.received[0]
@@ -71,7 +71,7 @@ def test_double_opt_in_confirm_and_one_click_unsubscribe(client, mailer, smtp_se
 
 def test_unsubscribe_page_shows_one_button_and_get_changes_nothing(client, mailer, smtp_server, db):
     signup(client)
-    mailer.sender().drain()
+    mailer.drain()
     url = smtp_server.received[0].message["List-Unsubscribe"].split(",")[0].strip(" <>")
     path = url.removeprefix("https://news.example.org")
     page = client.get(path)
@@ -89,7 +89,7 @@ def test_unsubscribing_cancels_every_queued_message(client, mailer, smtp_server,
     path = unsubscribe_url(mailer.settings, sub.contact_id, sub.list_id).removeprefix("https://news.example.org")
     assert client.post(path).status_code == 200
     assert db.scalar(sa.select(Delivery.status)) == "cancelled"
-    assert mailer.sender().drain().sent == 0
+    assert mailer.drain().sent == 0
     assert smtp_server.received == []
 
 

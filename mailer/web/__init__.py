@@ -63,12 +63,14 @@ def _security_headers(response):
 
 def register(app: Flask) -> None:
     from mailer.web import admin, auth, public
+    from mailer.contacts import PublicLists
     from mailer.web.ratelimit import SlidingWindowLimiter
 
     settings = app.extensions["mailer"].settings
     app.extensions["signup_limiter"] = SlidingWindowLimiter(settings.signup_rate_limit,
                                                             settings.signup_rate_window_seconds)
     app.extensions["login_limiter"] = SlidingWindowLimiter(20, 300)
+    app.extensions["public_lists"] = PublicLists()
     csrf.init_app(app)
     csrf.exempt(public.bp)
     app.register_blueprint(public.bp)

@@ -69,7 +69,12 @@ def _render_form(step: int, values: dict, error: InvalidInput | None = None, sta
 def _done():
     if wants_json():
         return jsonify(status="pending_confirmation", message=SIGNUP_DONE), 200
-    return render_template("public/message.html", title="Check your inbox", message=SIGNUP_DONE), 200
+    # The same page for everyone, so render it once per process (and embed mode).
+    pages = current_app.extensions.setdefault("signup_done_pages", {})
+    embed = request.args.get("embed") == "1"
+    if embed not in pages:
+        pages[embed] = render_template("public/message.html", title="Check your inbox", message=SIGNUP_DONE)
+    return pages[embed], 200
 
 
 def _error(exc: InvalidInput, values: dict, step: int, status: int = 400):
@@ -100,11 +105,10 @@ def subscribe():
         except InvalidInput as exc:
             return _error(exc, values, 1)
         return _render_form(2, values)
-    settings = mailer().settings
     try:
-        with db_session() as session:
-            contacts.subscribe(
-                session, settings, email=values["email"], name=values["name"], lists=values["lists"],
+        with mailer().engine.begin() as connection:
+            contacts.accept_signup(
+                connection, current_app.extensions["public_lists"], email=values["email"], name=values["name"], lists=values["lists"],
                 consent_given=values["consent_given"], consent_version=values["consent_version"],
                 timezone=values["timezone"], context=request_context(values["source_url"]), now=utcnow(),
             )

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 12:06:38.165219
+Create Date: 2026-11-25 12:25:43.552845
 """
 from alembic import op
 import sqlalchemy as sa
@@ -58,6 +58,19 @@ def upgrade() -> None:
     sa.Column('send_at', sa.DateTime(), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_newsletters'))
+    )
+    op.create_table('signup_requests',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('email', sa.String(length=320), nullable=False),
+    sa.Column('name', sa.String(length=100), nullable=False),
+    sa.Column('lists', sa.String(length=500), nullable=False),
+    sa.Column('consent_version', sa.Integer(), nullable=True),
+    sa.Column('timezone', sa.String(length=64), nullable=True),
+    sa.Column('source_url', sa.Text(), nullable=True),
+    sa.Column('ip', sa.String(length=64), nullable=True),
+    sa.Column('user_agent', sa.Text(), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_signup_requests'))
     )
     op.create_table('suppressions',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -240,6 +253,7 @@ def downgrade() -> None:
     op.drop_table('webinars')
     op.drop_table('users')
     op.drop_table('suppressions')
+    op.drop_table('signup_requests')
     op.drop_table('newsletters')
     op.drop_table('mailing_lists')
     op.drop_table('dev_messages')
