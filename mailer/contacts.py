@@ -372,6 +372,40 @@ def _has_other_ties(session: Session, contact_id: int) -> bool:
     )))
 
 
+def suppress_address(session: Session, settings: Settings, address: str, *, reason: str, detail: str = "",
+                     now: dt.datetime) -> bool:
+    """Never mail this address again (hard bounce, complaint, erasure); cancels what is
+    queued for it. True when it was newly suppressed."""
+    digest = email_hash(settings, address.strip().lower())
+    added = session.execute(
+        dialect_insert(session, Suppression)
+        .values(email_hash=digest, reason=reason, detail=detail[:2000], created_at=now)
+        .on_conflict_do_nothing(index_elements=["email_hash"]).returning(Suppression.id)
+    ).first() is not None
+    contact_id = session.scalar(sa.select(Contact.id).where(Contact.email_hash == digest))
+    if contact_id is not None:
+        outbox.cancel_pending(session, contact_id=contact_id, reason=f"suppressed: {reason}")
+    return added
+
+
+def unsubscribe_everywhere(session: Session, address: str, *, context: consent.RequestContext,
+                           now: dt.datetime) -> int:
+    """Withdraw every list subscription of an address (a spam complaint); returns how many."""
+    contact = session.scalar(sa.select(Contact).where(Contact.email == address.strip().lower()))
+    if contact is None:
+        return 0
+    subs = session.scalars(sa.select(Subscription).where(
+        Subscription.contact_id == contact.id,
+        Subscription.status.in_([SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING]))).all()
+    for sub in subs:
+        sub.status, sub.unsubscribed_at = SubscriptionStatus.UNSUBSCRIBED, now
+        consent.record_event(session, contact_id=contact.id, list_id=sub.list_id,
+                             purpose=f"list:{sub.mailing_list.slug}", action=ConsentAction.WITHDRAWN,
+                             context=context, now=now)
+        outbox.cancel_pending(session, contact_id=contact.id, list_id=sub.list_id, reason="unsubscribed")
+    return len(subs)
+
+
 def anonymise_contact(session: Session, contact_id: int, now: dt.datetime) -> None:
     """Remove the person's data; the row stays so the consent chain keeps its links."""
     outbox.cancel_pending(session, contact_id=contact_id, reason="contact erased")

@@ -35,6 +35,21 @@ class DeliveryStatus(enum.StrEnum):
     SUPPRESSED = "suppressed"
 
 
+class ErrorClass(enum.StrEnum):
+    TEMPORARY = "temporary"  # 4xx from the server for this message
+    PERMANENT = "permanent"  # 5xx for this recipient: failed and suppressed
+    CONNECTION = "connection"  # could not connect, or the connection dropped
+    RENDERING = "rendering"  # the message could not be built
+    EXPIRED = "expired"  # retried until the deadline
+
+
+class SuppressionReason(enum.StrEnum):
+    HARD_BOUNCE = "hard_bounce"
+    COMPLAINT = "complaint"
+    ERASED = "erased"
+    MANUAL = "manual"
+
+
 # Rows in these states are still waiting to go out.
 PENDING_DELIVERY = (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED)
 
@@ -177,6 +192,8 @@ class Delivery(Base):
     lease_owner: Mapped[Optional[str]] = mapped_column(sa.String(100))
     lease_expires_at: Mapped[Optional[dt.datetime]]
     last_error: Mapped[Optional[str]] = mapped_column(sa.Text)
+    # Why the last attempt did not succeed: an ErrorClass value.
+    error_class: Mapped[Optional[str]] = mapped_column(sa.String(20))
     # Set at the first claim and kept across attempts.
     message_id: Mapped[Optional[str]] = mapped_column(sa.String(200))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -196,6 +213,17 @@ class Suppression(Base):
     reason: Mapped[str] = mapped_column(sa.String(30))
     detail: Mapped[str] = mapped_column(sa.Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class SendWindow(Base):
+    """Messages handed to the SMTP server per second ("s") and per minute ("m"), shared by
+    every worker: the rate limiter and the send-rate metric both read them."""
+
+    __tablename__ = "send_windows"
+
+    granularity: Mapped[str] = mapped_column(sa.String(1), primary_key=True)
+    start: Mapped[dt.datetime] = mapped_column(primary_key=True)
+    count: Mapped[int] = mapped_column(default=0)
 
 
 class User(Base):

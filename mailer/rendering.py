@@ -10,8 +10,15 @@ from email.policy import SMTP
 from email.utils import format_datetime, parseaddr
 from pathlib import Path
 
+import re
+import secrets
+
 import css_inline
 import jinja2
+import jinja2.sandbox
+import nh3
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "email"
 # Fold only past RFC 5322's hard limit: below it, the email package would fold a long
@@ -49,6 +56,76 @@ class EmailRenderer:
         text = self.env.get_template(f"{kind}/body.txt").render(context).strip() + "\n"
         html = self.inliner.inline(self.env.get_template(f"{kind}/body.html").render(context))
         return RenderedEmail(subject, text, html)
+
+
+# Staff-written templates (newsletters) ------------------------------------------------
+
+_JINJA_TAG = re.compile(r"{{.*?}}|{%.*?%}", re.DOTALL)
+_MARKDOWN = MarkdownIt("commonmark", {"html": True, "linkify": False, "typographer": False}).enable("table")
+# Per-recipient values the layout shows; they stay Jinja expressions in the compiled template.
+RECIPIENT_FIELDS = ("unsubscribe_url",)
+
+
+def staff_environment(*, html: bool) -> jinja2.sandbox.SandboxedEnvironment:
+    """Staff write these templates: run them sandboxed, and fail loudly on unknown names."""
+    return jinja2.sandbox.SandboxedEnvironment(autoescape=html, undefined=jinja2.StrictUndefined)
+
+
+def markdown_to_html(markdown: str) -> str:
+    """Markdown (raw HTML allowed) to sanitised HTML: no scripts, no event handlers."""
+    return nh3.clean(_MARKDOWN.render(markdown), link_rel="noopener noreferrer")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledNewsletter:
+    """One newsletter ready to personalise: Markdown rendered, layout applied and CSS
+    inlined once, so each recipient costs only a Jinja render of three templates."""
+
+    subject: jinja2.Template
+    text: jinja2.Template
+    html: jinja2.Template
+
+    def render(self, context: dict) -> RenderedEmail:
+        return RenderedEmail(one_line(self.subject.render(context)), self.text.render(context).strip() + "\n",
+                             self.html.render(context))
+
+
+class _Placeholders:
+    """Swaps Jinja tags for inert tokens while Markdown, sanitising and CSS inlining run."""
+
+    def __init__(self):
+        self.nonce = secrets.token_hex(4)
+        self.tags: dict[str, str] = {}
+
+    def token(self, tag: str) -> str:
+        token = f"MLRTAG{self.nonce}N{len(self.tags)}X"
+        self.tags[token] = tag
+        return token
+
+    def protect(self, text: str) -> str:
+        return _JINJA_TAG.sub(lambda m: self.token(m.group(0)), text)
+
+    def restore(self, text: str) -> str:
+        return re.sub(rf"MLRTAG{self.nonce}N\d+X", lambda m: self.tags[m.group(0)], text)
+
+
+def compile_newsletter(renderer: "EmailRenderer", *, subject: str, preheader: str, body_markdown: str,
+                       layout: str, context: dict) -> CompiledNewsletter:
+    """`context` holds what is the same for every recipient (organisation, address...)."""
+    marks = _Placeholders()
+    body_html = markdown_to_html(marks.protect(body_markdown))
+    layout_context = dict(context, body=Markup(body_html), preheader=preheader, subject=marks.protect(subject),
+                          **{name: marks.token("{{ %s }}" % name) for name in RECIPIENT_FIELDS})
+    page = renderer.env.get_template(f"layouts/{layout}.html").render(layout_context)
+    html = marks.restore(renderer.inliner.inline(page))
+    footer = renderer.env.get_template(f"layouts/{layout}.txt").render(
+        dict(context, **{name: "{{ %s }}" % name for name in RECIPIENT_FIELDS}))
+    text_env, html_env = staff_environment(html=False), staff_environment(html=True)
+    return CompiledNewsletter(
+        subject=text_env.from_string(subject),
+        text=text_env.from_string(body_markdown.rstrip() + "\n\n" + footer),
+        html=html_env.from_string(html),
+    )
 
 
 def make_address(display_name: str, email: str) -> Address:

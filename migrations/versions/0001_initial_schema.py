@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 12:25:43.552845
+Create Date: 2026-11-25 12:41:33.580350
 """
 from alembic import op
 import sqlalchemy as sa
@@ -58,6 +58,12 @@ def upgrade() -> None:
     sa.Column('send_at', sa.DateTime(), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_newsletters'))
+    )
+    op.create_table('send_windows',
+    sa.Column('granularity', sa.String(length=1), nullable=False),
+    sa.Column('start', sa.DateTime(), nullable=False),
+    sa.Column('count', sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint('granularity', 'start', name=op.f('pk_send_windows'))
     )
     op.create_table('signup_requests',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -155,6 +161,7 @@ def upgrade() -> None:
     sa.Column('lease_owner', sa.String(length=100), nullable=True),
     sa.Column('lease_expires_at', sa.DateTime(), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
+    sa.Column('error_class', sa.String(length=20), nullable=True),
     sa.Column('message_id', sa.String(length=200), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('sent_at', sa.DateTime(), nullable=True),
@@ -254,6 +261,7 @@ def downgrade() -> None:
     op.drop_table('users')
     op.drop_table('suppressions')
     op.drop_table('signup_requests')
+    op.drop_table('send_windows')
     op.drop_table('newsletters')
     op.drop_table('mailing_lists')
     op.drop_table('dev_messages')
