@@ -47,7 +47,8 @@ class Mailer:
     def drain(self, **sender_kwargs):
         """Everything due now: accepted signups become mail, then all due mail is sent."""
         self.process_signups()
-        return self.sender(**sender_kwargs).drain()
+        with self.sender(**sender_kwargs) as sender:
+            return sender.drain()
 
 
 def build(settings: Settings, transport: Transport | None = None) -> Mailer:

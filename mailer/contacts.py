@@ -459,13 +459,13 @@ def ensure_list(session: Session, slug: str, name: str, wording: str, *, descrip
 
 # Mail built from this module ------------------------------------------------------
 
-def confirmation_email(session: Session, settings: Settings, delivery: Delivery):
-    """Template context for a confirmation request, or a reason not to send it."""
-    sub = session.get(Subscription, delivery.ref_id)
-    if sub is None or sub.status != SubscriptionStatus.PENDING:
-        return outbox.Skip(DeliveryStatus.CANCELLED, "subscription no longer pending")
+def confirmation_email(batch, delivery: Delivery):
+    """Template context for a confirmation request (the sender has checked it is still pending)."""
+    sub = batch.session.get(Subscription, delivery.ref_id)
+    if sub is None:
+        return outbox.Skip(DeliveryStatus.CANCELLED, "signup expired")
     return {
         "list_name": sub.mailing_list.name,
-        "confirm_url": confirm_url(settings, sub),
-        "expiry_days": settings.pending_expiry_days,
+        "confirm_url": confirm_url(batch.settings, sub),
+        "expiry_days": batch.settings.pending_expiry_days,
     }

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from mailer.db import dialect_insert, is_postgres
-from mailer.models import PENDING_DELIVERY, Contact, Delivery, DeliveryStatus, Suppression
+from mailer.models import PENDING_DELIVERY, Contact, Delivery, DeliveryStatus, ErrorClass, Suppression
 
 
 def _not_suppressed():
@@ -89,9 +89,11 @@ class Outcomes:
     """What happened to each claimed row in one batch."""
 
     sent: list[int] = dataclasses.field(default_factory=list)
-    deferred: dict[int, str] = dataclasses.field(default_factory=dict)
-    failed: dict[int, str] = dataclasses.field(default_factory=dict)
+    deferred: dict[int, tuple[str, str]] = dataclasses.field(default_factory=dict)  # id → (error class, reply)
+    failed: dict[int, tuple[str, str]] = dataclasses.field(default_factory=dict)  # id → (error class, reply)
     skipped: dict[int, tuple[str, str]] = dataclasses.field(default_factory=dict)  # id → (status, reason)
+    released: list[int] = dataclasses.field(default_factory=list)  # claimed, never attempted
+    release_until: dt.datetime | None = None  # when released rows may go again (None: at once)
 
 
 class Skip(typing.NamedTuple):
@@ -114,10 +116,14 @@ def record_outcomes(session: Session, outcomes: Outcomes, *, worker_id: str, now
     done = dict(lease_owner=None, lease_expires_at=None)
     if outcomes.sent:
         session.execute(sa.update(Delivery).where(Delivery.id.in_(outcomes.sent), mine)
-                        .values(status=DeliveryStatus.SENT, sent_at=now, last_error=None, **done))
-    for delivery_id, error in outcomes.failed.items():
+                        .values(status=DeliveryStatus.SENT, sent_at=now, last_error=None, error_class=None, **done))
+    if outcomes.released:
+        session.execute(sa.update(Delivery).where(Delivery.id.in_(outcomes.released), mine).values(
+            status=DeliveryStatus.QUEUED, attempts=Delivery.attempts - 1,
+            next_attempt_at=outcomes.release_until or Delivery.next_attempt_at, **done))
+    for delivery_id, (error_class, error) in outcomes.failed.items():
         session.execute(sa.update(Delivery).where(Delivery.id == delivery_id, mine)
-                        .values(status=DeliveryStatus.FAILED, last_error=error, **done))
+                        .values(status=DeliveryStatus.FAILED, last_error=error, error_class=error_class, **done))
     for delivery_id, (status, reason) in outcomes.skipped.items():
         session.execute(sa.update(Delivery).where(Delivery.id == delivery_id, mine)
                         .values(status=status, last_error=reason, **done))
@@ -125,13 +131,23 @@ def record_outcomes(session: Session, outcomes: Outcomes, *, worker_id: str, now
         rows = session.execute(sa.select(Delivery.id, Delivery.attempts, Delivery.created_at)
                                .where(Delivery.id.in_(list(outcomes.deferred)), mine)).all()
         for delivery_id, attempts, created_at in rows:
-            error = outcomes.deferred[delivery_id]
+            error_class, error = outcomes.deferred[delivery_id]
             if now - created_at >= deadline:
-                values = dict(status=DeliveryStatus.FAILED, last_error=f"gave up after {attempts} attempts: {error}")
+                values = dict(status=DeliveryStatus.FAILED, error_class=ErrorClass.EXPIRED,
+                              last_error=f"gave up after {attempts} attempts: {error}")
             else:
                 delay = retry_delay(attempts, base_seconds=base_seconds, cap_seconds=cap_seconds)
-                values = dict(status=DeliveryStatus.DEFERRED, last_error=error, next_attempt_at=now + delay)
+                values = dict(status=DeliveryStatus.DEFERRED, last_error=error, error_class=error_class,
+                              next_attempt_at=now + delay)
             session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(**values, **done))
+
+
+def release_claims(session: Session, *, worker_id: str) -> int:
+    """Give back every row this worker holds (on shutdown), as if never claimed."""
+    return session.execute(sa.update(Delivery).where(
+        Delivery.lease_owner == worker_id, Delivery.status == DeliveryStatus.SENDING,
+    ).values(status=DeliveryStatus.QUEUED, attempts=Delivery.attempts - 1, lease_owner=None,
+             lease_expires_at=None)).rowcount
 
 
 def queue_counts(session: Session) -> dict[str, int]:

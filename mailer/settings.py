@@ -43,6 +43,11 @@ class Settings:
     retry_cap_seconds: int
     smtp_timeout_seconds: int
     retry_deadline_hours: int
+    smtp_connections: int
+    per_domain_concurrency: int
+    rate_per_second: int
+    rate_per_hour: int
+    rate_per_day: int
     login_max_failures: int
     login_lockout_seconds: int
     instance_path: str = ""

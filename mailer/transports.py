@@ -4,8 +4,7 @@ from __future__ import annotations
 import smtplib
 import socket
 import ssl
-from contextlib import contextmanager
-from typing import Iterator, Protocol
+from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from mailer.db import session_scope
@@ -28,11 +27,13 @@ class Connection(Protocol):
 
     def reopen(self) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class Transport(Protocol):
     name: str
 
-    def connect(self): ...  # a context manager yielding a Connection
+    def connection(self) -> Connection: ...  # opens lazily, at the first send
 
     def check(self) -> None: ...
 
@@ -85,13 +86,8 @@ class SMTPTransport:
             raise TransportError(f"cannot reach SMTP server {self.host}:{self.port}: {exc}",
                                  temporary=True, connection_lost=True) from None
 
-    @contextmanager
-    def connect(self) -> Iterator["SMTPConnection"]:
-        connection = SMTPConnection(self)
-        try:
-            yield connection
-        finally:
-            connection.close()
+    def connection(self) -> "SMTPConnection":
+        return SMTPConnection(self)
 
     def check(self) -> None:
         client = self._open()
@@ -113,15 +109,23 @@ class SMTPConnection:
         if self.client is None:
             self.client = self.transport._open()
             self.used = False
-        try:
-            if self.used:
+        if self.used:
+            try:
                 self.client.rset()
+            except (OSError, smtplib.SMTPException):
+                self.reopen()  # the server closed an idle connection: open a fresh one
+        try:
             self.used = True
             self.client.sendmail(mail_from, [rcpt_to], data)
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = next(iter(exc.recipients.values()))
             raise classify_smtp_reply(code, _reply_text(text)) from None
-        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
+        except smtplib.SMTPSenderRefused as exc:
+            # MAIL FROM refused: a problem of this session or sender, not of the recipient.
+            self._drop()
+            raise TransportError(f"sender refused: {exc.smtp_code} {_reply_text(exc.smtp_error)}",
+                                 code=exc.smtp_code, temporary=True, connection_lost=True) from None
+        except smtplib.SMTPDataError as exc:
             raise classify_smtp_reply(exc.smtp_code, _reply_text(exc.smtp_error)) from None
         except smtplib.SMTPServerDisconnected as exc:
             self._drop()
@@ -163,9 +167,8 @@ class DevMailboxTransport:
     def __init__(self, session_factory):
         self.session_factory = session_factory
 
-    @contextmanager
-    def connect(self):
-        yield self
+    def connection(self):
+        return self
 
     def send(self, mail_from: str, rcpt_to: str, data: bytes) -> None:
         from email import message_from_bytes, policy
@@ -175,6 +178,9 @@ class DevMailboxTransport:
             session.add(DevMessage(mail_from=mail_from, rcpt_to=rcpt_to, subject=subject, raw=data))
 
     def reopen(self) -> None:
+        return None
+
+    def close(self) -> None:
         return None
 
     def check(self) -> None:
@@ -189,14 +195,16 @@ class MemoryTransport:
     def __init__(self):
         self.messages: list[tuple[str, str, bytes]] = []
 
-    @contextmanager
-    def connect(self):
-        yield self
+    def connection(self):
+        return self
 
     def send(self, mail_from: str, rcpt_to: str, data: bytes) -> None:
         self.messages.append((mail_from, rcpt_to, data))
 
     def reopen(self) -> None:
+        return None
+
+    def close(self) -> None:
         return None
 
     def check(self) -> None:

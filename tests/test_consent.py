@@ -25,7 +25,8 @@ def _cycle(client, mailer, smtp_server):
     for received in smtp_server.received:
         text = received.message.get_body(preferencelist=("plain",)).get_content()
         client.get([l for l in links_in(text) if "/confirm/" in l][0].removeprefix("https://news.example.org"))
-    first = smtp_server.received[0].message["List-Unsubscribe"].split(",")[0].strip(" <>")
+    ada = [r for r in smtp_server.received if r.rcpt_tos == ["ada@example.com"]][0]
+    first = ada.message["List-Unsubscribe"].split(",")[0].strip(" <>")
     client.post(first.removeprefix("https://news.example.org"))
 
 

@@ -42,7 +42,7 @@ def test_smtp_server_down_defers_then_sends_when_it_is_back(database_url, tmp_pa
     server = SMTPServer(port).start()
     try:
         assert mailer.drain().sent == 0  # not due yet: backing off
-        assert mailer.sender(clock=_later(5)).drain().sent == 2
+        assert mailer.drain(clock=_later(5)).sent == 2
     finally:
         server.stop()
     assert sorted(r.rcpt_tos[0] for r in server.received) == ["a@example.com", "b@example.com"]
@@ -65,13 +65,13 @@ def test_4xx_is_retried_with_backoff_and_5xx_fails(client, mailer, smtp_server, 
 
     # Backoff grows: the second deferral waits longer than the first.
     first_wait = rows["451 4.3.0 Try again later"].next_attempt_at - utcnow()
-    mailer.sender(clock=_later(2)).drain()
+    mailer.drain(clock=_later(2))
     second = [r for r in _rows(db) if r.status == "deferred"][0]
     assert second.attempts == 2
     assert second.next_attempt_at - (utcnow() + dt.timedelta(minutes=2)) > first_wait
 
     smtp_server.handler.rcpt_reply = lambda address: None
-    assert mailer.sender(clock=_later(10)).drain().sent == 1
+    assert mailer.drain(clock=_later(10)).sent == 1
     assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == ["ok@example.com", "soft@example.com"]
 
 
@@ -79,7 +79,7 @@ def test_gives_up_after_the_deadline(client, mailer, smtp_server, db):
     smtp_server.handler.rcpt_reply = lambda address: "452 4.2.2 Mailbox full"
     signup(client, "full@example.com")
     mailer.drain()
-    mailer.sender(clock=lambda: utcnow() + dt.timedelta(hours=49)).drain()
+    mailer.drain(clock=lambda: utcnow() + dt.timedelta(hours=49))
     row = _rows(db)[0]
     assert row.status == "failed"
     assert row.last_error == "gave up after 2 attempts: 452 4.2.2 Mailbox full"
@@ -99,7 +99,7 @@ def test_connection_dropped_mid_data_is_retried_not_lost(client, mailer, smtp_se
     signup(client, "b@example.com")
     result = mailer.drain()
     assert result.deferred == 1 and result.sent == 1
-    assert mailer.sender(clock=_later(5)).drain().sent == 1
+    assert mailer.drain(clock=_later(5)).sent == 1
     assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == ["a@example.com", "b@example.com"]
 
 
@@ -116,14 +116,14 @@ def test_worker_killed_after_claiming_leaves_rows_that_a_new_worker_sends_once(c
     assert mailer.drain().claimed == 0  # still leased to the dead worker
 
     after_lease = _later(6)
-    fresh = Sender(mailer.settings, mailer.sessions, mailer.transport, mailer.renderer, clock=after_lease)
-    assert fresh.drain().sent == 2
-    assert fresh.drain().sent == 0
+    with Sender(mailer.settings, mailer.sessions, mailer.transport, mailer.renderer, clock=after_lease) as fresh:
+        assert fresh.drain().sent == 2
+        assert fresh.drain().sent == 0
     assert len(smtp_server.received) == 2
 
     # The dead worker's late report, if it ever came, changes nothing.
     with session_scope(mailer.sessions) as session:
-        outbox.record_outcomes(session, outbox.Outcomes(failed={claimed[0]: "late"}), worker_id="dead",
+        outbox.record_outcomes(session, outbox.Outcomes(failed={claimed[0]: ("temporary", "late")}), worker_id="dead",
                                now=utcnow(), base_seconds=60, cap_seconds=3600, deadline=dt.timedelta(hours=48))
     assert [r.status for r in _rows(db)] == ["sent", "sent"]
 
