@@ -7,10 +7,11 @@ import logging
 import os
 import signal
 import sys
+import time
 
 import click
 
-from mailer import build, consent, contacts, users
+from mailer import build, consent, contacts, outbox, users
 from mailer.db import migrate as run_migrations, session_scope, utcnow
 from mailer.errors import InvalidInput
 from mailer.models import User
@@ -105,39 +106,81 @@ def serve(host: str, port: int, demo: bool) -> None:
     click.echo(f"  Signup form: {m.settings.base_url}/subscribe")
     click.echo(f"  Mail goes to: {'SMTP ' + m.transport.host if m.settings.smtp_url else 'the dev mailbox at /admin/mailbox'}\n")
     app = create_app()
-    scheduler = build_scheduler(app.extensions["mailer"], app.extensions["mailer"].sender(), blocking=False)
+    sender = app.extensions["mailer"].sender()
+    scheduler = build_scheduler(app.extensions["mailer"], sender, blocking=False)
     scheduler.start()
     try:
         app.run(host=host, port=port, threaded=True, use_reloader=False)
     finally:
+        sender.request_stop()
         scheduler.shutdown(wait=True)
+        sender.close()
 
 
 @main.command()
 @click.option("--drain", is_flag=True, help="Send everything due now, then exit.")
 def worker(drain: bool) -> None:
-    """The scheduler and sender (run one or more beside the web app)."""
+    """The scheduler and sender (run one or more beside the web app). SIGTERM
+    finishes the messages in flight, gives back unsent claims and exits."""
     from mailer.scheduler import build_scheduler
 
     m = _mailer()
     sender = m.sender()
     if drain:
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sender.request_stop())
         m.process_signups()
-        result = sender.drain()
-        click.echo(f"sent {result.sent}, deferred {result.deferred}, failed {result.failed}, skipped {result.skipped}")
+        with m.read_sessions() as session:
+            due = outbox.count_due(session, utcnow())
+        with sender:
+            result = sender.drain(progress=DrainProgress(due, sys.stderr))
+        click.echo(f"sent {result.sent}, deferred {result.deferred}, failed {result.failed}, "
+                   f"skipped {result.skipped}, released {result.released}")
         return
     scheduler = build_scheduler(m, sender, blocking=True)
 
     def stop(signum, _frame):
-        log.info("signal %s: finishing the current batch, then stopping", signum)
-        scheduler.shutdown(wait=False)
+        log.info("signal %s: finishing the messages in flight, then stopping", signum)
+        sender.request_stop()
+        scheduler.shutdown(wait=True)
 
     signal.signal(signal.SIGTERM, stop)
     log.info("worker %s started", sender.worker_id)
     try:
         scheduler.start()
     except KeyboardInterrupt:
-        pass
+        sender.request_stop()
+    finally:
+        sender.close()
+        log.info("worker %s stopped", sender.worker_id)
+
+
+class DrainProgress:
+    """sent / deferred / failed, rate and ETA: a bar on a terminal, a log line every
+    few seconds otherwise."""
+
+    def __init__(self, due: int, stream, *, interval: float = 5.0):
+        self.due = max(due, 1)
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.interval = interval
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, total) -> None:
+        now = time.monotonic()
+        if not self.tty and now - self.last < self.interval:
+            return
+        self.last = now
+        done = total.sent + total.failed + total.skipped
+        rate = done / max(now - self.started, 1e-6)
+        eta = max(self.due - done, 0) / rate if rate else 0
+        figures = (f"sent {total.sent} deferred {total.deferred} failed {total.failed} | "
+                   f"{rate:.0f}/s | ETA {int(eta // 60)}:{int(eta % 60):02d}")
+        if self.tty:
+            filled = int(30 * min(done / self.due, 1))
+            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{self.due} {figures}   ")
+        else:
+            self.stream.write(f"progress: {done}/{self.due} {figures}\n")
+        self.stream.flush()
 
 
 @main.command()

@@ -150,6 +150,11 @@ def release_claims(session: Session, *, worker_id: str) -> int:
              lease_expires_at=None)).rowcount
 
 
+def count_due(session: Session, now: dt.datetime) -> int:
+    return session.scalar(sa.select(sa.func.count()).select_from(Delivery).where(
+        Delivery.status.in_(PENDING_DELIVERY), Delivery.next_attempt_at <= now))
+
+
 def queue_counts(session: Session) -> dict[str, int]:
     rows = session.execute(sa.select(Delivery.status, sa.func.count()).group_by(Delivery.status)).all()
     return {status: count for status, count in rows}

@@ -8,7 +8,7 @@ import logging
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from mailer import contacts
+from mailer import contacts, send_budget
 from mailer.db import session_scope, utcnow
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ def process_signups(mailer, scheduler) -> None:
 def purge_expired_signups(mailer) -> None:
     with session_scope(mailer.sessions) as session:
         purged = contacts.purge_expired_pending(session, mailer.settings, utcnow())
+        send_budget.forget_old_windows(session, utcnow())
     if purged:
         log.info("purged %d unconfirmed signups", purged)
 
