@@ -57,7 +57,8 @@ def enqueue_audience(session: Session, newsletter_id: int, *, now: dt.datetime) 
          "created_at"],
         source,
     ).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    return session.execute(stmt).rowcount
+    # SQLAlchemy keeps the rowcount of an INSERT only when asked to.
+    return session.execute(stmt.execution_options(preserve_rowcount=True)).rowcount
 
 
 def newsletter_email(batch, delivery: Delivery):
