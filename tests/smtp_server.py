@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import threading
+import time
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Callable
@@ -26,10 +27,13 @@ class Received:
 class RecordingHandler:
     def __init__(self):
         self.received: list[Received] = []
+        self.times: list[float] = []  # time.time() of each accepted message
         self.lock = threading.Lock()
         # Return an SMTP reply such as "451 4.3.0 try later" to refuse, or None to accept.
         self.rcpt_reply: Callable[[str], str | None] = lambda address: None
         self.data_reply: Callable[[bytes], str | None] = lambda data: None
+        # Return True to hang up in the middle of DATA, before answering.
+        self.drop_on_data: Callable[[bytes], bool] = lambda data: False
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.rcpt_reply(address)
@@ -39,11 +43,15 @@ class RecordingHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.drop_on_data(envelope.content):
+            server.transport.abort()
+            return "421 4.4.2 (connection already gone)"
         reply = self.data_reply(envelope.content)
         if reply:
             return reply
         with self.lock:
             self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+            self.times.append(time.time())
         return "250 Message accepted for delivery"
 
 
