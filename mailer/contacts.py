@@ -259,8 +259,11 @@ def unsubscribe_url(settings: Settings, contact_id: int, list_id: int) -> str:
     return f"{settings.base_url}/unsubscribe/{unsubscribe_token(settings, contact_id, list_id)}"
 
 
-def unsubscribe_mailto(settings: Settings, contact_id: int, list_id: int) -> str:
-    return f"mailto:{settings.unsubscribe_mailto}?subject=unsubscribe%20{unsubscribe_token(settings, contact_id, list_id)}"
+def unsubscribe_links(settings: Settings, contact_id: int, list_id: int) -> tuple[str, str]:
+    """The https link and the mailto for List-Unsubscribe, from one signed token."""
+    token = unsubscribe_token(settings, contact_id, list_id)
+    return (f"{settings.base_url}/unsubscribe/{token}",
+            f"mailto:{settings.unsubscribe_mailto}?subject=unsubscribe%20{token}")
 
 
 # Confirm and unsubscribe ----------------------------------------------------------

@@ -62,18 +62,19 @@ def enqueue_audience(session: Session, newsletter_id: int, *, now: dt.datetime) 
 
 
 def newsletter_email(batch, delivery: Delivery):
-    """The compiled issue (compiled once per batch) and its per-recipient context."""
-    key = (NEWSLETTER, delivery.ref_id)
-    if key not in batch.cache:
-        newsletter = batch.session.get(Newsletter, delivery.ref_id)
-        if newsletter is None or newsletter.status == "cancelled":
-            batch.cache[key] = None
-        else:
-            batch.cache[key] = compile_newsletter(
-                batch.renderer, subject=newsletter.subject, preheader=newsletter.preheader,
-                body_markdown=newsletter.body_md, layout=newsletter.layout, context=batch.static_context,
-            )
-    compiled = batch.cache[key]
-    if compiled is None:
+    """The compiled issue: compiled once, reused for every recipient while its text is unchanged."""
+    row_key = (Newsletter, delivery.ref_id)
+    if row_key not in batch.rows:
+        batch.rows[row_key] = batch.session.get(Newsletter, delivery.ref_id)
+    newsletter = batch.rows[row_key]
+    if newsletter is None or newsletter.status == "cancelled":
         return outbox.Skip(DeliveryStatus.CANCELLED, "newsletter cancelled")
-    return compiled
+    key = (NEWSLETTER, newsletter.id, newsletter.subject, newsletter.preheader, newsletter.body_md, newsletter.layout)
+    if key not in batch.cache:
+        if len(batch.cache) > 32:
+            batch.cache.clear()
+        batch.cache[key] = compile_newsletter(
+            batch.renderer, subject=newsletter.subject, preheader=newsletter.preheader,
+            body_markdown=newsletter.body_md, layout=newsletter.layout, context=batch.static_context,
+        )
+    return batch.cache[key]

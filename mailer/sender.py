@@ -22,7 +22,7 @@ from mailer import contacts, newsletters, outbox, send_budget
 from mailer.db import session_scope, utcnow
 from mailer.models import (Delivery, DeliveryStatus, ErrorClass, Subscription, SubscriptionStatus,
                            SuppressionReason)
-from mailer.rendering import EmailRenderer, build_message
+from mailer.rendering import EmailRenderer, MessageBuilder
 from mailer.settings import Settings
 from mailer.transports import Transport, TransportError
 
@@ -60,7 +60,10 @@ class BatchContext:
     settings: Settings
     renderer: EmailRenderer
     static_context: dict
+    # Compiled staff templates, kept by the Sender across batches.
     cache: dict = dataclasses.field(default_factory=dict)
+    # Rows loaded for this batch (kept here: the session's identity map holds them only weakly).
+    rows: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +135,7 @@ class Sender:
         self.executor = ThreadPoolExecutor(max(1, settings.smtp_connections), thread_name_prefix="smtp")
         self.domains = DomainGate(max(1, settings.per_domain_concurrency))
         self.stopping = threading.Event()
+        self.compiled: dict = {}
         self.static_context = {"organisation": settings.organisation, "postal_address": settings.postal_address,
                                "base_url": settings.base_url}
 
@@ -176,24 +180,24 @@ class Sender:
                                      .options(selectinload(Delivery.contact))).all()
         suppressed = outbox.suppressed_hashes(session, [d.contact.email_hash for d in deliveries])
         subscriptions = self._subscription_states(session, deliveries)
-        batch = BatchContext(session, self.settings, self.renderer, self.static_context)
-        now = self.clock()
+        batch = BatchContext(session, self.settings, self.renderer, self.static_context, self.compiled)
+        builder = MessageBuilder(from_addr=self.settings.from_addr, reply_to=self.settings.reply_to, date=self.clock())
         messages = []
         for delivery in deliveries:
             skip = self._skip_reason(delivery, suppressed, subscriptions)
             if skip:
                 outcomes.skipped[delivery.id] = skip
                 continue
-            builder = BUILDERS.get(delivery.kind)
-            if builder is None:
+            content_for = BUILDERS.get(delivery.kind)
+            if content_for is None:
                 outcomes.failed[delivery.id] = (ErrorClass.RENDERING, f"unknown kind of mail: {delivery.kind}")
                 continue
             try:
-                content = builder(batch, delivery)
+                content = content_for(batch, delivery)
                 if isinstance(content, outbox.Skip):
                     outcomes.skipped[delivery.id] = (content.status, content.reason)
                     continue
-                data = self._compose(delivery, content, now)
+                data = self._compose(builder, delivery, content)
             except Exception as exc:  # one broken message must not stop the rest of the batch
                 log.exception("cannot render delivery %s", delivery.id)
                 outcomes.failed[delivery.id] = (ErrorClass.RENDERING, f"rendering failed: {exc}")
@@ -223,15 +227,14 @@ class Sender:
                 return DeliveryStatus.CANCELLED, f"subscription is not {required}"
         return None
 
-    def _compose(self, delivery: Delivery, content, now: dt.datetime) -> bytes:
+    def _compose(self, builder: MessageBuilder, delivery: Delivery, content) -> bytes:
         settings = self.settings
         contact = delivery.contact
         context = dict(self.static_context,
                        contact={"first_name": contact.first_name, "name": contact.name, "email": contact.email})
         headers = {}
         if delivery.list_id is not None:
-            url = contacts.unsubscribe_url(settings, contact.id, delivery.list_id)
-            mailto = contacts.unsubscribe_mailto(settings, contact.id, delivery.list_id)
+            url, mailto = contacts.unsubscribe_links(settings, contact.id, delivery.list_id)
             headers["List-Unsubscribe"] = f"<{url}>, <{mailto}>"
             headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
             context["unsubscribe_url"] = url
@@ -239,10 +242,8 @@ class Sender:
             rendered = self.renderer.render(delivery.kind, dict(context, **content))
         else:
             rendered = content.render(context)
-        msg = build_message(rendered, from_addr=settings.from_addr, reply_to=settings.reply_to,
-                            to_email=contact.email, to_name=contact.name, message_id=delivery.message_id,
-                            date=now, headers=headers)
-        return msg.as_bytes()
+        return builder.build(rendered, to_email=contact.email, to_name=contact.name,
+                             message_id=delivery.message_id, headers=headers)
 
     # Sending -----------------------------------------------------------------------
 
