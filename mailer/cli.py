@@ -131,8 +131,10 @@ def worker(drain: bool) -> None:
         m.process_signups()
         with m.read_sessions() as session:
             due = outbox.count_due(session, utcnow())
+        progress = DrainProgress(due, sys.stderr)
         with sender:
-            result = sender.drain(progress=DrainProgress(due, sys.stderr))
+            result = sender.drain(progress=progress)
+        progress(result, final=True)
         click.echo(f"sent {result.sent}, deferred {result.deferred}, failed {result.failed}, "
                    f"skipped {result.skipped}, released {result.released}")
         return
@@ -165,9 +167,9 @@ class DrainProgress:
         self.interval = interval
         self.started = self.last = time.monotonic()
 
-    def __call__(self, total) -> None:
+    def __call__(self, total, *, final: bool = False) -> None:
         now = time.monotonic()
-        if not self.tty and now - self.last < self.interval:
+        if not final and not self.tty and now - self.last < self.interval:
             return
         self.last = now
         done = total.sent + total.failed + total.skipped
@@ -177,7 +179,8 @@ class DrainProgress:
                    f"{rate:.0f}/s | ETA {int(eta // 60)}:{int(eta % 60):02d}")
         if self.tty:
             filled = int(30 * min(done / self.due, 1))
-            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{self.due} {figures}   ")
+            end = "\n" if final else ""
+            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{self.due} {figures}   {end}")
         else:
             self.stream.write(f"progress: {done}/{self.due} {figures}\n")
         self.stream.flush()

@@ -166,6 +166,7 @@ def test_two_workers_draining_one_queue_send_nothing_twice(mailer, smtp_server, 
     outputs = [w.communicate(timeout=120)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
     sent_by = [int(o.strip().splitlines()[-1].split()[1].rstrip(",")) for o in outputs]
+    assert all("progress: " in o and " sent " in o for o in outputs)  # plain log lines when not on a terminal
     counts = received_counts(smtp_server)
     print(f"\ntwo workers: {sent_by[0]} + {sent_by[1]} sent, {len(counts)} distinct recipients")
     assert len(counts) == total and max(counts.values()) == 1

@@ -83,3 +83,27 @@ def test_settings_from_environment(tmp_path):
 def test_bad_settings_are_named(tmp_path, name, value, message):
     with pytest.raises(SettingsError, match=message):
         load_settings(environ={name: value, "MAILER_INSTANCE_PATH": str(tmp_path)})
+
+
+def test_drain_progress_draws_a_bar_on_a_terminal_and_lines_otherwise():
+    import io
+
+    from mailer.cli import DrainProgress
+    from mailer.sender import BatchResult
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    bar = DrainProgress(200, screen)
+    bar(BatchResult(sent=100, deferred=3, failed=1))
+    assert screen.getvalue().startswith("\r[###############...............] 101/200 sent 100 deferred 3 failed 1 | ")
+    assert "ETA" in screen.getvalue()
+
+    log = io.StringIO()
+    lines = DrainProgress(200, log, interval=3600)
+    lines(BatchResult(sent=10))
+    assert log.getvalue() == ""  # not yet: one line per interval
+    lines(BatchResult(sent=200), final=True)
+    assert log.getvalue().startswith("progress: 200/200 sent 200 deferred 0 failed 0 | ")
