@@ -78,3 +78,20 @@ def create_token(session: Session, user: User, name: str, scope: str = "read") -
     session.add(ApiToken(user_id=user.id, name=name[:100], token_hash=hash_token(token), scope=scope))
     session.flush()
     return token
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def use_token(session: Session, token: str | None, scopes: frozenset[str], *, now: dt.datetime) -> ApiToken:
+    """The live token with one of `scopes`, its last use recorded; AuthError otherwise."""
+    row = session.scalar(sa.select(ApiToken).where(ApiToken.token_hash == hash_token(token))) if token else None
+    if row is None or row.revoked_at is not None:
+        raise AuthError(401, "unauthorized", "A valid API token is required.")
+    if row.scope not in scopes:
+        raise AuthError(403, "forbidden", f"This token's scope ({row.scope}) does not allow this.")
+    row.last_used_at = now
+    return row

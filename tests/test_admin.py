@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 
 import pytest
-import sqlalchemy as sa
 
 from mailer import create_app, users
 from mailer.db import session_scope
@@ -107,7 +106,8 @@ def test_next_parameter_cannot_redirect_off_site(dev_app):
 
 def test_healthz_reports_database_and_transport(dev_app, app):
     assert dev_app.test_client().get("/healthz").json == {
-        "status": "ok", "checks": {"database": "ok", "transport": "ok (dev-mailbox)"}}
+        "status": "ok", "checks": {"database": "ok", "transport": "ok (dev-mailbox)"},
+        "queue": {"due": 0, "oldest_due_seconds": 0}}
     assert app.test_client().get("/healthz").json["checks"]["transport"] == "ok (smtp)"
 
 

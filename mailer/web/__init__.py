@@ -62,7 +62,7 @@ def _security_headers(response):
 
 
 def register(app: Flask) -> None:
-    from mailer.web import admin, auth, public
+    from mailer.web import admin, auth, hooks, public
     from mailer.contacts import PublicLists
     from mailer.web.ratelimit import SlidingWindowLimiter
 
@@ -73,9 +73,11 @@ def register(app: Flask) -> None:
     app.extensions["public_lists"] = PublicLists()
     csrf.init_app(app)
     csrf.exempt(public.bp)
+    csrf.exempt(hooks.bp)  # machines authenticate with an API token, not a session
     app.register_blueprint(public.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(hooks.bp)
     app.after_request(_security_headers)
     app.context_processor(lambda: {"settings": settings})
     app.add_template_filter(format_local, "local_time")

@@ -166,20 +166,30 @@ def livez():
 
 @bp.get("/healthz")
 def healthz():
-    checks = {}
+    """Database and transport checks decide the status code; the queue figures only inform."""
+    from mailer import metrics
+    from mailer.web import db_reader
+
+    checks, queue = {}, None
     try:
         with db_session() as session:
             session.execute(sa.select(1))
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"
+    else:
+        try:
+            with db_reader() as session:
+                queue = metrics.queue_health(session, utcnow())
+        except Exception:
+            current_app.logger.exception("healthz: could not read the queue")
     try:
         mailer().transport.check()
         checks["transport"] = f"ok ({mailer().transport.name})"
     except Exception as exc:
         checks["transport"] = f"error: {exc}"
     healthy = all(v.startswith("ok") for v in checks.values())
-    return jsonify(status="ok" if healthy else "degraded", checks=checks), 200 if healthy else 503
+    return jsonify(status="ok" if healthy else "degraded", checks=checks, queue=queue), 200 if healthy else 503
 
 
 @bp.get("/")
