@@ -30,8 +30,9 @@ class Grant:
     retry_at: dt.datetime | None = None
 
 
-def _second(now: dt.datetime) -> dt.datetime:
-    return now.replace(microsecond=0)
+def _tenth(now: dt.datetime) -> dt.datetime:
+    """The 100 ms slot of `now` (the per-second limit counts in slots)."""
+    return now.replace(microsecond=now.microsecond // 100_000 * 100_000)
 
 
 def _minute(now: dt.datetime) -> dt.datetime:
@@ -44,10 +45,9 @@ def _sent_since(session: Session, since: dt.datetime) -> int:
 
 
 def take(session: Session, wanted: int, limits: Limits, now: dt.datetime) -> Grant:
-    """Reserve up to `wanted` sends for this moment and count them. Each window counts
-    whole minutes, so the rolling hour and day are exact to the minute."""
-    if is_postgres(session):
-        session.execute(sa.select(sa.func.pg_advisory_xact_lock(_BUDGET_LOCK_KEY)))
+    """Reserve up to `wanted` sends under the hourly and daily limits and count them.
+    The windows count whole minutes, so the rolling hour and day are exact to the minute."""
+    _lock(session)
     granted, retry_at = wanted, None
     minute = _minute(now)
     for limit, span in ((limits.per_hour, dt.timedelta(hours=1)), (limits.per_day, dt.timedelta(days=1))):
@@ -56,18 +56,28 @@ def take(session: Session, wanted: int, limits: Limits, now: dt.datetime) -> Gra
             if room < granted:
                 granted = max(room, 0)
                 retry_at = minute + dt.timedelta(minutes=1)  # the oldest minute leaves the window
-    if limits.per_second:
-        this_second = session.scalar(sa.select(SendWindow.count).where(
-            SendWindow.granularity == "s", SendWindow.start == _second(now))) or 0
-        room = limits.per_second - this_second
-        if room < granted:
-            granted = max(room, 0)
-            retry_at = retry_at or _second(now) + dt.timedelta(seconds=1)
     if granted:
         _count(session, "m", minute, granted)
-        if limits.per_second:
-            _count(session, "s", _second(now), granted)
     return Grant(granted, retry_at if granted < wanted else None)
+
+
+def take_one_this_second(session: Session, per_second: int, now: dt.datetime) -> dt.datetime | None:
+    """Claim one send just before it goes out. None when claimed; otherwise the moment to
+    try again. The window is the current 100 ms slot and the ten before it: any real
+    one-second span lies within those eleven slots, so no span holds more than the limit."""
+    _lock(session)
+    slot = _tenth(now)
+    last_second = session.scalar(sa.select(sa.func.coalesce(sa.func.sum(SendWindow.count), 0)).where(
+        SendWindow.granularity == "s", SendWindow.start >= slot - dt.timedelta(seconds=1))) or 0
+    if last_second >= per_second:
+        return slot + dt.timedelta(milliseconds=100)
+    _count(session, "s", slot, 1)
+    return None
+
+
+def _lock(session: Session) -> None:
+    if is_postgres(session):
+        session.execute(sa.select(sa.func.pg_advisory_xact_lock(_BUDGET_LOCK_KEY)))
 
 
 def _count(session: Session, granularity: str, start: dt.datetime, n: int) -> None:
@@ -77,7 +87,7 @@ def _count(session: Session, granularity: str, start: dt.datetime, n: int) -> No
 
 
 def forget_old_windows(session: Session, now: dt.datetime) -> None:
-    """Per-second rows matter for a second, per-minute rows for a day (and the metrics)."""
+    """Sub-second rows matter for a second, per-minute rows for a day (and the metrics)."""
     session.execute(sa.delete(SendWindow).where(sa.or_(
         sa.and_(SendWindow.granularity == "s", SendWindow.start < now - dt.timedelta(minutes=1)),
         sa.and_(SendWindow.granularity == "m", SendWindow.start < now - dt.timedelta(days=2)),

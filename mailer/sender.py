@@ -272,7 +272,7 @@ class Sender:
         if server_down.is_set():
             outcomes.deferred[message.delivery_id] = (ErrorClass.CONNECTION, server_down.reason)
             return
-        if self.stopping.is_set():
+        if self.stopping.is_set() or not self._wait_for_this_second():
             outcomes.released.append(message.delivery_id)
             return
         gate = self.domains.gate(message.domain)
@@ -295,6 +295,19 @@ class Sender:
                 outcomes.sent.append(message.delivery_id)
             finally:
                 self.pool.release(connection)
+
+    def _wait_for_this_second(self) -> bool:
+        """Under a per-second limit each message claims its place right before it goes
+        out, so messages held up on the wire cannot bunch into one second."""
+        if not self.limits.per_second:
+            return True
+        while not self.stopping.is_set():
+            with session_scope(self.session_factory) as session:
+                retry_at = send_budget.take_one_this_second(session, self.limits.per_second, self.clock())
+            if retry_at is None:
+                return True
+            self.sleep(max((retry_at - self.clock()).total_seconds(), 0.005))
+        return False
 
     @staticmethod
     def _reopen(connection, server_down: "ServerDown") -> None:

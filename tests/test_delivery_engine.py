@@ -183,8 +183,10 @@ def test_per_second_limit_holds_across_two_workers(mailer, smtp_server, database
         w.communicate(timeout=60)
     elapsed = time.monotonic() - started
     assert len(received_counts(smtp_server)) == 60
-    per_second = collections.Counter(int(t) for t in smtp_server.handler.times)
-    assert max(per_second.values()) <= 20, per_second
+    times = sorted(smtp_server.handler.times)
+    # No one-second window, wherever it starts, holds more than the limit.
+    busiest = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
+    assert busiest <= 20, busiest
     assert elapsed >= 2  # 60 messages at 20/s cannot take less
 
 
