@@ -272,13 +272,16 @@ class Sender:
         if server_down.is_set():
             outcomes.deferred[message.delivery_id] = (ErrorClass.CONNECTION, server_down.reason)
             return
-        if self.stopping.is_set() or not self._wait_for_this_second():
+        if self.stopping.is_set():
             outcomes.released.append(message.delivery_id)
             return
         gate = self.domains.gate(message.domain)
         with gate:
             connection = self.pool.acquire()
             try:
+                if not self._wait_for_this_second():  # stopping while waiting for a slot
+                    outcomes.released.append(message.delivery_id)
+                    return
                 connection.send(self.settings.from_email, message.rcpt_to, message.data)
             except TransportError as exc:
                 error_class = _error_class(exc)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from mailer import create_app
 from mailer.db import utcnow
-from mailer.models import Delivery, Suppression
+from mailer.models import Delivery, SendWindow, Suppression
 from tests.audience import address, make_audience, make_newsletter
 from tests.conftest import SECRET, settings_for
 
@@ -183,10 +183,17 @@ def test_per_second_limit_holds_across_two_workers(mailer, smtp_server, database
         w.communicate(timeout=60)
     elapsed = time.monotonic() - started
     assert len(received_counts(smtp_server)) == 60
+    # The workers' shared bookkeeping: no eleven consecutive 100 ms slots (any real second)
+    # were granted more than the limit.
+    slots = dict(db.execute(sa.select(SendWindow.start, SendWindow.count).where(SendWindow.granularity == "s")))
+    assert sum(slots.values()) == 60
+    tenth = dt.timedelta(milliseconds=100)
+    assert max(sum(slots.get(start + i * tenth, 0) for i in range(11)) for start in slots) <= 20
+    # As the server saw it: each message leaves right after its claim, so any one-second span
+    # holds the limit, give or take the jitter of a loaded machine (a few ms per message).
     times = sorted(smtp_server.handler.times)
-    # No one-second window, wherever it starts, holds more than the limit.
     busiest = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
-    assert busiest <= 20, busiest
+    assert busiest <= 22, busiest
     assert elapsed >= 2  # 60 messages at 20/s cannot take less
 
 
