@@ -11,9 +11,9 @@ import time
 
 import click
 
-from mailer import build, consent, contacts, outbox, users
+from mailer import build, consent, contacts, newsletters, outbox, rendering, users
 from mailer.db import migrate as run_migrations, session_scope, utcnow
-from mailer.errors import InvalidInput
+from mailer.errors import InvalidInput, NotFound
 from mailer.models import User
 from mailer.settings import SettingsError, load_settings
 
@@ -129,12 +129,16 @@ def worker(drain: bool) -> None:
     if drain:
         signal.signal(signal.SIGTERM, lambda signum, _frame: sender.request_stop())
         m.process_signups()
+        with session_scope(m.sessions) as session:
+            newsletters.start_due(session, utcnow())
         with m.read_sessions() as session:
             due = outbox.count_due(session, utcnow())
         progress = DrainProgress(due, sys.stderr)
         with sender:
             result = sender.drain(progress=progress)
         progress(result, final=True)
+        with session_scope(m.sessions) as session:
+            newsletters.finish_sent(session, utcnow())
         click.echo(f"sent {result.sent}, deferred {result.deferred}, failed {result.failed}, "
                    f"skipped {result.skipped}, released {result.released}")
         return
@@ -184,6 +188,82 @@ class DrainProgress:
         else:
             self.stream.write(f"progress: {done}/{self.due} {figures}\n")
         self.stream.flush()
+
+
+@main.group("newsletter")
+def newsletter_group() -> None:
+    """Compose, check, schedule and cancel newsletters."""
+
+
+def _run(m, action):
+    """Run one domain call in a unit of work; its refusals become clear CLI errors."""
+    try:
+        with session_scope(m.sessions) as session:
+            return action(session)
+    except (InvalidInput, NotFound) as exc:
+        raise click.ClickException(getattr(exc, "message", str(exc)))
+
+
+@newsletter_group.command("create")
+@click.option("--subject", required=True)
+@click.option("--body-file", required=True, type=click.File("r", encoding="utf-8"), help="Markdown; - for stdin.")
+@click.option("--list", "lists", multiple=True, default=[contacts.DEFAULT_LIST], show_default=True)
+@click.option("--preheader", default="")
+@click.option("--layout", default="default", show_default=True)
+def newsletter_create(subject, body_file, lists, preheader, layout) -> None:
+    """Create a draft; its templates are checked first."""
+    m = _mailer()
+    newsletter_id = _run(m, lambda s: newsletters.create_newsletter(
+        s, subject=subject, body_md=body_file.read(), lists=list(lists), preheader=preheader, layout=layout).id)
+    click.echo(f"created newsletter {newsletter_id} (draft)")
+
+
+@newsletter_group.command("schedule")
+@click.argument("newsletter_id", type=int)
+@click.option("--at", "at", help="Local date and time, e.g. '2027-03-02 09:00'.")
+@click.option("--zone", help="Time zone of --at (default: the organisation's, MAILER_TIMEZONE).")
+@click.option("--now", "send_now", is_flag=True, help="Send at once.")
+def newsletter_schedule(newsletter_id, at, zone, send_now) -> None:
+    """Schedule a draft for a local date and time, or for now."""
+    import datetime as dt
+
+    m = _mailer()
+    zone = zone or m.settings.timezone
+    if send_now == bool(at):
+        raise click.ClickException("give either --at or --now")
+    now = utcnow()
+    try:
+        when = now if send_now else newsletters.local_to_utc(dt.datetime.fromisoformat(at), zone)
+    except ValueError:
+        raise click.ClickException(f"--at {at!r} is not a date and time like 2027-03-02 09:00")
+    except InvalidInput as exc:
+        raise click.ClickException(exc.message)
+    _run(m, lambda s: newsletters.schedule(s, newsletter_id, when, now=now))
+    click.echo(f"newsletter {newsletter_id} scheduled for {when:%Y-%m-%d %H:%M} UTC"
+               f" ({rendering.format_local(when, zone)})")
+
+
+@newsletter_group.command("cancel")
+@click.argument("newsletter_id", type=int)
+def newsletter_cancel(newsletter_id) -> None:
+    """Cancel a scheduled issue, or stop one that is sending."""
+    m = _mailer()
+    _run(m, lambda s: newsletters.cancel(s, newsletter_id))
+    click.echo(f"newsletter {newsletter_id} cancelled")
+
+
+@newsletter_group.command("list")
+def newsletter_list() -> None:
+    """Every newsletter with its status and send time."""
+    import sqlalchemy as sa
+
+    from mailer.models import Newsletter
+
+    m = _mailer()
+    with m.read_sessions() as session:
+        for n in session.scalars(sa.select(Newsletter).order_by(Newsletter.id)):
+            when = f"{n.send_at:%Y-%m-%d %H:%M} UTC" if n.send_at else "-"
+            click.echo(f"{n.id}\t{n.status}\t{when}\t{n.subject}")
 
 
 @main.command()

@@ -283,6 +283,14 @@ newsletter_lists = sa.Table(
 )
 
 
+class NewsletterStatus(enum.StrEnum):
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    SENDING = "sending"
+    SENT = "sent"
+    CANCELLED = "cancelled"
+
+
 class Newsletter(Base):
     __tablename__ = "newsletters"
 
@@ -291,8 +299,12 @@ class Newsletter(Base):
     preheader: Mapped[str] = mapped_column(sa.String(300), default="")
     body_md: Mapped[str] = mapped_column(sa.Text, default="")
     layout: Mapped[str] = mapped_column(sa.String(100), default="default")
-    status: Mapped[str] = mapped_column(sa.String(20), default="draft")
+    status: Mapped[str] = mapped_column(sa.String(20), default=NewsletterStatus.DRAFT)
     send_at: Mapped[Optional[dt.datetime]]
+    # Filled in when sending starts and ends.
+    audience_count: Mapped[Optional[int]]
+    started_at: Mapped[Optional[dt.datetime]]
+    finished_at: Mapped[Optional[dt.datetime]]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     lists: Mapped[list[MailingList]] = relationship(secondary=newsletter_lists)

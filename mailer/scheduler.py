@@ -8,7 +8,7 @@ import logging
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from mailer import contacts, send_budget
+from mailer import contacts, newsletters, send_budget
 from mailer.db import session_scope, utcnow
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,17 @@ def process_signups(mailer, scheduler) -> None:
         scheduler.get_job("send-due").modify(next_run_time=utcnow())  # send their confirmations now
 
 
+def start_newsletters(mailer, scheduler) -> None:
+    """Scheduled issues whose time has come start sending; finished ones are marked sent."""
+    now = utcnow()
+    with session_scope(mailer.sessions) as session:
+        started = newsletters.start_due(session, now)
+        newsletters.finish_sent(session, now)
+    if started:
+        log.info("started sending newsletters %s", started)
+        scheduler.get_job("send-due").modify(next_run_time=utcnow())
+
+
 def purge_expired_signups(mailer) -> None:
     with session_scope(mailer.sessions) as session:
         purged = contacts.purge_expired_pending(session, mailer.settings, utcnow())
@@ -40,6 +51,8 @@ def periodic_jobs(mailer, sender, scheduler) -> list[dict]:
     """Every periodic job in one list, registered at start-up."""
     return [
         dict(id="process-signups", func=process_signups, args=[mailer, scheduler], trigger="interval", seconds=1),
+        dict(id="start-newsletters", func=start_newsletters, args=[mailer, scheduler], trigger="interval",
+             seconds=10),
         dict(id="send-due", func=send_due, args=[sender], trigger="interval",
              seconds=mailer.settings.send_interval_seconds),
         dict(id="purge-expired-signups", func=purge_expired_signups, args=[mailer], trigger="interval", hours=1),

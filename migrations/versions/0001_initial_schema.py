@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 12:41:33.580350
+Create Date: 2026-11-25 13:00:53.210273
 """
 from alembic import op
 import sqlalchemy as sa
@@ -56,6 +56,9 @@ def upgrade() -> None:
     sa.Column('layout', sa.String(length=100), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('send_at', sa.DateTime(), nullable=True),
+    sa.Column('audience_count', sa.Integer(), nullable=True),
+    sa.Column('started_at', sa.DateTime(), nullable=True),
+    sa.Column('finished_at', sa.DateTime(), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_newsletters'))
     )

@@ -1,0 +1,153 @@
+"""Newsletters from staff: templates checked before scheduling, scheduled in the
+organisation's zone across a DST change, sent once to each active subscriber."""
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from mailer import contacts, newsletters
+from mailer.cli import main
+from mailer.db import session_scope, utcnow
+from mailer.errors import InvalidInput
+from mailer.models import Contact, Delivery, Newsletter, Subscription
+from tests.audience import BODY, address, make_audience
+from tests.conftest import SECRET
+
+UTC = dt.timezone.utc
+
+
+def cli(database_url, tmp_path, *args, input=None):
+    env = {"MAILER_DATABASE_URL": database_url, "MAILER_SECRET_KEY": SECRET,
+           "MAILER_INSTANCE_PATH": str(tmp_path / "instance"), "MAILER_TIMEZONE": "Europe/London"}
+    return CliRunner().invoke(main, list(args), env=env, input=input)
+
+
+def test_template_problems_are_reported_with_their_line_and_nothing_is_created(database_url, tmp_path, db):
+    body = "Hello {{ contact.first_name }},\n\nNews.\n{{ contact.nickname }} and {{ coupon }}\n{% if x %}"
+    result = cli(database_url, tmp_path, "newsletter", "create", "--subject", "Hi {{ contact.first_name",
+                 "--body-file", "-", input=body)
+    assert result.exit_code == 1
+    assert "subject, line 1:" in result.output
+    result = cli(database_url, tmp_path, "newsletter", "create", "--subject", "Hi", "--body-file", "-",
+                 input="Hello {{ contact.first_name }},\n\nNews.\n{{ contact.nickname }} and {{ coupon }}\n")
+    assert result.exit_code == 1
+    assert ("body, line 4: unknown name 'coupon'; "
+            "body, line 4: 'contact' has no 'nickname' (it has: email, first_name, name)") in result.output
+    assert db.scalar(sa.select(sa.func.count()).select_from(Newsletter)) == 0
+
+
+def test_syntax_error_is_reported_with_its_line():
+    problems = newsletters.check_template("body", "fine\n\n{% for x in y %}\nno end")
+    assert [(p.line, p.field) for p in problems] == [(3, "body")]  # where the unclosed block opens
+    assert "endfor" in problems[0].message
+
+
+def test_a_time_skipped_by_the_clock_change_is_refused():
+    try:
+        newsletters.local_to_utc(dt.datetime(2027, 3, 28, 1, 30), "Europe/London")
+        raise AssertionError("accepted a local time that does not exist")
+    except InvalidInput as exc:
+        assert exc.message == "2027-03-28 01:30 does not exist in Europe/London (the clocks go forward)."
+    assert newsletters.local_to_utc(dt.datetime(2027, 3, 28, 2, 30), "Europe/London") == \
+        dt.datetime(2027, 3, 28, 1, 30, tzinfo=UTC)
+
+
+def test_scheduled_for_first_tuesday_9am_london_goes_out_at_the_right_instant_across_dst(
+        mailer, smtp_server, database_url, tmp_path, db, client):
+    make_audience(mailer, 4)
+    # reader 3 unsubscribed; one pending signup; one suppressed address
+    db.write(sa.update(Subscription).where(Subscription.contact_id == db.scalar(
+        sa.select(Contact.id).where(Contact.email == address(3)))).values(status="unsubscribed"))
+    from tests.conftest import signup
+    signup(client, "pending@example.com")
+    with session_scope(mailer.sessions) as session:
+        contacts.suppress_address(session, mailer.settings, address(2), reason="hard_bounce", now=utcnow())
+    mailer.drain()  # the pending signup's confirmation
+    smtp_server.received.clear()
+
+    sent_at = {}
+    for local_day, utc_hour in ((dt.datetime(2027, 3, 2, 9, 0), 9), (dt.datetime(2027, 4, 6, 9, 0), 8)):
+        created = cli(database_url, tmp_path, "newsletter", "create", "--subject",
+                      "Spine Health {{ contact.first_name }}", "--body-file", "-", input=BODY)
+        assert created.exit_code == 0, created.output
+        newsletter_id = int(created.output.split()[2])
+        with time_at(dt.datetime(2027, 2, 20, tzinfo=UTC)):
+            scheduled = cli(database_url, tmp_path, "newsletter", "schedule", str(newsletter_id),
+                            "--at", f"{local_day:%Y-%m-%d %H:%M}")
+        assert scheduled.exit_code == 0, scheduled.output
+        due = dt.datetime(local_day.year, local_day.month, local_day.day, utc_hour, 0, tzinfo=UTC)
+        assert f"scheduled for {due:%Y-%m-%d %H:%M} UTC" in scheduled.output
+        assert "09:00 G" in scheduled.output or "09:00 B" in scheduled.output  # GMT in March, BST in April
+
+        before = len(smtp_server.received)
+        assert mailer.drain(clock=lambda: due - dt.timedelta(seconds=1)).sent == 0
+        assert len(smtp_server.received) == before
+        assert mailer.drain(clock=lambda: due).sent == 2
+        sent_at[newsletter_id] = due
+
+    # Each active, reachable subscriber got exactly one personalised copy of each issue.
+    per_person = {}
+    for received in smtp_server.received:
+        per_person.setdefault(received.rcpt_tos[0], []).append(received.message["Subject"])
+    assert per_person == {
+        address(0): ["Spine Health Reader0", "Spine Health Reader0"],
+        address(1): ["Spine Health Reader1", "Spine Health Reader1"],
+    }
+    statuses = db.execute(sa.select(Newsletter.id, Newsletter.status, Newsletter.audience_count, Newsletter.started_at))
+    assert [(i, s, n) for i, s, n, _ in statuses] == [(1, "sent", 2), (2, "sent", 2)]
+    assert {i: started for i, _, _, started in statuses} == sent_at
+
+    # The unsubscribe link in the received issue works.
+    link = smtp_server.received[-1].message["List-Unsubscribe"].split(",")[0].strip(" <>")
+    who = smtp_server.received[-1].rcpt_tos[0]
+    assert client.post(link.removeprefix("https://news.example.org")).status_code == 200
+    assert db.scalar(sa.select(Subscription.status).join(Contact).where(Contact.email == who)) == "unsubscribed"
+
+
+def test_start_is_once_even_when_two_workers_look(mailer, db):
+    make_audience(mailer, 3)
+    with session_scope(mailer.sessions) as session:
+        n = newsletters.create_newsletter(session, subject="Hi", body_md="Hello", lists=["newsletter"])
+        newsletters.schedule(session, n.id, utcnow(), now=utcnow())
+    with session_scope(mailer.sessions) as session:
+        assert newsletters.start_due(session, utcnow()) == [1]
+    with session_scope(mailer.sessions) as session:
+        assert newsletters.start_due(session, utcnow()) == []
+    assert db.scalar(sa.select(sa.func.count()).select_from(Delivery)) == 3
+
+
+def test_cancel_while_sending_cancels_what_is_still_queued(mailer, smtp_server, db, database_url, tmp_path):
+    make_audience(mailer, 5)
+    with session_scope(mailer.sessions) as session:
+        n = newsletters.create_newsletter(session, subject="Hi", body_md="Hello", lists=["newsletter"])
+        newsletters.schedule(session, n.id, utcnow(), now=utcnow())
+        newsletters.start_due(session, utcnow())
+    result = cli(database_url, tmp_path, "newsletter", "cancel", "1")
+    assert result.exit_code == 0 and result.output.strip() == "newsletter 1 cancelled"
+    assert mailer.drain().sent == 0
+    assert set(db.scalars(sa.select(Delivery.status))) == {"cancelled"}
+    again = cli(database_url, tmp_path, "newsletter", "cancel", "1")
+    assert again.exit_code == 1 and "already cancelled" in again.output
+
+
+def test_past_time_and_unknown_list_are_refused(mailer):
+    with session_scope(mailer.sessions) as session:
+        n = newsletters.create_newsletter(session, subject="Hi", body_md="Hello", lists=["newsletter"])
+        try:
+            newsletters.schedule(session, n.id, utcnow() - dt.timedelta(hours=1), now=utcnow())
+            raise AssertionError("scheduled in the past")
+        except InvalidInput as exc:
+            assert exc.field == "send_at"
+        try:
+            newsletters.create_newsletter(session, subject="Hi", body_md="Hello", lists=["vip"])
+            raise AssertionError("unknown list accepted")
+        except InvalidInput as exc:
+            assert exc.field == "lists"
+
+
+def time_at(when: dt.datetime):
+    import time_machine
+
+    return time_machine.travel(when, tick=False)
