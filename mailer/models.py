@@ -283,6 +283,24 @@ newsletter_lists = sa.Table(
 )
 
 
+class Rhythm(Base):
+    """A repeating send time, e.g. the first Tuesday of every month at 09:00 Europe/London.
+    `day` is an APScheduler cron day expression ("1st tue", "last fri", "15")."""
+
+    __tablename__ = "rhythms"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    day: Mapped[str] = mapped_column(sa.String(20))
+    hour: Mapped[int]
+    minute: Mapped[int] = mapped_column(default=0)
+    timezone: Mapped[str] = mapped_column(sa.String(64))
+    active: Mapped[bool] = mapped_column(default=True)
+    # The month ("2027-03") for which staff were last warned that no issue was ready.
+    warned_month: Mapped[Optional[str]] = mapped_column(sa.String(7))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class NewsletterStatus(enum.StrEnum):
     DRAFT = "draft"
     SCHEDULED = "scheduled"
@@ -301,6 +319,11 @@ class Newsletter(Base):
     layout: Mapped[str] = mapped_column(sa.String(100), default="default")
     status: Mapped[str] = mapped_column(sa.String(20), default=NewsletterStatus.DRAFT)
     send_at: Mapped[Optional[dt.datetime]]
+    # Shown in the public archive (/archive) once sent.
+    public: Mapped[bool] = mapped_column(default=False)
+    # Set when the issue is the one for a month of a monthly rhythm ("2027-03").
+    rhythm_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("rhythms.id"))
+    rhythm_month: Mapped[Optional[str]] = mapped_column(sa.String(7))
     # Filled in when sending starts and ends.
     audience_count: Mapped[Optional[int]]
     started_at: Mapped[Optional[dt.datetime]]

@@ -7,21 +7,29 @@ import dataclasses
 import datetime as dt
 from zoneinfo import ZoneInfo
 
+from html.parser import HTMLParser
+
 import jinja2
 import jinja2.meta
 import sqlalchemy as sa
+from apscheduler.triggers.cron import CronTrigger
 from jinja2 import nodes
 from sqlalchemy.orm import Session
 
 from mailer import outbox
-from mailer.db import dialect_insert
+from mailer.db import dialect_insert, is_postgres
 from mailer.errors import InvalidInput, NotFound
-from mailer.models import (PENDING_DELIVERY, Contact, Delivery, DeliveryStatus, MailingList, Newsletter,
-                           NewsletterStatus, Subscription, SubscriptionStatus, Suppression, newsletter_lists)
-from mailer.rendering import TEMPLATES, compile_newsletter, staff_environment
+from mailer.models import (PENDING_DELIVERY, ConsentAction, ConsentEvent, Contact, Delivery, DeliveryStatus,
+                           MailingList, Newsletter, NewsletterStatus, Rhythm, Subscription, SubscriptionStatus,
+                           Suppression, newsletter_lists)
+from mailer.rendering import (TEMPLATES, CompiledNewsletter, RenderedEmail, compile_newsletter, format_local,
+                              staff_environment)
 
 NEWSLETTER = "newsletter"
-SUBJECT_MAX = 150
+NEWSLETTER_TEST = "newsletter_test"
+RHYTHM_WARNING = "rhythm_warning"
+SUBJECT_MAX = 80
+TEST_MAX = 10
 # What a newsletter's subject and body may use, and the attributes of each (None: a plain value).
 TEMPLATE_NAMES: dict[str, set[str] | None] = {
     "contact": {"first_name", "name", "email"},
@@ -97,6 +105,18 @@ def create_newsletter(session: Session, *, subject: str, body_md: str, lists: li
                             lists=mailing_lists, status=NewsletterStatus.DRAFT)
     session.add(newsletter)
     session.flush()
+    return newsletter
+
+
+def update_newsletter(session: Session, newsletter_id: int, *, subject: str, body_md: str, lists: list[str],
+                      preheader: str = "", layout: str = "default", public: bool = False) -> Newsletter:
+    """Change a draft or a scheduled issue (its schedule stays)."""
+    newsletter = get_newsletter(session, newsletter_id)
+    _changeable(newsletter)
+    newsletter.lists = _validated(session, subject=subject, preheader=preheader, body_md=body_md, layout=layout,
+                                  lists=lists)
+    newsletter.subject, newsletter.preheader = " ".join(subject.split()), preheader
+    newsletter.body_md, newsletter.layout, newsletter.public = body_md, layout, public
     return newsletter
 
 
@@ -179,6 +199,217 @@ def finish_sent(session: Session, now: dt.datetime) -> list[int]:
     return list(done)
 
 
+# Monthly rhythm -----------------------------------------------------------------------
+
+def _trigger(rhythm: Rhythm) -> CronTrigger:
+    return CronTrigger(day=rhythm.day, hour=rhythm.hour, minute=rhythm.minute, timezone=rhythm.timezone)
+
+
+def create_rhythm(session: Session, *, name: str, day: str, hour: int, minute: int = 0, timezone: str) -> Rhythm:
+    """E.g. day="1st tue", hour=9, timezone="Europe/London": the first Tuesday of every month at 09:00."""
+    rhythm = Rhythm(name=" ".join((name or "").split()) or "Monthly newsletter", day=(day or "").strip().lower(),
+                    hour=hour, minute=minute, timezone=timezone)
+    try:
+        ZoneInfo(timezone)
+        _trigger(rhythm)
+    except (ValueError, KeyError) as exc:
+        raise InvalidInput("day", f"Not a valid rhythm: {exc}") from None
+    except Exception:
+        raise InvalidInput("timezone", f"Unknown time zone '{timezone}'.") from None
+    session.add(rhythm)
+    session.flush()
+    return rhythm
+
+
+def occurrence_in_month(rhythm: Rhythm, month: str) -> dt.datetime:
+    """The UTC instant of the rhythm's send time in `month` ("2027-03")."""
+    year, number = (int(part) for part in month.split("-"))
+    start = dt.datetime(year, number, 1, tzinfo=ZoneInfo(rhythm.timezone))
+    when = _trigger(rhythm).get_next_fire_time(None, start)
+    if when is None or (when.year, when.month) != (year, number):
+        raise InvalidInput("month", f"'{rhythm.name}' has no send time in {month}.")
+    return when.astimezone(dt.timezone.utc)
+
+
+def next_occurrence(rhythm: Rhythm, after: dt.datetime) -> dt.datetime:
+    return _trigger(rhythm).get_next_fire_time(None, after).astimezone(dt.timezone.utc)
+
+
+def mark_ready(session: Session, newsletter_id: int, rhythm_id: int, month: str, *, now: dt.datetime) -> Newsletter:
+    """Make this the issue for `month` of the rhythm: it goes out at that month's send time."""
+    rhythm = session.get(Rhythm, rhythm_id)
+    if rhythm is None:
+        raise NotFound(f"no rhythm {rhythm_id}")
+    taken = session.scalar(sa.select(Newsletter.id).where(
+        Newsletter.rhythm_id == rhythm_id, Newsletter.rhythm_month == month, Newsletter.id != newsletter_id,
+        Newsletter.status.in_([NewsletterStatus.SCHEDULED, NewsletterStatus.SENDING, NewsletterStatus.SENT])))
+    if taken:
+        raise InvalidInput("month", f"Newsletter {taken} is already the {month} issue of '{rhythm.name}'.")
+    newsletter = schedule(session, newsletter_id, occurrence_in_month(rhythm, month), now=now)
+    newsletter.rhythm_id, newsletter.rhythm_month = rhythm_id, month
+    return newsletter
+
+
+def warn_unready(session: Session, settings, now: dt.datetime) -> list[str]:
+    """24 hours before a rhythm's send time with no issue ready, email the staff once.
+    Nothing is ever sent empty: without a ready issue the month is simply skipped."""
+    from mailer import contacts
+    from mailer.models import Role, User
+
+    warned = []
+    for rhythm in session.scalars(sa.select(Rhythm).where(Rhythm.active)):
+        when = next_occurrence(rhythm, now)
+        month = when.astimezone(ZoneInfo(rhythm.timezone)).strftime("%Y-%m")
+        if when - now > dt.timedelta(hours=24) or rhythm.warned_month == month:
+            continue
+        ready = session.scalar(sa.select(sa.exists().where(
+            Newsletter.rhythm_id == rhythm.id, Newsletter.rhythm_month == month,
+            Newsletter.status.in_([NewsletterStatus.SCHEDULED, NewsletterStatus.SENDING, NewsletterStatus.SENT]))))
+        if ready:
+            continue
+        claimed = session.execute(sa.update(Rhythm).where(
+            Rhythm.id == rhythm.id, (Rhythm.warned_month != month) | Rhythm.warned_month.is_(None),
+        ).values(warned_month=month)).rowcount
+        if not claimed:
+            continue
+        staff = session.scalars(sa.select(User.email).where(User.role.in_([Role.OWNER, Role.EDITOR]))).all()
+        for email in staff:
+            contact = contacts.get_or_create_contact(session, settings, email, now=now)
+            outbox.enqueue(session, contact_id=contact.id, kind=RHYTHM_WARNING, ref_id=rhythm.id,
+                           dedupe_key=f"rhythm-warning:{rhythm.id}:{month}:{contact.id}", now=now)
+        warned.append(f"{rhythm.name} {month}")
+    return warned
+
+
+def rhythm_warning_email(batch, delivery: Delivery):
+    rhythm = batch.session.get(Rhythm, delivery.ref_id)
+    if rhythm is None:
+        return outbox.Skip(DeliveryStatus.CANCELLED, "rhythm removed")
+    when = next_occurrence(rhythm, batch.clock())
+    return {"rhythm_name": rhythm.name, "send_time": format_local(when, rhythm.timezone),
+            "admin_url": f"{batch.settings.base_url}/admin/newsletters"}
+
+
+# Preview, test sends and the pre-flight check ---------------------------------------------
+
+SAMPLE_CONTACT = {"first_name": "Alex", "name": "Alex Sample", "email": "alex.sample@example.com"}
+
+
+def preview(renderer, settings, *, subject: str, preheader: str, body_md: str, layout: str,
+            contact: dict | None = None, unsubscribe_url: str | None = None) -> RenderedEmail:
+    """The issue as one recipient (or a sample one) would get it; links to unsubscribe do
+    not work in a preview. InvalidInput lists the template problems."""
+    problems = check_template("subject", subject) + check_template("body", body_md)
+    if problems:
+        raise InvalidInput(problems[0].field, "; ".join(str(p) for p in problems))
+    static = {"organisation": settings.organisation, "postal_address": settings.postal_address,
+              "base_url": settings.base_url}
+    compiled = compile_newsletter(renderer, subject=subject, preheader=preheader, body_markdown=body_md,
+                                  layout=layout, context=static)
+    return compiled.render(dict(static, contact=contact or SAMPLE_CONTACT,
+                                unsubscribe_url=unsubscribe_url or f"{settings.base_url}/unsubscribe/preview"))
+
+
+def send_test(session: Session, settings, newsletter_id: int, addresses: list[str], *, now: dt.datetime) -> int:
+    """Queue a "[TEST]" copy to up to 10 addresses. Test copies are never counted in reports."""
+    from mailer import contacts
+
+    newsletter = get_newsletter(session, newsletter_id)
+    wanted = list(dict.fromkeys(contacts.normalise_email(a) for a in addresses if a and a.strip()))
+    if not wanted or len(wanted) > TEST_MAX:
+        raise InvalidInput("addresses", f"Give between 1 and {TEST_MAX} addresses.")
+    stamp = int(now.timestamp() * 1000)
+    for address in wanted:
+        contact = contacts.get_or_create_contact(session, settings, address, now=now)
+        outbox.enqueue(session, contact_id=contact.id, kind=NEWSLETTER_TEST, ref_id=newsletter.id,
+                       dedupe_key=f"newsletter-test:{newsletter.id}:{contact.id}:{stamp}", now=now)
+    return len(wanted)
+
+
+class _TestCopy:
+    """A compiled issue sent as a test: "[TEST]" in the subject, a dead unsubscribe link."""
+
+    def __init__(self, compiled: CompiledNewsletter, base_url: str):
+        self.compiled, self.base_url = compiled, base_url
+
+    def render(self, context: dict) -> RenderedEmail:
+        rendered = self.compiled.render(dict(context, unsubscribe_url=f"{self.base_url}/unsubscribe/test-copy"))
+        return dataclasses.replace(rendered, subject=f"[TEST] {rendered.subject}")
+
+
+class _LinkChecker(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+        self.images_without_alt = 0
+
+    def handle_starttag(self, tag, attrs):
+        values = dict(attrs)
+        if tag == "a" and "href" in values:
+            self.links.append(values["href"] or "")
+        if tag == "img" and not (values.get("alt") or "").strip():
+            self.images_without_alt += 1
+
+
+def preflight(session: Session, renderer, settings, newsletter_id: int) -> list[str]:
+    """Problems to fix before scheduling, in plain words; an empty list means ready."""
+    newsletter = get_newsletter(session, newsletter_id)
+    problems = [str(p) for p in check_template("subject", newsletter.subject) + check_template("body", newsletter.body_md)]
+    if problems:
+        return problems
+    layout_source = (TEMPLATES / "layouts" / f"{newsletter.layout}.html").read_text()
+    if "unsubscribe_url" not in layout_source:
+        problems.append(f"The layout '{newsletter.layout}' has no unsubscribe link.")
+    rendered = preview(renderer, settings, subject=newsletter.subject, preheader=newsletter.preheader,
+                       body_md=newsletter.body_md, layout=newsletter.layout)
+    checker = _LinkChecker()
+    checker.feed(rendered.html)
+    for link in dict.fromkeys(checker.links):
+        if not (link.startswith("https://") or link.startswith("mailto:")) or " " in link:
+            problems.append(f"Link '{link}' is not an absolute https:// address.")
+    if checker.images_without_alt:
+        problems.append(f"{checker.images_without_alt} image(s) have no alt text.")
+    if len(newsletter.subject) > SUBJECT_MAX:
+        problems.append(f"The subject has {len(newsletter.subject)} characters; inboxes cut it after about {SUBJECT_MAX}.")
+    if not newsletter.body_md.strip():
+        problems.append("The body is empty, so the text part would be empty.")
+    if count_audience(session, newsletter.id) == 0:
+        problems.append("No one would receive it: its lists have no active subscribers.")
+    return problems
+
+
+# Reports ---------------------------------------------------------------------------
+
+def report(session: Session, newsletter_id: int) -> dict:
+    """Audience and outcomes of one issue (test copies are not counted), the
+    unsubscribes it caused (within 30 days of its start, from its recipients), and
+    messages sent per minute for the chart."""
+    newsletter = get_newsletter(session, newsletter_id)
+    mine = sa.and_(Delivery.kind == NEWSLETTER, Delivery.ref_id == newsletter.id)
+    counts = dict(session.execute(sa.select(Delivery.status, sa.func.count()).where(mine).group_by(Delivery.status)).all())
+    unsubscribes = 0
+    if newsletter.started_at:
+        window_end = newsletter.started_at + dt.timedelta(days=30)
+        unsubscribes = session.scalar(sa.select(sa.func.count(sa.distinct(ConsentEvent.contact_id))).where(
+            ConsentEvent.action == ConsentAction.WITHDRAWN,
+            ConsentEvent.created_at >= newsletter.started_at, ConsentEvent.created_at < window_end,
+            ConsentEvent.contact_id.in_(sa.select(Delivery.contact_id).where(mine, Delivery.status == DeliveryStatus.SENT)),
+        ))
+    minute = (sa.func.date_trunc("minute", Delivery.sent_at) if is_postgres(session)
+              else sa.func.strftime("%Y-%m-%d %H:%M", Delivery.sent_at))
+    per_minute = session.execute(sa.select(minute, sa.func.count()).where(mine, Delivery.sent_at.is_not(None))
+                                 .group_by(minute).order_by(minute)).all()
+    return {
+        "id": newsletter.id, "subject": newsletter.subject, "status": newsletter.status,
+        "audience": newsletter.audience_count, "started_at": newsletter.started_at, "finished_at": newsletter.finished_at,
+        "sent": counts.get(DeliveryStatus.SENT, 0), "deferred": counts.get(DeliveryStatus.DEFERRED, 0),
+        "queued": counts.get(DeliveryStatus.QUEUED, 0) + counts.get(DeliveryStatus.SENDING, 0),
+        "failed": counts.get(DeliveryStatus.FAILED, 0), "suppressed": counts.get(DeliveryStatus.SUPPRESSED, 0),
+        "cancelled": counts.get(DeliveryStatus.CANCELLED, 0), "unsubscribes": unsubscribes,
+        "sent_per_minute": [(str(bucket)[:16], n) for bucket, n in per_minute],
+    }
+
+
 # Who gets it ------------------------------------------------------------------------
 
 
@@ -228,12 +459,13 @@ def enqueue_audience(session: Session, newsletter_id: int, *, now: dt.datetime) 
 
 
 def newsletter_email(batch, delivery: Delivery):
-    """The compiled issue: compiled once, reused for every recipient while its text is unchanged."""
+    """The compiled issue: compiled once, reused for every recipient while its text is
+    unchanged (for a test send: the same, marked as a test)."""
     row_key = (Newsletter, delivery.ref_id)
     if row_key not in batch.rows:
         batch.rows[row_key] = batch.session.get(Newsletter, delivery.ref_id)
     newsletter = batch.rows[row_key]
-    if newsletter is None or newsletter.status == NewsletterStatus.CANCELLED:
+    if newsletter is None or (newsletter.status == NewsletterStatus.CANCELLED and delivery.kind == NEWSLETTER):
         return outbox.Skip(DeliveryStatus.CANCELLED, "newsletter cancelled")
     key = (NEWSLETTER, newsletter.id, newsletter.subject, newsletter.preheader, newsletter.body_md, newsletter.layout)
     if key not in batch.cache:
@@ -243,4 +475,6 @@ def newsletter_email(batch, delivery: Delivery):
             batch.renderer, subject=newsletter.subject, preheader=newsletter.preheader,
             body_markdown=newsletter.body_md, layout=newsletter.layout, context=batch.static_context,
         )
+    if delivery.kind == NEWSLETTER_TEST:
+        return _TestCopy(batch.cache[key], batch.settings.base_url)
     return batch.cache[key]

@@ -34,6 +34,9 @@ def start_newsletters(mailer, scheduler) -> None:
     with session_scope(mailer.sessions) as session:
         started = newsletters.start_due(session, now)
         newsletters.finish_sent(session, now)
+        warned = newsletters.warn_unready(session, mailer.settings, now)
+    if warned:
+        log.warning("no newsletter ready for %s: staff warned", ", ".join(warned))
     if started:
         log.info("started sending newsletters %s", started)
         scheduler.get_job("send-due").modify(next_run_time=utcnow())

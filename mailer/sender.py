@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 BUILDERS: dict[str, Callable] = {
     contacts.CONFIRMATION: contacts.confirmation_email,
     newsletters.NEWSLETTER: newsletters.newsletter_email,
+    newsletters.NEWSLETTER_TEST: newsletters.newsletter_email,
+    newsletters.RHYTHM_WARNING: newsletters.rhythm_warning_email,
 }
 # Mail tied to a list goes out only while the person's subscription is in this state.
 REQUIRED_SUBSCRIPTION = {contacts.CONFIRMATION: SubscriptionStatus.PENDING}
@@ -60,6 +62,7 @@ class BatchContext:
     settings: Settings
     renderer: EmailRenderer
     static_context: dict
+    clock: Callable[[], dt.datetime]
     # Compiled staff templates, kept by the Sender across batches.
     cache: dict = dataclasses.field(default_factory=dict)
     # Rows loaded for this batch (kept here: the session's identity map holds them only weakly).
@@ -180,7 +183,7 @@ class Sender:
                                      .options(selectinload(Delivery.contact))).all()
         suppressed = outbox.suppressed_hashes(session, [d.contact.email_hash for d in deliveries])
         subscriptions = self._subscription_states(session, deliveries)
-        batch = BatchContext(session, self.settings, self.renderer, self.static_context, self.compiled)
+        batch = BatchContext(session, self.settings, self.renderer, self.static_context, self.clock, self.compiled)
         builder = MessageBuilder(from_addr=self.settings.from_addr, reply_to=self.settings.reply_to, date=self.clock())
         messages = []
         for delivery in deliveries:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 13:00:53.210273
+Create Date: 2026-11-25 13:03:14.806488
 """
 from alembic import op
 import sqlalchemy as sa
@@ -48,19 +48,17 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_mailing_lists')),
     sa.UniqueConstraint('slug', name=op.f('uq_mailing_lists_slug'))
     )
-    op.create_table('newsletters',
+    op.create_table('rhythms',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('subject', sa.String(length=300), nullable=False),
-    sa.Column('preheader', sa.String(length=300), nullable=False),
-    sa.Column('body_md', sa.Text(), nullable=False),
-    sa.Column('layout', sa.String(length=100), nullable=False),
-    sa.Column('status', sa.String(length=20), nullable=False),
-    sa.Column('send_at', sa.DateTime(), nullable=True),
-    sa.Column('audience_count', sa.Integer(), nullable=True),
-    sa.Column('started_at', sa.DateTime(), nullable=True),
-    sa.Column('finished_at', sa.DateTime(), nullable=True),
+    sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('day', sa.String(length=20), nullable=False),
+    sa.Column('hour', sa.Integer(), nullable=False),
+    sa.Column('minute', sa.Integer(), nullable=False),
+    sa.Column('timezone', sa.String(length=64), nullable=False),
+    sa.Column('active', sa.Boolean(), nullable=False),
+    sa.Column('warned_month', sa.String(length=7), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_newsletters'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_rhythms'))
     )
     op.create_table('send_windows',
     sa.Column('granularity', sa.String(length=1), nullable=False),
@@ -177,12 +175,23 @@ def upgrade() -> None:
         batch_op.create_index('ix_deliveries_contact_status', ['contact_id', 'status'], unique=False)
         batch_op.create_index('ix_deliveries_due', ['status', 'next_attempt_at'], unique=False)
 
-    op.create_table('newsletter_lists',
-    sa.Column('newsletter_id', sa.Integer(), nullable=False),
-    sa.Column('list_id', sa.Integer(), nullable=False),
-    sa.ForeignKeyConstraint(['list_id'], ['mailing_lists.id'], name=op.f('fk_newsletter_lists_list_id_mailing_lists')),
-    sa.ForeignKeyConstraint(['newsletter_id'], ['newsletters.id'], name=op.f('fk_newsletter_lists_newsletter_id_newsletters')),
-    sa.PrimaryKeyConstraint('newsletter_id', 'list_id', name=op.f('pk_newsletter_lists'))
+    op.create_table('newsletters',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('subject', sa.String(length=300), nullable=False),
+    sa.Column('preheader', sa.String(length=300), nullable=False),
+    sa.Column('body_md', sa.Text(), nullable=False),
+    sa.Column('layout', sa.String(length=100), nullable=False),
+    sa.Column('status', sa.String(length=20), nullable=False),
+    sa.Column('send_at', sa.DateTime(), nullable=True),
+    sa.Column('public', sa.Boolean(), nullable=False),
+    sa.Column('rhythm_id', sa.Integer(), nullable=True),
+    sa.Column('rhythm_month', sa.String(length=7), nullable=True),
+    sa.Column('audience_count', sa.Integer(), nullable=True),
+    sa.Column('started_at', sa.DateTime(), nullable=True),
+    sa.Column('finished_at', sa.DateTime(), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['rhythm_id'], ['rhythms.id'], name=op.f('fk_newsletters_rhythm_id_rhythms')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_newsletters'))
     )
     op.create_table('registrations',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -239,9 +248,17 @@ def upgrade() -> None:
     with op.batch_alter_table('consent_events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_consent_events_contact_id'), ['contact_id'], unique=False)
 
+    op.create_table('newsletter_lists',
+    sa.Column('newsletter_id', sa.Integer(), nullable=False),
+    sa.Column('list_id', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['list_id'], ['mailing_lists.id'], name=op.f('fk_newsletter_lists_list_id_mailing_lists')),
+    sa.ForeignKeyConstraint(['newsletter_id'], ['newsletters.id'], name=op.f('fk_newsletter_lists_newsletter_id_newsletters')),
+    sa.PrimaryKeyConstraint('newsletter_id', 'list_id', name=op.f('pk_newsletter_lists'))
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('newsletter_lists')
     with op.batch_alter_table('consent_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_consent_events_contact_id'))
 
@@ -251,7 +268,7 @@ def downgrade() -> None:
 
     op.drop_table('subscriptions')
     op.drop_table('registrations')
-    op.drop_table('newsletter_lists')
+    op.drop_table('newsletters')
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.drop_index('ix_deliveries_due')
         batch_op.drop_index('ix_deliveries_contact_status')
@@ -265,7 +282,7 @@ def downgrade() -> None:
     op.drop_table('suppressions')
     op.drop_table('signup_requests')
     op.drop_table('send_windows')
-    op.drop_table('newsletters')
+    op.drop_table('rhythms')
     op.drop_table('mailing_lists')
     op.drop_table('dev_messages')
     with op.batch_alter_table('contacts', schema=None) as batch_op:
