@@ -151,3 +151,120 @@ def time_at(when: dt.datetime):
     import time_machine
 
     return time_machine.travel(when, tick=False)
+
+
+def test_preview_uses_a_sample_reader_and_dead_links():
+    from mailer.rendering import EmailRenderer
+    from mailer.settings import load_settings
+
+    settings = load_settings({"secret_key": "x", "instance_path": "/tmp/mailer-preview-test",
+                              "base_url": "https://news.example.org"})
+    rendered = newsletters.preview(EmailRenderer(), settings, subject="Hi {{ contact.first_name }}",
+                                   preheader="P", body_md="Hello **{{ contact.first_name }}**", layout="default")
+    assert rendered.subject == "Hi Alex"
+    assert "Hello <strong" in rendered.html and ">Alex</strong>" in rendered.html
+    assert "https://news.example.org/unsubscribe/preview" in rendered.html
+    assert rendered.text.startswith("Hello **Alex**")
+
+
+def test_test_send_is_marked_and_not_counted(mailer, smtp_server, db):
+    make_audience(mailer, 2)
+    with session_scope(mailer.sessions) as session:
+        n = newsletters.create_newsletter(session, subject="March news", body_md="Hello {{ contact.first_name }}",
+                                          lists=["newsletter"])
+        assert newsletters.send_test(session, mailer.settings, n.id, ["Boss@Clinic.example", "boss@clinic.example"],
+                                     now=utcnow()) == 1
+    mailer.drain()
+    assert [(r.rcpt_tos, r.message["Subject"]) for r in smtp_server.received] == [
+        (["boss@clinic.example"], "[TEST] March news")]
+    assert "/unsubscribe/test-copy" in smtp_server.received[0].message.get_body(("html",)).get_content()
+    with session_scope(mailer.sessions) as session:
+        newsletters.schedule(session, n.id, utcnow(), now=utcnow())
+    mailer.drain()
+    with mailer.read_sessions() as session:
+        report = newsletters.report(session, n.id)
+    assert (report["audience"], report["sent"], report["status"]) == (2, 2, "sent")
+    for bad in ([], [f"p{i}@example.com" for i in range(11)]):
+        with session_scope(mailer.sessions) as session:
+            try:
+                newsletters.send_test(session, mailer.settings, n.id, bad, now=utcnow())
+                raise AssertionError("accepted")
+            except InvalidInput as exc:
+                assert exc.field == "addresses"
+
+
+def test_preflight_lists_what_to_fix(mailer):
+    body = ("See [our site](http://clinic.example) and [this](/relative).\n\n"
+            '<img src="https://clinic.example/a.png">\n')
+    with session_scope(mailer.sessions) as session:
+        n = newsletters.create_newsletter(session, subject="A" * 90, body_md=body, lists=["newsletter"])
+        problems = newsletters.preflight(session, mailer.renderer, mailer.settings, n.id)
+    assert problems == [
+        "Link 'http://clinic.example' is not an absolute https:// address.",
+        "Link '/relative' is not an absolute https:// address.",
+        "1 image(s) have no alt text.",
+        "The subject has 90 characters; inboxes cut it after about 80.",
+        "No one would receive it: its lists have no active subscribers.",
+    ]
+    make_audience(mailer, 1)
+    with session_scope(mailer.sessions) as session:
+        good = newsletters.create_newsletter(session, subject="Fine", body_md="[Blog](https://clinic.example)",
+                                             lists=["newsletter"])
+        assert newsletters.preflight(session, mailer.renderer, mailer.settings, good.id) == []
+
+
+def test_report_counts_outcomes_and_the_unsubscribes_the_issue_caused(mailer, smtp_server, db, client):
+    make_audience(mailer, 4)
+    smtp_server.handler.rcpt_reply = lambda a: "550 5.1.1 no such user" if a == address(3) else None
+    with session_scope(mailer.sessions) as session:
+        n = newsletters.create_newsletter(session, subject="Hi", body_md="Hello", lists=["newsletter"])
+        newsletters.schedule(session, n.id, utcnow(), now=utcnow())
+    mailer.drain()
+    link = [r for r in smtp_server.received if r.rcpt_tos == [address(0)]][0].message["List-Unsubscribe"]
+    client.post(link.split(",")[0].strip(" <>").removeprefix("https://news.example.org"))
+    with mailer.read_sessions() as session:
+        report = newsletters.report(session, n.id)
+    assert {k: report[k] for k in ("audience", "sent", "failed", "unsubscribes", "status")} == \
+        {"audience": 4, "sent": 3, "failed": 1, "unsubscribes": 1, "status": "sent"}
+    assert sum(count for _, count in report["sent_per_minute"]) == 3
+
+
+def test_monthly_rhythm_first_tuesday_9am_london_is_dst_correct_and_warns_when_nothing_is_ready(
+        mailer, smtp_server, db):
+    from mailer import users
+    from mailer.models import Rhythm
+
+    with session_scope(mailer.sessions) as session:
+        users.create_user(session, "editor@clinic.example", "a long enough password", "editor")
+        rhythm = newsletters.create_rhythm(session, name="Monthly newsletter", day="1st tue", hour=9,
+                                           timezone="Europe/London")
+        assert newsletters.occurrence_in_month(rhythm, "2027-03") == dt.datetime(2027, 3, 2, 9, tzinfo=UTC)
+        assert newsletters.occurrence_in_month(rhythm, "2027-04") == dt.datetime(2027, 4, 6, 8, tzinfo=UTC)
+        march = newsletters.create_newsletter(session, subject="March", body_md="Hi", lists=["newsletter"])
+        newsletters.mark_ready(session, march.id, rhythm.id, "2027-03", now=dt.datetime(2027, 2, 1, tzinfo=UTC))
+        assert march.send_at == dt.datetime(2027, 3, 2, 9, tzinfo=UTC) and march.status == "scheduled"
+        other = newsletters.create_newsletter(session, subject="Also March", body_md="Hi", lists=["newsletter"])
+        try:
+            newsletters.mark_ready(session, other.id, rhythm.id, "2027-03", now=dt.datetime(2027, 2, 1, tzinfo=UTC))
+            raise AssertionError("two issues for one month")
+        except InvalidInput as exc:
+            assert "already the 2027-03 issue" in exc.message
+        try:
+            newsletters.create_rhythm(session, name="x", day="1st xyz", hour=9, timezone="Europe/London")
+            raise AssertionError("bad rhythm accepted")
+        except InvalidInput as exc:
+            assert exc.field == "day"
+
+    # March is ready: no warning the day before. April is not: one warning, 24 h before, once.
+    with session_scope(mailer.sessions) as session:
+        assert newsletters.warn_unready(session, mailer.settings, dt.datetime(2027, 3, 1, 10, tzinfo=UTC)) == []
+        assert newsletters.warn_unready(session, mailer.settings, dt.datetime(2027, 4, 4, 8, tzinfo=UTC)) == []
+        assert newsletters.warn_unready(session, mailer.settings, dt.datetime(2027, 4, 5, 8, 30, tzinfo=UTC)) == \
+            ["Monthly newsletter 2027-04"]
+        assert newsletters.warn_unready(session, mailer.settings, dt.datetime(2027, 4, 5, 9, tzinfo=UTC)) == []
+    mailer.drain(clock=lambda: dt.datetime(2027, 4, 5, 8, 31, tzinfo=UTC))
+    warnings = [r for r in smtp_server.received if r.rcpt_tos == ["editor@clinic.example"]]
+    assert len(warnings) == 1
+    assert warnings[0].message["Subject"] == "No newsletter is ready for Monthly newsletter"
+    assert "Tuesday 6 April 2027, 09:00 BST" in warnings[0].message.get_body(("plain",)).get_content()
+    assert db.scalar(sa.select(Rhythm.warned_month)) == "2027-04"
