@@ -283,6 +283,17 @@ newsletter_lists = sa.Table(
 )
 
 
+class NewsletterLink(Base):
+    """Clicks on one link of one issue, counted only when click tracking is on."""
+
+    __tablename__ = "newsletter_links"
+
+    newsletter_id: Mapped[int] = mapped_column(sa.ForeignKey("newsletters.id"), primary_key=True)
+    url_hash: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    url: Mapped[str] = mapped_column(sa.Text)
+    clicks: Mapped[int] = mapped_column(default=0)
+
+
 class Rhythm(Base):
     """A repeating send time, e.g. the first Tuesday of every month at 09:00 Europe/London.
     `day` is an APScheduler cron day expression ("1st tue", "last fri", "15")."""
@@ -324,6 +335,8 @@ class Newsletter(Base):
     # Set when the issue is the one for a month of a monthly rhythm ("2027-03").
     rhythm_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("rhythms.id"))
     rhythm_month: Mapped[Optional[str]] = mapped_column(sa.String(7))
+    # Counted only when open tracking is on (aggregate: no per-person record).
+    opens: Mapped[int] = mapped_column(default=0)
     # Filled in when sending starts and ends.
     audience_count: Mapped[Optional[int]]
     started_at: Mapped[Optional[dt.datetime]]

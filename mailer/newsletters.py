@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 from zoneinfo import ZoneInfo
 
 from html.parser import HTMLParser
@@ -20,10 +21,10 @@ from mailer import outbox
 from mailer.db import dialect_insert, is_postgres
 from mailer.errors import InvalidInput, NotFound
 from mailer.models import (PENDING_DELIVERY, ConsentAction, ConsentEvent, Contact, Delivery, DeliveryStatus,
-                           MailingList, Newsletter, NewsletterStatus, Rhythm, Subscription, SubscriptionStatus,
+                           MailingList, Newsletter, NewsletterLink, NewsletterStatus, Rhythm, Subscription, SubscriptionStatus,
                            Suppression, newsletter_lists)
-from mailer.rendering import (TEMPLATES, CompiledNewsletter, RenderedEmail, compile_newsletter, format_local,
-                              staff_environment)
+from mailer.rendering import (TEMPLATES, CompiledNewsletter, RenderedEmail, body_links, compile_newsletter,
+                              format_local, staff_environment)
 
 NEWSLETTER = "newsletter"
 NEWSLETTER_TEST = "newsletter_test"
@@ -378,6 +379,42 @@ def preflight(session: Session, renderer, settings, newsletter_id: int) -> list[
     return problems
 
 
+# Tracking (off by default; totals only) -----------------------------------------------
+
+def link_hash(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def tracking_options(settings, newsletter_id: int) -> dict:
+    """compile_newsletter arguments for the organisation's tracking settings."""
+    options = {}
+    if settings.track_clicks:
+        options["track_link"] = lambda url: f"{settings.base_url}/t/c/{newsletter_id}/{link_hash(url)}"
+    if settings.track_opens:
+        options["open_pixel"] = f"{settings.base_url}/t/o/{newsletter_id}.gif"
+    return options
+
+
+def count_open(session: Session, newsletter_id: int) -> None:
+    session.execute(sa.update(Newsletter).where(Newsletter.id == newsletter_id).values(opens=Newsletter.opens + 1))
+
+
+def count_click(session: Session, newsletter_id: int, url_hash: str) -> str | None:
+    """The link's address, its click counted; None when the issue has no such link
+    (so the redirect can never be pointed at another site)."""
+    newsletter = session.get(Newsletter, newsletter_id)
+    if newsletter is None:
+        return None
+    url = {link_hash(u): u for u in body_links(newsletter.body_md)}.get(url_hash)
+    if url is None:
+        return None
+    stmt = dialect_insert(session, NewsletterLink).values(newsletter_id=newsletter_id, url_hash=url_hash, url=url,
+                                                         clicks=1)
+    session.execute(stmt.on_conflict_do_update(index_elements=["newsletter_id", "url_hash"],
+                                               set_={"clicks": NewsletterLink.__table__.c.clicks + 1}))
+    return url
+
+
 # Reports ---------------------------------------------------------------------------
 
 def report(session: Session, newsletter_id: int) -> dict:
@@ -407,6 +444,10 @@ def report(session: Session, newsletter_id: int) -> dict:
         "failed": counts.get(DeliveryStatus.FAILED, 0), "suppressed": counts.get(DeliveryStatus.SUPPRESSED, 0),
         "cancelled": counts.get(DeliveryStatus.CANCELLED, 0), "unsubscribes": unsubscribes,
         "sent_per_minute": [(str(bucket)[:16], n) for bucket, n in per_minute],
+        "opens": newsletter.opens,
+        "clicks": [(link.url, link.clicks) for link in session.scalars(
+            sa.select(NewsletterLink).where(NewsletterLink.newsletter_id == newsletter.id)
+            .order_by(NewsletterLink.clicks.desc()))],
     }
 
 
@@ -467,13 +508,16 @@ def newsletter_email(batch, delivery: Delivery):
     newsletter = batch.rows[row_key]
     if newsletter is None or (newsletter.status == NewsletterStatus.CANCELLED and delivery.kind == NEWSLETTER):
         return outbox.Skip(DeliveryStatus.CANCELLED, "newsletter cancelled")
-    key = (NEWSLETTER, newsletter.id, newsletter.subject, newsletter.preheader, newsletter.body_md, newsletter.layout)
+    tracked = delivery.kind == NEWSLETTER  # test copies are never counted
+    key = (NEWSLETTER, newsletter.id, newsletter.subject, newsletter.preheader, newsletter.body_md, newsletter.layout,
+           tracked)
     if key not in batch.cache:
         if len(batch.cache) > 32:
             batch.cache.clear()
         batch.cache[key] = compile_newsletter(
             batch.renderer, subject=newsletter.subject, preheader=newsletter.preheader,
             body_markdown=newsletter.body_md, layout=newsletter.layout, context=batch.static_context,
+            **(tracking_options(batch.settings, newsletter.id) if tracked else {}),
         )
     if delivery.kind == NEWSLETTER_TEST:
         return _TestCopy(batch.cache[key], batch.settings.base_url)

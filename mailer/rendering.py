@@ -12,6 +12,8 @@ from pathlib import Path
 
 import re
 import secrets
+from html import escape as html_escape
+from html import unescape as html_unescape
 
 import css_inline
 import jinja2
@@ -106,11 +108,31 @@ class _Placeholders:
         return re.sub(rf"MLRTAG{self.nonce}N\d+X", lambda m: self.tags[m.group(0)], text)
 
 
+_BODY_LINK = re.compile(r'href="(https?://[^"]+)"')
+
+
+def body_links(body_markdown: str) -> list[str]:
+    """The web links of an issue's body that are the same for every reader (those with
+    template tags in them are personal, and never tracked)."""
+    marks = _Placeholders()
+    html = markdown_to_html(marks.protect(body_markdown))
+    return [html_unescape(url) for url in dict.fromkeys(_BODY_LINK.findall(html)) if "MLRTAG" not in url]
+
+
 def compile_newsletter(renderer: "EmailRenderer", *, subject: str, preheader: str, body_markdown: str,
-                       layout: str, context: dict) -> CompiledNewsletter:
-    """`context` holds what is the same for every recipient (organisation, address...)."""
+                       layout: str, context: dict, track_link=None, open_pixel: str | None = None) -> CompiledNewsletter:
+    """`context` holds what is the same for every recipient (organisation, address...).
+    With `track_link` (url → tracking url) the body's shared links are rewritten, and
+    `open_pixel` adds a counting image: both only when the organisation turned tracking on."""
     marks = _Placeholders()
     body_html = markdown_to_html(marks.protect(body_markdown))
+    if track_link:
+        body_html = _BODY_LINK.sub(
+            lambda m: m.group(0) if "MLRTAG" in m.group(1)
+            else f'href="{html_escape(track_link(html_unescape(m.group(1))))}"', body_html)
+    if open_pixel:
+        body_html += f'<img src="{html_escape(open_pixel)}" alt="" width="1" height="1" style="display:block">'
+
     layout_context = dict(context, body=Markup(body_html), preheader=preheader, subject=marks.protect(subject),
                           **{name: marks.token("{{ %s }}" % name) for name in RECIPIENT_FIELDS})
     page = renderer.env.get_template(f"layouts/{layout}.html").render(layout_context)

@@ -48,6 +48,8 @@ class Settings:
     rate_per_second: int
     rate_per_hour: int
     rate_per_day: int
+    track_opens: bool
+    track_clicks: bool
     login_max_failures: int
     login_lockout_seconds: int
     instance_path: str = ""

@@ -268,3 +268,50 @@ def test_monthly_rhythm_first_tuesday_9am_london_is_dst_correct_and_warns_when_n
     assert warnings[0].message["Subject"] == "No newsletter is ready for Monthly newsletter"
     assert "Tuesday 6 April 2027, 09:00 BST" in warnings[0].message.get_body(("plain",)).get_content()
     assert db.scalar(sa.select(Rhythm.warned_month)) == "2027-04"
+
+
+def test_tracking_is_off_by_default_and_counts_only_totals_when_on(mailer, smtp_server, database_url, tmp_path, db,
+                                                                   client):
+    from mailer import create_app
+    from mailer.models import NewsletterLink
+    from tests.conftest import settings_for
+
+    body = "Read [the blog](https://clinic.example/blog?a=1&b=2) or [your page](https://clinic.example/u/{{ contact.email }})"
+    make_audience(mailer, 2)
+    with session_scope(mailer.sessions) as session:
+        off = newsletters.create_newsletter(session, subject="Off", body_md=body, lists=["newsletter"])
+        newsletters.schedule(session, off.id, utcnow(), now=utcnow())
+    mailer.drain()
+    html = smtp_server.received[0].message.get_body(("html",)).get_content()
+    assert "/t/c/" not in html and "/t/o/" not in html
+    assert 'href="https://clinic.example/blog?a=1&amp;b=2"' in html
+    assert mailer.drain().sent == 0
+
+    tracked = create_app(settings_for(database_url, tmp_path, smtp_url=smtp_server.url, track_opens=True,
+                                      track_clicks=True))
+    with session_scope(mailer.sessions) as session:
+        on = newsletters.create_newsletter(session, subject="On", body_md=body, lists=["newsletter"])
+        newsletters.schedule(session, on.id, utcnow(), now=utcnow())
+    tracked.extensions["mailer"].drain()
+    html = smtp_server.received[-1].message.get_body(("html",)).get_content()
+    click = f"https://news.example.org/t/c/{on.id}/{newsletters.link_hash('https://clinic.example/blog?a=1&b=2')}"
+    assert f'href="{click}"' in html
+    assert "https://clinic.example/u/reader" in html  # a personal link is left as it is, never tracked
+    assert f'src="https://news.example.org/t/o/{on.id}.gif"' in html
+
+    web = tracked.test_client()
+    answer = web.get(click.removeprefix("https://news.example.org"))
+    assert answer.status_code == 302 and answer.headers["Location"] == "https://clinic.example/blog?a=1&b=2"
+    assert web.get(f"/t/c/{on.id}/0000000000000000").status_code == 404  # no open redirect
+    assert web.get(f"/t/o/{on.id}.gif").headers["Content-Type"] == "image/gif"
+    with mailer.read_sessions() as session:
+        report = newsletters.report(session, on.id)
+    assert report["opens"] == 1
+    assert report["clicks"] == [("https://clinic.example/blog?a=1&b=2", 1)]
+    assert db.scalar(sa.select(sa.func.count()).select_from(NewsletterLink)) == 1
+    # With tracking off the endpoints answer 404 and count nothing.
+    assert client.get(click.removeprefix("https://news.example.org")).status_code == 404
+    assert client.get(f"/t/o/{on.id}.gif").status_code == 404
+    with mailer.read_sessions() as session:
+        assert newsletters.report(session, on.id)["opens"] == 1
+    tracked.extensions["mailer"].engine.dispose()

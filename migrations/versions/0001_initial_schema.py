@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 13:03:14.806488
+Create Date: 2026-11-25 13:06:57.487930
 """
 from alembic import op
 import sqlalchemy as sa
@@ -186,6 +186,7 @@ def upgrade() -> None:
     sa.Column('public', sa.Boolean(), nullable=False),
     sa.Column('rhythm_id', sa.Integer(), nullable=True),
     sa.Column('rhythm_month', sa.String(length=7), nullable=True),
+    sa.Column('opens', sa.Integer(), nullable=False),
     sa.Column('audience_count', sa.Integer(), nullable=True),
     sa.Column('started_at', sa.DateTime(), nullable=True),
     sa.Column('finished_at', sa.DateTime(), nullable=True),
@@ -248,6 +249,14 @@ def upgrade() -> None:
     with op.batch_alter_table('consent_events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_consent_events_contact_id'), ['contact_id'], unique=False)
 
+    op.create_table('newsletter_links',
+    sa.Column('newsletter_id', sa.Integer(), nullable=False),
+    sa.Column('url_hash', sa.String(length=16), nullable=False),
+    sa.Column('url', sa.Text(), nullable=False),
+    sa.Column('clicks', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['newsletter_id'], ['newsletters.id'], name=op.f('fk_newsletter_links_newsletter_id_newsletters')),
+    sa.PrimaryKeyConstraint('newsletter_id', 'url_hash', name=op.f('pk_newsletter_links'))
+    )
     op.create_table('newsletter_lists',
     sa.Column('newsletter_id', sa.Integer(), nullable=False),
     sa.Column('list_id', sa.Integer(), nullable=False),
@@ -259,6 +268,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('newsletter_lists')
+    op.drop_table('newsletter_links')
     with op.batch_alter_table('consent_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_consent_events_contact_id'))
 
