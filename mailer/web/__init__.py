@@ -62,7 +62,7 @@ def _security_headers(response):
 
 
 def register(app: Flask) -> None:
-    from mailer.web import admin, auth, hooks, public
+    from mailer.web import admin, auth, hooks, public, tracking
     from mailer.contacts import PublicLists
     from mailer.web.ratelimit import SlidingWindowLimiter
 
@@ -78,6 +78,7 @@ def register(app: Flask) -> None:
     app.register_blueprint(auth.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(hooks.bp)
+    app.register_blueprint(tracking.bp)
     app.after_request(_security_headers)
     app.context_processor(lambda: {"settings": settings})
     app.add_template_filter(format_local, "local_time")
