@@ -47,13 +47,14 @@ class Mailer:
     def drain(self, **sender_kwargs):
         """Everything due now: accepted signups and due newsletters become mail, then all
         due mail is sent (what the worker's jobs do, at once)."""
-        from mailer import newsletters
+        from mailer import newsletters, webinars
         from mailer.db import session_scope
 
         self.process_signups()
         with self.sender(**sender_kwargs) as sender:
             with session_scope(self.sessions) as session:
                 newsletters.start_due(session, sender.clock())
+                webinars.materialise(session, sender.clock())
             result = sender.drain()
             with session_scope(self.sessions) as session:
                 newsletters.finish_sent(session, sender.clock())

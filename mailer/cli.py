@@ -11,7 +11,7 @@ import time
 
 import click
 
-from mailer import build, consent, contacts, newsletters, outbox, rendering, users
+from mailer import build, consent, contacts, newsletters, outbox, rendering, users, webinars
 from mailer.db import migrate as run_migrations, session_scope, utcnow
 from mailer.errors import InvalidInput, NotFound
 from mailer.models import User
@@ -131,6 +131,7 @@ def worker(drain: bool) -> None:
         m.process_signups()
         with session_scope(m.sessions) as session:
             newsletters.start_due(session, utcnow())
+            webinars.materialise(session, utcnow())
         with m.read_sessions() as session:
             due = outbox.count_due(session, utcnow())
         progress = DrainProgress(due, sys.stderr)

@@ -66,6 +66,12 @@ def current_wording(session: Session, list_id: int) -> ConsentWording | None:
                           .order_by(ConsentWording.version.desc()).limit(1))
 
 
+def newsletter_wording(session: Session) -> ConsentWording | None:
+    """The wording shown next to "also send me the newsletter" on other forms."""
+    list_id = session.scalar(sa.select(MailingList.id).where(MailingList.slug == DEFAULT_LIST))
+    return current_wording(session, list_id) if list_id else None
+
+
 def _wording_shown(session: Session, mailing_list: MailingList, version: int | None) -> ConsentWording:
     if version is None:
         wording = current_wording(session, mailing_list.id)

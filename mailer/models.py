@@ -185,6 +185,8 @@ class Delivery(Base):
     kind: Mapped[str] = mapped_column(sa.String(30))
     list_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("mailing_lists.id"))
     ref_id: Mapped[Optional[int]]
+    # What kind of this kind: a reminder's offset in minutes, a follow-up's audience.
+    variant: Mapped[Optional[str]] = mapped_column(sa.String(50))
     dedupe_key: Mapped[str] = mapped_column(sa.String(200), unique=True)
     status: Mapped[str] = mapped_column(sa.String(20), default=DeliveryStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(default=0)
@@ -346,6 +348,18 @@ class Newsletter(Base):
     lists: Mapped[list[MailingList]] = relationship(secondary=newsletter_lists)
 
 
+class WebinarStatus(enum.StrEnum):
+    DRAFT = "draft"
+    PUBLISHED = "published"
+    CANCELLED = "cancelled"
+
+
+class RegistrationStatus(enum.StrEnum):
+    CONFIRMED = "confirmed"
+    WAITLISTED = "waitlisted"
+    CANCELLED = "cancelled"
+
+
 class Webinar(Base):
     __tablename__ = "webinars"
 
@@ -356,22 +370,37 @@ class Webinar(Base):
     starts_at: Mapped[dt.datetime]
     timezone: Mapped[str] = mapped_column(sa.String(64))
     duration_minutes: Mapped[int] = mapped_column(default=60)
-    capacity: Mapped[Optional[int]]
+    capacity: Mapped[Optional[int]]  # None: no limit
+    # Sent only to confirmed registrants; never shown on a page.
     join_url: Mapped[str] = mapped_column(sa.Text, default="")
     replay_url: Mapped[str] = mapped_column(sa.Text, default="")
-    # Minutes before the start, comma-separated: "1440,60".
+    # Minutes before the start, comma-separated: "1440,60" (and "0" for "starting now").
     reminder_offsets: Mapped[str] = mapped_column(sa.String(200), default="1440,60")
-    status: Mapped[str] = mapped_column(sa.String(20), default="draft")
+    status: Mapped[str] = mapped_column(sa.String(20), default=WebinarStatus.DRAFT)
+    # iCalendar SEQUENCE: goes up with every change sent to registrants.
+    sequence: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class Registration(Base):
     __tablename__ = "registrations"
-    __table_args__ = (sa.UniqueConstraint("webinar_id", "contact_id"),)
+    __table_args__ = (
+        sa.UniqueConstraint("webinar_id", "contact_id"),
+        sa.Index("ix_registrations_webinar_status", "webinar_id", "status"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     webinar_id: Mapped[int] = mapped_column(sa.ForeignKey("webinars.id"))
     contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id"))
-    status: Mapped[str] = mapped_column(sa.String(20), default="confirmed")
+    status: Mapped[str] = mapped_column(sa.String(20), default=RegistrationStatus.CONFIRMED)
     timezone: Mapped[Optional[str]] = mapped_column(sa.String(64))
+    # Random, for the cancel link in every mail about this registration.
+    token: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    confirmation_sent_at: Mapped[Optional[dt.datetime]]
+    promoted_at: Mapped[Optional[dt.datetime]]
+    cancelled_at: Mapped[Optional[dt.datetime]]
+    attended: Mapped[Optional[bool]]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    webinar: Mapped[Webinar] = relationship()
+    contact: Mapped[Contact] = relationship()

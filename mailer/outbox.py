@@ -19,17 +19,18 @@ def _not_suppressed():
 
 
 def enqueue(session: Session, *, contact_id: int, kind: str, dedupe_key: str, now: dt.datetime,
-            list_id: int | None = None, ref_id: int | None = None, due_at: dt.datetime | None = None) -> bool:
+            list_id: int | None = None, ref_id: int | None = None, due_at: dt.datetime | None = None,
+            variant: str | None = None) -> bool:
     """Queue one message for one contact. False when the key was queued before,
     or the contact is erased or suppressed: nothing is queued then."""
     source = sa.select(
         Contact.id, sa.literal(kind), sa.literal(list_id, sa.Integer), sa.literal(ref_id, sa.Integer),
-        sa.literal(dedupe_key), sa.literal(DeliveryStatus.QUEUED.value), sa.literal(0),
+        sa.literal(variant, sa.String), sa.literal(dedupe_key), sa.literal(DeliveryStatus.QUEUED.value), sa.literal(0),
         sa.literal(due_at or now, Delivery.next_attempt_at.type), sa.literal(now, Delivery.created_at.type),
     ).where(Contact.id == contact_id, Contact.email.is_not(None), _not_suppressed())
     stmt = dialect_insert(session, Delivery).from_select(
-        ["contact_id", "kind", "list_id", "ref_id", "dedupe_key", "status", "attempts", "next_attempt_at",
-         "created_at"],
+        ["contact_id", "kind", "list_id", "ref_id", "variant", "dedupe_key", "status", "attempts",
+         "next_attempt_at", "created_at"],
         source,
     ).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Delivery.id)
     return session.execute(stmt).first() is not None

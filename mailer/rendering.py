@@ -26,10 +26,18 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "email"
 
 
 @dataclasses.dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str  # e.g. 'text/calendar; method=REQUEST; charset="utf-8"'
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True)
 class RenderedEmail:
     subject: str
     text: str
     html: str
+    attachments: tuple[Attachment, ...] = ()
 
 
 def one_line(text: str) -> str:
@@ -171,28 +179,48 @@ def _base64(text: str) -> bytes:
 
 
 class MessageBuilder:
-    """Assembles one-recipient messages (text and HTML alternatives). What is the same
-    for every message of a batch (sender, date, MIME skeleton) is encoded once."""
+    """Assembles one-recipient messages (text and HTML alternatives, and attachments).
+    What is the same for every message of a batch (sender, date, MIME skeleton) is
+    encoded once."""
 
     def __init__(self, *, from_addr: str, reply_to: str, date: dt.datetime):
-        boundary = f"=_mailer_{secrets.token_hex(12)}"  # "=_" occurs neither in quoted-printable nor base64
+        self.boundary = f"=_mailer_{secrets.token_hex(12)}"  # "=_" occurs neither in quoted-printable nor base64
         self.head = (f"From: {encode_address(*parseaddr(from_addr))}\r\n"
                      f"Reply-To: {encode_address(*parseaddr(reply_to))}\r\n"
-                     f"Date: {format_datetime(date)}\r\n").encode()
-        self.mime = (f"MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n"
-                     f"--{boundary}\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n"
-                     "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode()
-        self.middle = (f"\r\n--{boundary}\r\nContent-Type: text/html; charset=\"utf-8\"\r\n"
-                       "Content-Transfer-Encoding: base64\r\n\r\n").encode()
-        self.end = f"\r\n--{boundary}--\r\n".encode()
+                     f"Date: {format_datetime(date)}\r\nMIME-Version: 1.0\r\n").encode()
+        # Neither boundary may begin with the other.
+        self.mixed_boundary = f"=_mixed_{secrets.token_hex(12)}"
+        self.alternative = self._alternative(self.boundary)
+
+    @staticmethod
+    def _alternative(boundary: str) -> tuple[bytes, bytes, bytes, bytes]:
+        return (f"Content-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n"
+                f"--{boundary}\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n"
+                "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode(), \
+            (f"\r\n--{boundary}\r\nContent-Type: text/html; charset=\"utf-8\"\r\n"
+             "Content-Transfer-Encoding: base64\r\n\r\n").encode(), \
+            f"\r\n--{boundary}--\r\n".encode(), boundary.encode()
 
     def build(self, rendered: RenderedEmail, *, to_email: str, to_name: str, message_id: str,
               headers: dict[str, str] | None = None) -> bytes:
         lines = [f"To: {encode_address(to_name, to_email)}", f"Subject: {_encode_header(rendered.subject)}",
                  f"Message-ID: {one_line(message_id)}"]
         lines.extend(f"{name}: {one_line(value)}" for name, value in (headers or {}).items())
-        return b"".join((self.head, "\r\n".join(lines).encode(), b"\r\n", self.mime,
-                         _quoted_printable(rendered.text), self.middle, _base64(rendered.html), self.end))
+        start, middle, end, _ = self.alternative
+        body = [start, _quoted_printable(rendered.text), middle, _base64(rendered.html), end]
+        if rendered.attachments:
+            mixed = self.mixed_boundary
+            parts = [f"Content-Type: multipart/mixed; boundary=\"{mixed}\"\r\n\r\n--{mixed}\r\n".encode(), *body]
+            for attachment in rendered.attachments:
+                name = one_line(attachment.filename).replace('"', "")
+                parts.append((f"\r\n--{mixed}\r\nContent-Type: {one_line(attachment.content_type)}; name=\"{name}\"\r\n"
+                              f"Content-Disposition: attachment; filename=\"{name}\"\r\n"
+                              "Content-Transfer-Encoding: base64\r\n\r\n").encode())
+                encoded = binascii.b2a_base64(attachment.data, newline=False)
+                parts.append(b"\r\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76)))
+            parts.append(f"\r\n--{mixed}--\r\n".encode())
+            body = parts
+        return b"".join((self.head, "\r\n".join(lines).encode(), b"\r\n", *body))
 
 
 def format_local(when: dt.datetime, zone: str) -> str:

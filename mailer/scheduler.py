@@ -8,7 +8,7 @@ import logging
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from mailer import contacts, newsletters, send_budget
+from mailer import contacts, newsletters, send_budget, webinars
 from mailer.db import session_scope, utcnow
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,15 @@ def start_newsletters(mailer, scheduler) -> None:
         scheduler.get_job("send-due").modify(next_run_time=utcnow())
 
 
+def queue_webinar_mail(mailer, scheduler) -> None:
+    """Reminders due soon and follow-ups of ended webinars go into the outbox."""
+    with session_scope(mailer.sessions) as session:
+        queued = webinars.materialise(session, utcnow())
+    if queued:
+        log.info("queued %d webinar reminders and follow-ups", queued)
+        scheduler.get_job("send-due").modify(next_run_time=utcnow())
+
+
 def purge_expired_signups(mailer) -> None:
     with session_scope(mailer.sessions) as session:
         purged = contacts.purge_expired_pending(session, mailer.settings, utcnow())
@@ -56,6 +65,7 @@ def periodic_jobs(mailer, sender, scheduler) -> list[dict]:
         dict(id="process-signups", func=process_signups, args=[mailer, scheduler], trigger="interval", seconds=1),
         dict(id="start-newsletters", func=start_newsletters, args=[mailer, scheduler], trigger="interval",
              seconds=10),
+        dict(id="webinar-mail", func=queue_webinar_mail, args=[mailer, scheduler], trigger="interval", seconds=30),
         dict(id="send-due", func=send_due, args=[sender], trigger="interval",
              seconds=mailer.settings.send_interval_seconds),
         dict(id="purge-expired-signups", func=purge_expired_signups, args=[mailer], trigger="interval", hours=1),

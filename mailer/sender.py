@@ -18,7 +18,7 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
 
-from mailer import contacts, newsletters, outbox, send_budget
+from mailer import contacts, newsletters, outbox, send_budget, webinars
 from mailer.db import session_scope, utcnow
 from mailer.models import (Delivery, DeliveryStatus, ErrorClass, Subscription, SubscriptionStatus,
                            SuppressionReason)
@@ -35,6 +35,7 @@ BUILDERS: dict[str, Callable] = {
     newsletters.NEWSLETTER: newsletters.newsletter_email,
     newsletters.NEWSLETTER_TEST: newsletters.newsletter_email,
     newsletters.RHYTHM_WARNING: newsletters.rhythm_warning_email,
+    **{kind: webinars.webinar_email for kind in webinars.KINDS},
 }
 # Mail tied to a list goes out only while the person's subscription is in this state.
 REQUIRED_SUBSCRIPTION = {contacts.CONFIRMATION: SubscriptionStatus.PENDING}
@@ -239,10 +240,16 @@ class Sender:
         if delivery.list_id is not None:
             url, mailto = contacts.unsubscribe_links(settings, contact.id, delivery.list_id)
             headers["List-Unsubscribe"] = f"<{url}>, <{mailto}>"
-            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
             context["unsubscribe_url"] = url
+        elif isinstance(content, dict) and content.get("unsubscribe_url"):
+            # Not list mail (a webinar seat): the builder names what stops it.
+            headers["List-Unsubscribe"] = f"<{content['unsubscribe_url']}>"
+        if headers:
+            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         if isinstance(content, dict):
             rendered = self.renderer.render(delivery.kind, dict(context, **content))
+            if content.get("attachments"):
+                rendered = dataclasses.replace(rendered, attachments=tuple(content["attachments"]))
         else:
             rendered = content.render(context)
         return builder.build(rendered, to_email=contact.email, to_name=contact.name,

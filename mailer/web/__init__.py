@@ -40,6 +40,14 @@ def request_context(source_url: str | None = None) -> RequestContext:
     )
 
 
+def presented_token(*, allow_query: bool) -> str | None:
+    """The bearer token from the Authorization header, or (where allowed) from ?token=."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return (request.args.get("token") or None) if allow_query else None
+
+
 def wants_json() -> bool:
     if request.is_json:
         return True
@@ -62,7 +70,7 @@ def _security_headers(response):
 
 
 def register(app: Flask) -> None:
-    from mailer.web import admin, auth, hooks, public, tracking
+    from mailer.web import admin, auth, hooks, public, tracking, webinar_pages
     from mailer.contacts import PublicLists
     from mailer.web.ratelimit import SlidingWindowLimiter
 
@@ -79,6 +87,8 @@ def register(app: Flask) -> None:
     app.register_blueprint(admin.bp)
     app.register_blueprint(hooks.bp)
     app.register_blueprint(tracking.bp)
+    app.register_blueprint(webinar_pages.bp)
+    csrf.exempt(webinar_pages.bp)  # embeddable cross-site forms: honeypot and rate limit instead
     app.after_request(_security_headers)
     app.context_processor(lambda: {"settings": settings})
     app.add_template_filter(format_local, "local_time")

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 13:06:57.487930
+Create Date: 2026-11-25 13:08:17.582254
 """
 from alembic import op
 import sqlalchemy as sa
@@ -113,6 +113,7 @@ def upgrade() -> None:
     sa.Column('replay_url', sa.Text(), nullable=False),
     sa.Column('reminder_offsets', sa.String(length=200), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
+    sa.Column('sequence', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_webinars')),
     sa.UniqueConstraint('slug', name=op.f('uq_webinars_slug'))
@@ -155,6 +156,7 @@ def upgrade() -> None:
     sa.Column('kind', sa.String(length=30), nullable=False),
     sa.Column('list_id', sa.Integer(), nullable=True),
     sa.Column('ref_id', sa.Integer(), nullable=True),
+    sa.Column('variant', sa.String(length=50), nullable=True),
     sa.Column('dedupe_key', sa.String(length=200), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
@@ -200,12 +202,21 @@ def upgrade() -> None:
     sa.Column('contact_id', sa.Integer(), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('timezone', sa.String(length=64), nullable=True),
+    sa.Column('token', sa.String(length=64), nullable=False),
+    sa.Column('confirmation_sent_at', sa.DateTime(), nullable=True),
+    sa.Column('promoted_at', sa.DateTime(), nullable=True),
+    sa.Column('cancelled_at', sa.DateTime(), nullable=True),
+    sa.Column('attended', sa.Boolean(), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['contact_id'], ['contacts.id'], name=op.f('fk_registrations_contact_id_contacts')),
     sa.ForeignKeyConstraint(['webinar_id'], ['webinars.id'], name=op.f('fk_registrations_webinar_id_webinars')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_registrations')),
+    sa.UniqueConstraint('token', name=op.f('uq_registrations_token')),
     sa.UniqueConstraint('webinar_id', 'contact_id', name=op.f('uq_registrations_webinar_id'))
     )
+    with op.batch_alter_table('registrations', schema=None) as batch_op:
+        batch_op.create_index('ix_registrations_webinar_status', ['webinar_id', 'status'], unique=False)
+
     op.create_table('subscriptions',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('contact_id', sa.Integer(), nullable=False),
@@ -277,6 +288,9 @@ def downgrade() -> None:
         batch_op.drop_index('ix_subscriptions_list_status')
 
     op.drop_table('subscriptions')
+    with op.batch_alter_table('registrations', schema=None) as batch_op:
+        batch_op.drop_index('ix_registrations_webinar_status')
+
     op.drop_table('registrations')
     op.drop_table('newsletters')
     with op.batch_alter_table('deliveries', schema=None) as batch_op:

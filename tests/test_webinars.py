@@ -1,0 +1,249 @@
+"""Webinars end to end: reserve, confirmation with a calendar invite, reminders at
+the right moment in every zone, waitlist and promotion, reschedule, cancel, follow-up."""
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import icalendar
+import pytest
+import sqlalchemy as sa
+
+from mailer import webinars
+from mailer.db import session_scope
+from mailer.models import Delivery, Registration
+from tests.conftest import links_in
+
+UTC = dt.timezone.utc
+JOIN = "https://meet.example.com/spine-health-room"
+START_LOCAL = dt.datetime(2027, 3, 25, 18, 0)  # Thursday, London still on GMT: 18:00 UTC
+START = dt.datetime(2027, 3, 25, 18, 0, tzinfo=UTC)
+BEFORE = dt.datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def webinar(mailer):
+    with session_scope(mailer.sessions) as session:
+        w = webinars.save_webinar(session, slug="spine-health", title="Spine Health", starts_local=START_LOCAL,
+                                  timezone="Europe/London", duration_minutes=45, capacity=None,
+                                  description_md="Five exercises **for your desk**.", join_url=JOIN,
+                                  replay_url="", reminder_offsets="1440,60", now=BEFORE)
+        webinars.publish(session, w.id)
+        return w.id
+
+
+def at(when):
+    return lambda: when
+
+
+def register(client, email, name="Ann", zone="America/New_York", **extra):
+    import time_machine
+
+    with time_machine.travel(BEFORE, tick=True):
+        return client.post("/webinars/spine-health/register",
+                           data={"email": email, "name": name, "timezone": zone, **extra})
+
+
+def mails_to(smtp_server, address):
+    return [r.message for r in smtp_server.received if r.rcpt_tos == [address]]
+
+
+def invite(message) -> icalendar.Calendar:
+    part = [p for p in message.iter_attachments() if p.get_filename() == "invite.ics"][0]
+    assert part.get_content_type() == "text/calendar"
+    return icalendar.Calendar.from_ical(part.get_payload(decode=True))
+
+
+def event(cal):
+    return [c for c in cal.walk("VEVENT")][0]
+
+
+def test_register_confirmation_with_invite_reminders_and_follow_up(client, mailer, smtp_server, webinar, db):
+    page = client.get("/webinars/spine-health")
+    assert page.status_code == 200 and "Spine Health" in page.text and JOIN not in page.text
+    assert JOIN not in client.get("/webinars").text and "Spine Health" in client.get("/webinars").text
+    assert "Thursday 25 March 2027, 18:00 GMT" in page.text
+    answer = register(client, "ann@example.com")
+    assert answer.status_code == 200 and "Check your inbox" in answer.text
+
+    mailer.drain(clock=at(BEFORE))
+    [confirmation] = mails_to(smtp_server, "ann@example.com")
+    assert confirmation["Subject"] == "Your seat: Spine Health, Thursday 25 March 2027, 14:00 EDT"
+    text = confirmation.get_body(("plain",)).get_content()
+    assert "Thursday 25 March 2027, 14:00 EDT (Thursday 25 March 2027, 18:00 GMT for the organiser)" in text
+    assert f"Join: {JOIN}" in text and "calendar.google.com" in text
+    cancel = [l for l in links_in(text) if "/cancel/" in l][0]
+    assert confirmation["List-Unsubscribe"] == f"<{cancel}>"
+    cal = invite(confirmation)
+    assert cal["METHOD"] == "REQUEST"
+    vevent = event(cal)
+    assert vevent.decoded("DTSTART").astimezone(UTC) == START
+    assert vevent.decoded("DTEND").astimezone(UTC) == START + dt.timedelta(minutes=45)
+    assert str(vevent["DTSTART"].params["TZID"]) == "Europe/London"
+    assert str(vevent["URL"]) == JOIN and str(vevent["LOCATION"]) == JOIN
+    assert str(vevent["ORGANIZER"]) == "mailto:news@clinic.example"
+    assert vevent["SEQUENCE"] == 0
+    assert [a for a in vevent.walk("VALARM")]
+    uid = str(vevent["UID"])
+
+    # Reminders: the worker's jobs (reminders every 30 s, sending every 5 s) under an injected clock.
+    latencies = []
+    for offset in (1440, 60):
+        due = START - dt.timedelta(minutes=offset)
+        clock = due - dt.timedelta(minutes=2, seconds=3)  # the worker's ticks do not line up with the due time
+        sent_before = len(mails_to(smtp_server, "ann@example.com"))
+        while len(mails_to(smtp_server, "ann@example.com")) == sent_before:
+            with session_scope(mailer.sessions) as session:
+                if clock.second % 30 < 5:
+                    webinars.materialise(session, clock)
+            mailer.drain(clock=at(clock))
+            clock += dt.timedelta(seconds=5)
+            assert clock < due + dt.timedelta(minutes=5), "reminder never went out"
+        latencies.append((clock - dt.timedelta(seconds=5) - due).total_seconds())
+    print(f"\nreminder latency after due time (injected clock, 5 s sender / 30 s materialiser): {latencies} s")
+    assert all(0 <= latency <= 60 for latency in latencies)
+    reminders = mails_to(smtp_server, "ann@example.com")[1:]
+    assert [m["Subject"] for m in reminders] == ["Starting in 24 hours: Spine Health",
+                                                  "Starting in 60 minutes: Spine Health"]
+    assert JOIN in reminders[1].get_body(("plain",)).get_content()
+
+    # Follow-up after the end, once a replay is set: wording for those who came and those who did not.
+    register(client, "bob@example.com", "Bob")
+    with session_scope(mailer.sessions) as session:
+        w = webinars.get_webinar(session, webinar)
+        w.replay_url = "https://videos.example.com/spine-replay"
+        assert webinars.import_attendance(session, webinar, "Name,Email\nAnn,ANN@example.com\nX,nobody@example.com\n") \
+            == (1, ["nobody@example.com"])
+    after = START + dt.timedelta(hours=2)
+    mailer.drain(clock=at(after))
+    assert mails_to(smtp_server, "ann@example.com")[-1]["Subject"] == "Thank you for joining: Spine Health"
+    assert mails_to(smtp_server, "bob@example.com")[-1]["Subject"] == "Sorry we missed you: Spine Health"
+    assert "https://videos.example.com/spine-replay" in mails_to(smtp_server, "bob@example.com")[-1].get_body(
+        ("plain",)).get_content()
+    # Bob registered too late for his reminders: skipped, and recorded as such.
+    skipped = db.scalars(sa.select(Delivery.last_error).where(Delivery.kind == "webinar_reminder",
+                                                              Delivery.status == "cancelled"))
+    assert skipped and set(skipped) == {"skipped: the webinar had started"}
+    assert uid.endswith("@clinic.example")
+
+
+def test_capacity_one_waitlist_then_promotion(client, mailer, smtp_server, webinar, db):
+    with session_scope(mailer.sessions) as session:
+        webinars.get_webinar(session, webinar).capacity = 1
+    register(client, "first@example.com")
+    second = register(client, "second@example.com")
+    assert second.text == register(client, "first@example.com").text  # the answer tells nobody anything
+    mailer.drain(clock=at(BEFORE))
+    [waitlisted] = mails_to(smtp_server, "second@example.com")
+    assert waitlisted["Subject"] == "You're on the waitlist: Spine Health"
+    assert JOIN not in waitlisted.as_string() and not list(waitlisted.iter_attachments())
+    assert "Full: register to join the waitlist" in client.get("/webinars/spine-health").text
+
+    [confirmed] = mails_to(smtp_server, "first@example.com")
+    cancel = [l for l in links_in(confirmed.get_body(("plain",)).get_content()) if "/cancel/" in l][0]
+    path = cancel.removeprefix("https://news.example.org")
+    assert "Cancel my seat" in client.get(path).text
+    import time_machine
+    with time_machine.travel(BEFORE + dt.timedelta(days=1), tick=True):
+        assert "is released" in client.post(path).text
+    mailer.drain(clock=at(BEFORE + dt.timedelta(days=1)))
+    promoted = mails_to(smtp_server, "second@example.com")[-1]
+    assert promoted["Subject"] == "A seat is yours: Spine Health, Thursday 25 March 2027, 14:00 EDT"
+    assert JOIN in promoted.get_body(("plain",)).get_content()
+    statuses = dict(db.execute(sa.select(Registration.status, sa.func.count()).group_by(Registration.status)))
+    assert statuses == {"cancelled": 1, "confirmed": 1}
+
+
+def test_reschedule_across_dst_moves_reminders_and_sends_an_update(client, mailer, smtp_server, webinar, db):
+    register(client, "ny@example.com", "Nia", "America/New_York")
+    register(client, "syd@example.com", "Sam", "Australia/Sydney")
+    mailer.drain(clock=at(BEFORE))
+    day_before = START - dt.timedelta(hours=24)
+    with session_scope(mailer.sessions) as session:
+        webinars.materialise(session, day_before)
+    mailer.drain(clock=at(day_before))  # the 24-hour reminders went out
+    assert len(smtp_server.received) == 4
+
+    # Moved a week later, to 18:00 in London: now British Summer Time, so 17:00 UTC.
+    with session_scope(mailer.sessions) as session:
+        w = webinars.get_webinar(session, webinar)
+        webinars.save_webinar(session, w, slug=w.slug, title=w.title, starts_local=dt.datetime(2027, 4, 1, 18, 0),
+                              timezone=w.timezone, duration_minutes=45, capacity=None, description_md=w.description_md,
+                              join_url=JOIN, reminder_offsets="1440,60", now=day_before)
+    mailer.drain(clock=at(day_before))
+    new_start = dt.datetime(2027, 4, 1, 17, 0, tzinfo=UTC)
+    ny, syd = mails_to(smtp_server, "ny@example.com")[-1], mails_to(smtp_server, "syd@example.com")[-1]
+    assert ny["Subject"] == "New time: Spine Health, Thursday 1 April 2027, 13:00 EDT"
+    assert syd["Subject"] == "New time: Spine Health, Friday 2 April 2027, 04:00 AEDT"
+    first_uid = str(event(invite(mails_to(smtp_server, "ny@example.com")[0]))["UID"])
+    update = event(invite(ny))
+    assert str(update["UID"]) == first_uid and update["SEQUENCE"] == 1
+    assert update.decoded("DTSTART").astimezone(UTC) == new_start
+
+    # The reminder already sent is not repeated; the one-hour reminder comes at the new time.
+    for clock in (new_start - dt.timedelta(hours=24), new_start - dt.timedelta(hours=1)):
+        with session_scope(mailer.sessions) as session:
+            webinars.materialise(session, clock)
+        mailer.drain(clock=at(clock))
+    subjects = [m["Subject"] for m in mails_to(smtp_server, "syd@example.com")]
+    assert subjects.count("Starting in 24 hours: Spine Health") == 1
+    assert subjects[-1] == "Starting in 60 minutes: Spine Health"
+    sent_at = db.scalar(sa.select(Delivery.sent_at).where(Delivery.kind == "webinar_reminder",
+                                                        Delivery.variant == "60").limit(1))
+    assert sent_at == new_start - dt.timedelta(hours=1)
+
+
+def test_cancelling_the_webinar_sends_a_calendar_cancellation(client, mailer, smtp_server, webinar):
+    register(client, "ann@example.com")
+    mailer.drain(clock=at(BEFORE))
+    with session_scope(mailer.sessions) as session:
+        webinars.cancel_webinar(session, webinar, now=BEFORE)
+    mailer.drain(clock=at(BEFORE))
+    cancelled = mails_to(smtp_server, "ann@example.com")[-1]
+    assert cancelled["Subject"] == "Cancelled: Spine Health, Thursday 25 March 2027, 14:00 EDT"
+    cal = invite(cancelled)
+    assert cal["METHOD"] == "CANCEL" and event(cal)["SEQUENCE"] == 1 and str(event(cal)["STATUS"]) == "CANCELLED"
+    assert JOIN not in cancelled.get_body(("plain",)).get_content()
+    assert client.get("/webinars/spine-health").status_code == 404
+
+
+def test_registering_twice_books_once_and_resends_at_most_hourly(client, mailer, smtp_server, webinar, db):
+    for _ in range(3):
+        assert register(client, "ann@example.com").status_code == 200
+    assert db.scalar(sa.select(sa.func.count()).select_from(Registration)) == 1
+    mailer.drain(clock=at(BEFORE))
+    assert len(mails_to(smtp_server, "ann@example.com")) == 1
+
+
+def test_bad_input_and_newsletter_opt_in(client, mailer, smtp_server, webinar, db):
+    bad = register(client, "not-an-address")
+    assert bad.status_code == 400 and "That email address is not valid" in bad.text
+    assert client.post("/webinars/nope/register", data={"email": "a@example.com"}).status_code == 404
+    page = client.get("/webinars/spine-health").text
+    assert 'name="newsletter" value="yes" id="newsletter">' in page  # present and unticked
+    register(client, "news@example.com", newsletter="yes", newsletter_version="1")
+    mailer.drain(clock=at(BEFORE))
+    subjects = sorted(m["Subject"] for m in mails_to(smtp_server, "news@example.com"))
+    assert subjects == ["Please confirm your subscription to Monthly newsletter",
+                        "Your seat: Spine Health, Thursday 25 March 2027, 14:00 EDT"]
+
+
+def test_concurrent_registrations_never_overbook(app, mailer, webinar, db):
+    with session_scope(mailer.sessions) as session:
+        webinars.get_webinar(session, webinar).capacity = 5
+    barrier = threading.Barrier(16)
+    codes = []
+
+    def visitor(n):
+        client = app.test_client()
+        barrier.wait()
+        codes.append(register(client, f"v{n}@example.com").status_code)
+
+    threads = [threading.Thread(target=visitor, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert codes == [200] * 16
+    statuses = dict(db.execute(sa.select(Registration.status, sa.func.count()).group_by(Registration.status)))
+    assert statuses == {"confirmed": 5, "waitlisted": 11}
