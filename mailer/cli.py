@@ -267,6 +267,89 @@ def newsletter_list() -> None:
             click.echo(f"{n.id}\t{n.status}\t{when}\t{n.subject}")
 
 
+@main.group("webinar")
+def webinar_group() -> None:
+    """Create, publish, reschedule and cancel webinars; registrants and attendance."""
+
+
+def _local(value: str):
+    """A wall-clock date and time given on the command line."""
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.ClickException(f"{value!r} is not a date and time like 2027-03-25 18:00")
+
+
+@webinar_group.command("create")
+@click.option("--slug", required=True)
+@click.option("--title", required=True)
+@click.option("--start", required=True, help="Local date and time, e.g. '2027-03-25 18:00'.")
+@click.option("--zone", help="Time zone of --start (default: MAILER_TIMEZONE).")
+@click.option("--duration", default=60, show_default=True, type=int, help="Minutes.")
+@click.option("--capacity", type=int, help="Seats; no limit when left out.")
+@click.option("--join-url", default="", help="Sent only to confirmed registrants.")
+@click.option("--description-file", type=click.File("r", encoding="utf-8"), help="Markdown.")
+@click.option("--reminders", default="1440,60", show_default=True, help="Minutes before the start.")
+@click.option("--publish", is_flag=True, help="Open registration at once.")
+def webinar_create(slug, title, start, zone, duration, capacity, join_url, description_file, reminders, publish):
+    """Create a webinar (a draft unless --publish)."""
+    m = _mailer()
+
+    def create(session):
+        webinar = webinars.save_webinar(
+            session, slug=slug, title=title, starts_local=_local(start), timezone=zone or m.settings.timezone,
+            duration_minutes=duration, capacity=capacity, join_url=join_url,
+            description_md=description_file.read() if description_file else "", reminder_offsets=reminders,
+            now=utcnow())
+        if publish:
+            webinars.publish(session, webinar.id)
+        return webinar.id, webinar.status
+
+    webinar_id, status = _run(m, create)
+    click.echo(f"created webinar {webinar_id} ({status}): {m.settings.base_url}/webinars/{slug}")
+
+
+@webinar_group.command("reschedule")
+@click.argument("webinar_id", type=int)
+@click.option("--start", required=True, help="New local date and time.")
+def webinar_reschedule(webinar_id, start):
+    """Move a webinar; registrants get the new time and an updated invite."""
+    m = _mailer()
+
+    def move(session):
+        w = webinars.get_webinar(session, webinar_id)
+        webinars.save_webinar(session, w, slug=w.slug, title=w.title, starts_local=_local(start), timezone=w.timezone,
+                              duration_minutes=w.duration_minutes, capacity=w.capacity, join_url=w.join_url,
+                              replay_url=w.replay_url, description_md=w.description_md,
+                              reminder_offsets=w.reminder_offsets, now=utcnow())
+        return rendering.format_local(w.starts_at, w.timezone)
+
+    click.echo(f"webinar {webinar_id} now starts {_run(m, move)}")
+
+
+@webinar_group.command("cancel")
+@click.argument("webinar_id", type=int)
+def webinar_cancel(webinar_id):
+    """Cancel a webinar; registrants get a calendar cancellation."""
+    m = _mailer()
+    _run(m, lambda s: webinars.cancel_webinar(s, webinar_id, now=utcnow()))
+    click.echo(f"webinar {webinar_id} cancelled")
+
+
+@webinar_group.command("attendance")
+@click.argument("webinar_id", type=int)
+@click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
+def webinar_attendance(webinar_id, csv_file):
+    """Mark who attended, from a CSV with an 'email' column."""
+    m = _mailer()
+    marked, unknown = _run(m, lambda s: webinars.import_attendance(s, webinar_id, csv_file.read()))
+    click.echo(f"marked {marked} as attended; not registered or not valid: {len(unknown)}")
+    for address in unknown:
+        click.echo(f"  {address}")
+
+
 @main.command()
 def purge() -> None:
     """Delete unconfirmed signups older than the opt-in window now."""

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from mailer import webinars
+from mailer.consent import RequestContext
 from mailer.db import session_scope
 from mailer.models import Delivery, Registration
 from tests.conftest import links_in
@@ -247,3 +248,31 @@ def test_concurrent_registrations_never_overbook(app, mailer, webinar, db):
     assert codes == [200] * 16
     statuses = dict(db.execute(sa.select(Registration.status, sa.func.count()).group_by(Registration.status)))
     assert statuses == {"confirmed": 5, "waitlisted": 11}
+
+
+def test_cli_create_reschedule_attendance_cancel(database_url, tmp_path, mailer, db):
+    from click.testing import CliRunner
+
+    from mailer.cli import main
+    from tests.conftest import SECRET
+
+    env = {"MAILER_DATABASE_URL": database_url, "MAILER_SECRET_KEY": SECRET,
+           "MAILER_INSTANCE_PATH": str(tmp_path / "i"), "MAILER_TIMEZONE": "Europe/London",
+           "MAILER_BASE_URL": "https://news.example.org"}
+    run = lambda *args, **kw: CliRunner().invoke(main, list(args), env=env, **kw)  # noqa: E731
+    created = run("webinar", "create", "--slug", "back-care", "--title", "Back care", "--start", "2030-03-26 18:00",
+                  "--capacity", "20", "--join-url", "https://meet.example.com/b", "--publish")
+    assert created.exit_code == 0, created.output
+    assert created.output.strip() == "created webinar 1 (published): https://news.example.org/webinars/back-care"
+    bad = run("webinar", "create", "--slug", "Bad Slug", "--title", "x", "--start", "2030-03-26 18:00")
+    assert bad.exit_code == 1 and "lower-case letters" in bad.output
+    moved = run("webinar", "reschedule", "1", "--start", "2030-04-02 18:00")
+    assert moved.output.strip() == "webinar 1 now starts Tuesday 2 April 2030, 18:00 BST"
+    with session_scope(mailer.sessions) as session:
+        webinars.register(session, mailer.settings, "back-care", email="ann@example.com",
+                          context=RequestContext(),
+                          now=dt.datetime(2030, 3, 1, tzinfo=UTC))
+    attended = run("webinar", "attendance", "1", "-", input="email\nann@example.com\nzed@example.com\n")
+    assert attended.output.splitlines() == ["marked 1 as attended; not registered or not valid: 1",
+                                            "  zed@example.com"]
+    assert run("webinar", "cancel", "1").output.strip() == "webinar 1 cancelled"
