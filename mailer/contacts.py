@@ -174,19 +174,26 @@ def process_signups(session: Session, settings: Settings, *, limit: int = 500) -
     if is_postgres(session):
         query = query.with_for_update(skip_locked=True)
     requests = session.scalars(query).all()
+    resolved: dict[tuple, tuple] = {}  # lists and wordings, looked up once per batch
     for request in requests:
+        key = (request.lists, request.consent_version)
         try:
-            with session.begin_nested():
-                subscribe(session, settings, email=request.email, name=request.name,
-                          lists=request.lists.split(","), consent_given=True,
-                          consent_version=request.consent_version, timezone=request.timezone,
-                          context=consent.RequestContext(request.source_url, request.ip, request.user_agent),
-                          now=request.created_at)
+            if key not in resolved:
+                resolved[key] = _lists_and_wordings(session, request.lists.split(","), request.consent_version)
         except InvalidInput as exc:  # the list or wording went away since the form was sent
             log.warning("dropping signup request %s: %s", request.id, exc.message)
+        else:
+            _subscribe_resolved(session, settings, request.email, request.name, *resolved[key],
+                                timezone=request.timezone, now=request.created_at,
+                                context=consent.RequestContext(request.source_url, request.ip, request.user_agent))
         session.delete(request)
     session.flush()
     return len(requests)
+
+
+def _lists_and_wordings(session: Session, slugs, consent_version: int | None):
+    mailing_lists = public_lists(session, slugs)
+    return mailing_lists, [_wording_shown(session, ml, consent_version) for ml in mailing_lists]
 
 
 def subscribe(session: Session, settings: Settings, *, email: str, name: str = "", lists=None,
@@ -195,14 +202,21 @@ def subscribe(session: Session, settings: Settings, *, email: str, name: str = "
     """Start double opt-in. Returns nothing on purpose: the caller's answer must be
     the same whether the address is new, pending, active, unsubscribed or suppressed."""
     address = normalise_email(email)
-    name = clean_name(name)
     mailing_lists = public_lists(session, lists)
     if not consent_given:
         raise InvalidInput("consent", "Please tick the box to agree to receive the newsletter.")
     wordings = [_wording_shown(session, ml, consent_version) for ml in mailing_lists]
+    _subscribe_resolved(session, settings, address, name, mailing_lists, wordings, timezone=timezone,
+                        context=context, now=now)
+
+
+def _subscribe_resolved(session: Session, settings: Settings, address: str, name: str, mailing_lists, wordings, *,
+                        timezone: str | None, context: consent.RequestContext, now: dt.datetime) -> None:
+    """subscribe() once its input is known to be valid: from here on, only writes."""
     if is_suppressed(session, settings, address):
         return
-    contact = get_or_create_contact(session, settings, address, name=name, timezone=clean_timezone(timezone), now=now)
+    contact = get_or_create_contact(session, settings, address, name=clean_name(name),
+                                    timezone=clean_timezone(timezone), now=now)
     for mailing_list, wording in zip(mailing_lists, wordings):
         _request_subscription(session, settings, contact, mailing_list, wording, context, now)
 

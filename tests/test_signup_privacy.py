@@ -154,3 +154,15 @@ def test_suppressed_address_gets_the_same_answer_and_no_mail(client, mailer, db)
                                            reason="hard_bounce", detail="550 no such user", created_at=utcnow()))
     assert signup(client, "bounced@example.com").data == signup(client, "fresh@example.com").data
     assert db.scalars(sa.select(Contact.email)) == ["fresh@example.com"]
+
+
+def test_signup_for_a_list_removed_after_the_form_was_sent_is_dropped_not_stuck(client, mailer, db, caplog):
+    from mailer.models import SignupRequest
+
+    signup(client, "a@example.com", process=False)
+    db.write(sa.update(SignupRequest).values(lists="gone"))
+    signup(client, "b@example.com", process=False)
+    assert mailer.process_signups() == 2
+    assert db.scalars(sa.select(Contact.email)) == ["b@example.com"]
+    assert db.scalar(sa.select(sa.func.count()).select_from(SignupRequest)) == 0
+    assert "dropping signup request 1: Unknown mailing list." in caplog.text
