@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import functools
 
-from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, current_app, g, redirect, render_template, request, session, url_for
 
 from mailer import users
 from mailer.db import utcnow
-from mailer.models import User
+from mailer.models import AuditLog, User
 from mailer.web import db_reader, db_session, mailer
 
 bp = Blueprint("auth", __name__, url_prefix="/admin")
@@ -27,6 +27,26 @@ def login_required(view):
         return view(*args, **kwargs)
 
     return wrapped
+
+
+def role_required(*roles):
+    """Logged in, and with one of these roles (after login_required); 403 otherwise."""
+    def decorate(view):
+        @functools.wraps(view)
+        def wrapped(*args, **kwargs):
+            if g.user.role not in roles:
+                abort(403)
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorate
+
+
+def audit(action: str, detail: str = "") -> None:
+    """Record that the logged-in user saw or exported personal data, or changed access."""
+    with db_session() as s:
+        s.add(AuditLog(user_id=g.user.id, action=action, detail=detail[:2000]))
 
 
 def _safe_next(target: str | None) -> str:
