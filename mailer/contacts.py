@@ -286,6 +286,43 @@ def unsubscribe_links(settings: Settings, contact_id: int, list_id: int) -> tupl
             f"mailto:{settings.unsubscribe_mailto}?subject=unsubscribe%20{token}")
 
 
+def preferences_url(settings: Settings, contact_id: int) -> str:
+    token = tokens.dumps(settings.secret_key, "preferences", [contact_id])
+    return f"{settings.base_url}/preferences/{token}"
+
+
+def contact_for_preferences(session: Session, settings: Settings, token: str) -> Contact | None:
+    try:
+        (contact_id,) = tokens.loads(settings.secret_key, "preferences", token)
+    except (tokens.BadSignature, ValueError, TypeError):
+        return None
+    contact = session.get(Contact, contact_id)
+    return contact if contact is not None and contact.email is not None else None
+
+
+def preferences(session: Session, contact: Contact) -> list[tuple[MailingList, str | None, ConsentWording | None]]:
+    """Every public list with this person's status on it and the wording to show."""
+    statuses = dict(session.execute(sa.select(Subscription.list_id, Subscription.status)
+                                    .where(Subscription.contact_id == contact.id)).all())
+    return [(ml, statuses.get(ml.id), current_wording(session, ml.id))
+            for ml in session.scalars(sa.select(MailingList).where(MailingList.public).order_by(MailingList.id))]
+
+
+def update_preferences(session: Session, settings: Settings, contact: Contact, *, name: str, wanted: set[str],
+                       context: consent.RequestContext, now: dt.datetime) -> None:
+    """Lists ticked start double opt-in (if not already on them); lists unticked are
+    withdrawn at once, with the rest of their queued mail."""
+    contact.name = clean_name(name) or contact.name
+    for mailing_list, status, wording in preferences(session, contact):
+        on = status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING)
+        if mailing_list.slug in wanted and not on and wording is not None:
+            _subscribe_resolved(session, settings, contact.email, contact.name, [mailing_list], [wording],
+                                timezone=contact.timezone, context=context, now=now)
+        elif mailing_list.slug not in wanted and on:
+            unsubscribe(session, settings, unsubscribe_token(settings, contact.id, mailing_list.id),
+                        context=context, now=now)
+
+
 # Confirm and unsubscribe ----------------------------------------------------------
 
 class LinkOutcome(enum.StrEnum):

@@ -35,6 +35,7 @@ TEST_MAX = 10
 TEMPLATE_NAMES: dict[str, set[str] | None] = {
     "contact": {"first_name", "name", "email"},
     "unsubscribe_url": None,
+    "preferences_url": None,
     "organisation": None,
     "postal_address": None,
     "base_url": None,
@@ -308,7 +309,8 @@ def preview(renderer, settings, *, subject: str, preheader: str, body_md: str, l
     compiled = compile_newsletter(renderer, subject=subject, preheader=preheader, body_markdown=body_md,
                                   layout=layout, context=static)
     return compiled.render(dict(static, contact=contact or SAMPLE_CONTACT,
-                                unsubscribe_url=unsubscribe_url or f"{settings.base_url}/unsubscribe/preview"))
+                                unsubscribe_url=unsubscribe_url or f"{settings.base_url}/unsubscribe/preview",
+                                preferences_url=unsubscribe_url or f"{settings.base_url}/preferences/preview"))
 
 
 def send_test(session: Session, settings, newsletter_id: int, addresses: list[str], *, now: dt.datetime) -> int:
@@ -334,7 +336,8 @@ class _TestCopy:
         self.compiled, self.base_url = compiled, base_url
 
     def render(self, context: dict) -> RenderedEmail:
-        rendered = self.compiled.render(dict(context, unsubscribe_url=f"{self.base_url}/unsubscribe/test-copy"))
+        rendered = self.compiled.render(dict(context, unsubscribe_url=f"{self.base_url}/unsubscribe/test-copy",
+                                             preferences_url=f"{self.base_url}/preferences/test-copy"))
         return dataclasses.replace(rendered, subject=f"[TEST] {rendered.subject}")
 
 

@@ -70,7 +70,7 @@ class EmailRenderer:
 _JINJA_TAG = re.compile(r"{{.*?}}|{%.*?%}", re.DOTALL)
 _MARKDOWN = MarkdownIt("commonmark", {"html": True, "linkify": False, "typographer": False}).enable("table")
 # Per-recipient values the layout shows; they stay Jinja expressions in the compiled template.
-RECIPIENT_FIELDS = ("unsubscribe_url",)
+RECIPIENT_FIELDS = ("unsubscribe_url", "preferences_url")
 
 
 def staff_environment(*, html: bool) -> jinja2.sandbox.SandboxedEnvironment:

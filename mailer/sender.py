@@ -241,6 +241,7 @@ class Sender:
             url, mailto = contacts.unsubscribe_links(settings, contact.id, delivery.list_id)
             headers["List-Unsubscribe"] = f"<{url}>, <{mailto}>"
             context["unsubscribe_url"] = url
+            context["preferences_url"] = contacts.preferences_url(settings, contact.id)
         elif isinstance(content, dict) and content.get("unsubscribe_url"):
             # Not list mail (a webinar seat): the builder names what stops it.
             headers["List-Unsubscribe"] = f"<{content['unsubscribe_url']}>"

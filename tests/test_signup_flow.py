@@ -1,11 +1,14 @@
 """A visitor subscribes, confirms from the received mail, and unsubscribes with one click."""
 from __future__ import annotations
 
+import re
+
 import sqlalchemy as sa
 from email.utils import getaddresses
 
 from mailer import consent
-from mailer.models import ConsentEvent, ConsentWording, Delivery, Subscription
+from mailer.db import session_scope
+from mailer.models import ConsentEvent, ConsentWording, Contact, Delivery, MailingList, Subscription
 from tests.conftest import links_in, signup
 
 
@@ -98,3 +101,29 @@ def test_forged_or_garbled_links_are_refused(client):
     assert "This link is not valid" in client.get("/confirm/not-a-token").text
     assert client.post("/unsubscribe/WzEsMV0.forged").status_code == 404
     assert client.get("/unsubscribe/WzEsMV0.forged").status_code == 404
+
+
+def test_preferences_link_changes_name_and_lists(client, mailer, smtp_server, db):
+    from mailer.contacts import ensure_list
+
+    with session_scope(mailer.sessions) as session:
+        ensure_list(session, "events", "Events and webinars", "Yes, tell me about events.")
+    signup(client, "ada@example.com", "Ada")
+    mailer.drain()
+    text = smtp_server.received[0].message.get_body(preferencelist=("plain",)).get_content()
+    client.get([l for l in links_in(text) if "/confirm/" in l][0].removeprefix("https://news.example.org"))
+    html = smtp_server.received[0].message.get_body(preferencelist=("html",)).get_content()
+    path = re.search(r'href="https://news\.example\.org(/preferences/[^"]+)"', html).group(1)
+
+    page = client.get(path)
+    assert page.status_code == 200 and "For ada@example.com" in page.text
+    assert 'value="newsletter" checked' in page.text and 'value="events" >' in page.text
+    saved = client.post(path, data={"name": "Ada L.", "lists": ["events"]})
+    assert "Saved." in saved.text
+    statuses = dict(db.execute(sa.select(MailingList.slug, Subscription.status).join(
+        Subscription, Subscription.list_id == MailingList.id)))
+    assert statuses == {"newsletter": "unsubscribed", "events": "pending"}
+    assert db.scalar(sa.select(Contact.name)) == "Ada L."
+    mailer.drain()
+    assert smtp_server.received[-1].message["Subject"] == "Please confirm your subscription to Events and webinars"
+    assert client.get("/preferences/forged.token").status_code == 404

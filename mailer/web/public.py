@@ -158,6 +158,27 @@ def unsubscribe(token: str):
     return _link_page(result)
 
 
+@bp.route("/preferences/<token>", methods=["GET", "POST"])
+def preferences(token: str):
+    """What this person gets: their name, and each list (ticking one starts double opt-in,
+    unticking one unsubscribes at once). The signed link is the credential."""
+    settings = mailer().settings
+    saved = False
+    with db_session() as session:
+        contact = contacts.contact_for_preferences(session, settings, token)
+        if contact is None:
+            return _link_page(contacts.LinkResult(contacts.LinkOutcome.INVALID))
+        if request.method == "POST":
+            contacts.update_preferences(session, settings, contact, name=request.form.get("name", ""),
+                                        wanted=set(request.form.getlist("lists")),
+                                        context=request_context(), now=utcnow())
+            saved = True
+        choices = contacts.preferences(session, contact)
+        page = render_template("public/preferences.html", contact=contact, choices=choices, saved=saved,
+                               title="Your preferences")
+    return page
+
+
 @bp.get("/livez")
 def livez():
     """Liveness: the process answers. Touches nothing else (also the benchmark's baseline route)."""
