@@ -176,7 +176,7 @@ class Delivery(Base):
 
     __tablename__ = "deliveries"
     __table_args__ = (
-        sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
+        sa.Index("ix_deliveries_due", "status", "next_attempt_at", "id"),
         sa.Index("ix_deliveries_contact_status", "contact_id", "status"),
     )
 

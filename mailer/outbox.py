@@ -57,16 +57,24 @@ def cancel_pending(session: Session, *, contact_id: int, list_id: int | None = N
 
 def claim_due(session: Session, *, worker_id: str, now: dt.datetime, limit: int, lease_seconds: int,
               message_domain: str) -> list[int]:
-    """Lease up to `limit` due rows to this worker; rows whose lease ran out count as due."""
-    due = sa.or_(
-        sa.and_(Delivery.status.in_(PENDING_DELIVERY), Delivery.next_attempt_at <= now),
-        sa.and_(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_expires_at < now),
-    )
-    query = sa.select(Delivery.id).where(due).order_by(Delivery.next_attempt_at, Delivery.id).limit(limit)
-    if is_postgres(session):
-        query = query.with_for_update(skip_locked=True)
-    # SQLite: the transaction began IMMEDIATE, so no other worker claims meanwhile.
-    ids = list(session.scalars(query))
+    """Lease up to `limit` due rows to this worker: rows whose lease ran out first, then
+    retries, then new mail. One status per query, so each reads the (status,
+    next_attempt_at, id) index in order instead of sorting the whole queue."""
+    ids: list[int] = []
+    for where, order in (
+        ((Delivery.status == DeliveryStatus.SENDING, Delivery.lease_expires_at < now), (Delivery.id,)),
+        ((Delivery.status == DeliveryStatus.DEFERRED, Delivery.next_attempt_at <= now),
+         (Delivery.next_attempt_at, Delivery.id)),
+        ((Delivery.status == DeliveryStatus.QUEUED, Delivery.next_attempt_at <= now),
+         (Delivery.next_attempt_at, Delivery.id)),
+    ):
+        if len(ids) >= limit:
+            break
+        query = sa.select(Delivery.id).where(*where).order_by(*order).limit(limit - len(ids))
+        if is_postgres(session):
+            query = query.with_for_update(skip_locked=True)
+        # SQLite: the transaction began IMMEDIATE, so no other worker claims meanwhile.
+        ids.extend(session.scalars(query))
     if not ids:
         return []
     session.execute(

@@ -156,8 +156,14 @@ class Sender:
         if not ids:
             return BatchResult()
         outcomes = outbox.Outcomes()
-        with session_scope(self.session_factory) as session:
-            messages = self._build(session, ids, outcomes)
+        try:
+            with session_scope(self.session_factory) as session:
+                messages = self._build(session, ids, outcomes)
+        except sa.exc.SQLAlchemyError:
+            # The database failed us, not the messages: give the rows back untried.
+            with session_scope(self.session_factory) as session:
+                outbox.release_claims(session, worker_id=self.worker_id)
+            raise
         self._transmit(messages, outcomes)
         self._record(messages, outcomes)
         return BatchResult(claimed=len(ids), sent=len(outcomes.sent), deferred=len(outcomes.deferred),
@@ -202,6 +208,8 @@ class Sender:
                     outcomes.skipped[delivery.id] = (content.status, content.reason)
                     continue
                 data = self._compose(builder, delivery, content)
+            except sa.exc.SQLAlchemyError:
+                raise
             except Exception as exc:  # one broken message must not stop the rest of the batch
                 log.exception("cannot render delivery %s", delivery.id)
                 outcomes.failed[delivery.id] = (ErrorClass.RENDERING, f"rendering failed: {exc}")

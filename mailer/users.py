@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import secrets
 
@@ -13,8 +14,13 @@ from mailer.errors import InvalidInput
 from mailer.models import ApiToken, Role, User
 
 MIN_PASSWORD = 12
-# Compared against when the address is unknown, so a wrong address costs as long as a wrong password.
-_DUMMY_HASH = generate_password_hash("not-a-real-password")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked when the address is unknown, so a wrong address costs as long as a wrong
+    password. Made on first use: scrypt needs 32 MB, which a worker should not pay."""
+    return generate_password_hash("not-a-real-password")
 
 
 def create_user(session: Session, email: str, password: str, role: str = Role.OWNER) -> User:
@@ -50,7 +56,7 @@ def authenticate(session: Session, email: str, password: str, *, now: dt.datetim
     """The user, or LoginRefused with a message that does not tell which part was wrong."""
     user = session.scalar(sa.select(User).where(User.email == (email or "").strip().lower()))
     if user is None:
-        check_password_hash(_DUMMY_HASH, password or "")
+        check_password_hash(_dummy_hash(), password or "")
         raise LoginRefused("Wrong email or password.")
     if user.locked_until and user.locked_until > now:
         raise LoginRefused("Too many failed attempts. Try again later.")

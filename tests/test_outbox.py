@@ -79,3 +79,22 @@ def test_public_lists_are_reread_after_their_ttl(mailer):
             assert exc.field == "lists"
         now[0] = 11
         catalog.check(conn, ["events"], 1)  # seen once the TTL has passed
+
+
+def test_a_database_error_while_building_gives_the_batch_back_untried(client, mailer, smtp_server, db, monkeypatch):
+    import pytest
+    import sqlalchemy.exc
+
+    from mailer import sender as sender_module
+
+    signup(client, "a@example.com")
+
+    def broken(batch, delivery):
+        raise sqlalchemy.exc.OperationalError("SELECT …", {}, Exception("no such column: newsletters.x"))
+
+    monkeypatch.setitem(sender_module.BUILDERS, "confirmation", broken)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        mailer.drain()
+    row = db.execute(sa.select(Delivery.status, Delivery.attempts, Delivery.lease_owner))[0]
+    assert tuple(row) == ("queued", 0, None)  # not failed: a later, healthy worker sends it
+    assert smtp_server.received == []

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 13:08:17.582254
+Create Date: 2026-11-25 13:31:49.306550
 """
 from alembic import op
 import sqlalchemy as sa
@@ -175,7 +175,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.create_index('ix_deliveries_contact_status', ['contact_id', 'status'], unique=False)
-        batch_op.create_index('ix_deliveries_due', ['status', 'next_attempt_at'], unique=False)
+        batch_op.create_index('ix_deliveries_due', ['status', 'next_attempt_at', 'id'], unique=False)
 
     op.create_table('newsletters',
     sa.Column('id', sa.Integer(), nullable=False),
