@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, available_timezones
 
 from html.parser import HTMLParser
 
@@ -15,7 +15,7 @@ import jinja2.meta
 import sqlalchemy as sa
 from apscheduler.triggers.cron import CronTrigger
 from jinja2 import nodes
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from mailer import outbox
 from mailer.db import dialect_insert, is_postgres
@@ -100,11 +100,11 @@ def _validated(session: Session, *, subject: str, preheader: str, body_md: str, 
 
 
 def create_newsletter(session: Session, *, subject: str, body_md: str, lists: list[str], preheader: str = "",
-                      layout: str = "default") -> Newsletter:
+                      layout: str = "default", public: bool = False) -> Newsletter:
     mailing_lists = _validated(session, subject=subject, preheader=preheader, body_md=body_md, layout=layout,
                                lists=lists)
     newsletter = Newsletter(subject=" ".join(subject.split()), preheader=preheader, body_md=body_md, layout=layout,
-                            lists=mailing_lists, status=NewsletterStatus.DRAFT)
+                            lists=mailing_lists, status=NewsletterStatus.DRAFT, public=public)
     session.add(newsletter)
     session.flush()
     return newsletter
@@ -120,6 +120,15 @@ def update_newsletter(session: Session, newsletter_id: int, *, subject: str, bod
     newsletter.subject, newsletter.preheader = " ".join(subject.split()), preheader
     newsletter.body_md, newsletter.layout, newsletter.public = body_md, layout, public
     return newsletter
+
+
+def list_newsletters(session: Session, *, before_id: int | None = None, limit: int = 50) -> list[Newsletter]:
+    """Newest first; `before_id` continues a page (cursor pagination). One more row than
+    asked is returned when there is a next page."""
+    stmt = sa.select(Newsletter).options(selectinload(Newsletter.lists))
+    if before_id is not None:
+        stmt = stmt.where(Newsletter.id < before_id)
+    return list(session.scalars(stmt.order_by(Newsletter.id.desc()).limit(limit + 1)))
 
 
 def get_newsletter(session: Session, newsletter_id: int) -> Newsletter:
@@ -139,6 +148,10 @@ def _changeable(newsletter: Newsletter) -> None:
 def local_to_utc(local: dt.datetime, zone: str) -> dt.datetime:
     """A wall-clock time in `zone` as a UTC instant. A time that does not exist (the hour
     skipped when clocks go forward) is refused rather than guessed."""
+    if zone not in available_timezones():
+        raise InvalidInput("timezone", f"Unknown time zone '{zone}'.")
+    if not 2000 <= local.year <= 2999:
+        raise InvalidInput("send_at", "Give a year between 2000 and 2999.")
     tz = ZoneInfo(zone)
     aware = local.replace(tzinfo=tz)
     back = aware.astimezone(dt.timezone.utc).astimezone(tz)
@@ -304,10 +317,21 @@ def preview(renderer, settings, *, subject: str, preheader: str, body_md: str, l
     problems = check_template("subject", subject) + check_template("body", body_md)
     if problems:
         raise InvalidInput(problems[0].field, "; ".join(str(p) for p in problems))
+    if layout not in layouts():
+        raise InvalidInput("layout", f"Unknown layout '{layout}'; choose one of: {', '.join(layouts())}.")
     static = {"organisation": settings.organisation, "postal_address": settings.postal_address,
               "base_url": settings.base_url}
-    compiled = compile_newsletter(renderer, subject=subject, preheader=preheader, body_markdown=body_md,
-                                  layout=layout, context=static)
+    try:
+        compiled = compile_newsletter(renderer, subject=subject, preheader=preheader, body_markdown=body_md,
+                                      layout=layout, context=static)
+        return _render_preview(compiled, static, contact, unsubscribe_url, settings)
+    except jinja2.TemplateError as exc:  # errors only rendering can show, e.g. {{ 1/0 }} or a missing key
+        raise InvalidInput("body", f"The template fails when rendered: {exc}") from None
+    except (ArithmeticError, TypeError, ValueError, LookupError) as exc:
+        raise InvalidInput("body", f"The template fails when rendered: {exc}") from None
+
+
+def _render_preview(compiled, static, contact, unsubscribe_url, settings) -> RenderedEmail:
     return compiled.render(dict(static, contact=contact or SAMPLE_CONTACT,
                                 unsubscribe_url=unsubscribe_url or f"{settings.base_url}/unsubscribe/preview",
                                 preferences_url=unsubscribe_url or f"{settings.base_url}/preferences/preview"))
@@ -318,7 +342,10 @@ def send_test(session: Session, settings, newsletter_id: int, addresses: list[st
     from mailer import contacts
 
     newsletter = get_newsletter(session, newsletter_id)
-    wanted = list(dict.fromkeys(contacts.normalise_email(a) for a in addresses if a and a.strip()))
+    try:
+        wanted = list(dict.fromkeys(contacts.normalise_email(a) for a in addresses if a and a.strip()))
+    except InvalidInput as exc:
+        raise InvalidInput("addresses", exc.message) from None
     if not wanted or len(wanted) > TEST_MAX:
         raise InvalidInput("addresses", f"Give between 1 and {TEST_MAX} addresses.")
     stamp = int(now.timestamp() * 1000)
@@ -364,11 +391,16 @@ def preflight(session: Session, renderer, settings, newsletter_id: int) -> list[
     layout_source = (TEMPLATES / "layouts" / f"{newsletter.layout}.html").read_text()
     if "unsubscribe_url" not in layout_source:
         problems.append(f"The layout '{newsletter.layout}' has no unsubscribe link.")
-    rendered = preview(renderer, settings, subject=newsletter.subject, preheader=newsletter.preheader,
-                       body_md=newsletter.body_md, layout=newsletter.layout)
+    try:
+        rendered = preview(renderer, settings, subject=newsletter.subject, preheader=newsletter.preheader,
+                           body_md=newsletter.body_md, layout=newsletter.layout)
+    except InvalidInput as exc:
+        return problems + [exc.message]
     checker = _LinkChecker()
     checker.feed(rendered.html)
     for link in dict.fromkeys(checker.links):
+        if link.startswith(settings.base_url + "/"):
+            continue  # mailer's own unsubscribe and preferences links
         if not (link.startswith("https://") or link.startswith("mailto:")) or " " in link:
             problems.append(f"Link '{link}' is not an absolute https:// address.")
     if checker.images_without_alt:

@@ -13,7 +13,7 @@ from mailer import metrics, users
 from mailer.bounces import SnsControl, apply_notices, parse_webhook_body
 from mailer.db import utcnow
 from mailer.errors import InvalidInput
-from mailer.web import db_reader, db_session, mailer
+from mailer.web import db_reader, db_session, mailer, presented_token
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +24,6 @@ ANY_SCOPE = frozenset({"read", "write"})
 
 
 # Authentication ----------------------------------------------------------------------
-
-def presented_token(*, allow_query: bool) -> str | None:
-    """The bearer token from the Authorization header, or (where allowed) from ?token=."""
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return (request.args.get("token") or None) if allow_query else None
-
 
 def _authorise(scopes: frozenset[str], now, *, allow_query: bool = False) -> None:
     with db_session() as session:

@@ -1,0 +1,323 @@
+"""The JSON API under /api/v1, behind bearer tokens. Each view validates its input with a
+model from mailer.api_schemas, calls one domain function and returns a response model;
+the `operation` decorator registers the route and its OpenAPI description together, so
+/api/v1/openapi.json lists exactly what is served."""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import re
+from contextlib import contextmanager
+
+from flask import Blueprint, Response, jsonify, request, url_for
+from pydantic import BaseModel, RootModel, ValidationError
+from werkzeug.exceptions import HTTPException
+
+from mailer import api_schemas as schemas
+from mailer import newsletters, users
+from mailer.db import utcnow
+from mailer.errors import InvalidInput, NotFound
+from mailer.web import db_reader, db_session, mailer, presented_token
+
+PREFIX = "/api/v1"
+bp = Blueprint("api", __name__, url_prefix=PREFIX)
+SCOPES = {"read": frozenset({"read", "write"}), "write": frozenset({"write"})}
+OPERATIONS: list[schemas.Operation] = []
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None):
+    body = schemas.Error(error=schemas.ErrorDetail(code=code, message=message, field=field))
+    response = Response(body.model_dump_json(), status=status, mimetype="application/json")
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="mailer"'
+    return response
+
+
+# Input --------------------------------------------------------------------------------
+
+def _validation_error(exc: ValidationError, *, tagged: bool) -> ApiError:
+    """The first problem names the field; the message lists them all."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        location = error["loc"][1:] if tagged else error["loc"]  # a tagged union's first step is the tag
+        field = ".".join(str(part) for part in location) or None
+        if error["type"] == "extra_forbidden":
+            message = "Unknown field."
+        elif error["type"] == "json_invalid":
+            reason = error["msg"].removeprefix("Invalid JSON: ")
+            return ApiError(400, "malformed_json", f"The body is not valid JSON: {reason}.")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        problems.append((field, message))
+    field = problems[0][0] if problems else None
+    return ApiError(422, "invalid", "; ".join(f"{f}: {m}" if f else m for f, m in problems), field)
+
+
+def parse_body(model: type[BaseModel], *, required: bool):
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        if not required:
+            return None
+        raise ApiError(400, "malformed_json", "A JSON body is required.")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _validation_error(exc, tagged=issubclass(model, RootModel)) from None
+
+
+def parse_query(model: type[BaseModel]):
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise _validation_error(exc, tagged=False) from None
+
+
+@contextmanager
+def field_renamed(**renames: str):
+    """Domain errors name the domain's parameters; answer with the API's field names."""
+    try:
+        yield
+    except InvalidInput as exc:
+        if exc.field in renames:
+            raise InvalidInput(renames[exc.field], exc.message) from None
+        raise
+
+
+# Routing ------------------------------------------------------------------------------
+
+def operation(method: str, rule: str, *, summary: str, response: type[BaseModel], status: int = 200,
+              body: type[BaseModel] | None = None, body_required: bool = True,
+              query: type[BaseModel] | None = None, scope: str | None = None, description: str = "",
+              answer: str = "Success.", headers: dict[str, str] | None = None):
+    """Register a view at `rule` (Flask syntax) and describe it in the OpenAPI document.
+    The view gets `body` and `query` as validated models and returns a response model
+    (or the model and extra headers); GET needs any token, everything else a write token."""
+    scope = scope or ("read" if method == "GET" else "write")
+
+    def register(view):
+        OPERATIONS.append(schemas.Operation(
+            method=method, path=re.sub(r"<(?:[^:<>]+:)?(\w+)>", r"{\1}", rule), operation_id=view.__name__,
+            summary=summary, response=response, status=status, body=body, body_required=body_required,
+            query=query, scope=scope, description=description or (view.__doc__ or "").strip(), answer=answer,
+            response_headers=headers or {}))
+
+        @functools.wraps(view)
+        def handle(**path):
+            with db_session() as session:
+                users.use_token(session, presented_token(allow_query=False), SCOPES[scope], now=utcnow())
+            if any(isinstance(value, int) and not 1 <= value <= schemas.MAX_ID for value in path.values()):
+                # Werkzeug's int(min=, max=) answers 405 instead of 404 for PATCH/POST on such paths.
+                raise ApiError(404, "not_found", "No such resource.")
+            kwargs = dict(path)
+            if body is not None:
+                kwargs["body"] = parse_body(body, required=body_required)
+            if query is not None:
+                kwargs["query"] = parse_query(query)
+            result = view(**kwargs)
+            result, extra_headers = result if isinstance(result, tuple) else (result, {})
+            return Response(result.model_dump_json(), status=status, mimetype="application/json",
+                            headers=extra_headers)
+
+        bp.add_url_rule(rule, view.__name__, handle, methods=[method])
+        return handle
+
+    return register
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """Public: the document describes the API and holds no data."""
+    return jsonify(openapi_document())
+
+
+@functools.cache
+def openapi_document() -> dict:
+    return schemas.openapi_document(OPERATIONS, base_path=PREFIX, description=API_DESCRIPTION)
+
+
+API_DESCRIPTION = (
+    "mailer's JSON API. Authenticate with `Authorization: Bearer <token>`; reading needs a token "
+    "of scope `read` or `write`, changing needs `write`.\n\n"
+    "Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`: 400 when the body is not JSON, 422 when "
+    "it is JSON but not acceptable (unknown fields, wrong types, values out of range, or refused by "
+    "mailer's rules), with `field` naming what to correct.\n\n"
+    "Times are RFC 3339 with an offset, and come back in UTC (`Z`).\n\n"
+    "Newsletter subjects and bodies are templates; they may use: "
+    + ", ".join(f"`{name}`" + (f" ({', '.join(sorted(attrs))})" if attrs else "")
+                for name, attrs in newsletters.TEMPLATE_NAMES.items()) + "."
+)
+
+
+# Errors: every answer from /api/ is a JSON error object ---------------------------------
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError):
+    return error_response(exc.status, exc.code, exc.message, exc.field)
+
+
+@bp.errorhandler(users.AuthError)
+def _auth_error(exc: users.AuthError):
+    return error_response(exc.status, exc.code, exc.message)
+
+
+@bp.errorhandler(InvalidInput)
+def _invalid(exc: InvalidInput):
+    return error_response(422, exc.code, exc.message, exc.field)
+
+
+@bp.errorhandler(NotFound)
+def _not_found(exc: NotFound):
+    return error_response(404, exc.code, str(exc).capitalize() + ".")
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException):  # e.g. 413 for a body over MAX_CONTENT_LENGTH
+    if exc.code == 500:  # Flask has logged the exception already
+        return error_response(500, "internal_error", "Something went wrong on our side; it has been logged.")
+    response = error_response(exc.code or 500, _code(exc), exc.description or exc.name)
+    if getattr(exc, "valid_methods", None):
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+def _code(exc: HTTPException) -> str:
+    return re.sub(r"\W+", "_", exc.name.lower()).strip("_")
+
+
+# An unknown path or method fails in routing, before any blueprint is chosen, so those
+# two are answered at the application level, for /api/ paths only.
+@bp.app_errorhandler(404)
+@bp.app_errorhandler(405)
+def _routing_error(exc: HTTPException):
+    if request.path == "/api" or request.path.startswith("/api/"):
+        return _http_error(exc)
+    return exc
+
+
+# Newsletters --------------------------------------------------------------------------
+
+NEWSLETTER = "/newsletters/<int:id>"
+
+
+@operation("GET", "/newsletters", summary="List newsletters, newest first", query=schemas.ListQuery,
+           response=schemas.NewsletterPage, answer="One page of newsletters.")
+def list_newsletters(query: schemas.ListQuery):
+    with db_reader() as session:
+        rows = newsletters.list_newsletters(session, before_id=query.cursor, limit=query.limit)
+    more = len(rows) > query.limit
+    rows = rows[:query.limit]
+    return schemas.NewsletterPage(items=[schemas.Newsletter.of(row) for row in rows],
+                                  next_cursor=schemas.encode_cursor(rows[-1].id) if more else None)
+
+
+@operation("POST", "/newsletters", summary="Create a draft newsletter", body=schemas.NewsletterCreate,
+           response=schemas.Newsletter, status=201, answer="The draft.",
+           headers={"Location": "The new newsletter's URL."})
+def create_newsletter(body: schemas.NewsletterCreate):
+    with db_session() as session:
+        newsletter = newsletters.create_newsletter(session, subject=body.subject, preheader=body.preheader,
+                                                   body_md=body.body_md, layout=body.layout, lists=body.lists,
+                                                   public=body.public)
+        created = schemas.Newsletter.of(newsletter)
+    return created, {"Location": url_for("api.get_newsletter", id=created.id)}
+
+
+@operation("GET", NEWSLETTER, summary="One newsletter", response=schemas.Newsletter)
+def get_newsletter(id: int):
+    with db_reader() as session:
+        return schemas.Newsletter.of(newsletters.get_newsletter(session, id))
+
+
+@operation("PATCH", NEWSLETTER, summary="Change a draft or scheduled newsletter", body=schemas.NewsletterPatch,
+           response=schemas.Newsletter, answer="The newsletter as changed.",
+           description="Fields left out keep their values. A scheduled issue keeps its send time.")
+def update_newsletter(id: int, body: schemas.NewsletterPatch):
+    changes = body.model_dump(exclude_unset=True)
+    with db_session() as session:
+        current = newsletters.get_newsletter(session, id)
+        merged = {"subject": current.subject, "preheader": current.preheader, "body_md": current.body_md,
+                  "layout": current.layout, "lists": [ml.slug for ml in current.lists], "public": current.public,
+                  **changes}
+        return schemas.Newsletter.of(newsletters.update_newsletter(session, id, **merged))
+
+
+@operation("POST", NEWSLETTER + "/schedule", summary="Schedule a newsletter", body=schemas.ScheduleRequest,
+           response=schemas.Newsletter, answer="The newsletter, scheduled.",
+           description="Until sending starts it can be scheduled again or cancelled. A local time that the "
+                       "clocks skip is refused; one they repeat is the first of the two.")
+def schedule_newsletter(id: int, body: schemas.ScheduleRequest):
+    now = utcnow()
+    chosen = body.root
+    with db_session() as session, field_renamed(send_at=_schedule_field(chosen)):
+        if isinstance(chosen, schemas.ScheduleNow):
+            send_at = now
+        elif isinstance(chosen, schemas.ScheduleLocal):
+            send_at = newsletters.local_to_utc(chosen.local_time, chosen.timezone)
+        else:
+            send_at = chosen.send_at
+        return schemas.Newsletter.of(newsletters.schedule(session, id, send_at, now=now))
+
+
+def _schedule_field(chosen) -> str:
+    return {schemas.ScheduleLocal: "local_time", schemas.ScheduleNow: "now"}.get(type(chosen), "send_at")
+
+
+@operation("POST", NEWSLETTER + "/cancel", summary="Cancel a newsletter", body=schemas.CancelRequest,
+           body_required=False, response=schemas.Newsletter, answer="The newsletter, cancelled.",
+           description="Before or while it goes out: whatever is still queued is not sent.")
+def cancel_newsletter(id: int, body: schemas.CancelRequest | None):
+    with db_session() as session:
+        return schemas.Newsletter.of(newsletters.cancel(session, id))
+
+
+@operation("POST", NEWSLETTER + "/test", summary="Send test copies", body=schemas.TestSendRequest,
+           response=schemas.TestSendResult, status=202, answer="The copies are queued.",
+           description="Each address gets one copy with \"[TEST]\" in the subject and a dead unsubscribe "
+                       "link. Test copies are never counted in the report.")
+def send_test(id: int, body: schemas.TestSendRequest):
+    with db_session() as session, field_renamed(email="addresses"):
+        queued = newsletters.send_test(session, mailer().settings, id, body.addresses, now=utcnow())
+    return schemas.TestSendResult(queued=queued)
+
+
+@operation("GET", NEWSLETTER + "/report", summary="Audience and outcomes", response=schemas.Report)
+def newsletter_report(id: int):
+    with db_reader() as session:
+        figures = newsletters.report(session, id)
+    plain = ("id", "subject", "status", "audience", "started_at", "finished_at", "sent", "queued", "deferred",
+             "failed", "suppressed", "cancelled", "unsubscribes", "opens")
+    return schemas.Report(
+        **{key: figures[key] for key in plain},
+        sent_per_minute=[schemas.MinuteCount(minute=_minute(bucket), count=count)
+                         for bucket, count in figures["sent_per_minute"]],
+        clicks=[schemas.LinkClicks(url=url, clicks=clicks) for url, clicks in figures["clicks"]])
+
+
+def _minute(bucket: str) -> dt.datetime:
+    """report() gives minutes as "YYYY-MM-DD HH:MM" in UTC."""
+    return dt.datetime.fromisoformat(bucket.replace(" ", "T")).replace(tzinfo=dt.timezone.utc)
+
+
+@operation("GET", NEWSLETTER + "/preflight", summary="Problems to fix before scheduling",
+           response=schemas.Preflight, answer="The problems; none means ready.")
+def newsletter_preflight(id: int):
+    m = mailer()
+    with db_reader() as session:
+        problems = newsletters.preflight(session, m.renderer, m.settings, id)
+    return schemas.Preflight(problems=problems)
+
+
+@operation("POST", "/newsletters/preview", summary="Render a newsletter as a sample recipient gets it",
+           body=schemas.PreviewRequest, response=schemas.Preview, answer="The rendered email.",
+           description="Nothing is stored.")
+def preview_newsletter(body: schemas.PreviewRequest):
+    m = mailer()
+    rendered = newsletters.preview(m.renderer, m.settings, subject=body.subject, preheader=body.preheader,
+                                   body_md=body.body_md, layout=body.layout)
+    return schemas.Preview(subject=rendered.subject, html=rendered.html, text=rendered.text)
