@@ -253,6 +253,88 @@ def newsletter_cancel(newsletter_id) -> None:
     click.echo(f"newsletter {newsletter_id} cancelled")
 
 
+@newsletter_group.command("pause")
+@click.argument("newsletter_id", type=int)
+def newsletter_pause(newsletter_id) -> None:
+    """Hold the rest of an issue that is sending."""
+    m = _mailer()
+    _run(m, lambda s: newsletters.pause(s, newsletter_id))
+    click.echo(f"newsletter {newsletter_id} paused")
+
+
+@newsletter_group.command("resume")
+@click.argument("newsletter_id", type=int)
+def newsletter_resume(newsletter_id) -> None:
+    """Send what was held."""
+    m = _mailer()
+    _run(m, lambda s: newsletters.resume(s, newsletter_id))
+    click.echo(f"newsletter {newsletter_id} resumed")
+
+
+@newsletter_group.command("test")
+@click.argument("newsletter_id", type=int)
+@click.argument("addresses", nargs=-1, required=True)
+def newsletter_test(newsletter_id, addresses) -> None:
+    """Send a "[TEST]" copy to up to 10 addresses (the worker sends it)."""
+    m = _mailer()
+    count = _run(m, lambda s: newsletters.send_test(s, m.settings, newsletter_id, list(addresses), now=utcnow()))
+    click.echo(f"queued {count} test copies")
+
+
+@newsletter_group.command("check")
+@click.argument("newsletter_id", type=int)
+def newsletter_check(newsletter_id) -> None:
+    """The pre-flight check: what to fix before scheduling."""
+    m = _mailer()
+    problems = _run(m, lambda s: newsletters.preflight(s, m.renderer, m.settings, newsletter_id))
+    for problem in problems:
+        click.echo(f"- {problem}")
+    click.echo("ready to send" if not problems else f"{len(problems)} problem(s)")
+    if problems:
+        sys.exit(1)
+
+
+@newsletter_group.command("report")
+@click.argument("newsletter_id", type=int)
+def newsletter_report(newsletter_id) -> None:
+    """Audience and outcomes of one issue."""
+    m = _mailer()
+    report = _run(m, lambda s: newsletters.report(s, newsletter_id))
+    for key in ("subject", "status", "audience", "sent", "queued", "held", "deferred", "failed", "suppressed",
+                "cancelled", "unsubscribes", "opens"):
+        click.echo(f"{key}: {report[key]}")
+    for url, clicks in report["clicks"]:
+        click.echo(f"clicks {clicks}: {url}")
+
+
+@newsletter_group.command("rhythm")
+@click.option("--name", default="Monthly newsletter", show_default=True)
+@click.option("--day", required=True, help="e.g. '1st tue', 'last fri', '15'.")
+@click.option("--at", "at", required=True, help="Local time, e.g. 09:00.")
+@click.option("--zone", help="Default: MAILER_TIMEZONE.")
+def newsletter_rhythm(name, day, at, zone) -> None:
+    """Create a monthly send time, e.g. --day '1st tue' --at 09:00."""
+    m = _mailer()
+    try:
+        hour, minute = (int(part) for part in at.split(":"))
+    except ValueError:
+        raise click.ClickException(f"--at {at!r} is not a time like 09:00")
+    rhythm_id = _run(m, lambda s: newsletters.create_rhythm(s, name=name, day=day, hour=hour, minute=minute,
+                                                            timezone=zone or m.settings.timezone).id)
+    click.echo(f"created rhythm {rhythm_id}")
+
+
+@newsletter_group.command("ready")
+@click.argument("newsletter_id", type=int)
+@click.option("--rhythm", "rhythm_id", required=True, type=int)
+@click.option("--month", required=True, help="e.g. 2027-03")
+def newsletter_ready(newsletter_id, rhythm_id, month) -> None:
+    """Mark an issue as the one for a month of a rhythm: it goes out at that month's time."""
+    m = _mailer()
+    when = _run(m, lambda s: newsletters.mark_ready(s, newsletter_id, rhythm_id, month, now=utcnow()).send_at)
+    click.echo(f"newsletter {newsletter_id} goes out {rendering.format_local(when, m.settings.timezone)}")
+
+
 @newsletter_group.command("list")
 def newsletter_list() -> None:
     """Every newsletter with its status and send time."""

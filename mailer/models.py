@@ -33,6 +33,7 @@ class DeliveryStatus(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     SUPPRESSED = "suppressed"
+    HELD = "held"  # its newsletter is paused: kept, not sent, until it resumes
 
 
 class ErrorClass(enum.StrEnum):
@@ -50,8 +51,10 @@ class SuppressionReason(enum.StrEnum):
     MANUAL = "manual"
 
 
-# Rows in these states are still waiting to go out.
+# Rows in these states are still waiting to go out (and are due at next_attempt_at).
 PENDING_DELIVERY = (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED)
+# Everything not yet sent that a cancellation or an unsubscribe must stop.
+NOT_YET_SENT = (*PENDING_DELIVERY, DeliveryStatus.HELD)
 
 
 class Role(enum.StrEnum):
@@ -318,6 +321,7 @@ class NewsletterStatus(enum.StrEnum):
     DRAFT = "draft"
     SCHEDULED = "scheduled"
     SENDING = "sending"
+    PAUSED = "paused"
     SENT = "sent"
     CANCELLED = "cancelled"
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, selectinload
 from mailer import outbox
 from mailer.db import dialect_insert, is_postgres
 from mailer.errors import InvalidInput, NotFound
-from mailer.models import (PENDING_DELIVERY, ConsentAction, ConsentEvent, Contact, Delivery, DeliveryStatus,
+from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, ConsentAction, ConsentEvent, Contact, Delivery, DeliveryStatus,
                            MailingList, Newsletter, NewsletterLink, NewsletterStatus, Rhythm, Subscription, SubscriptionStatus,
                            Suppression, newsletter_lists)
 from mailer.rendering import (TEMPLATES, CompiledNewsletter, RenderedEmail, body_links, compile_newsletter,
@@ -180,8 +180,32 @@ def cancel(session: Session, newsletter_id: int) -> Newsletter:
         raise InvalidInput("status", f"The newsletter is already {newsletter.status}.")
     newsletter.status = NewsletterStatus.CANCELLED
     session.execute(sa.update(Delivery).where(
-        Delivery.kind == NEWSLETTER, Delivery.ref_id == newsletter.id, Delivery.status.in_(PENDING_DELIVERY),
+        Delivery.kind == NEWSLETTER, Delivery.ref_id == newsletter.id, Delivery.status.in_(NOT_YET_SENT),
     ).values(status=DeliveryStatus.CANCELLED, last_error="newsletter cancelled"))
+    return newsletter
+
+
+def pause(session: Session, newsletter_id: int) -> Newsletter:
+    """Hold what is still queued (messages already on the wire finish); nothing is dropped."""
+    newsletter = get_newsletter(session, newsletter_id)
+    if newsletter.status != NewsletterStatus.SENDING:
+        raise InvalidInput("status", f"Only a newsletter that is sending can be paused; this one is {newsletter.status}.")
+    newsletter.status = NewsletterStatus.PAUSED
+    session.execute(sa.update(Delivery).where(
+        Delivery.kind == NEWSLETTER, Delivery.ref_id == newsletter.id, Delivery.status.in_(PENDING_DELIVERY),
+    ).values(status=DeliveryStatus.HELD))
+    return newsletter
+
+
+def resume(session: Session, newsletter_id: int) -> Newsletter:
+    """Send what was held, from where it stopped."""
+    newsletter = get_newsletter(session, newsletter_id)
+    if newsletter.status != NewsletterStatus.PAUSED:
+        raise InvalidInput("status", f"Only a paused newsletter can be resumed; this one is {newsletter.status}.")
+    newsletter.status = NewsletterStatus.SENDING
+    session.execute(sa.update(Delivery).where(
+        Delivery.kind == NEWSLETTER, Delivery.ref_id == newsletter.id, Delivery.status == DeliveryStatus.HELD,
+    ).values(status=DeliveryStatus.QUEUED))
     return newsletter
 
 
@@ -477,7 +501,8 @@ def report(session: Session, newsletter_id: int) -> dict:
         "sent": counts.get(DeliveryStatus.SENT, 0), "deferred": counts.get(DeliveryStatus.DEFERRED, 0),
         "queued": counts.get(DeliveryStatus.QUEUED, 0) + counts.get(DeliveryStatus.SENDING, 0),
         "failed": counts.get(DeliveryStatus.FAILED, 0), "suppressed": counts.get(DeliveryStatus.SUPPRESSED, 0),
-        "cancelled": counts.get(DeliveryStatus.CANCELLED, 0), "unsubscribes": unsubscribes,
+        "cancelled": counts.get(DeliveryStatus.CANCELLED, 0), "held": counts.get(DeliveryStatus.HELD, 0),
+        "unsubscribes": unsubscribes,
         "sent_per_minute": [(str(bucket)[:16], n) for bucket, n in per_minute],
         "opens": newsletter.opens,
         "clicks": [(link.url, link.clicks) for link in session.scalars(

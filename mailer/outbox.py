@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from mailer.db import dialect_insert, is_postgres
-from mailer.models import PENDING_DELIVERY, Contact, Delivery, DeliveryStatus, ErrorClass, Suppression
+from mailer.models import NOT_YET_SENT, PENDING_DELIVERY, Contact, Delivery, DeliveryStatus, ErrorClass, Suppression
 
 
 def _not_suppressed():
@@ -47,7 +47,7 @@ def suppressed_hashes(session: Session, email_hashes) -> set[str]:
 def cancel_pending(session: Session, *, contact_id: int, list_id: int | None = None,
                    kinds: tuple[str, ...] | None = None, reason: str = "cancelled") -> int:
     """Cancel a contact's messages that have not gone out (all, or one list's, or some kinds)."""
-    stmt = sa.update(Delivery).where(Delivery.contact_id == contact_id, Delivery.status.in_(PENDING_DELIVERY))
+    stmt = sa.update(Delivery).where(Delivery.contact_id == contact_id, Delivery.status.in_(NOT_YET_SENT))
     if list_id is not None:
         stmt = stmt.where(Delivery.list_id == list_id)
     if kinds is not None:

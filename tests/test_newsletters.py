@@ -2,6 +2,7 @@
 organisation's zone across a DST change, sent once to each active subscriber."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import sqlalchemy as sa
@@ -315,3 +316,44 @@ def test_tracking_is_off_by_default_and_counts_only_totals_when_on(mailer, smtp_
     with mailer.read_sessions() as session:
         assert newsletters.report(session, on.id)["opens"] == 1
     tracked.extensions["mailer"].engine.dispose()
+
+
+def test_pause_holds_the_rest_and_resume_sends_it_once(mailer, smtp_server, db, database_url, tmp_path):
+    make_audience(mailer, 30)
+    with session_scope(mailer.sessions) as session:
+        n = newsletters.create_newsletter(session, subject="Hi", body_md="Hello", lists=["newsletter"])
+        newsletters.schedule(session, n.id, utcnow(), now=utcnow())
+        newsletters.start_due(session, utcnow())
+    with mailer.sender() as sender:  # one small batch goes out, then staff pause
+        sender.settings = dataclasses.replace(sender.settings, send_batch_size=10)
+        sender.send_batch()
+    assert cli(database_url, tmp_path, "newsletter", "pause", "1").output.strip() == "newsletter 1 paused"
+    assert mailer.drain().sent == 0
+    held = db.scalar(sa.select(sa.func.count()).select_from(Delivery).where(Delivery.status == "held"))
+    assert (len(smtp_server.received), held) == (10, 20)
+    report = cli(database_url, tmp_path, "newsletter", "report", "1").output
+    assert "status: paused" in report and "held: 20" in report and "sent: 10" in report
+    assert cli(database_url, tmp_path, "newsletter", "resume", "1").output.strip() == "newsletter 1 resumed"
+    assert mailer.drain().sent == 20
+    assert len({r.rcpt_tos[0] for r in smtp_server.received}) == 30 == len(smtp_server.received)
+    assert db.scalar(sa.select(Newsletter.status)) == "sent"
+    again = cli(database_url, tmp_path, "newsletter", "pause", "1")
+    assert again.exit_code == 1 and "this one is sent" in again.output
+
+
+def test_cli_rhythm_ready_check_and_test(mailer, smtp_server, database_url, tmp_path):
+    make_audience(mailer, 1)
+    assert cli(database_url, tmp_path, "newsletter", "rhythm", "--day", "1st tue", "--at", "09:00").output.strip() \
+        == "created rhythm 1"
+    cli(database_url, tmp_path, "newsletter", "create", "--subject", "March", "--body-file", "-",
+        input="[Blog](http://clinic.example)")
+    check = cli(database_url, tmp_path, "newsletter", "check", "1")
+    assert check.exit_code == 1
+    assert check.output.splitlines() == ["- Link 'http://clinic.example' is not an absolute https:// address.",
+                                         "1 problem(s)"]
+    ready = cli(database_url, tmp_path, "newsletter", "ready", "1", "--rhythm", "1", "--month", "2099-03")
+    assert ready.output.strip() == "newsletter 1 goes out Tuesday 3 March 2099, 09:00 GMT"
+    assert cli(database_url, tmp_path, "newsletter", "test", "1", "boss@clinic.example").output.strip() == \
+        "queued 1 test copies"
+    mailer.drain()
+    assert [r.message["Subject"] for r in smtp_server.received] == ["[TEST] March"]

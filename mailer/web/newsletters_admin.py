@@ -259,6 +259,19 @@ def cancel(newsletter_id: int):
     return _action(newsletter_id, lambda s: newsletters.cancel(s, newsletter_id), "Cancelled.")
 
 
+@bp.post("/<int:newsletter_id>/pause")
+@can_change
+def pause(newsletter_id: int):
+    return _action(newsletter_id, lambda s: newsletters.pause(s, newsletter_id),
+                   "Paused: the rest is held until you resume.")
+
+
+@bp.post("/<int:newsletter_id>/resume")
+@can_change
+def resume(newsletter_id: int):
+    return _action(newsletter_id, lambda s: newsletters.resume(s, newsletter_id), "Resumed.")
+
+
 @bp.post("/<int:newsletter_id>/test")
 @can_change
 def send_test(newsletter_id: int):
