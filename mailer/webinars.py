@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from mailer import consent, contacts, outbox
 from mailer.db import is_postgres
 from mailer.errors import InvalidInput, NotFound
-from mailer.models import (PENDING_DELIVERY, Contact, Delivery, DeliveryStatus, Registration, RegistrationStatus,
-                           Webinar, WebinarStatus)
+from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, Contact, Delivery, DeliveryStatus, Registration,
+                           RegistrationStatus, Webinar, WebinarStatus)
 from mailer.rendering import Attachment, format_local, markdown_to_html
 
 CONFIRMATION = "webinar_confirmation"
@@ -157,7 +157,7 @@ def cancel_webinar(session: Session, webinar_id: int, *, now: dt.datetime) -> We
     webinar.status = WebinarStatus.CANCELLED
     webinar.sequence += 1
     session.execute(sa.update(Delivery).where(
-        Delivery.kind.in_(KINDS), Delivery.status.in_(PENDING_DELIVERY),
+        Delivery.kind.in_(KINDS), Delivery.status.in_(NOT_YET_SENT),
         Delivery.ref_id.in_(sa.select(Registration.id).where(Registration.webinar_id == webinar.id)),
     ).values(status=DeliveryStatus.CANCELLED, last_error="webinar cancelled"))
     if was_published:
@@ -428,3 +428,4 @@ def webinar_email(batch, delivery: Delivery):
     elif kind == CANCELLED:
         context["attachments"] = (calendar_invite(batch.settings, webinar, registration, cancelled=True),)
     return context
+
