@@ -7,6 +7,7 @@ import binascii
 import dataclasses
 import datetime as dt
 import re
+import urllib.parse
 from typing import Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo
 
@@ -14,7 +15,7 @@ from pydantic import (AfterValidator, AwareDatetime, BaseModel, BeforeValidator,
                       RootModel, StrictBool, StringConstraints, Tag, WithJsonSchema)
 from pydantic.json_schema import models_json_schema
 
-from mailer.models import NewsletterStatus
+from mailer.models import NewsletterStatus, RegistrationStatus, WebinarStatus
 
 UTC = dt.timezone.utc
 API_VERSION = "1.0.0"
@@ -61,6 +62,20 @@ def _wall_clock(text: str) -> dt.datetime:
     return value
 
 
+def _https_url(url: str) -> str:
+    """Empty, or a full https:// address (what the webinar rules accept)."""
+    text = url.strip()
+    if not text:
+        return url
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme != "https" or not parts.netloc:
+        raise ValueError("Give a full https:// address.")
+    return url
+
+
 def _must_be_true(value: bool) -> bool:
     if value is not True:
         raise ValueError("Use true to send now, or give send_at or local_time instead.")
@@ -103,6 +118,24 @@ LocalTime = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{
                       AfterValidator(_wall_clock),
                       Field(description="A wall-clock time without offset, read in `timezone`.",
                             examples=["2027-03-02T09:00"])]
+WebinarSlug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,98}[a-z0-9]$"),
+                        Field(description="The public address /webinars/<slug>: 3–100 lower-case letters, digits "
+                                          "and dashes.", examples=["spine-health"])]
+WebinarTitle = Annotated[Text(1, 300, "Shown on the page and in every mail."), Field(examples=["Spine Health"])]
+DurationMinutes = Annotated[int, Field(ge=5, le=24 * 60, description="Minutes, 5 to a day.", examples=[45])]
+Capacity = Annotated[int | None, Field(ge=1, le=MAX_ID, examples=[100],
+                                       description="Seats; null for no limit. Later registrants go on a waitlist.")]
+DescriptionMarkdown = Text(0, 100_000, "Markdown, shown on the page and in the mails.")
+WebinarUrl = Annotated[Text(0, 2000), AfterValidator(_https_url)]
+JoinUrl = Annotated[WebinarUrl, Field(description="https:// link to the room; sent to confirmed registrants only. "
+                                                  "Needed before publishing.",
+                                      examples=["https://meet.example.com/spine-health"])]
+ReplayUrl = Annotated[WebinarUrl, Field(description="https:// link to the recording; when set, a follow-up goes "
+                                                    "out after the webinar. Empty for none.")]
+ReminderOffsets = Annotated[Text(0, 200, "Minutes before the start, comma-separated (0: \"starting now\"); "
+                                         "empty for no reminders."), Field(examples=["1440,60"])]
+StartsLocal = Annotated[LocalTime, Field(description="The start as a wall-clock time without offset, read in "
+                                                     "`timezone`.", examples=["2027-03-25T18:00"])]
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda v: v.astimezone(UTC)),
                         Field(description="RFC 3339, in UTC.")]
 
@@ -154,6 +187,46 @@ class PreviewRequest(Request):
     preheader: Preheader = ""
     body_md: BodyMarkdown
     layout: Layout = "default"
+
+
+class WebinarCreate(Request):
+    slug: WebinarSlug
+    title: WebinarTitle
+    starts_local: StartsLocal
+    timezone: Zone
+    duration_minutes: DurationMinutes = 60
+    capacity: Capacity = None
+    description_md: DescriptionMarkdown = ""
+    join_url: JoinUrl = ""
+    replay_url: ReplayUrl = ""
+    reminder_offsets: ReminderOffsets = "1440,60"
+
+
+class WebinarPatch(Request):
+    """Only the fields given change; the others keep their current values. A new
+    start (`starts_local`, or `timezone`, which is where the wall-clock time is read)
+    is a reschedule: registrants get an updated invitation."""
+
+    slug: WebinarSlug = omittable()
+    title: WebinarTitle = omittable()
+    starts_local: StartsLocal = omittable()
+    timezone: Zone = omittable()
+    duration_minutes: DurationMinutes = omittable()
+    capacity: Capacity = omittable()  # null here means no limit
+    description_md: DescriptionMarkdown = omittable()
+    join_url: JoinUrl = omittable()
+    replay_url: ReplayUrl = omittable()
+    reminder_offsets: ReminderOffsets = omittable()
+
+
+class PublishRequest(Request):
+    """No fields; the body may be left out."""
+
+
+class AttendanceRequest(Request):
+    emails: Annotated[list[Text(1, 320)], Field(min_length=1, max_length=1000, examples=[["ann@example.com"]],
+                                                 description="Registrants' addresses; others are ignored.")]
+    attended: Annotated[StrictBool, Field(description="false takes a mark back.")] = True
 
 
 class ScheduleAt(Request):
@@ -248,6 +321,63 @@ class NewsletterPage(Response):
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
 
 
+class Webinar(Response):
+    id: int
+    slug: str
+    title: str
+    status: WebinarStatus
+    starts_at: UtcDatetime
+    starts_local: str = Field(description="The start as a wall-clock time in `timezone`.")
+    timezone: str
+    duration_minutes: int
+    capacity: int | None
+    seats_taken: int = Field(description="Confirmed registrations (the waitlist is not counted).")
+    description_md: str
+    join_url: str
+    replay_url: str
+    reminder_offsets: str
+    sequence: int = Field(description="Calendar SEQUENCE: goes up with every reschedule and with cancelling.")
+    created_at: UtcDatetime
+
+    @classmethod
+    def of(cls, row, seats_taken: int) -> "Webinar":
+        local = row.starts_at.astimezone(ZoneInfo(row.timezone))
+        return cls(id=row.id, slug=row.slug, title=row.title, status=row.status, starts_at=row.starts_at,
+                   starts_local=local.strftime("%Y-%m-%dT%H:%M"), timezone=row.timezone,
+                   duration_minutes=row.duration_minutes, capacity=row.capacity, seats_taken=seats_taken,
+                   description_md=row.description_md, join_url=row.join_url, replay_url=row.replay_url,
+                   reminder_offsets=row.reminder_offsets, sequence=row.sequence, created_at=row.created_at)
+
+
+class WebinarPage(Response):
+    items: list[Webinar]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
+
+
+class WebinarRegistration(Response):
+    id: int
+    email: str | None = Field(description="Null once the contact has been erased.")
+    name: str
+    status: RegistrationStatus
+    attended: bool | None = Field(description="Null until attendance is marked.")
+    timezone: str | None = Field(description="The registrant's zone, for their mails.")
+    created_at: UtcDatetime
+
+    @classmethod
+    def of(cls, row, email: str | None, name: str) -> "WebinarRegistration":
+        return cls(id=row.id, email=email, name=name, status=row.status, attended=row.attended,
+                   timezone=row.timezone, created_at=row.created_at)
+
+
+class RegistrationPage(Response):
+    items: list[WebinarRegistration]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
+
+
+class AttendanceResult(Response):
+    marked: int = Field(description="Registrations found among the addresses and marked.")
+
+
 class MinuteCount(Response):
     minute: UtcDatetime
     count: int
@@ -269,6 +399,7 @@ class Report(Response):
     finished_at: UtcDatetime | None
     sent: int
     queued: int
+    held: int = Field(description="Kept while the issue is paused.")
     deferred: int
     failed: int
     suppressed: int

@@ -429,3 +429,28 @@ def webinar_email(batch, delivery: Delivery):
         context["attachments"] = (calendar_invite(batch.settings, webinar, registration, cancelled=True),)
     return context
 
+
+# The JSON API's pages ---------------------------------------------------------------------
+
+def list_webinars(session: Session, *, before_id: int | None = None, limit: int = 50) -> list[tuple[Webinar, int]]:
+    """Newest first, each with its seats taken; `before_id` continues a page (cursor
+    pagination). One more row than asked is returned when there is a next page."""
+    taken = (sa.select(sa.func.count()).select_from(Registration).where(
+        Registration.webinar_id == Webinar.id, Registration.status == RegistrationStatus.CONFIRMED)
+        .correlate(Webinar).scalar_subquery())
+    stmt = sa.select(Webinar, taken)
+    if before_id is not None:
+        stmt = stmt.where(Webinar.id < before_id)
+    return [(webinar, count) for webinar, count in session.execute(stmt.order_by(Webinar.id.desc()).limit(limit + 1))]
+
+
+def list_registrations(session: Session, webinar_id: int, *, before_id: int | None = None, limit: int = 50
+                       ) -> list[tuple[Registration, str | None, str]]:
+    """A webinar's registrations, newest first, with each registrant's email and name
+    (NotFound for an unknown webinar); paged like list_webinars."""
+    get_webinar(session, webinar_id)
+    stmt = sa.select(Registration, Contact.email, Contact.name).join(Contact, Contact.id == Registration.contact_id) \
+        .where(Registration.webinar_id == webinar_id)
+    if before_id is not None:
+        stmt = stmt.where(Registration.id < before_id)
+    return [tuple(row) for row in session.execute(stmt.order_by(Registration.id.desc()).limit(limit + 1))]

@@ -393,3 +393,19 @@ def test_openapi_document_describes_every_route_from_the_models(client, app):
         "ScheduleAt", "ScheduleLocal", "ScheduleNow"]
     assert schemas["ErrorDetail"]["required"] == ["code", "message", "field"]
     assert [p["name"] for p in doc["paths"]["/newsletters"]["get"]["parameters"]] == ["limit", "cursor"]
+
+
+def test_pause_and_resume(client, mailer, smtp_server, tokens):
+    api = Api(client, tokens.write)
+    make_audience(mailer, 3)
+    created = api.post("/newsletters", DRAFT).json
+    assert api.post(f"/newsletters/{created['id']}/pause").status_code == 422  # not sending yet
+    api.post(f"/newsletters/{created['id']}/schedule", {"now": True})
+    with session_scope(mailer.sessions) as session:
+        newsletters.start_due(session, utcnow())
+    paused = api.post(f"/newsletters/{created['id']}/pause")
+    assert paused.status_code == 200 and paused.json["status"] == "paused"
+    assert mailer.drain().sent == 0
+    assert api.get(f"/newsletters/{created['id']}/report").json["held"] == 3
+    assert api.post(f"/newsletters/{created['id']}/resume").json["status"] == "sending"
+    assert mailer.drain().sent == 3

@@ -8,6 +8,7 @@ the removed Node._nodeid). Each operation's requests then go to the test's own a
 database, passed as `app=` to call_and_validate."""
 from __future__ import annotations
 
+import datetime as dt
 import tempfile
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, ignored
                                                response_headers_conformance, response_schema_conformance,
                                                status_code_conformance, unsupported_method)
 
-from mailer import create_app, newsletters, users
-from mailer.db import session_scope
+from mailer import create_app, newsletters, users, webinars
+from mailer.consent import RequestContext
+from mailer.db import session_scope, utcnow
 from tests.audience import BODY, make_audience
 from tests.conftest import settings_for
 
@@ -37,13 +39,19 @@ schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True, d
 
 @pytest.fixture
 def write_token(mailer):
-    """A write token, and one newsletter (id 1) with an audience, so that generated ids
-    reach a real row as well as missing ones."""
+    """A write token, one newsletter (id 1) with an audience and one published webinar
+    (id 1) with a registrant, so that generated ids reach real rows as well as missing ones."""
     make_audience(mailer, 2)
     with session_scope(mailer.sessions) as session:
         user = users.create_user(session, "fuzz@clinic.example", "correct horse battery staple")
         token = users.create_token(session, user, "schemathesis", "write")
         newsletters.create_newsletter(session, subject="Spine Health", body_md=BODY, lists=["newsletter"])
+        webinar = webinars.save_webinar(session, slug="spine-health", title="Spine Health",
+                                        starts_local=dt.datetime(2099, 3, 26, 18, 0), timezone="Europe/London",
+                                        join_url="https://meet.example.com/s", now=utcnow())
+        webinars.publish(session, webinar.id)
+        webinars.register(session, mailer.settings, "spine-health", email="ann@example.com",
+                          context=RequestContext(), now=utcnow())
     return token
 
 

@@ -5,56 +5,21 @@ sent issue. Screenshots go to test-artifacts/screenshots/. Set up as tests/test_
 skipped without /usr/bin/chromium, except in CI (CI=true), where that is a failure."""
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
 import re
-import threading
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from werkzeug.serving import make_server
 
-from mailer import create_app, newsletters, users
+from mailer import newsletters, users
 from mailer.db import session_scope, utcnow
 from mailer.models import Newsletter
 from tests.audience import address, make_audience
-from tests.conftest import settings_for
-from tests.smtp_server import free_port
 
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # reported by the `browser` fixture: a skip locally, a failure in CI
-    expect = sync_playwright = None
+from tests.browser_support import TIMEOUT_MS, browser, expect, live_app, serving, shot  # noqa: F401 (browser is a fixture)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-IN_CI = os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
 PASSWORD = "correct horse battery staple"
-TIMEOUT_MS = 5000
 UTC = dt.timezone.utc
-
-
-def _unavailable(reason: str):
-    if IN_CI:
-        pytest.fail(f"{reason}; CI must run the browser tests (.ci/run installs chromium)", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        _unavailable(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    if sync_playwright is None:
-        _unavailable("playwright is not installed (pip install -r requirements-dev.txt)")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
@@ -65,32 +30,11 @@ def page(browser):
     ctx.close()
 
 
-def shot(page, name: str) -> None:
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
-@contextlib.contextmanager
-def serving(wsgi_app, port: int):
-    """Serve a WSGI app on 127.0.0.1:port over real HTTP until the block ends."""
-    server = make_server("127.0.0.1", port, wsgi_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
 @pytest.fixture
 def live(database_url, smtp_server, tmp_path):
     """(app, base URL): the app served over real HTTP, sending through the recording SMTP
     server, with one editor and three subscribers."""
-    port = free_port()
-    settings = settings_for(database_url, tmp_path, smtp_url=smtp_server.url)
-    settings["base_url"] = f"http://127.0.0.1:{port}"
-    app = create_app(settings)
+    app, port = live_app(database_url, tmp_path, smtp_url=smtp_server.url)
     with session_scope(app.extensions["mailer"].sessions) as session:
         users.create_user(session, "editor@clinic.example", PASSWORD, "editor")
     make_audience(app.extensions["mailer"], 3)

@@ -8,15 +8,17 @@ import datetime as dt
 import functools
 import re
 from contextlib import contextmanager
+from zoneinfo import ZoneInfo
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, g, jsonify, request, url_for
 from pydantic import BaseModel, RootModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from mailer import api_schemas as schemas
-from mailer import newsletters, users
+from mailer import newsletters, users, webinars
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
+from mailer.models import AuditLog
 from mailer.web import db_reader, db_session, mailer, presented_token
 
 PREFIX = "/api/v1"
@@ -110,7 +112,8 @@ def operation(method: str, rule: str, *, summary: str, response: type[BaseModel]
         @functools.wraps(view)
         def handle(**path):
             with db_session() as session:
-                users.use_token(session, presented_token(allow_query=False), SCOPES[scope], now=utcnow())
+                token = users.use_token(session, presented_token(allow_query=False), SCOPES[scope], now=utcnow())
+                g.api_user_id = token.user_id  # for views that audit what they show
             if any(isinstance(value, int) and not 1 <= value <= schemas.MAX_ID for value in path.values()):
                 # Werkzeug's int(min=, max=) answers 405 instead of 404 for PATCH/POST on such paths.
                 raise ApiError(404, "not_found", "No such resource.")
@@ -276,6 +279,21 @@ def cancel_newsletter(id: int, body: schemas.CancelRequest | None):
         return schemas.Newsletter.of(newsletters.cancel(session, id))
 
 
+@operation("POST", NEWSLETTER + "/pause", summary="Pause a newsletter that is sending", body=schemas.CancelRequest,
+           body_required=False, response=schemas.Newsletter, answer="The newsletter, paused.",
+           description="What is still queued is held, not dropped, until it is resumed.")
+def pause_newsletter(id: int, body: schemas.CancelRequest | None):
+    with db_session() as session:
+        return schemas.Newsletter.of(newsletters.pause(session, id))
+
+
+@operation("POST", NEWSLETTER + "/resume", summary="Resume a paused newsletter", body=schemas.CancelRequest,
+           body_required=False, response=schemas.Newsletter, answer="The newsletter, sending again.")
+def resume_newsletter(id: int, body: schemas.CancelRequest | None):
+    with db_session() as session:
+        return schemas.Newsletter.of(newsletters.resume(session, id))
+
+
 @operation("POST", NEWSLETTER + "/test", summary="Send test copies", body=schemas.TestSendRequest,
            response=schemas.TestSendResult, status=202, answer="The copies are queued.",
            description="Each address gets one copy with \"[TEST]\" in the subject and a dead unsubscribe "
@@ -290,7 +308,7 @@ def send_test(id: int, body: schemas.TestSendRequest):
 def newsletter_report(id: int):
     with db_reader() as session:
         figures = newsletters.report(session, id)
-    plain = ("id", "subject", "status", "audience", "started_at", "finished_at", "sent", "queued", "deferred",
+    plain = ("id", "subject", "status", "audience", "started_at", "finished_at", "sent", "queued", "held", "deferred",
              "failed", "suppressed", "cancelled", "unsubscribes", "opens")
     return schemas.Report(
         **{key: figures[key] for key in plain},
@@ -321,3 +339,99 @@ def preview_newsletter(body: schemas.PreviewRequest):
     rendered = newsletters.preview(m.renderer, m.settings, subject=body.subject, preheader=body.preheader,
                                    body_md=body.body_md, layout=body.layout)
     return schemas.Preview(subject=rendered.subject, html=rendered.html, text=rendered.text)
+
+
+# Webinars -----------------------------------------------------------------------------
+
+WEBINAR = "/webinars/<int:id>"
+# save_webinar checks the start as a UTC instant; the API takes it as starts_local.
+START_FIELDS = {"starts_at": "starts_local", "send_at": "starts_local"}
+
+
+def _webinar(session, webinar) -> schemas.Webinar:
+    return schemas.Webinar.of(webinar, webinars.seats_taken(session, webinar.id))
+
+
+@operation("GET", "/webinars", summary="List webinars, newest first", query=schemas.ListQuery,
+           response=schemas.WebinarPage, answer="One page of webinars.")
+def list_webinars(query: schemas.ListQuery):
+    with db_reader() as session:
+        rows = webinars.list_webinars(session, before_id=query.cursor, limit=query.limit)
+    more = len(rows) > query.limit
+    rows = rows[:query.limit]
+    return schemas.WebinarPage(items=[schemas.Webinar.of(row, taken) for row, taken in rows],
+                               next_cursor=schemas.encode_cursor(rows[-1][0].id) if more else None)
+
+
+@operation("POST", "/webinars", summary="Create a draft webinar", body=schemas.WebinarCreate,
+           response=schemas.Webinar, status=201, answer="The draft.",
+           headers={"Location": "The new webinar's URL."},
+           description="The start must be in the future; a local time that the clocks skip is refused. "
+                       "Publish it to open registration.")
+def create_webinar(body: schemas.WebinarCreate):
+    with db_session() as session, field_renamed(**START_FIELDS):
+        webinar = webinars.save_webinar(session, None, **dict(body), now=utcnow())
+        created = _webinar(session, webinar)
+    return created, {"Location": url_for("api.get_webinar", id=created.id)}
+
+
+@operation("GET", WEBINAR, summary="One webinar", response=schemas.Webinar)
+def get_webinar(id: int):
+    with db_reader() as session:
+        return _webinar(session, webinars.get_webinar(session, id))
+
+
+@operation("PATCH", WEBINAR, summary="Change a webinar", body=schemas.WebinarPatch, response=schemas.Webinar,
+           answer="The webinar as changed.",
+           description="Fields left out keep their values. A new start is a reschedule: unsent reminders move "
+                       "with it and registrants get an updated invitation (`sequence` goes up). A cancelled "
+                       "webinar cannot be changed.")
+def update_webinar(id: int, body: schemas.WebinarPatch):
+    changes = {name: getattr(body, name) for name in body.model_fields_set}  # starts_local stays a datetime
+    with db_session() as session, field_renamed(**START_FIELDS):
+        current = webinars.get_webinar(session, id)
+        merged = {"slug": current.slug, "title": current.title, "timezone": current.timezone,
+                  "starts_local": current.starts_at.astimezone(ZoneInfo(current.timezone)).replace(tzinfo=None),
+                  "duration_minutes": current.duration_minutes, "capacity": current.capacity,
+                  "description_md": current.description_md, "join_url": current.join_url,
+                  "replay_url": current.replay_url, "reminder_offsets": current.reminder_offsets, **changes}
+        return _webinar(session, webinars.save_webinar(session, current, **merged, now=utcnow()))
+
+
+@operation("POST", WEBINAR + "/publish", summary="Publish a webinar", body=schemas.PublishRequest,
+           body_required=False, response=schemas.Webinar, answer="The webinar, open for registration.",
+           description="It needs a join link. Publishing a published webinar changes nothing.")
+def publish_webinar(id: int, body: schemas.PublishRequest | None):
+    with db_session() as session:
+        return _webinar(session, webinars.publish(session, id))
+
+
+@operation("POST", WEBINAR + "/cancel", summary="Cancel a webinar", body=schemas.CancelRequest,
+           body_required=False, response=schemas.Webinar, answer="The webinar, cancelled.",
+           description="Registrants of a published webinar get a calendar cancellation; nothing else goes out.")
+def cancel_webinar(id: int, body: schemas.CancelRequest | None):
+    with db_session() as session:
+        return _webinar(session, webinars.cancel_webinar(session, id, now=utcnow()))
+
+
+@operation("GET", WEBINAR + "/registrations", summary="A webinar's registrations, newest first",
+           query=schemas.ListQuery, response=schemas.RegistrationPage, answer="One page of registrations.",
+           description="Personal data: every call is recorded in the audit log.")
+def list_registrations(id: int, query: schemas.ListQuery):
+    with db_session() as session:
+        rows = webinars.list_registrations(session, id, before_id=query.cursor, limit=query.limit)
+        session.add(AuditLog(user_id=g.api_user_id, action="api_view_registrants", detail=f"webinar {id}"))
+    more = len(rows) > query.limit
+    rows = rows[:query.limit]
+    return schemas.RegistrationPage(items=[schemas.WebinarRegistration.of(*row) for row in rows],
+                                    next_cursor=schemas.encode_cursor(rows[-1][0].id) if more else None)
+
+
+@operation("POST", WEBINAR + "/attendance", summary="Mark attendance", body=schemas.AttendanceRequest,
+           response=schemas.AttendanceResult, answer="How many registrations were marked.",
+           description="Addresses that are not registered for this webinar are ignored.")
+def mark_attendance(id: int, body: schemas.AttendanceRequest):
+    with db_session() as session, field_renamed(email="emails"):
+        webinars.get_webinar(session, id)
+        marked = webinars.mark_attendance(session, id, body.emails, attended=body.attended)
+    return schemas.AttendanceResult(marked=marked)
