@@ -36,6 +36,8 @@ TEMPLATE_NAMES: dict[str, set[str] | None] = {
     "contact": {"first_name", "name", "email"},
     "unsubscribe_url": None,
     "preferences_url": None,
+    "archive_url": None,
+    "upcoming_webinars": None,  # a list of {title, starts_local, url}: loop over it
     "organisation": None,
     "postal_address": None,
     "base_url": None,
@@ -335,7 +337,7 @@ SAMPLE_CONTACT = {"first_name": "Alex", "name": "Alex Sample", "email": "alex.sa
 
 
 def preview(renderer, settings, *, subject: str, preheader: str, body_md: str, layout: str,
-            contact: dict | None = None, unsubscribe_url: str | None = None) -> RenderedEmail:
+            contact: dict | None = None, unsubscribe_url: str | None = None, upcoming=()) -> RenderedEmail:
     """The issue as one recipient (or a sample one) would get it; links to unsubscribe do
     not work in a preview. InvalidInput lists the template problems."""
     problems = check_template("subject", subject) + check_template("body", body_md)
@@ -344,19 +346,20 @@ def preview(renderer, settings, *, subject: str, preheader: str, body_md: str, l
     if layout not in layouts():
         raise InvalidInput("layout", f"Unknown layout '{layout}'; choose one of: {', '.join(layouts())}.")
     static = {"organisation": settings.organisation, "postal_address": settings.postal_address,
-              "base_url": settings.base_url}
+              "base_url": settings.base_url, "logo_url": settings.logo_url}
     try:
         compiled = compile_newsletter(renderer, subject=subject, preheader=preheader, body_markdown=body_md,
                                       layout=layout, context=static)
-        return _render_preview(compiled, static, contact, unsubscribe_url, settings)
+        return _render_preview(compiled, static, contact, unsubscribe_url, settings, upcoming)
     except jinja2.TemplateError as exc:  # errors only rendering can show, e.g. {{ 1/0 }} or a missing key
         raise InvalidInput("body", f"The template fails when rendered: {exc}") from None
     except (ArithmeticError, TypeError, ValueError, LookupError) as exc:
         raise InvalidInput("body", f"The template fails when rendered: {exc}") from None
 
 
-def _render_preview(compiled, static, contact, unsubscribe_url, settings) -> RenderedEmail:
-    return compiled.render(dict(static, contact=contact or SAMPLE_CONTACT,
+def _render_preview(compiled, static, contact, unsubscribe_url, settings, upcoming) -> RenderedEmail:
+    issue = _Issue(compiled, list(upcoming), settings.base_url, test=False)
+    return issue.render(dict(static, contact=contact or SAMPLE_CONTACT,
                                 unsubscribe_url=unsubscribe_url or f"{settings.base_url}/unsubscribe/preview",
                                 preferences_url=unsubscribe_url or f"{settings.base_url}/preferences/preview"))
 
@@ -380,16 +383,31 @@ def send_test(session: Session, settings, newsletter_id: int, addresses: list[st
     return len(wanted)
 
 
-class _TestCopy:
-    """A compiled issue sent as a test: "[TEST]" in the subject, a dead unsubscribe link."""
+def upcoming_for_issue(session: Session, settings, now: dt.datetime) -> list[tuple[str, dt.datetime, str, str]]:
+    """(title, start, organiser zone, reservation link) of the next public webinars."""
+    from mailer import webinars
 
-    def __init__(self, compiled: CompiledNewsletter, base_url: str):
-        self.compiled, self.base_url = compiled, base_url
+    return [(w.title, w.starts_at, w.timezone, f"{settings.base_url}/webinars/{w.slug}")
+            for w in webinars.upcoming(session, now, limit=3)]
+
+
+class _Issue:
+    """A compiled issue and what each recipient's copy adds: the upcoming webinars with
+    their start in the reader's own zone; a test copy says "[TEST]" and has dead links."""
+
+    def __init__(self, compiled: CompiledNewsletter, upcoming, base_url: str, test: bool):
+        self.compiled, self.upcoming, self.base_url, self.test = compiled, upcoming, base_url, test
 
     def render(self, context: dict) -> RenderedEmail:
-        rendered = self.compiled.render(dict(context, unsubscribe_url=f"{self.base_url}/unsubscribe/test-copy",
-                                             preferences_url=f"{self.base_url}/preferences/test-copy"))
-        return dataclasses.replace(rendered, subject=f"[TEST] {rendered.subject}")
+        zone = (context.get("contact") or {}).get("timezone")
+        extra = {"archive_url": f"{self.base_url}/archive", "upcoming_webinars": [
+            {"title": title, "starts_local": format_local(starts, zone or organiser_zone), "url": url}
+            for title, starts, organiser_zone, url in self.upcoming]}
+        if self.test:
+            extra.update(unsubscribe_url=f"{self.base_url}/unsubscribe/test-copy",
+                         preferences_url=f"{self.base_url}/preferences/test-copy")
+        rendered = self.compiled.render(dict(context, **extra))
+        return dataclasses.replace(rendered, subject=f"[TEST] {rendered.subject}") if self.test else rendered
 
 
 class _LinkChecker(HTMLParser):
@@ -579,6 +597,7 @@ def newsletter_email(batch, delivery: Delivery):
             body_markdown=newsletter.body_md, layout=newsletter.layout, context=batch.static_context,
             **(tracking_options(batch.settings, newsletter.id) if tracked else {}),
         )
-    if delivery.kind == NEWSLETTER_TEST:
-        return _TestCopy(batch.cache[key], batch.settings.base_url)
-    return batch.cache[key]
+    if "upcoming_webinars" not in batch.rows:
+        batch.rows["upcoming_webinars"] = upcoming_for_issue(batch.session, batch.settings, batch.clock())
+    return _Issue(batch.cache[key], batch.rows["upcoming_webinars"], batch.settings.base_url,
+                  test=delivery.kind == NEWSLETTER_TEST)

@@ -141,7 +141,7 @@ class Sender:
         self.stopping = threading.Event()
         self.compiled: dict = {}
         self.static_context = {"organisation": settings.organisation, "postal_address": settings.postal_address,
-                               "base_url": settings.base_url}
+                               "base_url": settings.base_url, "logo_url": settings.logo_url}
 
     # The batch ---------------------------------------------------------------------
 
@@ -243,7 +243,8 @@ class Sender:
         settings = self.settings
         contact = delivery.contact
         context = dict(self.static_context,
-                       contact={"first_name": contact.first_name, "name": contact.name, "email": contact.email})
+                       contact={"first_name": contact.first_name, "name": contact.name, "email": contact.email,
+                                "timezone": contact.timezone})
         headers = {}
         if delivery.list_id is not None:
             url, mailto = contacts.unsubscribe_links(settings, contact.id, delivery.list_id)

@@ -31,6 +31,7 @@ class Settings:
     timezone: str
     organisation: str
     postal_address: str
+    logo_url: str
     unsubscribe_mailto: str
     pending_expiry_days: int
     confirmation_resend_seconds: int

@@ -357,3 +357,28 @@ def test_cli_rhythm_ready_check_and_test(mailer, smtp_server, database_url, tmp_
         "queued 1 test copies"
     mailer.drain()
     assert [r.message["Subject"] for r in smtp_server.received] == ["[TEST] March"]
+
+
+def test_issue_invites_to_upcoming_webinars_in_the_readers_zone_and_links_the_archive(mailer, smtp_server, db):
+    from mailer import webinars
+
+    make_audience(mailer, 2)
+    db.write(sa.update(Contact).where(Contact.email == address(1)).values(timezone="Australia/Sydney"))
+    with session_scope(mailer.sessions) as session:
+        w = webinars.save_webinar(session, slug="spine-health", title="Spine Health", timezone="Europe/London",
+                                  starts_local=dt.datetime(2099, 3, 26, 18, 0), join_url="https://meet.example.com/s",
+                                  now=utcnow())
+        webinars.publish(session, w.id)
+        n = newsletters.create_newsletter(
+            session, subject="March", lists=["newsletter"],
+            body_md="{% for w in upcoming_webinars %}Join {{ w.title }} on {{ w.starts_local }}: {{ w.url }}\n"
+                    "{% endfor %}\nPast issues: {{ archive_url }}")
+        newsletters.schedule(session, n.id, utcnow(), now=utcnow())
+    mailer.drain()
+    texts = {r.rcpt_tos[0]: r.message.get_body(("plain",)).get_content() for r in smtp_server.received}
+    assert "Join Spine Health on Thursday 26 March 2099, 18:00 GMT: https://news.example.org/webinars/spine-health" \
+        in texts[address(0)]
+    assert "Join Spine Health on Friday 27 March 2099, 05:00 AEDT" in texts[address(1)]
+    assert "Past issues: https://news.example.org/archive" in texts[address(0)]
+    html = [r for r in smtp_server.received if r.rcpt_tos == [address(0)]][0].message.get_body(("html",)).get_content()
+    assert 'class="issue-title"' in html and ">March</h1>" in html
