@@ -268,6 +268,24 @@ class ScheduleRequest(RootModel):
                                                        "now: true.")]
 
 
+class RhythmCreate(Request):
+    """A monthly send time, e.g. the first Tuesday at 09:00 in Europe/London."""
+
+    name: Annotated[Text(1, 200), Field(examples=["Monthly newsletter"])]
+    day: Annotated[Text(1, 20), Field(examples=["1st tue"],
+                                      description="A cron day expression: '1st tue', 'last fri', '15'.")]
+    hour: Annotated[int, Field(ge=0, le=23)]
+    minute: Annotated[int, Field(ge=0, le=59)] = 0
+    timezone: Zone
+
+
+class ReadyRequest(Request):
+    """Make this issue the one for a month of a rhythm: it goes out at that month's send time."""
+
+    rhythm_id: Annotated[int, Field(ge=1, le=2**31 - 1)]
+    month: Annotated[str, Field(pattern=r"^2[0-9]{3}-(0[1-9]|1[0-2])$", examples=["2027-03"])]
+
+
 class TestSendRequest(Request):
     __test__ = False  # not a pytest test class
 
@@ -418,6 +436,25 @@ class Preview(Response):
     subject: str
     html: str
     text: str
+
+
+class Rhythm(Response):
+    id: int
+    name: str
+    day: str
+    hour: int
+    minute: int
+    timezone: str
+    next_send_at: UtcDatetime = Field(description="The next send time.")
+
+    @classmethod
+    def of(cls, rhythm, next_send_at) -> "Rhythm":
+        return cls(id=rhythm.id, name=rhythm.name, day=rhythm.day, hour=rhythm.hour, minute=rhythm.minute,
+                   timezone=rhythm.timezone, next_send_at=next_send_at)
+
+
+class RhythmList(Response):
+    items: list[Rhythm]
 
 
 class TestSendResult(Response):

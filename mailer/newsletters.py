@@ -262,6 +262,10 @@ def create_rhythm(session: Session, *, name: str, day: str, hour: int, minute: i
     return rhythm
 
 
+def list_rhythms(session: Session) -> list[Rhythm]:
+    return list(session.scalars(sa.select(Rhythm).where(Rhythm.active).order_by(Rhythm.id)))
+
+
 def occurrence_in_month(rhythm: Rhythm, month: str) -> dt.datetime:
     """The UTC instant of the rhythm's send time in `month` ("2027-03")."""
     year, number = (int(part) for part in month.split("-"))

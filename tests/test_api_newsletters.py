@@ -409,3 +409,19 @@ def test_pause_and_resume(client, mailer, smtp_server, tokens):
     assert api.get(f"/newsletters/{created['id']}/report").json["held"] == 3
     assert api.post(f"/newsletters/{created['id']}/resume").json["status"] == "sending"
     assert mailer.drain().sent == 3
+
+
+def test_rhythms_and_ready(client, mailer, tokens):
+    api = Api(client, tokens.write)
+    made = api.post("/rhythms", {"name": "Monthly", "day": "1st tue", "hour": 9, "timezone": "Europe/London"})
+    assert made.status_code == 201 and made.json["day"] == "1st tue"
+    assert api.post("/rhythms", {"name": "x", "day": "1st xyz", "hour": 9, "timezone": "Europe/London"}
+                    ).json["error"]["field"] == "day"
+    assert [r["id"] for r in Api(client, tokens.read).get("/rhythms").json["items"]] == [made.json["id"]]
+    created = api.post("/newsletters", DRAFT).json
+    ready = api.post(f"/newsletters/{created['id']}/ready", {"rhythm_id": made.json["id"], "month": "2099-04"})
+    assert ready.status_code == 200, ready.json
+    assert ready.json["status"] == "scheduled" and ready.json["send_at"] == "2099-04-07T08:00:00Z"  # 09:00 BST
+    other = api.post("/newsletters", DRAFT).json
+    clash = api.post(f"/newsletters/{other['id']}/ready", {"rhythm_id": made.json["id"], "month": "2099-04"})
+    assert clash.status_code == 422 and clash.json["error"]["field"] == "month"

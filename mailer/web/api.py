@@ -294,6 +294,32 @@ def resume_newsletter(id: int, body: schemas.CancelRequest | None):
         return schemas.Newsletter.of(newsletters.resume(session, id))
 
 
+@operation("POST", NEWSLETTER + "/ready", summary="Make this the issue for a month of a rhythm",
+           body=schemas.ReadyRequest, response=schemas.Newsletter, answer="The newsletter, scheduled.",
+           description="It goes out at that month's send time; one issue per rhythm and month.")
+def ready_newsletter(id: int, body: schemas.ReadyRequest):
+    with db_session() as session:
+        return schemas.Newsletter.of(newsletters.mark_ready(session, id, body.rhythm_id, body.month, now=utcnow()))
+
+
+@operation("GET", "/rhythms", summary="Monthly send times", response=schemas.RhythmList)
+def list_rhythms():
+    with db_reader() as session:
+        now = utcnow()
+        return schemas.RhythmList(items=[schemas.Rhythm.of(r, newsletters.next_occurrence(r, now))
+                                         for r in newsletters.list_rhythms(session)])
+
+
+@operation("POST", "/rhythms", summary="Create a monthly send time", body=schemas.RhythmCreate,
+           response=schemas.Rhythm, status=201, answer="The rhythm.",
+           description="Warns owners and editors 24 hours before a send time that has no ready issue.")
+def create_rhythm(body: schemas.RhythmCreate):
+    with db_session() as session:
+        rhythm = newsletters.create_rhythm(session, name=body.name, day=body.day, hour=body.hour,
+                                           minute=body.minute, timezone=body.timezone)
+        return schemas.Rhythm.of(rhythm, newsletters.next_occurrence(rhythm, utcnow()))
+
+
 @operation("POST", NEWSLETTER + "/test", summary="Send test copies", body=schemas.TestSendRequest,
            response=schemas.TestSendResult, status=202, answer="The copies are queued.",
            description="Each address gets one copy with \"[TEST]\" in the subject and a dead unsubscribe "
