@@ -316,3 +316,19 @@ def test_cancel_a_scheduled_newsletter(editor, mailer, smtp_server, db):
     assert again.status_code == 400 and "already cancelled" in again.text
     page = editor.get(f"/admin/newsletters/{newsletter_id}").text
     assert "Cancel this newsletter" not in page and "Send now" not in page
+
+
+def test_rhythm_created_and_issue_made_ready_for_a_month(editor, db):
+    bad = editor.post("/admin/newsletters/rhythms", {"name": "Monthly", "day": "first tuesday", "time": "09:00",
+                                                     "timezone": "Europe/London"})
+    assert bad.status_code == 400 and "Not a valid rhythm" in bad.text
+    made = editor.post("/admin/newsletters/rhythms", {"name": "Monthly", "day": "1st tue", "time": "09:00",
+                                                      "timezone": "Europe/London"})
+    assert made.status_code == 302
+    assert "1st tue" in editor.get("/admin/newsletters").text
+    newsletter_id = compose(editor)
+    ready = editor.post(f"/admin/newsletters/{newsletter_id}/ready", {"rhythm_id": "1", "month": "2099-04"})
+    assert ready.status_code == 302
+    page = text_of(editor.get(f"/admin/newsletters/{newsletter_id}").text)
+    assert "Ready: it goes out at that month's send time." in page
+    assert db.scalar(sa.select(Newsletter.send_at)) == dt.datetime(2099, 4, 7, 8, 0, tzinfo=dt.timezone.utc)

@@ -79,7 +79,31 @@ def index():
         sent = dict(s.execute(sa.select(Delivery.ref_id, sa.func.count()).where(
             Delivery.kind == newsletters.NEWSLETTER, Delivery.status == DeliveryStatus.SENT,
         ).group_by(Delivery.ref_id)).all())
-    return render_template("admin/newsletters/index.html", issues=issues, sent=sent)
+        rhythms = [(r, newsletters.next_occurrence(r, utcnow())) for r in newsletters.list_rhythms(s)]
+    return render_template("admin/newsletters/index.html", issues=issues, sent=sent, rhythms=rhythms,
+                           form={}, error=None)
+
+
+@bp.post("/rhythms")
+@can_change
+def create_rhythm():
+    form = {k: request.form.get(k, "") for k in ("name", "day", "time", "timezone")}
+    try:
+        try:
+            hour, minute = (int(part) for part in form["time"].split(":"))
+        except ValueError:
+            raise InvalidInput("time", "Give the time like 09:00.") from None
+        with db_session() as s:
+            newsletters.create_rhythm(s, name=form["name"], day=form["day"], hour=hour, minute=minute,
+                                      timezone=form["timezone"] or mailer().settings.timezone)
+    except InvalidInput as exc:
+        with db_reader() as s:
+            issues = s.scalars(sa.select(Newsletter).order_by(Newsletter.id.desc())).all()
+            rhythms = [(r, newsletters.next_occurrence(r, utcnow())) for r in newsletters.list_rhythms(s)]
+        return render_template("admin/newsletters/index.html", issues=issues, sent={}, rhythms=rhythms,
+                               form=form, error=exc), 400
+    flash("Rhythm created.")
+    return redirect(url_for(".index"))
 
 
 # Composing --------------------------------------------------------------------------
@@ -207,7 +231,7 @@ def _render_detail(newsletter_id: int, *, error: InvalidInput | None = None, for
             changeable=changeable, problems=problems, audience=audience, report=report, sample=sample,
             chart=_sent_per_minute_chart(report["sent_per_minute"], m.settings.timezone),
             schedule=form if form and "date" in form else _schedule_defaults(newsletter, m.settings.timezone),
-            error=error, form=form or {})
+            rhythms=newsletters.list_rhythms(s), error=error, form=form or {})
     return page, status
 
 
@@ -257,6 +281,20 @@ def send_now(newsletter_id: int):
 @can_change
 def cancel(newsletter_id: int):
     return _action(newsletter_id, lambda s: newsletters.cancel(s, newsletter_id), "Cancelled.")
+
+
+@bp.post("/<int:newsletter_id>/ready")
+@can_change
+def ready(newsletter_id: int):
+    form = {"rhythm_id": request.form.get("rhythm_id", ""), "month": request.form.get("month", "")}
+    try:
+        rhythm_id = int(form["rhythm_id"])
+    except ValueError:
+        return _render_detail(newsletter_id, error=InvalidInput("rhythm_id", "Choose a rhythm."), form=form,
+                              status=400)
+    return _action(newsletter_id, lambda s: newsletters.mark_ready(s, newsletter_id, rhythm_id, form["month"],
+                                                                   now=utcnow()),
+                   "Ready: it goes out at that month's send time.", form)
 
 
 @bp.post("/<int:newsletter_id>/pause")
