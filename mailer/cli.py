@@ -393,6 +393,29 @@ def webinar_create(slug, title, start, zone, duration, capacity, join_url, descr
     click.echo(f"created webinar {webinar_id} ({status}): {m.settings.base_url}/webinars/{slug}")
 
 
+@webinar_group.command("publish")
+@click.argument("webinar_id", type=int)
+def webinar_publish(webinar_id):
+    """Open registration."""
+    m = _mailer()
+    slug = _run(m, lambda s: webinars.publish(s, webinar_id).slug)
+    click.echo(f"webinar {webinar_id} published: {m.settings.base_url}/webinars/{slug}")
+
+
+@webinar_group.command("list")
+def webinar_list():
+    """Every webinar with its status, start and seats taken."""
+    import sqlalchemy as sa
+
+    from mailer.models import Webinar
+
+    m = _mailer()
+    with m.read_sessions() as session:
+        for w in session.scalars(sa.select(Webinar).order_by(Webinar.starts_at)):
+            seats = f"{webinars.seats_taken(session, w.id)}" + (f"/{w.capacity}" if w.capacity else "")
+            click.echo(f"{w.id}\t{w.status}\t{rendering.format_local(w.starts_at, w.timezone)}\t{seats}\t{w.title}")
+
+
 @webinar_group.command("reschedule")
 @click.argument("webinar_id", type=int)
 @click.option("--start", required=True, help="New local date and time.")

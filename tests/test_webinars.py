@@ -264,6 +264,12 @@ def test_cli_create_reschedule_attendance_cancel(database_url, tmp_path, mailer,
                   "--capacity", "20", "--join-url", "https://meet.example.com/b", "--publish")
     assert created.exit_code == 0, created.output
     assert created.output.strip() == "created webinar 1 (published): https://news.example.org/webinars/back-care"
+    draft = run("webinar", "create", "--slug", "draft-one", "--title", "Draft", "--start", "2030-05-01 18:00",
+                "--join-url", "https://meet.example.com/d")
+    assert draft.output.strip() == "created webinar 2 (draft): https://news.example.org/webinars/draft-one"
+    assert run("webinar", "publish", "2").output.strip() == \
+        "webinar 2 published: https://news.example.org/webinars/draft-one"
+    assert run("webinar", "list").output.splitlines()[1].startswith("2\tpublished\tWednesday 1 May 2030, 18:00 BST\t0")
     bad = run("webinar", "create", "--slug", "Bad Slug", "--title", "x", "--start", "2030-03-26 18:00")
     assert bad.exit_code == 1 and "lower-case letters" in bad.output
     moved = run("webinar", "reschedule", "1", "--start", "2030-04-02 18:00")
