@@ -455,6 +455,36 @@ def webinar_attendance(webinar_id, csv_file):
         click.echo(f"  {address}")
 
 
+@main.command("import")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--list", "list_slug", default=contacts.DEFAULT_LIST, show_default=True)
+@click.option("--consent-note", required=True, help="How these people gave their consent (kept as evidence).")
+def import_command(csv_file, list_slug, consent_note) -> None:
+    """Import existing subscribers from a CSV with an 'email' (and optional 'name') column."""
+    from mailer import imports
+
+    m = _mailer()
+    started = time.monotonic()
+
+    def progress(report):
+        rate = report.rows / max(time.monotonic() - started, 1e-6)
+        end = "\r" if sys.stderr.isatty() else "\n"
+        sys.stderr.write(f"{report.line()} | {rate:.0f} rows/s{end}")
+        sys.stderr.flush()
+
+    with click.open_file(csv_file, "r", encoding="utf-8-sig") as lines:
+        try:
+            report = imports.import_csv(m.sessions, m.settings, lines, list_slug=list_slug, consent_note=consent_note,
+                                        source=f"import:{csv_file}", now=utcnow(), progress=progress)
+        except InvalidInput as exc:
+            raise click.ClickException(exc.message)
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    click.echo(report.line())
+    for example in report.examples["invalid"]:
+        click.echo(f"  invalid: {example}")
+
+
 @main.command()
 def purge() -> None:
     """Delete unconfirmed signups older than the opt-in window now."""

@@ -5,6 +5,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import types
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -61,6 +62,29 @@ def record_event(session: Session, *, contact_id: int, purpose: str, action: str
     session.add(event)
     session.flush()
     return event
+
+
+def record_events(session: Session, events: list[dict], *, now: dt.datetime) -> int:
+    """Append many events at once (an import): the chain is computed here, in order, and
+    the rows go in with one executemany. Each dict has contact_id, list_id, purpose,
+    action and optionally wording_id and the RequestContext fields."""
+    if not events:
+        return 0
+    if is_postgres(session):
+        session.execute(sa.select(sa.func.pg_advisory_xact_lock(_CHAIN_LOCK_KEY)))
+    prev = session.scalar(sa.select(ConsentEvent.hash).order_by(ConsentEvent.id.desc()).limit(1)) or GENESIS_HASH
+    rows = []
+    for item in events:
+        personal = [item.get(k) for k in ("source_url", "ip", "user_agent", "note")]
+        row = dict(contact_id=item["contact_id"], list_id=item.get("list_id"), purpose=item["purpose"],
+                   action=item["action"], wording_id=item.get("wording_id"), source_url=personal[0], ip=personal[1],
+                   user_agent=personal[2], note=personal[3], created_at=now,
+                   personal_digest=_personal_digest(*personal), prev_hash=prev)
+        row["hash"] = prev = _event_hash(types.SimpleNamespace(**row))
+        rows.append(row)
+    # Inserted in list order inside the chain lock, so ids follow the chain.
+    session.execute(sa.insert(ConsentEvent.__table__), rows)
+    return len(rows)
 
 
 @dataclasses.dataclass(frozen=True)

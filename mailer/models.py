@@ -23,6 +23,7 @@ class ConsentAction(enum.StrEnum):
     WITHDRAWN = "withdrawn"
     EXPIRED = "expired"
     ERASED = "erased"
+    IMPORTED = "imported"  # consent obtained elsewhere; the event's note says how
 
 
 class DeliveryStatus(enum.StrEnum):
