@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app, jsonify, request
 from flask_wtf.csrf import CSRFProtect
 
 from mailer.consent import RequestContext
@@ -46,6 +46,11 @@ def presented_token(*, allow_query: bool) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return (request.args.get("token") or None) if allow_query else None
+
+
+def error_json(code: str, message: str, field: str | None = None, status: int = 400):
+    """The error object every JSON answer uses: {"error": {"code", "message", "field"}}."""
+    return jsonify(error={"code": code, "message": message, "field": field}), status
 
 
 def wants_json() -> bool:

@@ -13,7 +13,7 @@ from mailer import metrics, users
 from mailer.bounces import SnsControl, apply_notices, parse_webhook_body
 from mailer.db import utcnow
 from mailer.errors import InvalidInput
-from mailer.web import db_reader, db_session, mailer, presented_token
+from mailer.web import db_reader, db_session, error_json, mailer, presented_token
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def _authorise(scopes: frozenset[str], now, *, allow_query: bool = False) -> Non
 
 
 def _error(status: int, code: str, message: str, field: str | None = None):
-    response = jsonify(error={"code": code, "message": message, "field": field})
+    response, status = error_json(code, message, field, status)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="mailer"'
     return response, status

@@ -15,7 +15,7 @@ from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
 from mailer.models import Contact, Delivery, DeliveryStatus, MailingList, Newsletter, NewsletterStatus, Role
 from mailer.rendering import format_local
-from mailer.web import db_reader, db_session, mailer, wants_json
+from mailer.web import db_reader, db_session, error_json, mailer, wants_json
 from mailer.web.auth import audit, login_required, role_required
 
 bp = Blueprint("newsletters_admin", __name__, url_prefix="/admin/newsletters")
@@ -162,14 +162,12 @@ def preview():
     or the HTML itself (part=both adds the text part) for a sandboxed iframe."""
     values = _editor_input()
     try:
-        if values["layout"] not in newsletters.layouts():  # preview() does not check the layout
-            raise InvalidInput("layout", f"Unknown layout '{values['layout']}'.")
         rendered = newsletters.preview(mailer().renderer, mailer().settings, subject=values["subject"],
                                        preheader=values["preheader"], body_md=values["body_md"],
                                        layout=values["layout"])
     except InvalidInput as exc:
         if wants_json():
-            return jsonify(error={"code": exc.code, "field": exc.field, "message": exc.message}), 400
+            return error_json(exc.code, exc.message, exc.field)
         return _sandboxed(render_template("admin/newsletters/preview_problem.html", message=exc.message), status=400)
     if wants_json():
         return jsonify(subject=rendered.subject, html=rendered.html, text=rendered.text)

@@ -8,7 +8,7 @@ from mailer import contacts
 from mailer.db import utcnow
 from mailer.errors import InvalidInput
 from mailer.models import MailingList
-from mailer.web import db_session, mailer, request_context, wants_json
+from mailer.web import db_session, error_json, mailer, request_context, wants_json
 
 bp = Blueprint("public", __name__)
 
@@ -79,7 +79,7 @@ def _done():
 
 def _error(exc: InvalidInput, values: dict, step: int, status: int = 400):
     if wants_json():
-        return jsonify(error={"code": exc.code, "message": exc.message, "field": exc.field}), status
+        return error_json(exc.code, exc.message, exc.field, status)
     return _render_form(step, values, exc, status)
 
 

@@ -9,7 +9,7 @@ from mailer import contacts, webinars
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
 from mailer.rendering import format_local, markdown_to_html
-from mailer.web import db_reader, db_session, mailer, request_context, wants_json
+from mailer.web import db_reader, db_session, error_json, mailer, request_context, wants_json
 
 bp = Blueprint("webinars", __name__)
 
@@ -82,7 +82,7 @@ def _registered():
 
 def _answer_error(slug: str, exc: InvalidInput, values: dict, status: int = 400):
     if wants_json():
-        return jsonify(error={"code": exc.code, "message": exc.message, "field": exc.field}), status
+        return error_json(exc.code, exc.message, exc.field, status)
     return _page(slug, values, exc, status)
 
 
