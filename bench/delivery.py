@@ -65,8 +65,6 @@ import traceback
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 PG_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432"
 SECRET_KEY = "bench-delivery"
 HTML_TARGET_BYTES = 20_000  # the HTML part of the newsletter, decoded
@@ -76,15 +74,11 @@ TARGET_RSS_MB = 150
 TARGET_MATERIALISE_S = 30.0
 PG_WORKERS = 2
 
-try:
-    import sqlalchemy as sa
-except ImportError:  # not the project's interpreter: run again under the virtualenv
-    if VENV_PYTHON.exists() and Path(sys.prefix).resolve() != VENV_PYTHON.parent.parent.resolve():
-        os.environ.setdefault("BENCH_COMMAND", shlex.join(sys.orig_argv))
-        os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), *sys.argv])
-    raise
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, VENV_PYTHON, free_port, use_project_python  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
+use_project_python()
+import sqlalchemy as sa  # noqa: E402
 from mailer import build, newsletters  # noqa: E402
 from mailer.db import make_engine, migrate, session_scope, utcnow  # noqa: E402
 from mailer.demo import ensure_default_list  # noqa: E402
@@ -190,12 +184,6 @@ def ensure_postfix_tools() -> None:
         subprocess.run(["postfix", "stop"], capture_output=True)
     if not Path(postfix_tool("smtp-sink")).exists():
         raise RuntimeError("smtp-sink still missing after installing postfix")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Sink:

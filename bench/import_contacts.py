@@ -10,11 +10,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
-if Path(sys.executable).resolve() != VENV_PYTHON.resolve() and VENV_PYTHON.exists():
-    os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), *sys.argv])
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import use_project_python  # noqa: E402
+
+use_project_python()
 
 from mailer import build, imports  # noqa: E402
 from mailer.db import migrate, session_scope, utcnow  # noqa: E402

@@ -40,7 +40,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,8 +52,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 PG_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432"
 WORKERS = 2
 FIXED_RATE = 200
@@ -64,15 +61,11 @@ TARGET_P99_MS = 50.0
 LOCKED = "database is locked"
 PAUSE_SECONDS = 2  # between phases, so each one starts against an idle server
 
-try:
-    import sqlalchemy as sa
-except ImportError:  # not the project's interpreter: run again under the virtualenv
-    if VENV_PYTHON.exists() and Path(sys.prefix).resolve() != VENV_PYTHON.parent.parent.resolve():
-        os.environ.setdefault("BENCH_COMMAND", shlex.join(sys.orig_argv))
-        os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), *sys.argv])
-    raise
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, free_port, use_project_python  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
+use_project_python()
+import sqlalchemy as sa  # noqa: E402
 from mailer import build  # noqa: E402
 from mailer.db import make_engine, make_session_factory, migrate, session_scope  # noqa: E402
 from mailer.settings import load_settings  # noqa: E402
@@ -228,13 +221,6 @@ def ensure_wrk() -> str:
         if path is None:
             sys.exit("wrk is still not on PATH after apt-get install")
     return path
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def prepare_database(url: str) -> None:
