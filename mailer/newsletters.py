@@ -561,24 +561,11 @@ def enqueue_audience(session: Session, newsletter_id: int, *, now: dt.datetime) 
     """Queue the issue for its whole audience in one INSERT … SELECT. The dedupe key is
     per issue and contact, so running it again (a retry, a second worker) adds nobody twice."""
     audience = _audience(newsletter_id).subquery()
-    source = sa.select(
-        audience.c.contact_id,
-        sa.literal(NEWSLETTER),
-        audience.c.list_id,
-        sa.literal(newsletter_id, sa.Integer),
-        sa.literal(f"newsletter:{newsletter_id}:") + sa.cast(audience.c.contact_id, sa.String),
-        sa.literal(DeliveryStatus.QUEUED.value),
-        sa.literal(0),
-        sa.literal(now, Delivery.next_attempt_at.type),
-        sa.literal(now, Delivery.created_at.type),
-    ).where(sa.true())  # SQLite needs a WHERE before ON CONFLICT in INSERT … SELECT
-    stmt = dialect_insert(session, Delivery).from_select(
-        ["contact_id", "kind", "list_id", "ref_id", "dedupe_key", "status", "attempts", "next_attempt_at",
-         "created_at"],
-        source,
-    ).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    # SQLAlchemy keeps the rowcount of an INSERT only when asked to.
-    return session.execute(stmt.execution_options(preserve_rowcount=True)).rowcount
+    rows = sa.select(
+        audience.c.contact_id, audience.c.list_id, sa.literal(newsletter_id, sa.Integer).label("ref_id"),
+        (sa.literal(f"newsletter:{newsletter_id}:") + sa.cast(audience.c.contact_id, sa.String)).label("dedupe_key"),
+    )
+    return outbox.enqueue_many(session, rows, kind=NEWSLETTER, now=now)
 
 
 def newsletter_email(batch, delivery: Delivery):

@@ -36,6 +36,26 @@ def enqueue(session: Session, *, contact_id: int, kind: str, dedupe_key: str, no
     return session.execute(stmt).first() is not None
 
 
+def enqueue_many(session: Session, rows, *, kind: str, now: dt.datetime, due_at: dt.datetime | None = None,
+                 variant: str | None = None) -> int:
+    """Queue one message per row of `rows` (a select of contact_id, list_id, ref_id and
+    dedupe_key) in one INSERT … SELECT, whatever their number. Erased and suppressed
+    contacts, and keys queued before, are skipped. Returns how many were queued."""
+    rows = rows.subquery()
+    source = sa.select(
+        rows.c.contact_id, sa.literal(kind), rows.c.list_id, rows.c.ref_id, sa.literal(variant, sa.String),
+        rows.c.dedupe_key, sa.literal(DeliveryStatus.QUEUED.value), sa.literal(0),
+        sa.literal(due_at or now, Delivery.next_attempt_at.type), sa.literal(now, Delivery.created_at.type),
+    ).join(Contact, Contact.id == rows.c.contact_id).where(Contact.email.is_not(None), _not_suppressed())
+    stmt = dialect_insert(session, Delivery).from_select(
+        ["contact_id", "kind", "list_id", "ref_id", "variant", "dedupe_key", "status", "attempts",
+         "next_attempt_at", "created_at"],
+        source,
+    ).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    # SQLAlchemy keeps the rowcount of an INSERT only when asked to.
+    return session.execute(stmt.execution_options(preserve_rowcount=True)).rowcount
+
+
 def suppressed_hashes(session: Session, email_hashes) -> set[str]:
     """Which of these address hashes are on the suppression list (one query per batch)."""
     wanted = [h for h in email_hashes if h]
