@@ -258,6 +258,52 @@ class ApiToken(Base):
     revoked_at: Mapped[Optional[dt.datetime]]
 
 
+class Setting(Base):
+    """A setting changed by staff on the settings page. It overrides config/defaults.toml;
+    a MAILER_* environment variable still wins over it."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.Text)
+    updated_by: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("users.id"))
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Job(Base):
+    """A long operation started from the console (a CSV import), run by the worker under a
+    lease, with progress (`done` of `total`) the page shows while it runs."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (sa.Index("ix_jobs_status", "status", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(30))
+    status: Mapped[str] = mapped_column(sa.String(20), default=JobStatus.QUEUED)
+    user_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("users.id"))
+    # JSON: what the job was asked to do (list, consent note, …).
+    params: Mapped[str] = mapped_column(sa.Text, default="{}")
+    # An uploaded file the job reads, under the instance folder; removed when the job ends.
+    file_path: Mapped[Optional[str]] = mapped_column(sa.String(500))
+    total: Mapped[Optional[int]]
+    done: Mapped[int] = mapped_column(default=0)
+    # JSON: the outcome (counts, skipped rows and why).
+    report: Mapped[str] = mapped_column(sa.Text, default="{}")
+    error: Mapped[Optional[str]] = mapped_column(sa.Text)
+    lease_owner: Mapped[Optional[str]] = mapped_column(sa.String(100))
+    lease_expires_at: Mapped[Optional[dt.datetime]]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[Optional[dt.datetime]]
+    finished_at: Mapped[Optional[dt.datetime]]
+
+
 class AuditLog(Base):
     __tablename__ = "audit_log"
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from mailer.db import Base, make_engine
+import uuid
+
+import sqlalchemy as sa
+
+from mailer.db import Base, make_engine, migrate
+from tests.conftest import BACKEND, POSTGRES_ADMIN_URL
 
 
 def test_migrated_database_matches_the_models(database_url):
@@ -13,3 +18,33 @@ def test_migrated_database_matches_the_models(database_url):
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     engine.dispose()
     assert diff == []
+
+
+def test_upgrade_from_the_first_release_keeps_its_data(tmp_path):
+    """An install of release 0001 with people in it upgrades to the current schema."""
+    if BACKEND == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+    else:
+        name = f"mailer_upgrade_{uuid.uuid4().hex[:12]}"
+        admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        migrate(url, "0001")
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO contacts (email, name, created_at) VALUES ('ann@example.com', 'Ann', '2026-11-01 10:00:00')")
+        engine.dispose()
+        migrate(url)
+        engine = make_engine(url)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT email, name FROM contacts").all() == [("ann@example.com", "Ann")]
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        engine.dispose()
+        assert diff == []
+    finally:
+        if BACKEND != "sqlite":
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+            admin.dispose()
