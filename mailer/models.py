@@ -242,6 +242,8 @@ class User(Base):
     failed_logins: Mapped[int] = mapped_column(default=0)
     locked_until: Mapped[Optional[dt.datetime]]
     last_login_at: Mapped[Optional[dt.datetime]]
+    # Set when an owner removes the account: no login, its API tokens stop working.
+    disabled_at: Mapped[Optional[dt.datetime]]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

@@ -1,4 +1,4 @@
-"""settings changed by staff; jobs (console imports) with progress
+"""users.disabled_at; settings changed by staff; jobs (console imports) with progress
 
 Revision ID: 0002
 Revises: 0001
@@ -15,6 +15,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('users', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('disabled_at', sa.DateTime(), nullable=True))
     op.create_table('settings',
     sa.Column('key', sa.String(length=64), nullable=False),
     sa.Column('value', sa.Text(), nullable=False),
@@ -51,3 +53,5 @@ def downgrade() -> None:
         batch_op.drop_index('ix_jobs_status')
     op.drop_table('jobs')
     op.drop_table('settings')
+    with op.batch_alter_table('users', schema=None) as batch_op:
+        batch_op.drop_column('disabled_at')
