@@ -1,4 +1,4 @@
-"""Staff pages: dashboard and the local dev mailbox."""
+"""Staff pages: the dashboard and the local dev mailbox."""
 from __future__ import annotations
 
 from email import message_from_bytes, policy
@@ -6,37 +6,61 @@ from email import message_from_bytes, policy
 import sqlalchemy as sa
 from flask import Blueprint, Response, abort, render_template
 
-from mailer import outbox
-from mailer.models import Contact, DevMessage, MailingList, Newsletter, Subscription, Webinar
-from mailer.web import db_reader
+from mailer import dashboard as dashboard_figures
+from mailer.db import utcnow
+from mailer.models import DevMessage
+from mailer.web import db_reader, mailer
 from mailer.web.auth import login_required
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 MAILBOX_PAGE = 50
+CHART_WIDTH, CHART_HEIGHT = 720, 200
 
 
 @bp.get("/")
 @login_required
 def dashboard():
+    m, now = mailer(), utcnow()
+    zone = m.settings.timezone
     with db_reader() as s:
-        counts = s.execute(
-            sa.select(MailingList.name, Subscription.status, sa.func.count())
-            .join(Subscription, Subscription.list_id == MailingList.id)
-            .group_by(MailingList.name, Subscription.status)
-        ).all()
-        lists = {}
-        for name, status, count in counts:
-            lists.setdefault(name, {})[status] = count
-        for ml in s.scalars(sa.select(MailingList)):
-            lists.setdefault(ml.name, {})
+        history = dashboard_figures.subscriber_history(s, now=now, zone=zone)
         return render_template(
             "admin/dashboard.html",
-            lists=lists,
-            contacts=s.scalar(sa.select(sa.func.count()).select_from(Contact).where(Contact.email.is_not(None))),
-            queue=outbox.queue_counts(s),
-            newsletters=s.scalars(sa.select(Newsletter).order_by(Newsletter.id.desc()).limit(10)).all(),
-            webinars=s.scalars(sa.select(Webinar).order_by(Webinar.starts_at).limit(10)).all(),
+            history=history,
+            chart=_history_chart(history),
+            month=dashboard_figures.this_month(s, now=now, zone=zone),
+            lists=dashboard_figures.list_counts(s),
+            next_newsletter=dashboard_figures.next_newsletter(s, now),
+            next_webinar=dashboard_figures.next_webinar(s, now),
+            queue=dashboard_figures.queue(s, now),
+            zone=zone,
         )
+
+
+def _history_chart(history: list[dashboard_figures.Day]) -> dict:
+    """Points of an inline SVG line (active subscribers) over bars of each day's gains and losses."""
+    width, height, bars_height = CHART_WIDTH, CHART_HEIGHT, 40
+    top, bottom = max(d.active for d in history), min(d.active for d in history)
+    span = max(top - bottom, 1)
+    step = width / max(len(history) - 1, 1)
+    line_height = height - bars_height - 24
+    points = " ".join(f"{i * step:.1f},{8 + line_height - (d.active - bottom) * line_height / span:.1f}"
+                      for i, d in enumerate(history))
+    peak_change = max(max(d.gained, d.lost) for d in history) or 1
+    middle = height - 16 - bars_height / 2
+    bars = []
+    for i, d in enumerate(history):
+        x = i * step - step * 0.35
+        if d.gained:
+            h = max(1.0, d.gained * bars_height / 2 / peak_change)
+            bars.append({"x": round(x, 1), "y": round(middle - h, 1), "height": round(h, 1), "kind": "gained",
+                         "label": f"{d.date.isoformat()}: +{d.gained}"})
+        if d.lost:
+            h = max(1.0, d.lost * bars_height / 2 / peak_change)
+            bars.append({"x": round(x, 1), "y": round(middle, 1), "height": round(h, 1), "kind": "lost",
+                         "label": f"{d.date.isoformat()}: -{d.lost}"})
+    return {"width": width, "height": height, "points": points, "bars": bars, "bar_width": round(step * 0.7, 1),
+            "middle": middle, "top": top, "bottom": bottom, "first": history[0].date, "last": history[-1].date}
 
 
 @bp.get("/mailbox")
