@@ -18,9 +18,10 @@ from sqlalchemy.orm import Session
 
 from mailer import consent, outbox, tokens
 from mailer.db import dialect_insert, is_postgres
-from mailer.errors import InvalidInput
-from mailer.models import (ConsentAction, ConsentEvent, ConsentWording, Contact, Delivery, DeliveryStatus, MailingList,
-                           Registration, SignupRequest, Subscription, SubscriptionStatus, Suppression)
+from mailer.errors import InvalidInput, NotFound
+from mailer.models import (ConsentAction, ConsentEvent, ConsentWording, Contact, Delivery, DeliveryStatus, DevMessage,
+                           MailingList, Registration, RegistrationStatus, SignupRequest, Subscription,
+                           SubscriptionStatus, Suppression, SuppressionReason)
 from mailer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -470,8 +471,68 @@ def anonymise_contact(session: Session, contact_id: int, now: dt.datetime) -> No
     """Remove the person's data; the row stays so the consent chain keeps its links."""
     outbox.cancel_pending(session, contact_id=contact_id, reason="contact erased")
     session.execute(sa.update(Contact).where(Contact.id == contact_id)
-                    .values(email=None, email_hash=None, name="", timezone=None, erased_at=now))
+                    .values(email=None, email_hash=None, name="", name_key="", timezone=None, erased_at=now))
     consent.redact_contact_events(session, contact_id, now)
+
+
+ERASURE_NOTE = "Personal data erased on request (GDPR Art. 17)"
+
+
+@dataclasses.dataclass(frozen=True)
+class ErasureReport:
+    """What erase_contact did, for the page or command that asked."""
+
+    contact_id: int
+    already_erased: bool = False
+    deliveries_cancelled: int = 0
+    subscriptions_ended: int = 0
+    registrations_cancelled: int = 0
+    signup_requests_deleted: int = 0
+    dev_messages_deleted: int = 0
+
+
+def erase_contact(session: Session, settings: Settings, contact_id: int, *, now: dt.datetime) -> ErasureReport:
+    """Erase one person (GDPR Art. 17): their address goes on the suppression list as a
+    keyed hash (so no later signup or import mails it), unsent mail is cancelled,
+    subscriptions end, webinar seats are given back (the waitlist moves up), and every
+    copy of the address, name and time zone is removed, including SMTP error texts,
+    unprocessed signups and the dev mailbox. The consent ledger keeps its events with
+    their personal fields redacted, plus an "erased" event; the chain still verifies.
+    NotFound for an unknown id; a contact already erased is left as it is."""
+    from mailer import webinars  # webinars imports this module
+
+    contact = session.get(Contact, contact_id)
+    if contact is None:
+        raise NotFound(f"No contact with id {contact_id}.")
+    if contact.email is None:
+        return ErasureReport(contact_id, already_erased=True)
+    address = contact.email
+    # SMTP replies often quote the address; cleared before the cancellations write their reasons.
+    session.execute(sa.update(Delivery).where(Delivery.contact_id == contact_id, Delivery.last_error.is_not(None))
+                    .values(last_error=None))
+    cancelled = outbox.cancel_pending(session, contact_id=contact_id, reason="contact erased")
+    suppress_address(session, settings, address, reason=SuppressionReason.ERASED, detail=ERASURE_NOTE, now=now)
+    # A bounce recorded earlier may quote the address in its detail; its reason stays.
+    session.execute(sa.update(Suppression).where(Suppression.email_hash == email_hash(settings, address),
+                                                 Suppression.reason != SuppressionReason.ERASED)
+                    .values(detail="detail removed at erasure"))
+    registrations = session.scalars(sa.select(Registration).where(
+        Registration.contact_id == contact_id, Registration.status != RegistrationStatus.CANCELLED)).all()
+    for registration in registrations:
+        webinars.cancel_registration(session, registration.token, now=now)
+    session.execute(sa.update(Registration).where(Registration.contact_id == contact_id).values(timezone=None))
+    ended = session.execute(sa.update(Subscription).where(
+        Subscription.contact_id == contact_id,
+        Subscription.status.in_([SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING]),
+    ).values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=now)).rowcount
+    signups = session.execute(sa.delete(SignupRequest).where(SignupRequest.email == address)).rowcount
+    messages = session.execute(sa.delete(DevMessage).where(sa.func.lower(DevMessage.rcpt_to) == address)).rowcount
+    anonymise_contact(session, contact_id, now)
+    # After the redaction, so this event keeps its note; it holds no address.
+    consent.record_event(session, contact_id=contact_id, purpose="all", action=ConsentAction.ERASED,
+                         context=consent.RequestContext(note=ERASURE_NOTE), now=now)
+    session.expire(contact)
+    return ErasureReport(contact_id, False, cancelled, ended, len(registrations), signups, messages)
 
 
 def export_contact(session: Session, email: str) -> dict | None:
@@ -480,16 +541,33 @@ def export_contact(session: Session, email: str) -> dict | None:
     contact = session.scalar(sa.select(Contact).where(Contact.email == address))
     if contact is None:
         return None
+    return _export(session, contact)
+
+
+def export_contact_by_id(session: Session, contact_id: int) -> dict:
+    """export_contact for the staff console and the API, by id; NotFound if unknown."""
+    contact = session.get(Contact, contact_id)
+    if contact is None:
+        raise NotFound(f"No contact with id {contact_id}.")
+    return _export(session, contact)
+
+
+def _export(session: Session, contact: Contact) -> dict:
     subs = session.scalars(sa.select(Subscription).where(Subscription.contact_id == contact.id)).all()
     deliveries = session.scalars(sa.select(Delivery).where(Delivery.contact_id == contact.id).order_by(Delivery.id)).all()
+    registrations = session.scalars(sa.select(Registration).where(Registration.contact_id == contact.id)
+                                    .order_by(Registration.id)).all()
     return {
-        "contact": {"email": contact.email, "name": contact.name, "timezone": contact.timezone,
-                    "created_at": _iso(contact.created_at)},
+        "contact": {"id": contact.id, "email": contact.email, "name": contact.name, "timezone": contact.timezone,
+                    "created_at": _iso(contact.created_at), "erased_at": _iso(contact.erased_at)},
         "subscriptions": [{"list": s.mailing_list.slug, "status": s.status, "created_at": _iso(s.created_at),
                            "confirmed_at": _iso(s.confirmed_at), "unsubscribed_at": _iso(s.unsubscribed_at)}
                           for s in subs],
         "deliveries": [{"kind": d.kind, "status": d.status, "created_at": _iso(d.created_at),
                         "sent_at": _iso(d.sent_at)} for d in deliveries],
+        "registrations": [{"webinar": r.webinar.slug, "title": r.webinar.title, "status": r.status,
+                           "timezone": r.timezone, "created_at": _iso(r.created_at),
+                           "cancelled_at": _iso(r.cancelled_at), "attended": r.attended} for r in registrations],
         "consent_events": [
             {"id": e.id, "at": _iso(e.created_at), "purpose": e.purpose, "action": e.action,
              "wording_version": e.wording.version if e.wording else None,

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import unicodedata
 from typing import Optional
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from mailer.db import Base, utcnow
 
@@ -64,8 +65,22 @@ class Role(enum.StrEnum):
     VIEWER = "viewer"
 
 
+def name_search_key(name: str | None) -> str:
+    """The form of a name that staff search by prefix: Unicode-normalised and case-folded,
+    the same on SQLite and PostgreSQL (SQLite's lower() folds ASCII only)."""
+    return unicodedata.normalize("NFKC", name or "").casefold()[:100]
+
+
+def _name_key_default(context) -> str:
+    return name_search_key(context.get_current_parameters().get("name"))
+
+
 class Contact(Base):
     __tablename__ = "contacts"
+    __table_args__ = (
+        # Prefix search (LIKE 'ann%') may use it on PostgreSQL whatever the collation.
+        sa.Index("ix_contacts_name_key", "name_key", postgresql_ops={"name_key": "varchar_pattern_ops"}),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # NULL once the person is erased or an unconfirmed signup is purged.
@@ -73,11 +88,19 @@ class Contact(Base):
     # Keyed hash of the address, matched against suppressions.email_hash.
     email_hash: Mapped[Optional[str]] = mapped_column(sa.String(64), index=True)
     name: Mapped[str] = mapped_column(sa.String(100), default="")
+    # name_search_key(name): filled by inserts that omit it (ORM or Core) and by setting
+    # .name on the ORM object; a Core UPDATE of name must set it too.
+    name_key: Mapped[str] = mapped_column(sa.String(100), default=_name_key_default)
     timezone: Mapped[Optional[str]] = mapped_column(sa.String(64))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     erased_at: Mapped[Optional[dt.datetime]]
 
     subscriptions: Mapped[list["Subscription"]] = relationship(back_populates="contact")
+
+    @validates("name")
+    def _keep_name_key(self, _key, name):
+        self.name_key = name_search_key(name)
+        return name
 
     @property
     def first_name(self) -> str:
@@ -131,7 +154,9 @@ class Subscription(Base):
     __tablename__ = "subscriptions"
     __table_args__ = (
         sa.UniqueConstraint("contact_id", "list_id"),
-        sa.Index("ix_subscriptions_list_status", "list_id", "status"),
+        # Staff filter pages walk these newest contact first (keyset on contact_id).
+        sa.Index("ix_subscriptions_list_status_contact", "list_id", "status", "contact_id"),
+        sa.Index("ix_subscriptions_list_contact", "list_id", "contact_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -1,0 +1,227 @@
+"""Staff-side reading of contacts: search, detail, bulk export (CSV or JSON, streamed).
+The queries that must stay fast at a million contacts are all in this module."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import io
+import json
+from typing import Iterable, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from mailer import consent
+from mailer.contacts import normalise_email
+from mailer.db import is_postgres
+from mailer.errors import InvalidInput, NotFound
+from mailer.models import (ConsentEvent, Contact, Delivery, MailingList, Registration, Subscription,
+                           SubscriptionStatus, Webinar, name_search_key)
+
+MAX_PAGE = 500
+RECENT_DELIVERIES = 50
+EXPORT_FIELDS = ("id", "email", "name", "timezone", "created_at", "subscriptions")
+# A spreadsheet runs a cell that starts with one of these as a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclasses.dataclass(frozen=True)
+class ListStatus:
+    list_id: int
+    slug: str
+    name: str
+    status: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ContactRow:
+    """One line of a search result. `email` is None for an erased contact."""
+
+    id: int
+    email: str | None
+    name: str
+    created_at: dt.datetime
+    erased_at: dt.datetime | None
+    subscriptions: tuple[ListStatus, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ContactDetail:
+    """Everything the staff detail page shows about one person (ORM objects, loaded)."""
+
+    contact: Contact
+    subscriptions: list[tuple[Subscription, MailingList]]
+    registrations: list[tuple[Registration, Webinar]]
+    deliveries: list[Delivery]  # the most recent RECENT_DELIVERIES, newest first
+    consent_events: list[ConsentEvent]  # oldest first, with .wording loaded
+
+
+def _check_filters(session: Session, list_id: int | None, status: str | None) -> None:
+    if status is not None and status not in set(SubscriptionStatus):
+        raise InvalidInput("status", f"Unknown status '{status}': use pending, active or unsubscribed.")
+    if list_id is not None and session.get(MailingList, list_id) is None:
+        raise InvalidInput("list_id", f"No mailing list with id {list_id}.")
+
+
+def _filtered_ids(session: Session, *, q: str, list_id: int | None, status: str | None):
+    """SELECT contacts.id with every filter applied; the caller adds order and keyset.
+    A list filter walks the subscription indexes (list_id[, status], contact_id) from
+    the newest contact down, so a page reads about `limit` index entries."""
+    q = (q or "").strip()
+    if list_id is not None:
+        stmt = sa.select(Subscription.contact_id.label("id")).where(Subscription.list_id == list_id)
+        if status is not None:
+            stmt = stmt.where(Subscription.status == status)
+        id_column = Subscription.contact_id
+        # The address, the name and "not erased" live on contacts.
+        stmt = stmt.join(Contact, Contact.id == Subscription.contact_id)
+    else:
+        stmt = sa.select(Contact.id.label("id"))
+        id_column = Contact.id
+        if status is not None:
+            stmt = stmt.where(sa.exists().where(Subscription.contact_id == Contact.id, Subscription.status == status))
+    if "@" in q:
+        try:
+            stmt = stmt.where(Contact.email == normalise_email(q))
+        except InvalidInput as exc:
+            raise InvalidInput("q", exc.message) from None
+    elif q:
+        key = name_search_key(q)
+        if is_postgres(session):
+            escaped = key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            stmt = stmt.where(Contact.name_key.like(escaped + "%", escape="\\"))
+        else:
+            # Binary (code point) order on SQLite: every key starting with `key` sorts in
+            # this range, and the range can use ix_contacts_name_key.
+            stmt = stmt.where(Contact.name_key >= key, Contact.name_key < key + "\U0010ffff")
+    return stmt, id_column
+
+
+def search_contacts(session: Session, *, q: str = "", list_id: int | None = None, status: str | None = None,
+                    before_id: int | None = None, limit: int = 50, include_erased: bool = False) -> list[ContactRow]:
+    """Contacts newest first (id descending). `q` with an "@" is an exact address (as
+    normalise_email makes it; InvalidInput on field "q" if it is not one); otherwise a
+    case-insensitive prefix of the name (any script). `status` is the subscription status
+    on `list_id`, or on any list when no list is given. Erased contacts are left out
+    unless include_erased. Keyset pages: pass the last row's id as `before_id`. Like the
+    other paged reads, one more row than asked is returned when there is a next page."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput("limit", f"limit must be between 1 and {MAX_PAGE}.")
+    _check_filters(session, list_id, status)
+    stmt, id_column = _filtered_ids(session, q=q, list_id=list_id, status=status)
+    if not include_erased:
+        stmt = stmt.where(Contact.email.is_not(None))
+    if before_id is not None:
+        stmt = stmt.where(id_column < before_id)
+    ids = [row.id for row in session.execute(stmt.order_by(id_column.desc()).limit(limit + 1))]
+    if not ids:
+        return []
+    people = {row.id: row for row in session.execute(
+        sa.select(Contact.id, Contact.email, Contact.name, Contact.created_at, Contact.erased_at)
+        .where(Contact.id.in_(ids)))}
+    statuses = _list_statuses(session, ids)
+    return [ContactRow(cid, people[cid].email, people[cid].name, people[cid].created_at, people[cid].erased_at,
+                       statuses.get(cid, ())) for cid in ids]
+
+
+def _list_statuses(session: Session, contact_ids: list[int]) -> dict[int, tuple[ListStatus, ...]]:
+    found: dict[int, list[ListStatus]] = {}
+    for row in session.execute(
+            sa.select(Subscription.contact_id, MailingList.id, MailingList.slug, MailingList.name, Subscription.status)
+            .join(MailingList, MailingList.id == Subscription.list_id)
+            .where(Subscription.contact_id.in_(contact_ids)).order_by(Subscription.contact_id, MailingList.id)):
+        found.setdefault(row[0], []).append(ListStatus(row[1], row[2], row[3], row[4]))
+    return {cid: tuple(items) for cid, items in found.items()}
+
+
+def count_contacts(session: Session, *, list_id: int | None = None, status: str | None = None) -> int:
+    """How many (not erased) contacts match the list/status filters; an index-only count,
+    cheap enough for a page header except for a name search, which has no count."""
+    _check_filters(session, list_id, status)
+    stmt, _ = _filtered_ids(session, q="", list_id=list_id, status=status)
+    stmt = stmt.where(Contact.email.is_not(None))
+    return session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery()))
+
+
+def contact_detail(session: Session, contact_id: int) -> ContactDetail:
+    """Subscriptions (with list), registrations (with webinar), recent deliveries and the
+    consent history of one contact; NotFound if there is no such contact."""
+    contact = session.get(Contact, contact_id)
+    if contact is None:
+        raise NotFound(f"No contact with id {contact_id}.")
+    subscriptions = [tuple(row) for row in session.execute(
+        sa.select(Subscription, MailingList).join(MailingList, MailingList.id == Subscription.list_id)
+        .where(Subscription.contact_id == contact_id).order_by(MailingList.id))]
+    registrations = [tuple(row) for row in session.execute(
+        sa.select(Registration, Webinar).join(Webinar, Webinar.id == Registration.webinar_id)
+        .where(Registration.contact_id == contact_id).order_by(Webinar.starts_at.desc()))]
+    deliveries = list(session.scalars(sa.select(Delivery).where(Delivery.contact_id == contact_id)
+                                      .order_by(Delivery.id.desc()).limit(RECENT_DELIVERIES)))
+    events = consent.contact_history(session, contact_id)
+    for event in events:
+        event.wording  # loaded now: the page renders after the session has closed
+    return ContactDetail(contact, subscriptions, registrations, deliveries, events)
+
+
+# Bulk export ---------------------------------------------------------------------------
+
+def export_contacts(session: Session, *, list_id: int | None = None, status: str | None = None,
+                    batch_size: int = 5000) -> Iterator[dict]:
+    """Every (not erased) contact matching the filters, oldest first, as plain dicts with
+    EXPORT_FIELDS ("subscriptions" is a list of {"list", "status"}). Read in id batches
+    with Core rows, so memory stays flat however many there are; the session must stay
+    open while the iterator is consumed."""
+    _check_filters(session, list_id, status)
+    ids_stmt, id_column = _filtered_ids(session, q="", list_id=list_id, status=status)
+    last_id = 0
+    while True:
+        ids_query = ids_stmt.where(id_column > last_id, Contact.email.is_not(None)) \
+            .order_by(id_column).limit(batch_size).subquery()
+        rows = session.execute(
+            sa.select(Contact.id, Contact.email, Contact.name, Contact.timezone, Contact.created_at)
+            .where(Contact.id.in_(sa.select(ids_query.c.id))).order_by(Contact.id)).all()
+        if not rows:
+            return
+        last_id = rows[-1].id
+        subs: dict[int, list[dict]] = {}
+        for cid, slug, sub_status in session.execute(
+                sa.select(Subscription.contact_id, MailingList.slug, Subscription.status)
+                .join(MailingList, MailingList.id == Subscription.list_id)
+                .where(Subscription.contact_id.in_([row.id for row in rows]))
+                .order_by(Subscription.contact_id, MailingList.id)):
+            subs.setdefault(cid, []).append({"list": slug, "status": sub_status})
+        for row in rows:
+            yield {"id": row.id, "email": row.email, "name": row.name, "timezone": row.timezone,
+                   "created_at": row.created_at.isoformat(), "subscriptions": subs.get(row.id, [])}
+
+
+def _cell(value) -> str:
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def contacts_csv(rows: Iterable[dict]) -> Iterator[str]:
+    """CSV text, a header and then one chunk per row. Cells that a spreadsheet would run
+    as a formula get a leading apostrophe; subscriptions read "newsletter:active; …"."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(EXPORT_FIELDS)
+    for row in rows:
+        subs = "; ".join(f"{s['list']}:{s['status']}" for s in row["subscriptions"])
+        writer.writerow([_cell(row["id"]), _cell(row["email"]), _cell(row["name"]), _cell(row["timezone"]),
+                         _cell(row["created_at"]), _cell(subs)])
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue()
+
+
+def contacts_json(rows: Iterable[dict]) -> Iterator[str]:
+    """A JSON array, written one element at a time."""
+    yield "["
+    first = True
+    for row in rows:
+        yield ("\n" if first else ",\n") + json.dumps(row, ensure_ascii=False)
+        first = False
+    yield "\n]\n"
