@@ -74,39 +74,36 @@ def gains_and_losses(session: Session, since: dt.datetime, list_id: int | None =
     return gained, lost
 
 
-def subscriber_history(session: Session, *, now: dt.datetime, zone: str, days: int = HISTORY_DAYS,
-                       list_id: int | None = None) -> list[Day]:
-    """Active subscribers at the end of each of the last `days` local days (today so far last)."""
+def _local_midnight(day: dt.date, tz: ZoneInfo) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), tz).astimezone(dt.timezone.utc)
+
+
+def subscriber_figures(session: Session, *, now: dt.datetime, zone: str, days: int = HISTORY_DAYS,
+                       list_id: int | None = None) -> tuple[list[Day], dict]:
+    """Active subscriptions at the end of each of the last `days` local days (today so far last),
+    and this month's gains and losses — both from one pass over the changes since the earlier start."""
     tz = ZoneInfo(zone)
     today = now.astimezone(tz).date()
     first = today - dt.timedelta(days=days - 1)
-    since = dt.datetime.combine(first, dt.time(), tz).astimezone(dt.timezone.utc)
-    gained, lost = gains_and_losses(session, since, list_id)
+    month_from = _local_midnight(today.replace(day=1), tz)
+    gained, lost = gains_and_losses(session, min(_local_midnight(first, tz), month_from), list_id)
     per_day = {first + dt.timedelta(days=i): [0, 0] for i in range(days)}
-    for changes, slot in ((gained, 0), (lost, 1)):
+    month = {"gained": 0, "lost": 0}
+    for changes, slot, name in ((gained, 0, "gained"), (lost, 1, "lost")):
         for hour, n in changes.items():
             day = hour.astimezone(tz).date()
             if day in per_day:
                 per_day[day][slot] += n
+            if hour >= month_from:
+                month[name] += n
     active = active_count(session, list_id)
     history = []
     for day in sorted(per_day, reverse=True):  # walk back from today's count
         g, lo = per_day[day]
         history.append(Day(day, active, g, lo))
         active = active - g + lo
-    return history[::-1]
-
-
-def month_start(now: dt.datetime, zone: str) -> dt.datetime:
-    """Midnight on the first of this month in `zone`, as UTC."""
-    local = now.astimezone(ZoneInfo(zone))
-    return dt.datetime.combine(local.date().replace(day=1), dt.time(), ZoneInfo(zone)).astimezone(dt.timezone.utc)
-
-
-def this_month(session: Session, *, now: dt.datetime, zone: str, list_id: int | None = None) -> dict:
-    gained, lost = gains_and_losses(session, month_start(now, zone), list_id)
-    g, lo = sum(gained.values()), sum(lost.values())
-    return {"gained": g, "lost": lo, "net": g - lo}
+    month["net"] = month["gained"] - month["lost"]
+    return history[::-1], month
 
 
 def list_counts(session: Session) -> list[tuple[MailingList, dict[str, int]]]:

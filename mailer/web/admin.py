@@ -23,12 +23,12 @@ def dashboard():
     m, now = mailer(), utcnow()
     zone = m.settings.timezone
     with db_reader() as s:
-        history = dashboard_figures.subscriber_history(s, now=now, zone=zone)
+        history, month = dashboard_figures.subscriber_figures(s, now=now, zone=zone)
         return render_template(
             "admin/dashboard.html",
             history=history,
             chart=_history_chart(history),
-            month=dashboard_figures.this_month(s, now=now, zone=zone),
+            month=month,
             lists=dashboard_figures.list_counts(s),
             next_newsletter=dashboard_figures.next_newsletter(s, now),
             next_webinar=dashboard_figures.next_webinar(s, now),
