@@ -157,6 +157,9 @@ class Subscription(Base):
         # Staff filter pages walk these newest contact first (keyset on contact_id).
         sa.Index("ix_subscriptions_list_status_contact", "list_id", "status", "contact_id"),
         sa.Index("ix_subscriptions_list_contact", "list_id", "contact_id"),
+        # The dashboard counts confirmations and unsubscribes of the last 90 days without a full scan.
+        sa.Index("ix_subscriptions_confirmed", "confirmed_at", "list_id", "status"),
+        sa.Index("ix_subscriptions_unsubscribed", "unsubscribed_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
