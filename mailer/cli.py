@@ -10,6 +10,7 @@ import sys
 import time
 
 import click
+import sqlalchemy as sa
 
 from mailer import build, consent, contacts, newsletters, outbox, rendering, users, webinars
 from mailer.db import migrate as run_migrations, session_scope, utcnow
@@ -507,6 +508,54 @@ def export(email: str) -> None:
     if data is None:
         raise click.ClickException(f"no contact with the address {email}")
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@main.command()
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def erase(email: str, yes: bool) -> None:
+    """Erase one person's personal data (GDPR Art. 17); the address stays suppressed."""
+    from mailer import directory
+
+    m = _mailer()
+    try:
+        address = contacts.normalise_email(email)
+    except InvalidInput as exc:
+        raise click.ClickException(exc.message)
+    with m.read_sessions() as session:
+        found = directory.search_contacts(session, q=address, limit=1)
+    if not found:
+        raise click.ClickException(f"no contact with the address {address}")
+    if not yes:
+        click.confirm(f"Erase all personal data of {address}? This cannot be undone.", abort=True)
+    with session_scope(m.sessions) as session:
+        report = contacts.erase_contact(session, m.settings, found[0].id, now=utcnow())
+    click.echo(f"erased contact {report.contact_id}: {report.deliveries_cancelled} unsent messages cancelled, "
+               f"{report.subscriptions_ended} subscriptions ended, {report.registrations_cancelled} registrations "
+               f"cancelled; the address is suppressed")
+
+
+@main.command("export-contacts")
+@click.option("--list", "list_slug", help="Only contacts on this list (slug).")
+@click.option("--status", type=click.Choice(["pending", "active", "unsubscribed"]),
+              help="Only this subscription status (on --list, or on any list).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+def export_contacts(list_slug, status, fmt) -> None:
+    """Write every contact (not erased) to standard output, streamed."""
+    from mailer import directory
+    from mailer.models import MailingList
+
+    m = _mailer()
+    with m.read_sessions() as session:
+        list_id = None
+        if list_slug:
+            list_id = session.scalar(sa.select(MailingList.id).where(MailingList.slug == list_slug))
+            if list_id is None:
+                raise click.ClickException(f"no list '{list_slug}'")
+        rows = directory.export_contacts(session, list_id=list_id, status=status)
+        for chunk in (directory.contacts_csv(rows) if fmt == "csv" else directory.contacts_json(rows)):
+            sys.stdout.write(chunk)
+    sys.stdout.flush()
 
 
 @main.group("consent")

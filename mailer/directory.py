@@ -57,7 +57,8 @@ class ContactDetail:
     consent_events: list[ConsentEvent]  # oldest first, with .wording loaded
 
 
-def _check_filters(session: Session, list_id: int | None, status: str | None) -> None:
+def check_filters(session: Session, list_id: int | None, status: str | None) -> None:
+    """InvalidInput for an unknown status or list (checked before a stream starts)."""
     if status is not None and status not in set(SubscriptionStatus):
         raise InvalidInput("status", f"Unknown status '{status}': use pending, active or unsubscribed.")
     if list_id is not None and session.get(MailingList, list_id) is None:
@@ -108,7 +109,7 @@ def search_contacts(session: Session, *, q: str = "", list_id: int | None = None
     other paged reads, one more row than asked is returned when there is a next page."""
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInput("limit", f"limit must be between 1 and {MAX_PAGE}.")
-    _check_filters(session, list_id, status)
+    check_filters(session, list_id, status)
     stmt, id_column = _filtered_ids(session, q=q, list_id=list_id, status=status)
     if not include_erased:
         stmt = stmt.where(Contact.email.is_not(None))
@@ -138,18 +139,23 @@ def _list_statuses(session: Session, contact_ids: list[int]) -> dict[int, tuple[
 def count_contacts(session: Session, *, list_id: int | None = None, status: str | None = None) -> int:
     """How many (not erased) contacts match the list/status filters; an index-only count,
     cheap enough for a page header except for a name search, which has no count."""
-    _check_filters(session, list_id, status)
+    check_filters(session, list_id, status)
     stmt, _ = _filtered_ids(session, q="", list_id=list_id, status=status)
     stmt = stmt.where(Contact.email.is_not(None))
     return session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery()))
 
 
-def contact_detail(session: Session, contact_id: int) -> ContactDetail:
-    """Subscriptions (with list), registrations (with webinar), recent deliveries and the
-    consent history of one contact; NotFound if there is no such contact."""
+def get_contact(session: Session, contact_id: int) -> Contact:
     contact = session.get(Contact, contact_id)
     if contact is None:
         raise NotFound(f"No contact with id {contact_id}.")
+    return contact
+
+
+def contact_detail(session: Session, contact_id: int) -> ContactDetail:
+    """Subscriptions (with list), registrations (with webinar), recent deliveries and the
+    consent history of one contact; NotFound if there is no such contact."""
+    contact = get_contact(session, contact_id)
     subscriptions = [tuple(row) for row in session.execute(
         sa.select(Subscription, MailingList).join(MailingList, MailingList.id == Subscription.list_id)
         .where(Subscription.contact_id == contact_id).order_by(MailingList.id))]
@@ -167,13 +173,13 @@ def contact_detail(session: Session, contact_id: int) -> ContactDetail:
 # Bulk export ---------------------------------------------------------------------------
 
 def export_contacts(session: Session, *, list_id: int | None = None, status: str | None = None,
-                    batch_size: int = 5000) -> Iterator[dict]:
-    """Every (not erased) contact matching the filters, oldest first, as plain dicts with
+                    batch_size: int = 5000, q: str = "") -> Iterator[dict]:
+    """Every (not erased) contact matching the filters (`q` as in search_contacts), oldest first, as plain dicts with
     EXPORT_FIELDS ("subscriptions" is a list of {"list", "status"}). Read in id batches
     with Core rows, so memory stays flat however many there are; the session must stay
     open while the iterator is consumed."""
-    _check_filters(session, list_id, status)
-    ids_stmt, id_column = _filtered_ids(session, q="", list_id=list_id, status=status)
+    check_filters(session, list_id, status)
+    ids_stmt, id_column = _filtered_ids(session, q=q, list_id=list_id, status=status)
     last_id = 0
     while True:
         ids_query = ids_stmt.where(id_column > last_id, Contact.email.is_not(None)) \

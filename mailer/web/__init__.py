@@ -76,8 +76,8 @@ def _security_headers(response):
 
 def register(app: Flask) -> None:
     from mailer.contacts import PublicLists
-    from mailer.web import (admin, api, archive, auth, hooks, newsletters_admin, public, tracking, webinar_pages,
-                            webinars_admin)
+    from mailer.web import (admin, api, archive, auth, contacts_admin, hooks, newsletters_admin, public, tracking,
+                            webinar_pages, webinars_admin)
     from mailer.web.ratelimit import SlidingWindowLimiter
 
     settings = app.extensions["mailer"].settings
@@ -91,7 +91,7 @@ def register(app: Flask) -> None:
     for blueprint in (public.bp, webinar_pages.bp, hooks.bp, api.bp):
         csrf.exempt(blueprint)
     for blueprint in (public.bp, webinar_pages.bp, archive.bp, tracking.bp, auth.bp, admin.bp,
-                      newsletters_admin.bp, webinars_admin.bp, hooks.bp, api.bp):
+                      newsletters_admin.bp, webinars_admin.bp, contacts_admin.bp, hooks.bp, api.bp):
         app.register_blueprint(blueprint)
     app.after_request(_security_headers)
     app.context_processor(lambda: {"settings": settings})
