@@ -1,10 +1,11 @@
 """What the real-browser tests share: Debian's Chromium driven by Playwright, a skip
-(locally) or a failure (CI=true) when it is missing, screenshots, and the app served
-over real HTTP on 127.0.0.1."""
+(locally) or a failure (CI=true) when it is missing, screenshots (full page, desktop and
+phone width) in one artifacts directory, and the app served over real HTTP on 127.0.0.1."""
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -24,10 +25,14 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 IN_CI = os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
+# Every screenshot lands here, named "<test>--<page>.png" and overwritten by the next run.
+SCREENSHOTS = Path(os.environ.get("MAILER_TEST_ARTIFACTS")
+                   or Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots")
+PHONE = {"width": 390, "height": 844}
 TIMEOUT_MS = 5000
 
-__all__ = ["browser", "expect", "live_app", "serving", "shot", "TIMEOUT_MS"]
+__all__ = ["action", "browser", "expect", "live_app", "serving", "shot", "shoot_open_pages", "PHONE", "SCREENSHOTS",
+           "TIMEOUT_MS"]
 
 
 def _unavailable(reason: str):
@@ -49,8 +54,55 @@ def browser():
         chromium.close()
 
 
-def shot(page, name: str) -> None:
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+def _file_name(test: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", test).strip("_") or "test"
+
+
+def _current_test() -> str:
+    """The running test's function name (with its parameters), from what pytest sets."""
+    return _file_name(os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0].rsplit("::", 1)[-1])
+
+
+def shot(page, name: str, *, phone: bool = False) -> Path:
+    """A full-page PNG of what the page shows now; phone=True lays it out 390 px wide first
+    (and puts the page's own size back afterwards)."""
+    path = SCREENSHOTS / f"{_current_test()}--{name}{'-phone' if phone else ''}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not phone:
+        page.screenshot(path=str(path), full_page=True)
+        return path
+    size = page.viewport_size
+    page.set_viewport_size(PHONE)
+    try:
+        page.screenshot(path=str(path), full_page=True)
+    finally:
+        page.set_viewport_size(size)
+    return path
+
+
+def shoot_open_pages(item, failed: bool, backend: str) -> None:
+    """After a failed browser test (called from tests/conftest.py): every page it still has
+    open, so CI's artifacts show what the browser showed when the assertion failed. After a
+    pass: the test's failure pictures of an earlier run on this backend are removed."""
+    prefix = f"{_file_name(item.name)}--FAILED-{backend}-"
+    for old in SCREENSHOTS.glob(f"{prefix}*.png"):
+        old.unlink(missing_ok=True)
+    chromium = item.funcargs.get("browser")
+    if not failed or chromium is None or not chromium.is_connected():
+        return
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    pages = [p for ctx in chromium.contexts for p in ctx.pages if not p.is_closed()]
+    for number, page in enumerate(pages, 1):
+        path = SCREENSHOTS / f"{prefix}{number}.png"
+        try:
+            page.screenshot(path=str(path), full_page=True, timeout=TIMEOUT_MS)
+        except Exception as exc:  # the test's own failure is what matters; say why there is no picture
+            print(f"no failure screenshot of {page.url}: {exc}")
+
+
+def action(page, name: str):
+    """A link styled as a button, or a button: the staff pages' restyling may make it either."""
+    return page.get_by_role("link", name=name, exact=True).or_(page.get_by_role("button", name=name, exact=True))
 
 
 @contextlib.contextmanager

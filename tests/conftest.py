@@ -24,6 +24,16 @@ def pytest_report_header(config):
     return f"mailer database backend: {BACKEND}"
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed browser test leaves screenshots of its open pages (before teardown closes them)."""
+    report = yield
+    if report.when == "call" and "browser" in item.fixturenames:
+        from tests.browser_support import shoot_open_pages
+        shoot_open_pages(item, report.failed, BACKEND)
+    return report
+
+
 def _seed(url: str) -> None:
     engine = make_engine(url)
     with session_scope(make_session_factory(engine)) as session:

@@ -16,8 +16,10 @@ from mailer.db import session_scope, utcnow
 from mailer.models import Newsletter
 from tests.audience import address, make_audience
 
-from tests.browser_support import TIMEOUT_MS, browser, expect, live_app, serving, shot  # noqa: F401 (browser is a fixture)
+from tests import browser_support
+from tests.browser_support import TIMEOUT_MS, action, expect, live_app, serving, shot
 
+browser = browser_support.browser  # the shared Chromium (a pytest fixture)
 PASSWORD = "correct horse battery staple"
 UTC = dt.timezone.utc
 
@@ -58,7 +60,7 @@ def test_compose_with_live_preview_then_schedule(live, page):
     expect(page.get_by_role("heading", level=1)).to_have_text("Newsletters")
     expect(page.get_by_text("No newsletters yet.")).to_be_visible()
 
-    page.get_by_role("link", name="New newsletter").click()
+    action(page, "New newsletter").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("New newsletter")
     page.get_by_label("Subject", exact=True).fill("Spine Health in July")
     page.get_by_label("Preheader").fill("Three habits for a happier back")

@@ -1,0 +1,249 @@
+"""Real-browser tests (Chromium through Playwright) of webinars: staff create and publish
+one in the admin form, visitors reserve seats on the public page, the confirmation with
+its join link and calendar invite arrives over real SMTP, the third visitor of two seats
+is waitlisted and gets the seat when the first cancels from the link in their mail.
+
+Set up as tests/test_browser.py: skipped without /usr/bin/chromium, except in CI
+(CI=true), where that is a failure. Screenshots go to the artifacts directory."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import icalendar
+import pytest
+import sqlalchemy as sa
+
+from mailer import users, webinars
+from mailer.db import session_scope, utcnow
+from mailer.models import Registration, Webinar
+from mailer.web.webinar_pages import REGISTERED
+
+from tests import browser_support
+from tests.browser_support import TIMEOUT_MS, action, expect, live_app, serving, shot
+
+browser = browser_support.browser  # the shared Chromium (a pytest fixture)
+PASSWORD = "correct horse battery staple"
+JOIN = "https://meet.example.com/spine-health-room"
+YEAR = utcnow().year + 1
+# 18:00 in London in July is BST (UTC+1): 17:00 UTC, 13:00 in New York (EDT), 02:00 next day in Tokyo.
+START_UTC = dt.datetime(YEAR, 7, 15, 17, 0, tzinfo=dt.timezone.utc)
+DAY = f"{dt.date(YEAR, 7, 15):%A}"
+ORGANISER_TIME = f"{DAY} 15 July {YEAR}, 18:00 BST"
+NEW_YORK_TIME = f"{DAY} 15 July {YEAR}, 13:00 EDT"
+
+
+@pytest.fixture
+def live(database_url, smtp_server, tmp_path):
+    """(app, base URL): served over real HTTP, sending through the recording SMTP server,
+    with one editor. The organisation's zone is the default, Europe/London."""
+    app, port = live_app(database_url, tmp_path, smtp_url=smtp_server.url)
+    with session_scope(app.extensions["mailer"].sessions) as session:
+        users.create_user(session, "editor@clinic.example", PASSWORD, "editor")
+    with serving(app, port) as base:
+        yield app, base
+    app.extensions["mailer"].engine.dispose()
+
+
+@pytest.fixture
+def visitor(browser):
+    """Opens a page in a fresh browser profile in the given zone (one person's browser)."""
+    contexts = []
+
+    def open_page(zone: str = "America/New_York", locale: str = "en-US"):
+        ctx = browser.new_context(timezone_id=zone, locale=locale, viewport={"width": 1000, "height": 800})
+        ctx.set_default_timeout(TIMEOUT_MS)
+        contexts.append(ctx)
+        return ctx.new_page()
+
+    yield open_page
+    for ctx in contexts:
+        ctx.close()
+
+
+def log_in(page, base: str, path: str) -> None:
+    page.goto(f"{base}{path}")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Staff login")
+    page.get_by_label("Email").fill("editor@clinic.example")
+    page.get_by_label("Password").fill(PASSWORD)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Log in").click()
+
+
+def reserve(page, base: str, email: str, name: str) -> None:
+    page.goto(f"{base}/webinars/spine-health")
+    page.get_by_label("Email address").fill(email)
+    page.get_by_label("First name").fill(name)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Reserve my seat").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Check your inbox")
+    expect(page.get_by_text(REGISTERED)).to_be_visible()
+
+
+def mails_to(smtp_server, address: str) -> list:
+    return [r.message for r in smtp_server.received if r.rcpt_tos == [address]]
+
+
+def text_of(message) -> str:
+    return message.get_body(preferencelist=("plain",)).get_content().replace("\r\n", "\n")
+
+
+def invite_event(message):
+    [part] = [p for p in message.iter_attachments() if p.get_filename() == "invite.ics"]
+    assert part.get_content_type() == "text/calendar"
+    return icalendar.Calendar.from_ical(part.get_payload(decode=True)).walk("VEVENT")[0]
+
+
+def seats_line(page):
+    """The line under the time that says how many seats are left."""
+    return page.get_by_text(re.compile(r"^(\d+ seats? left|Full: register to join the waitlist|Free, open to all)$"))
+
+
+def png_width(path) -> int:
+    with open(path, "rb") as f:
+        header = f.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(header[16:20], "big")
+
+
+def test_staff_create_and_publish_a_webinar_then_a_visitor_reserves_a_seat(live, visitor, smtp_server):
+    app, base = live
+    staff = visitor("Europe/London", "en-GB")
+    log_in(staff, base, "/admin/webinars")
+    expect(staff.get_by_role("heading", level=1)).to_have_text("Webinars")
+    expect(staff.get_by_text("No webinars yet.")).to_be_visible()
+
+    action(staff, "New webinar").click()
+    expect(staff.get_by_role("heading", level=1)).to_have_text("New webinar")
+    expect(staff.get_by_label("Time zone")).to_have_value("Europe/London")  # the organisation's zone
+    staff.get_by_label("Title").fill("Spine Health")
+    staff.get_by_label("Address: /webinars/…").fill("spine-health")
+    staff.get_by_label("Starts (local time)").fill(f"{YEAR}-07-15T18:00")
+    staff.get_by_label("Capacity (empty: no limit)").fill("2")
+    staff.get_by_label("Join link (sent only to confirmed registrants)").fill(JOIN)
+    staff.get_by_label("Description (Markdown)").fill("Five exercises **for your desk**.")
+    shot(staff, "webinar-1-editor")
+    with staff.expect_navigation():
+        staff.get_by_role("button", name="Save").click()
+
+    expect(staff.get_by_role("heading", level=1)).to_have_text("Spine Health")
+    expect(staff.get_by_role("status")).to_have_text("Saved. Registrants get an update if the start time changed.")
+    expect(staff.get_by_text(f"draft · {ORGANISER_TIME} · 60 min")).to_be_visible()
+    with staff.expect_navigation():
+        staff.get_by_role("button", name="Publish").click()
+    expect(staff.get_by_role("status")).to_have_text("Published: registration is open.")
+    expect(staff.get_by_role("button", name="Publish")).to_have_count(0)
+    expect(staff.get_by_text("Confirmed 0 of 2, waitlisted 0, cancelled 0.")).to_be_visible()
+    with app.extensions["mailer"].read_sessions() as session:
+        stored = session.scalar(sa.select(Webinar))
+        assert (stored.status, stored.starts_at, stored.capacity) == ("published", START_UTC, 2)
+
+    # The visitor, in New York, sees the time in their zone and the organiser's.
+    ada = visitor("America/New_York")
+    ada.goto(f"{base}/webinars/spine-health")
+    expect(ada).to_have_title(re.compile(r"^Spine Health"))
+    expect(ada.get_by_role("heading", level=1)).to_have_text("Spine Health")
+    expect(ada.get_by_text(f"Organiser's time: {ORGANISER_TIME}")).to_be_visible()
+    local = f"{DAY}, July 15, {YEAR} at 01:00 PM EDT (your time)"
+    expect(ada.get_by_text(local)).to_be_visible()
+    expect(seats_line(ada)).to_have_text("2 seats left")
+    expect(ada.get_by_text("for your desk")).to_be_visible()
+    assert JOIN not in ada.content()  # the join link only ever goes to registrants
+    shot(ada, "webinar-2-public-page")
+    assert png_width(shot(ada, "webinar-2-public-page", phone=True)) == 390
+
+    ada.get_by_label("Email address").fill("ada@example.com")
+    ada.get_by_label("First name").fill("Ada")
+    with ada.expect_navigation():
+        ada.get_by_role("button", name="Reserve my seat").click()
+    expect(ada.get_by_role("heading", level=1)).to_have_text("Check your inbox")
+    expect(ada.get_by_text(REGISTERED)).to_be_visible()
+    shot(ada, "webinar-3-reserved")
+
+    app.extensions["mailer"].drain()
+    [mail] = mails_to(smtp_server, "ada@example.com")
+    assert mail["Subject"] == f"Your seat: Spine Health, {NEW_YORK_TIME}"
+    text = text_of(mail)
+    assert text.startswith("Hello Ada,\n\nYour seat is reserved.")
+    assert f"{NEW_YORK_TIME} ({ORGANISER_TIME} for the organiser)" in text
+    assert f"Join: {JOIN}\n" in text
+    event = invite_event(mail)
+    assert event.decoded("DTSTART") == START_UTC
+    assert str(event["DTSTART"].params["TZID"]) == "Europe/London"
+    assert event["DTSTART"].to_ical() == f"{YEAR}0715T180000".encode()
+    assert str(event["URL"]) == JOIN and str(event["SUMMARY"]) == "Spine Health"
+
+    ada.goto(f"{base}/webinars/spine-health")
+    expect(seats_line(ada)).to_have_text("1 seat left")
+
+    staff.reload()
+    expect(staff.get_by_text("Confirmed 1 of 2, waitlisted 0, cancelled 0.")).to_be_visible()
+    row = staff.get_by_role("row", name=re.compile("ada@example.com"))
+    expect(row.get_by_role("cell").nth(0)).to_have_text("ada@example.com")
+    expect(row.get_by_role("cell").nth(1)).to_have_text("Ada")
+    expect(row.get_by_role("cell").nth(2)).to_have_text("confirmed")
+    expect(row.get_by_role("checkbox", name="ada@example.com attended")).not_to_be_checked()
+    shot(staff, "webinar-4-registrants")
+
+
+def test_the_third_visitor_is_waitlisted_and_promoted_when_a_seat_is_cancelled(live, visitor, smtp_server):
+    app, base = live
+    m = app.extensions["mailer"]
+    with session_scope(m.sessions) as session:
+        w = webinars.save_webinar(session, slug="spine-health", title="Spine Health",
+                                  starts_local=dt.datetime(YEAR, 7, 15, 18, 0), timezone="Europe/London",
+                                  capacity=2, join_url=JOIN, now=utcnow())
+        webinars.publish(session, w.id)
+
+    ada, bob, chiyo = visitor("America/New_York"), visitor("Europe/London", "en-GB"), visitor("Asia/Tokyo")
+    reserve(ada, base, "ada@example.com", "Ada")
+    reserve(bob, base, "bob@example.com", "Bob")
+    chiyo.goto(f"{base}/webinars/spine-health")
+    expect(seats_line(chiyo)).to_have_text("Full: register to join the waitlist")
+    expect(chiyo.get_by_role("button", name="Reserve my seat")).to_be_visible()
+    shot(chiyo, "waitlist-1-full-page")
+    reserve(chiyo, base, "chiyo@example.com", "Chiyo")  # the same answer, seat or waitlist
+    m.drain()
+
+    [waitlisted] = mails_to(smtp_server, "chiyo@example.com")
+    tokyo_time = f"{dt.date(YEAR, 7, 16):%A} 16 July {YEAR}, 02:00 JST"
+    assert waitlisted["Subject"] == "You're on the waitlist: Spine Health"
+    assert f"Spine Health ({tokyo_time}) is full, so you are on the waitlist." in text_of(waitlisted)
+    assert JOIN not in waitlisted.as_string() and not list(waitlisted.iter_attachments())
+
+    # Ada cannot come: she follows the link in her confirmation.
+    [confirmation] = mails_to(smtp_server, "ada@example.com")
+    cancel_url = re.search(r"Give your seat to someone else: (\S+)", text_of(confirmation)).group(1)
+    assert cancel_url.startswith(f"{base}/webinars/spine-health/cancel/")
+    ada.goto(cancel_url)
+    expect(ada.get_by_role("heading", level=1)).to_have_text("Cancel your seat")
+    expect(ada.get_by_text(f"Release your seat for Spine Health ({NEW_YORK_TIME})?")).to_be_visible()
+    shot(ada, "waitlist-2-cancel-page")
+    with ada.expect_navigation():
+        ada.get_by_role("button", name="Cancel my seat").click()
+    expect(ada.get_by_role("heading", level=1)).to_have_text("Seat released")
+    expect(ada.get_by_text("Your place for Spine Health is released. Thank you for letting us know.")).to_be_visible()
+    shot(ada, "waitlist-3-seat-released", phone=True)
+    ada.goto(cancel_url)  # the link again: nothing more to do
+    expect(ada.get_by_text("Your place for Spine Health is already released.")).to_be_visible()
+
+    m.drain()
+    [_, promoted] = mails_to(smtp_server, "chiyo@example.com")
+    assert promoted["Subject"] == f"A seat is yours: Spine Health, {tokyo_time}"
+    assert "Good news: a seat freed up and it is yours." in text_of(promoted)
+    assert f"Join: {JOIN}\n" in text_of(promoted)
+    assert invite_event(promoted).decoded("DTSTART") == START_UTC
+    chiyo.goto(f"{base}/webinars/spine-health")
+    expect(seats_line(chiyo)).to_have_text("Full: register to join the waitlist")
+
+    with m.read_sessions() as session:
+        statuses = dict(session.execute(sa.select(Registration.timezone, Registration.status)).all())
+    assert statuses == {"America/New_York": "cancelled", "Europe/London": "confirmed", "Asia/Tokyo": "confirmed"}
+
+    staff = visitor("Europe/London", "en-GB")
+    log_in(staff, base, f"/admin/webinars/{w.id}")
+    expect(staff.get_by_text("Confirmed 2 of 2, waitlisted 0, cancelled 1.")).to_be_visible()
+    for email, status in [("ada@example.com", "cancelled"), ("bob@example.com", "confirmed"),
+                          ("chiyo@example.com", "confirmed")]:
+        expect(staff.get_by_role("row", name=re.compile(email)).get_by_role("cell").nth(2)).to_have_text(status)
+    shot(staff, "waitlist-4-registrants")
