@@ -490,6 +490,7 @@ class Operation:
     description: str = ""
     answer: str = "Success."  # what the success response is, in a few words
     response_headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    errors: tuple[int, ...] = ()  # answers beyond the ones _error_codes derives
 
     @property
     def path_params(self) -> list[str]:
@@ -499,9 +500,10 @@ class Operation:
 ERROR_DESCRIPTIONS = {
     400: "The body is not JSON.",
     401: "No token, or not a valid one.",
-    403: "The token's scope does not allow this.",
+    403: "The token's scope, or its user's role, does not allow this.",
     404: "No such resource.",
     413: "The body is larger than 1 MiB.",
+    409: "It clashes with what exists (a slug taken); `field` names it.",
     422: "A field is missing, of the wrong type, out of range or not acceptable; `field` names it.",
 }
 
@@ -516,7 +518,7 @@ def _error_codes(op: Operation) -> list[int]:
         codes += [400, 413, 422]
     elif op.query is not None:
         codes.append(422)
-    return sorted(codes)
+    return sorted(set(codes) | set(op.errors))
 
 
 def _query_parameters(model: type[BaseModel]) -> list[dict]:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from mailer.db import is_postgres
-from mailer.models import ConsentEvent
+from mailer.models import ConsentEvent, ConsentWording, MailingList
 
 GENESIS_HASH = "0" * 64
 # Any constant: serialises appends to the chain on PostgreSQL.
@@ -137,3 +137,23 @@ def contact_history(session: Session, contact_id: int) -> list[ConsentEvent]:
     return list(session.scalars(
         sa.select(ConsentEvent).where(ConsentEvent.contact_id == contact_id).order_by(ConsentEvent.id)
     ))
+
+
+def search_events(session: Session, *, contact_id: int | None = None, list_id: int | None = None,
+                  action: str | None = None, before_id: int | None = None, limit: int = 50
+                  ) -> list[tuple[ConsentEvent, str | None, int | None]]:
+    """Events newest first, each with its list's slug and the wording version shown; one
+    more row than asked when there is a next page. contact_id is indexed; the other
+    filters narrow a walk down the ids."""
+    stmt = (sa.select(ConsentEvent, MailingList.slug, ConsentWording.version)
+            .outerjoin(MailingList, MailingList.id == ConsentEvent.list_id)
+            .outerjoin(ConsentWording, ConsentWording.id == ConsentEvent.wording_id))
+    if contact_id is not None:
+        stmt = stmt.where(ConsentEvent.contact_id == contact_id)
+    if list_id is not None:
+        stmt = stmt.where(ConsentEvent.list_id == list_id)
+    if action is not None:
+        stmt = stmt.where(ConsentEvent.action == action)
+    if before_id is not None:
+        stmt = stmt.where(ConsentEvent.id < before_id)
+    return [tuple(row) for row in session.execute(stmt.order_by(ConsentEvent.id.desc()).limit(limit + 1))]

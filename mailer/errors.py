@@ -18,3 +18,9 @@ class InvalidInput(DomainError):
 
 class NotFound(DomainError):
     code = "not_found"
+
+
+class Conflict(InvalidInput):
+    """Input that clashes with what exists (a slug taken); the API answers 409."""
+
+    code = "conflict"

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from mailer.db import dialect_insert, is_postgres
+from mailer.errors import NotFound
 from mailer.models import NOT_YET_SENT, PENDING_DELIVERY, Contact, Delivery, DeliveryStatus, ErrorClass, Suppression
 
 
@@ -187,3 +188,41 @@ def count_due(session: Session, now: dt.datetime) -> int:
 def queue_counts(session: Session) -> dict[str, int]:
     rows = session.execute(sa.select(Delivery.status, sa.func.count()).group_by(Delivery.status)).all()
     return {status: count for status, count in rows}
+
+
+def search_deliveries(session: Session, *, status: str | None = None, kind: str | None = None,
+                      error: str | None = None, contact_id: int | None = None, ref_id: int | None = None,
+                      before_id: int | None = None, limit: int = 50) -> list[tuple[Delivery, str | None]]:
+    """Deliveries newest first, each with its recipient's address (None once erased), for
+    the staff page and the API. `error` is text contained in last_error, any case;
+    `before_id` continues a page. One more row than asked comes back when there is a
+    next page. Pages walk down the ids, so a filter stops reading once it has `limit`
+    matches; only contact_id has an index to itself (and status on PostgreSQL), so a
+    filter that matches few rows may read the whole table once: 0.2 s at 1M rows."""
+    stmt = sa.select(Delivery, Contact.email).join(Contact, Contact.id == Delivery.contact_id)
+    if status is not None:
+        # SQLite has no statistics unless ANALYZE ran, so it would read a common status
+        # (sent) through its index and sort every such row: 0.7 s at 1M. `status || ''`
+        # keeps it on the walk down the ids (PostgreSQL's planner chooses well itself).
+        column = Delivery.status if is_postgres(session) else Delivery.status.concat("")
+        stmt = stmt.where(column == status)
+    if kind is not None:
+        stmt = stmt.where(Delivery.kind == kind)
+    if error:
+        stmt = stmt.where(Delivery.last_error.icontains(error, autoescape=True))
+    if contact_id is not None:
+        stmt = stmt.where(Delivery.contact_id == contact_id)
+    if ref_id is not None:
+        stmt = stmt.where(Delivery.ref_id == ref_id)
+    if before_id is not None:
+        stmt = stmt.where(Delivery.id < before_id)
+    return [(delivery, email) for delivery, email in
+            session.execute(stmt.order_by(Delivery.id.desc()).limit(limit + 1))]
+
+
+def get_delivery(session: Session, delivery_id: int) -> tuple[Delivery, str | None]:
+    row = session.execute(sa.select(Delivery, Contact.email).join(Contact, Contact.id == Delivery.contact_id)
+                          .where(Delivery.id == delivery_id)).first()
+    if row is None:
+        raise NotFound(f"no delivery {delivery_id}")
+    return row[0], row[1]

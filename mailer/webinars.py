@@ -234,6 +234,13 @@ def registration_by_token(session: Session, token: str) -> Registration | None:
     return session.scalar(sa.select(Registration).where(Registration.token == token))
 
 
+def get_registration(session: Session, registration_id: int) -> Registration:
+    registration = session.get(Registration, registration_id)
+    if registration is None:
+        raise NotFound(f"no registration {registration_id}")
+    return registration
+
+
 def cancel_registration(session: Session, token: str, *, now: dt.datetime) -> Registration | None:
     """Give the seat back; the first person on the waitlist gets it and is told."""
     registration = registration_by_token(session, token)

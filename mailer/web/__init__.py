@@ -1,6 +1,7 @@
 """Web layer: blueprints translate HTTP to domain calls and back."""
 from __future__ import annotations
 
+import importlib
 from contextlib import contextmanager
 
 from flask import Flask, current_app, jsonify, request
@@ -78,8 +79,11 @@ def register(app: Flask) -> None:
     from mailer.contacts import PublicLists
     from mailer.web import (admin, api, archive, auth, contacts_admin, hooks, newsletters_admin, public, tracking,
                             webinar_pages, webinars_admin)
+    from mailer.web import deliveries_admin
     from mailer.web.ratelimit import SlidingWindowLimiter
 
+    for module in ("api_people", "api_outbox"):  # importing them adds their routes to api.bp
+        importlib.import_module(f"mailer.web.{module}")
     settings = app.extensions["mailer"].settings
     app.extensions["signup_limiter"] = SlidingWindowLimiter(settings.signup_rate_limit,
                                                             settings.signup_rate_window_seconds)
@@ -91,7 +95,7 @@ def register(app: Flask) -> None:
     for blueprint in (public.bp, webinar_pages.bp, hooks.bp, api.bp):
         csrf.exempt(blueprint)
     for blueprint in (public.bp, webinar_pages.bp, archive.bp, tracking.bp, auth.bp, admin.bp,
-                      newsletters_admin.bp, webinars_admin.bp, contacts_admin.bp, hooks.bp, api.bp):
+                      newsletters_admin.bp, webinars_admin.bp, contacts_admin.bp, deliveries_admin.bp, hooks.bp, api.bp):
         app.register_blueprint(blueprint)
     app.after_request(_security_headers)
     app.context_processor(lambda: {"settings": settings})

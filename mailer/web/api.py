@@ -96,10 +96,11 @@ def field_renamed(**renames: str):
 def operation(method: str, rule: str, *, summary: str, response: type[BaseModel], status: int = 200,
               body: type[BaseModel] | None = None, body_required: bool = True,
               query: type[BaseModel] | None = None, scope: str | None = None, description: str = "",
-              answer: str = "Success.", headers: dict[str, str] | None = None):
+              answer: str = "Success.", headers: dict[str, str] | None = None, errors: tuple[int, ...] = ()):
     """Register a view at `rule` (Flask syntax) and describe it in the OpenAPI document.
     The view gets `body` and `query` as validated models and returns a response model
-    (or the model and extra headers); GET needs any token, everything else a write token."""
+    (or the model and extra headers); GET needs any token, everything else a write token.
+    `errors` names answers beyond those every operation of its kind may give (403, 409)."""
     scope = scope or ("read" if method == "GET" else "write")
 
     def register(view):
@@ -107,13 +108,14 @@ def operation(method: str, rule: str, *, summary: str, response: type[BaseModel]
             method=method, path=re.sub(r"<(?:[^:<>]+:)?(\w+)>", r"{\1}", rule), operation_id=view.__name__,
             summary=summary, response=response, status=status, body=body, body_required=body_required,
             query=query, scope=scope, description=description or (view.__doc__ or "").strip(), answer=answer,
-            response_headers=headers or {}))
+            response_headers=headers or {}, errors=errors))
 
         @functools.wraps(view)
         def handle(**path):
             with db_session() as session:
                 token = users.use_token(session, presented_token(allow_query=False), SCOPES[scope], now=utcnow())
                 g.api_user_id = token.user_id  # for views that audit what they show
+                g.api_token_name = token.name  # for the consent ledger: who acted, through what
             if any(isinstance(value, int) and not 1 <= value <= schemas.MAX_ID for value in path.values()):
                 # Werkzeug's int(min=, max=) answers 405 instead of 404 for PATCH/POST on such paths.
                 raise ApiError(404, "not_found", "No such resource.")

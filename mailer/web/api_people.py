@@ -1,0 +1,154 @@
+"""API routes for people: mailing lists, subscriptions (double opt-in through the same
+path as the public form, withdrawal as by the unsubscribe link) and the consent ledger.
+They register on mailer.web.api's blueprint, so they share its tokens, errors and
+OpenAPI document."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import g, url_for
+
+from mailer import api_schemas_people as people
+from mailer import consent, contacts, lists
+from mailer.api_schemas import encode_cursor
+from mailer.consent import RequestContext
+from mailer.db import utcnow
+from mailer.errors import Conflict
+from mailer.models import AuditLog, Role, User
+from mailer.web import db_reader, db_session, mailer
+from mailer.web.api import ApiError, bp, error_response, field_renamed, operation
+
+SUBSCRIPTION_ACCEPTED = ("If the address can be mailed, a confirmation request is on its way; the subscription "
+                         "starts when the person clicks its link.")
+
+
+# Shared by the API modules that show personal data -----------------------------------
+
+@bp.errorhandler(Conflict)
+def _conflict(exc: Conflict):
+    return error_response(409, exc.code, exc.message, exc.field)
+
+
+def audit(session, action: str, detail: str) -> None:
+    """Record, with the token's user, that personal data was shown or changed."""
+    session.add(AuditLog(user_id=g.api_user_id, action=action, detail=detail[:2000]))
+
+
+def token_is_owner(session) -> bool:
+    return session.scalar(sa.select(User.role).where(User.id == g.api_user_id)) == Role.OWNER
+
+
+def require_owner(session) -> None:
+    if not token_is_owner(session):
+        raise ApiError(403, "forbidden", "Only a token of an owner may do this.")
+
+
+def ledger_context(source_url: str | None = None) -> RequestContext:
+    """Consent evidence for an act through the API: where the person was (when the caller
+    says) and which token acted. The caller's IP is a server's, not the person's, so none."""
+    return RequestContext(source_url=source_url or None, note=f"api: token '{g.api_token_name}'")
+
+
+def filters_text(**filters) -> str:
+    return ", ".join(f"{name}={value}" for name, value in filters.items() if value is not None) or "all"
+
+
+def next_cursor(rows: list, limit: int) -> str | None:
+    return encode_cursor(rows[limit - 1][0].id) if len(rows) > limit else None
+
+
+# Mailing lists --------------------------------------------------------------------------
+
+@operation("GET", "/lists", summary="Mailing lists with their subscriber counts", response=people.MailingListList)
+def list_lists():
+    with db_reader() as session:
+        return people.MailingListList(items=[people.MailingList.of(s) for s in lists.list_lists(session)])
+
+
+@operation("POST", "/lists", summary="Create a mailing list", body=people.ListCreate, response=people.MailingList,
+           status=201, answer="The list.", headers={"Location": "The new list's URL."}, errors=(409,),
+           description="With the consent wording people agree to when they join (version 1). "
+                       "A slug that is taken is answered 409.")
+def create_list(body: people.ListCreate):
+    with db_session() as session:
+        created = people.MailingList.of(lists.create_list(
+            session, slug=body.slug, name=body.name, description=body.description, wording=body.consent_wording,
+            public=body.public, now=utcnow()))
+    return created, {"Location": url_for("api.get_list", id=created.id)}
+
+
+@operation("GET", "/lists/<int:id>", summary="One mailing list", response=people.MailingList)
+def get_list(id: int):
+    with db_reader() as session:
+        return people.MailingList.of(lists.get_list(session, id))
+
+
+# Subscriptions --------------------------------------------------------------------------
+
+@operation("GET", "/subscriptions", summary="Subscriptions, newest first", query=people.SubscriptionQuery,
+           response=people.SubscriptionPage, answer="One page of subscriptions.",
+           description="Personal data: every call is recorded in the audit log.")
+def list_subscriptions(query: people.SubscriptionQuery):
+    with db_session() as session:
+        list_id = lists.list_id_for(session, query.list) if query.list else None
+        rows = lists.search_subscriptions(session, contact_id=query.contact_id, list_id=list_id,
+                                          status=query.status, before_id=query.cursor, limit=query.limit)
+        audit(session, "api_view_subscriptions",
+              filters_text(contact=query.contact_id, list=query.list, status=query.status))
+    return people.SubscriptionPage(items=[people.Subscription.of(*row) for row in rows[:query.limit]],
+                                   next_cursor=next_cursor(rows, query.limit))
+
+
+@operation("POST", "/subscriptions", summary="Start a subscription (double opt-in)", body=people.SubscriptionCreate,
+           response=people.Accepted, status=202, answer="Accepted; the same answer for every address.",
+           description="What the public form does: the person gets a mail with a confirmation link, and the "
+                       "consent ledger records the request with the list's current wording, `source_url` and "
+                       "this token's name. The answer is the same whether the address is new, already "
+                       "subscribed, unsubscribed or suppressed (a suppressed address gets no mail).")
+def create_subscription(body: people.SubscriptionCreate):
+    with db_session() as session, field_renamed(lists="list"):
+        contacts.subscribe(session, mailer().settings, email=body.email, name=body.name, lists=[body.list],
+                           consent_given=body.consent, timezone=body.timezone,
+                           context=ledger_context(body.source_url), now=utcnow())
+    return people.Accepted(status="pending_confirmation", message=SUBSCRIPTION_ACCEPTED)
+
+
+@operation("GET", "/subscriptions/<int:id>", summary="One subscription", response=people.Subscription,
+           description="Personal data: every call is recorded in the audit log.")
+def get_subscription(id: int):
+    with db_session() as session:
+        found = people.Subscription.of(*lists.get_subscription(session, id))
+        audit(session, "api_view_subscriptions", f"subscription {id}")
+    return found
+
+
+@operation("DELETE", "/subscriptions/<int:id>", summary="Unsubscribe", response=people.Subscription,
+           answer="The subscription, unsubscribed.",
+           description="As if the person used their unsubscribe link: a withdrawal in the consent ledger (noting "
+                       "this token) and mail for the list not yet sent is cancelled. Unsubscribing again "
+                       "changes nothing.")
+def delete_subscription(id: int):
+    with db_session() as session:
+        found = people.Subscription.of(*lists.withdraw(session, mailer().settings, id, context=ledger_context(),
+                                                       now=utcnow()))
+        audit(session, "api_unsubscribe", f"subscription {id}")
+    return found
+
+
+# Consent events -------------------------------------------------------------------------
+
+@operation("GET", "/consent-events", summary="The consent ledger, newest first", query=people.ConsentEventQuery,
+           response=people.ConsentEventPage, answer="One page of events.",
+           description="Read only: the ledger is append-only. Source URL, IP, user agent and note are personal "
+                       "and shown to tokens of owners only. Every call is recorded in the audit log.")
+def list_consent_events(query: people.ConsentEventQuery):
+    with db_session() as session:
+        list_id = lists.list_id_for(session, query.list) if query.list else None
+        personal = token_is_owner(session)
+        rows = consent.search_events(session, contact_id=query.contact_id, list_id=list_id, action=query.action,
+                                     before_id=query.cursor, limit=query.limit)
+        audit(session, "api_view_consent_events",
+              filters_text(contact=query.contact_id, list=query.list, action=query.action)
+              + ("; with personal fields" if personal else ""))
+    return people.ConsentEventPage(
+        items=[people.ConsentEvent.of(*row, personal=personal) for row in rows[:query.limit]],
+        next_cursor=next_cursor(rows, query.limit))
