@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import logging
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -14,6 +17,7 @@ from mailer.settings import Settings, load_settings
 from mailer.transports import Transport, transport_from_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -26,10 +30,38 @@ class Mailer:
     read_sessions: sessionmaker[Session]
     renderer: EmailRenderer
     transport: Transport
+    # `settings` before what staff set on the settings page; refresh_settings() applies that.
+    base_settings: Settings | None = None
+    settings_read_at: float | None = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.base_settings is None:
+            self.base_settings = self.settings
+
+    def refresh_settings(self, max_age: float = 0.0) -> Settings:
+        """`settings` with the settings page's overrides, read from the database again when
+        the last read is older than `max_age` seconds (reads the database)."""
+        from mailer import site_settings
+
+        now = time.monotonic()
+        if self.settings_read_at is not None and now - self.settings_read_at < max_age:
+            return self.settings
+        self.settings_read_at = now  # before the query: concurrent requests do not pile up
+        try:
+            with self.read_sessions() as session:
+                overrides = site_settings.load_overrides(session)
+        except sa.exc.SQLAlchemyError as exc:  # not migrated yet, or the database is away: keep what we have
+            log.warning("cannot read the stored settings: %s", exc.__class__.__name__)
+            return self.settings
+        updated = site_settings.apply(self.base_settings, overrides)
+        if updated != self.settings:
+            self.settings = updated
+        return self.settings
 
     def sender(self, **kwargs):
         from mailer.sender import Sender
 
+        kwargs.setdefault("settings_source", self.refresh_settings)
         return Sender(self.settings, self.sessions, self.transport, self.renderer, **kwargs)
 
     def process_signups(self) -> int:
@@ -78,6 +110,8 @@ def create_app(overrides: dict | None = None, *, transport: Transport | None = N
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
+        # Staff sessions end after a working day without a request.
+        PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
         MAX_CONTENT_LENGTH=1024 * 1024,
         WTF_CSRF_TIME_LIMIT=None,
     )

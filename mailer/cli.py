@@ -15,17 +15,21 @@ import sqlalchemy as sa
 from mailer import build, consent, contacts, newsletters, outbox, rendering, users, webinars
 from mailer.db import migrate as run_migrations, session_scope, utcnow
 from mailer.errors import InvalidInput, NotFound
-from mailer.models import User
 from mailer.settings import SettingsError, load_settings
 
 log = logging.getLogger("mailer")
 
 
-def _mailer():
+def _mailer(stored: bool = True):
+    """The Mailer, with what owners set on the settings page unless `stored` is False
+    (before migrating, the settings table may not exist yet)."""
     try:
-        return build(load_settings())
+        m = build(load_settings())
     except SettingsError as exc:
         raise click.ClickException(str(exc))
+    if stored:
+        m.refresh_settings()
+    return m
 
 
 def _migrate(m) -> None:
@@ -49,7 +53,7 @@ def main(verbose: bool) -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the database schema."""
-    m = _mailer()
+    m = _mailer(stored=False)
     _migrate(m)
     click.echo("database is up to date")
 
@@ -61,11 +65,7 @@ def migrate() -> None:
 def create_user(email: str, role: str, password: str) -> None:
     """Add a staff user who can log in at /admin."""
     m = _mailer()
-    try:
-        with session_scope(m.sessions) as session:
-            users.create_user(session, email, password, role)
-    except InvalidInput as exc:
-        raise click.ClickException(exc.message)
+    _run(m, lambda s: users.add_user(s, email, role, password, actor_id=None))
     click.echo(f"created {role} {email}")
 
 
@@ -75,15 +75,78 @@ def create_user(email: str, role: str, password: str) -> None:
 @click.option("--scope", default="read", type=click.Choice(["read", "write"]))
 def create_token(email: str, name: str, scope: str) -> None:
     """Create an API token for a staff user; it is shown only once."""
-    import sqlalchemy as sa
-
     m = _mailer()
-    with session_scope(m.sessions) as session:
-        user = session.scalar(sa.select(User).where(User.email == email.strip().lower()))
-        if user is None:
-            raise click.ClickException(f"no staff user {email}")
-        token = users.create_token(session, user, name, scope)
-    click.echo(token)
+    click.echo(_run(m, lambda s: users.issue_token(s, users.find_user(s, email), name, scope, actor_id=None)))
+
+
+@main.command("list-tokens")
+@click.option("--user", "email", help="Only this user's tokens.")
+def list_tokens(email: str | None) -> None:
+    """API tokens: id, scope, owner, created, last used, revoked, name."""
+    m = _mailer()
+
+    def when(moment):
+        return moment.strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+    rows = _run(m, lambda s: users.list_tokens(s, users.find_user(s, email) if email else None))
+    for t in rows:
+        click.echo(f"{t.id}\t{t.scope}\t{t.user_email}\tcreated {when(t.created_at)}\tused {when(t.last_used_at)}\t"
+                   f"{'revoked ' + when(t.revoked_at) if t.revoked_at else 'active'}\t{t.name}")
+
+
+@main.command("revoke-token")
+@click.argument("token_id", type=int)
+def revoke_token(token_id: int) -> None:
+    """Revoke an API token for good (see list-tokens for ids)."""
+    m = _mailer()
+    name = _run(m, lambda s: users.revoke_token(s, token_id, actor=None, now=utcnow()).name)
+    click.echo(f"token {token_id} ({name}) revoked")
+
+
+@main.group("users")
+def users_group() -> None:
+    """Staff accounts: list, change role, disable, enable (create-user adds one)."""
+
+
+@users_group.command("list")
+def users_list() -> None:
+    """Every staff user: email, role, status, last login."""
+    m = _mailer()
+    now = utcnow()
+    with m.read_sessions() as session:
+        for u in users.list_users(session):
+            status = ("disabled" if u.disabled_at else
+                      "locked" if u.locked_until and u.locked_until > now else "active")
+            last = u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "never"
+            click.echo(f"{u.email}\t{u.role}\t{status}\tlast login {last}")
+
+
+@users_group.command("set-role")
+@click.argument("email")
+@click.argument("role", type=click.Choice(["owner", "editor", "viewer"]))
+def users_set_role(email: str, role: str) -> None:
+    """Change a user's role (the last active owner stays an owner)."""
+    m = _mailer()
+    old = _run(m, lambda s: users.set_role(s, users.find_user(s, email), role, actor_id=None))
+    click.echo(f"{email}: {old} -> {role}")
+
+
+@users_group.command("disable")
+@click.argument("email")
+def users_disable(email: str) -> None:
+    """No more logins, sessions or API tokens for this user; the audit trail stays."""
+    m = _mailer()
+    _run(m, lambda s: users.disable_user(s, users.find_user(s, email), actor_id=None, now=utcnow()))
+    click.echo(f"{email} disabled")
+
+
+@users_group.command("enable")
+@click.argument("email")
+def users_enable(email: str) -> None:
+    """Let a disabled user log in again."""
+    m = _mailer()
+    _run(m, lambda s: users.enable_user(s, users.find_user(s, email), actor_id=None))
+    click.echo(f"{email} enabled")
 
 
 @main.command()
@@ -98,8 +161,9 @@ def serve(host: str, port: int, demo: bool) -> None:
 
     # Links in mail must point at this server unless a public address is configured.
     os.environ.setdefault("MAILER_BASE_URL", f"http://{host}:{port}")
-    m = _mailer()
+    m = _mailer(stored=False)
     _migrate(m)
+    m.refresh_settings()
     if demo:
         with session_scope(m.sessions) as session:
             password = seed_demo(session, m.settings.timezone, utcnow())

@@ -126,28 +126,40 @@ class DomainGate:
 class Sender:
     def __init__(self, settings: Settings, session_factory, transport: Transport, renderer: EmailRenderer,
                  worker_id: str | None = None, clock: Callable[[], dt.datetime] = utcnow,
-                 sleep: Callable[[float], None] = time.sleep):
-        self.settings = settings
+                 sleep: Callable[[float], None] = time.sleep,
+                 settings_source: Callable[[], Settings] | None = None):
         self.session_factory = session_factory
         self.transport = transport
         self.renderer = renderer
         self.worker_id = worker_id or new_worker_id()
         self.clock = clock
         self.sleep = sleep
-        self.limits = send_budget.Limits(settings.rate_per_second, settings.rate_per_hour, settings.rate_per_day)
+        # Called before each batch: what staff change on the settings page applies from the next batch.
+        self.settings_source = settings_source
+        self.compiled: dict = {}
+        self._adopt(settings)
         self.pool = ConnectionPool(transport, max(1, settings.smtp_connections))
         self.executor = ThreadPoolExecutor(max(1, settings.smtp_connections), thread_name_prefix="smtp")
         self.domains = DomainGate(max(1, settings.per_domain_concurrency))
         self.stopping = threading.Event()
-        self.compiled: dict = {}
+
+    def _adopt(self, settings: Settings) -> None:
+        """Use these settings from the next batch on (rate limits, sender, footer)."""
+        self.settings = settings
+        self.limits = send_budget.Limits(settings.rate_per_second, settings.rate_per_hour, settings.rate_per_day)
         self.static_context = {"organisation": settings.organisation, "postal_address": settings.postal_address,
                                "base_url": settings.base_url, "logo_url": settings.logo_url}
+        self.compiled.clear()  # compiled issues hold the old footer
 
     # The batch ---------------------------------------------------------------------
 
     def send_batch(self) -> BatchResult:
         if self.stopping.is_set():
             return BatchResult()
+        if self.settings_source is not None:
+            current = self.settings_source()
+            if current is not self.settings:
+                self._adopt(current)
         settings = self.settings
         with session_scope(self.session_factory) as session:
             ids = outbox.claim_due(session, worker_id=self.worker_id, now=self.clock(),

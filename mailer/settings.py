@@ -54,6 +54,8 @@ class Settings:
     login_max_failures: int
     login_lockout_seconds: int
     instance_path: str = ""
+    # Names set by the environment or by create_app's overrides: the settings page cannot change them.
+    fixed: frozenset[str] = frozenset()
 
     @property
     def zone(self) -> ZoneInfo:
@@ -91,14 +93,26 @@ def _instance_secret(instance_path: Path) -> str:
     return key
 
 
+def read_defaults() -> dict[str, object]:
+    return tomllib.loads(DEFAULTS_FILE.read_text())
+
+
+def env_name(name: str) -> str:
+    return ENV_NAMES.get(name, f"MAILER_{name.upper()}")
+
+
 def load_settings(overrides: dict | None = None, environ=None) -> Settings:
+    """Defaults, then the environment, then `overrides`. What staff set on the settings
+    page (mailer.site_settings) comes between the defaults and the environment."""
     environ = os.environ if environ is None else environ
-    values: dict[str, object] = tomllib.loads(DEFAULTS_FILE.read_text())
+    values: dict[str, object] = read_defaults()
+    fixed = set(overrides or {})
     for name, default in list(values.items()):
-        env_name = ENV_NAMES.get(name, f"MAILER_{name.upper()}")
-        if env_name in environ:
-            values[name] = _coerce(name, environ[env_name], default)
+        if env_name(name) in environ:
+            values[name] = _coerce(name, environ[env_name(name)], default)
+            fixed.add(name)
     values.update(overrides or {})
+    values["fixed"] = frozenset(fixed)
     instance_path = Path(values.get("instance_path") or environ.get("MAILER_INSTANCE_PATH") or ROOT / "instance")
     values["instance_path"] = str(instance_path)
     if not values["database_url"]:

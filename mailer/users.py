@@ -1,17 +1,20 @@
-"""Staff users and API tokens: creation, password check with lockout."""
+"""Staff users and API tokens: accounts, roles, disabling, passwords (check with lockout),
+tokens (stored hashed, revocable). Every change by staff is written to the audit log."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
+import hmac
 import secrets
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from mailer.errors import InvalidInput
-from mailer.models import ApiToken, Role, User
+from mailer.errors import InvalidInput, NotFound
+from mailer.models import ApiToken, AuditLog, Role, User
 
 MIN_PASSWORD = 12
 
@@ -66,6 +69,8 @@ def authenticate(session: Session, email: str, password: str, *, now: dt.datetim
             user.locked_until = now + dt.timedelta(seconds=lockout_seconds)
             user.failed_logins = 0
         raise LoginRefused("Wrong email or password.")
+    if user.disabled_at is not None:  # said only to whoever knows the password
+        raise LoginRefused("This account has been disabled. Ask an owner to enable it again.")
     user.failed_logins = 0
     user.locked_until = None
     user.last_login_at = now
@@ -77,11 +82,19 @@ def hash_token(token: str) -> str:
 
 
 def create_token(session: Session, user: User, name: str, scope: str = "read") -> str:
-    """A new API token; only its hash is stored, so the plain value is shown once."""
+    """A new API token; only its hash is stored, so the plain value is shown once.
+    Viewers may only have read tokens. (Staff actions go through issue_token, audited.)"""
+    name = " ".join((name or "").split())
+    if not name:
+        raise InvalidInput("name", "Give the token a name that says what it is for, e.g. 'website'.")
+    if len(name) > 100:
+        raise InvalidInput("name", "The name may have at most 100 characters.")
     if scope not in {"read", "write"}:
         raise InvalidInput("scope", "Scope must be read or write.")
+    if scope == "write" and user.role == Role.VIEWER:
+        raise InvalidInput("scope", "Viewers may only create read tokens.")
     token = "mlr_" + secrets.token_urlsafe(32)
-    session.add(ApiToken(user_id=user.id, name=name[:100], token_hash=hash_token(token), scope=scope))
+    session.add(ApiToken(user_id=user.id, name=name, token_hash=hash_token(token), scope=scope))
     session.flush()
     return token
 
@@ -94,10 +107,171 @@ class AuthError(Exception):
 
 def use_token(session: Session, token: str | None, scopes: frozenset[str], *, now: dt.datetime) -> ApiToken:
     """The live token with one of `scopes`, its last use recorded; AuthError otherwise."""
-    row = session.scalar(sa.select(ApiToken).where(ApiToken.token_hash == hash_token(token))) if token else None
-    if row is None or row.revoked_at is not None:
+    found = session.execute(sa.select(ApiToken, User).join(User, User.id == ApiToken.user_id)
+                            .where(ApiToken.token_hash == hash_token(token))).first() if token else None
+    row, user = found if found else (None, None)
+    if row is None or row.revoked_at is not None or user.disabled_at is not None:
         raise AuthError(401, "unauthorized", "A valid API token is required.")
-    if row.scope not in scopes:
-        raise AuthError(403, "forbidden", f"This token's scope ({row.scope}) does not allow this.")
+    scope = effective_scope(row, user)
+    if scope not in scopes:
+        raise AuthError(403, "forbidden", f"This token's scope ({scope}) does not allow this.")
     row.last_used_at = now
     return row
+
+
+def effective_scope(token: ApiToken, user: User) -> str:
+    """A token never allows more than its user's role: a viewer's token only reads."""
+    return "read" if user.role == Role.VIEWER else token.scope
+
+
+# Audit ---------------------------------------------------------------------------------
+
+def record(session: Session, actor_id: int | None, action: str, detail: str = "") -> None:
+    """An audit log entry, in the same transaction as the change it describes.
+    actor_id None: done from the command line."""
+    if actor_id is None:
+        detail = f"{detail} (command line)"
+    session.add(AuditLog(user_id=actor_id, action=action, detail=detail[:2000]))
+
+
+# Accounts ------------------------------------------------------------------------------
+
+def new_password() -> str:
+    """A strong initial password (about 120 random bits), shown once to the owner."""
+    return secrets.token_urlsafe(15)
+
+
+def session_stamp(user: User) -> str:
+    """Kept in the login session: changes when the password does, so a new password ends
+    every other session. Derived from the hash, never the hash itself."""
+    return hmac.new(b"mailer.session-stamp", user.password_hash.encode(), hashlib.sha256).hexdigest()[:20]
+
+
+def list_users(session: Session) -> list[User]:
+    return list(session.scalars(sa.select(User).order_by(User.email)))
+
+
+def get_user(session: Session, user_id: int) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound("no such user")
+    return user
+
+
+def find_user(session: Session, email: str) -> User:
+    user = session.scalar(sa.select(User).where(User.email == (email or "").strip().lower()))
+    if user is None:
+        raise NotFound(f"no staff user {email}")
+    return user
+
+
+def add_user(session: Session, email: str, role: str, password: str | None = None, *,
+             actor_id: int | None) -> tuple[User, str | None]:
+    """A new account; with no password given, a generated one is returned (to show once)."""
+    generated = None if password else new_password()
+    user = create_user(session, email, password or generated, role)
+    record(session, actor_id, "create_user", f"{user.email} as {role}")
+    return user, generated
+
+
+def _other_active_owners(session: Session, user: User) -> int:
+    # Locked rows: two owners demoting each other at once must not leave no owner.
+    ids = session.scalars(sa.select(User.id).where(User.role == Role.OWNER, User.disabled_at.is_(None))
+                          .with_for_update()).all()
+    return len([i for i in ids if i != user.id])
+
+
+def _keep_an_owner(session: Session, user: User, what: str) -> None:
+    if user.role == Role.OWNER and user.disabled_at is None and not _other_active_owners(session, user):
+        raise InvalidInput("user", f"{user.email} is the last active owner: {what} would leave no one able "
+                                   "to manage users. Make another user an owner first.")
+
+
+def set_role(session: Session, user: User, role: str, *, actor_id: int | None) -> str:
+    """Change the role; returns the old one. The last active owner keeps the owner role."""
+    if role not in set(Role):
+        raise InvalidInput("role", f"Role must be one of: {', '.join(Role)}.")
+    old = user.role
+    if old == role:
+        return old
+    if role != Role.OWNER:
+        _keep_an_owner(session, user, "changing their role")
+    user.role = role
+    record(session, actor_id, "change_role", f"{user.email}: {old} -> {role}")
+    return old
+
+
+def disable_user(session: Session, user: User, *, actor_id: int | None, now: dt.datetime) -> None:
+    """No more logins, sessions or API tokens for this account; its audit trail stays."""
+    if actor_id is not None and actor_id == user.id:
+        raise InvalidInput("user", "You cannot disable your own account.")
+    if user.disabled_at is not None:
+        return
+    _keep_an_owner(session, user, "disabling them")
+    user.disabled_at = now
+    record(session, actor_id, "disable_user", user.email)
+
+
+def enable_user(session: Session, user: User, *, actor_id: int | None) -> None:
+    """Logins work again, and so do the account's tokens that were not revoked."""
+    if user.disabled_at is None:
+        return
+    user.disabled_at = None
+    user.failed_logins = 0
+    user.locked_until = None
+    record(session, actor_id, "enable_user", user.email)
+
+
+def change_password(session: Session, user: User, current: str, new: str, *, repeat: str | None = None) -> None:
+    """A user changes their own password: the current one is required."""
+    if not check_password_hash(user.password_hash, current or ""):
+        raise InvalidInput("current_password", "The current password is wrong.")
+    if repeat is not None and new != repeat:
+        raise InvalidInput("repeat_password", "The two new passwords differ.")
+    if new == current:
+        raise InvalidInput("password", "The new password must differ from the current one.")
+    set_password(session, user, new or "")
+    record(session, user.id, "change_password", user.email)
+
+
+# Tokens --------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class TokenRow:
+    id: int
+    name: str
+    scope: str
+    user_email: str
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+def list_tokens(session: Session, user: User | None = None) -> list[TokenRow]:
+    """Tokens of one user, or of everyone (user None), newest first."""
+    query = (sa.select(ApiToken.id, ApiToken.name, ApiToken.scope, User.email, ApiToken.created_at,
+                       ApiToken.last_used_at, ApiToken.revoked_at)
+             .join(User, User.id == ApiToken.user_id).order_by(ApiToken.id.desc()))
+    if user is not None:
+        query = query.where(ApiToken.user_id == user.id)
+    return [TokenRow(*row) for row in session.execute(query)]
+
+
+def issue_token(session: Session, user: User, name: str, scope: str, *, actor_id: int | None) -> str:
+    """create_token, by staff or on the command line: audited."""
+    token = create_token(session, user, name, scope)
+    row = session.scalar(sa.select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+    record(session, actor_id, "create_token", f"token {row.id} '{row.name}' ({scope}) for {user.email}")
+    return token
+
+
+def revoke_token(session: Session, token_id: int, *, actor: User | None, now: dt.datetime) -> ApiToken:
+    """Revoke for good. Staff revoke their own tokens, owners anyone's; actor None: the command line."""
+    token = session.get(ApiToken, token_id)
+    if token is None or (actor is not None and actor.role != Role.OWNER and token.user_id != actor.id):
+        raise NotFound("no such token")
+    if token.revoked_at is None:
+        token.revoked_at = now
+        owner = session.get(User, token.user_id)
+        record(session, actor.id if actor else None, "revoke_token", f"token {token.id} '{token.name}' of {owner.email}")
+    return token

@@ -12,6 +12,7 @@ from mailer.db import session_scope
 from mailer.rendering import format_local
 
 csrf = CSRFProtect()
+SETTINGS_MAX_AGE = 5.0
 
 
 def mailer():
@@ -75,10 +76,16 @@ def _security_headers(response):
     return response
 
 
+def _fresh_settings() -> None:
+    """What owners change on the settings page reaches every web process within
+    SETTINGS_MAX_AGE seconds, at one small query per process per interval."""
+    mailer().refresh_settings(max_age=SETTINGS_MAX_AGE)
+
+
 def register(app: Flask) -> None:
     from mailer.contacts import PublicLists
-    from mailer.web import (admin, api, archive, auth, contacts_admin, hooks, newsletters_admin, public, tracking,
-                            webinar_pages, webinars_admin)
+    from mailer.web import (admin, api, archive, auth, contacts_admin, hooks, newsletters_admin, public,
+                            staff_admin, tracking, webinar_pages, webinars_admin)
     from mailer.web import deliveries_admin
     from mailer.web.ratelimit import SlidingWindowLimiter
 
@@ -95,8 +102,10 @@ def register(app: Flask) -> None:
     for blueprint in (public.bp, webinar_pages.bp, hooks.bp, api.bp):
         csrf.exempt(blueprint)
     for blueprint in (public.bp, webinar_pages.bp, archive.bp, tracking.bp, auth.bp, admin.bp,
-                      newsletters_admin.bp, webinars_admin.bp, contacts_admin.bp, deliveries_admin.bp, hooks.bp, api.bp):
+                      newsletters_admin.bp, webinars_admin.bp, contacts_admin.bp, deliveries_admin.bp, hooks.bp, api.bp,
+                      staff_admin.bp):
         app.register_blueprint(blueprint)
     app.after_request(_security_headers)
-    app.context_processor(lambda: {"settings": settings})
+    app.before_request(_fresh_settings)
+    app.context_processor(lambda: {"settings": mailer().settings})
     app.add_template_filter(format_local, "local_time")

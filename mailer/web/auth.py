@@ -21,6 +21,10 @@ def login_required(view):
         if user_id is not None:
             with db_reader() as s:
                 user = s.get(User, user_id)
+            # A disabled account, or a password changed since this login, ends the session.
+            if user is not None and (user.disabled_at is not None or session.get("stamp") != users.session_stamp(user)):
+                session.clear()
+                user = None
         if user is None:
             return redirect(url_for("auth.login", next=request.full_path))
         g.user = user
@@ -66,14 +70,17 @@ def login():
             user_id = None
             with db_session() as s:  # failed attempts must be committed too, so catch inside
                 try:
-                    user_id = users.authenticate(s, request.form.get("email", ""), request.form.get("password", ""),
-                                                 now=utcnow(), max_failures=settings.login_max_failures,
-                                                 lockout_seconds=settings.login_lockout_seconds).id
+                    user = users.authenticate(s, request.form.get("email", ""), request.form.get("password", ""),
+                                              now=utcnow(), max_failures=settings.login_max_failures,
+                                              lockout_seconds=settings.login_lockout_seconds)
+                    user_id, stamp = user.id, users.session_stamp(user)
                 except users.LoginRefused as exc:
                     error = str(exc)
             if user_id is not None:
                 session.clear()
+                session.permanent = True  # ends PERMANENT_SESSION_LIFETIME after the last request
                 session["user_id"] = user_id
+                session["stamp"] = stamp
                 return redirect(_safe_next(request.args.get("next")))
     return render_template("admin/login.html", error=error), 400 if error else 200
 
