@@ -1,0 +1,162 @@
+"""Real-browser tests (Chromium through Playwright) of the staff console: find a contact
+by address and read their record, erase them (owner). Selectors are roles and labels
+(the console's markup and stylesheet change); texts are asserted as staff read them.
+
+Set up as tests/test_browser.py: skipped without /usr/bin/chromium, except in CI
+(CI=true), where that is a failure. Screenshots go to the artifacts directory."""
+from __future__ import annotations
+
+import re
+from email import message_from_bytes, policy
+
+import pytest
+import sqlalchemy as sa
+
+from mailer import users
+from mailer.db import session_scope
+from mailer.models import Contact, DevMessage
+from tests import browser_support
+from tests.browser_support import TIMEOUT_MS, action, expect, live_app, serving, shot
+from tests.conftest import signup
+
+browser = browser_support.browser  # the shared Chromium (a pytest fixture)
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def live(database_url, tmp_path):
+    """(app, base URL): served over real HTTP with mail kept in the dev mailbox, and one
+    staff user of each role."""
+    app, port = live_app(database_url, tmp_path)
+    with session_scope(app.extensions["mailer"].sessions) as session:
+        for role in ("owner", "editor", "viewer"):
+            users.create_user(session, f"{role}@clinic.example", PASSWORD, role)
+    with serving(app, port) as base:
+        yield app, base
+    app.extensions["mailer"].engine.dispose()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(locale="en-GB", timezone_id="Europe/London", viewport={"width": 1280, "height": 900})
+    ctx.set_default_timeout(TIMEOUT_MS)
+    yield ctx.new_page()
+    ctx.close()
+
+
+def log_in(page, base: str, role: str, path: str = "/admin/") -> None:
+    page.goto(f"{base}{path}")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Staff login")
+    page.get_by_label("Email").fill(f"{role}@clinic.example")
+    page.get_by_label("Password").fill(PASSWORD)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Log in").click()
+
+
+def cells(row) -> list[str]:
+    return [text.strip() for text in row.get_by_role("cell").all_inner_texts()]
+
+
+def confirm_from_mailbox(app, page, email: str) -> None:
+    """Follow the confirmation link in the person's mail, as they would."""
+    with app.extensions["mailer"].read_sessions() as session:
+        raw = session.scalar(sa.select(DevMessage.raw).where(DevMessage.rcpt_to == email))
+    text = message_from_bytes(raw, policy=policy.default).get_body(preferencelist=("plain",)).get_content()
+    page.goto(re.search(r"\S+/confirm/\S+", text).group(0))
+    expect(page.get_by_role("heading", level=1)).to_have_text("Subscription confirmed")
+
+
+@pytest.fixture
+def people(live):
+    """Three who signed up on the form; Ada has confirmed, the others have not yet."""
+    app, _ = live
+    client = app.test_client()
+    for email, name in [("ada@example.com", "Ada Lovelace"), ("adam@example.com", "Adam Smith"),
+                        ("grace@example.com", "Grace Hopper")]:
+        signup(client, email, name, source_url="https://clinic.example/blog/posture")
+    app.extensions["mailer"].drain()
+    return app
+
+
+def test_staff_find_a_contact_by_address_and_read_the_record(live, people, page):
+    app, base = live
+    confirm_from_mailbox(app, page, "ada@example.com")
+    log_in(page, base, "editor")
+    page.get_by_role("navigation").get_by_role("link", name="Contacts").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Contacts")
+    expect(page.get_by_text("3 contacts match these filters.")).to_be_visible()
+    expect(page.get_by_role("row")).to_have_count(4)  # the header and three people
+    shot(page, "contacts-1-list")
+
+    page.get_by_label("Exact email address, or the start of a name").fill("ADA@example.com")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Search").click()
+    rows = page.get_by_role("row")
+    expect(rows).to_have_count(2)
+    assert cells(rows.nth(1))[:3] == ["ada@example.com", "Ada Lovelace", "Monthly newsletter: active"]
+    shot(page, "contacts-2-search")
+
+    # A name prefix finds Ada and Adam, not Grace.
+    page.get_by_label("Exact email address, or the start of a name").fill("Ada")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("row")).to_have_count(3)
+    expect(page.get_by_role("link", name="grace@example.com")).to_have_count(0)
+    page.get_by_label("Subscription status").select_option("pending")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("row")).to_have_count(2)
+    expect(page.get_by_role("link", name="adam@example.com")).to_be_visible()
+    page.get_by_label("Subscription status").select_option("")
+
+    page.get_by_label("Exact email address, or the start of a name").fill("ada@example.com")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Search").click()
+    page.get_by_role("link", name="ada@example.com").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("ada@example.com")
+    expect(page.get_by_role("definition").first).to_have_text("Ada Lovelace")
+    subscriptions = page.get_by_role("row", name=re.compile("^Monthly newsletter"))
+    assert cells(subscriptions)[:2] == ["Monthly newsletter", "active"]
+    mail = page.get_by_role("row", name=re.compile("^confirmation"))
+    assert cells(mail)[:2] == ["confirmation", "sent"]
+    consent = [cells(row)[1:5] for row in page.get_by_role("row").filter(has_text="list:newsletter").all()]
+    assert consent[0] == ["list:newsletter", "requested", "v1", "https://clinic.example/blog/posture"]
+    assert consent[1][:3] == ["list:newsletter", "confirmed", "v1"]
+    assert consent[1][3].startswith(f"{base}/confirm/")  # where she confirmed: the link in her mail
+    assert len(consent) == 2
+    # An editor reads, but neither downloads nor erases.
+    expect(action(page, "Erase")).to_have_count(0)
+    expect(action(page, "Download data (JSON)")).to_have_count(0)
+    shot(page, "contacts-3-detail")
+
+
+def test_an_owner_erases_a_contact_after_typing_the_address(live, people, page):
+    app, base = live
+    with app.extensions["mailer"].read_sessions() as session:
+        grace = session.scalar(sa.select(Contact.id).where(Contact.email == "grace@example.com"))
+    log_in(page, base, "owner", f"/admin/contacts/{grace}")
+    expect(page.get_by_role("heading", level=1)).to_have_text("grace@example.com")
+    action(page, "Erase").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Erase this person's data")
+    shot(page, "contacts-4-erase-form")
+
+    field = page.get_by_label("Type the address grace@example.com to confirm")
+    field.fill("ada@example.com")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Erase").click()
+    expect(page.get_by_role("alert")).to_have_text(
+        "To confirm, type the person's email address exactly as shown. Nothing was erased.")
+
+    page.get_by_label("Type the address grace@example.com to confirm").fill("grace@example.com")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Erase").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Contact erased")
+    expect(page.get_by_role("status")).to_have_text(f"The personal data of contact {grace} has been erased.")
+    expect(page.get_by_role("listitem").filter(has_text="subscription")).to_have_text("1 subscription ended.")
+    shot(page, "contacts-5-erased")
+
+    page.get_by_role("link", name="View what remains").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Erased contact")
+    expect(action(page, "Erase")).to_have_count(0)
+    with app.extensions["mailer"].read_sessions() as session:
+        assert session.scalar(sa.select(Contact.email).where(Contact.id == grace)) is None
