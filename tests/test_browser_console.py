@@ -1,5 +1,6 @@
 """Real-browser tests (Chromium through Playwright) of the staff console: find a contact
-by address and read their record, erase them (owner). Selectors are roles and labels
+by address and read their record, erase them (owner); an owner's API token, shown
+once, works on the API until it is revoked. Selectors are roles and labels
 (the console's markup and stylesheet change); texts are asserted as staff read them.
 
 Set up as tests/test_browser.py: skipped without /usr/bin/chromium, except in CI
@@ -7,6 +8,8 @@ Set up as tests/test_browser.py: skipped without /usr/bin/chromium, except in CI
 from __future__ import annotations
 
 import re
+import urllib.error
+import urllib.request
 from email import message_from_bytes, policy
 
 import pytest
@@ -160,3 +163,58 @@ def test_an_owner_erases_a_contact_after_typing_the_address(live, people, page):
     expect(action(page, "Erase")).to_have_count(0)
     with app.extensions["mailer"].read_sessions() as session:
         assert session.scalar(sa.select(Contact.email).where(Contact.id == grace)) is None
+
+
+def api_status(base: str, token: str) -> int:
+    """A program's request to the JSON API with this bearer token."""
+    request = urllib.request.Request(f"{base}/api/v1/webinars", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_an_owner_creates_an_api_token_shown_once_and_revokes_it(live, page):
+    app, base = live
+    log_in(page, base, "owner")
+    page.get_by_role("navigation").get_by_role("link", name="API tokens").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("API tokens")
+    expect(page.get_by_text("No tokens yet.")).to_be_visible()
+
+    page.get_by_label("Name (what it is for, e.g. “website”)").fill("website")
+    page.get_by_label("write").check()
+    with page.expect_navigation() as navigation:
+        page.get_by_role("button", name="Create token").click()
+    assert navigation.value.headers["cache-control"] == "no-store"  # the secret stays out of caches
+    expect(page.get_by_role("status")).to_have_text("Token created. Copy it now: it is shown only this once.")
+    token = page.get_by_text(re.compile(r"^mlr_[\w-]{43}$")).inner_text()
+    row = page.get_by_role("row", name=re.compile("^website"))
+    assert cells(row)[:5] == ["website", "write", "owner@clinic.example", cells(row)[3], "never"]
+    shot(page, "tokens-1-created")
+
+    assert api_status(base, token) == 200
+    page.goto(f"{base}/admin/tokens")
+    expect(page.get_by_role("heading", level=1)).to_have_text("API tokens")
+    assert token not in page.content(), "the token is shown only once"
+    expect(page.get_by_role("status")).to_have_count(0)
+    row = page.get_by_role("row", name=re.compile("^website"))
+    assert cells(row)[4] != "never"  # last used: just now, by the request above
+
+    with page.expect_navigation():
+        row.get_by_role("button", name="Revoke").click()
+    expect(page.get_by_role("status")).to_have_text("Token 'website' is revoked.")
+    row = page.get_by_role("row", name=re.compile("^website"))
+    expect(row.get_by_role("button", name="Revoke")).to_have_count(0)
+    assert re.fullmatch(r"\w+day \d+ \w+ \d{4}, \d\d:\d\d \w+", cells(row)[5])  # when it was revoked
+    shot(page, "tokens-2-revoked")
+    assert api_status(base, token) == 401
+
+    # Both changes of access are in the audit log, newest first, without the secret.
+    page.get_by_role("navigation").get_by_role("link", name="Audit log").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Audit log")
+    rows = page.get_by_role("row").filter(has_text="token")
+    assert token not in page.content()
+    shot(page, "tokens-3-audit-log")
+    assert [cells(r)[1:3] for r in rows.all()][:2] == [["owner@clinic.example", "revoke_token"],
+                                                         ["owner@clinic.example", "create_token"]]
