@@ -218,3 +218,49 @@ def test_an_owner_creates_an_api_token_shown_once_and_revokes_it(live, page):
     shot(page, "tokens-3-audit-log")
     assert [cells(r)[1:3] for r in rows.all()][:2] == [["owner@clinic.example", "revoke_token"],
                                                          ["owner@clinic.example", "create_token"]]
+
+
+@pytest.fixture
+def live_smtp(database_url, smtp_server, tmp_path):
+    """(app, base URL) sending through the recording SMTP server; one editor."""
+    app, port = live_app(database_url, tmp_path, smtp_url=smtp_server.url)
+    with session_scope(app.extensions["mailer"].sessions) as session:
+        users.create_user(session, "editor@clinic.example", PASSWORD, "editor")
+    with serving(app, port) as base:
+        yield app, base
+    app.extensions["mailer"].engine.dispose()
+
+
+def test_staff_find_why_a_message_failed_on_the_deliveries_page(live_smtp, smtp_server, page):
+    app, base = live_smtp
+    smtp_server.handler.rcpt_reply = lambda address: (
+        "550 5.1.1 <gone@example.com>: mailbox unavailable" if address == "gone@example.com" else None)
+    client = app.test_client()
+    for email, name in [("ada@example.com", "Ada"), ("gone@example.com", "Gone"), ("grace@example.com", "Grace")]:
+        signup(client, email, name)
+    app.extensions["mailer"].drain()
+    assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == ["ada@example.com", "grace@example.com"]
+
+    log_in(page, base, "editor", "/admin/deliveries")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Deliveries")
+    expect(page.get_by_role("row")).to_have_count(4)
+    shot(page, "deliveries-1-all")
+
+    page.get_by_label("Status").select_option("failed")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Filter").click()
+    rows = page.get_by_role("row")
+    expect(rows).to_have_count(2)
+    failed = cells(rows.nth(1))
+    assert failed[1:5] == ["gone@example.com", "confirmation", "failed", "1"]
+    assert "550 5.1.1 <gone@example.com>: mailbox unavailable" in failed[6]
+    shot(page, "deliveries-2-failed")
+
+    page.get_by_label("Status").select_option("")
+    page.get_by_label("Error text contains").fill("mailbox unavailable")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_role("row")).to_have_count(2)
+    page.get_by_role("link", name="gone@example.com").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("gone@example.com")
+    assert cells(page.get_by_role("row", name=re.compile("^confirmation")))[:2] == ["confirmation", "failed"]
