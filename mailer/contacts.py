@@ -21,7 +21,7 @@ from mailer.db import dialect_insert, is_postgres
 from mailer.errors import InvalidInput, NotFound
 from mailer.models import (ConsentAction, ConsentEvent, ConsentWording, Contact, Delivery, DeliveryStatus, DevMessage,
                            MailingList, Registration, RegistrationStatus, SignupRequest, Subscription,
-                           SubscriptionStatus, Suppression, SuppressionReason)
+                           SubscriptionStatus, Suppression, SuppressionReason, Webinar)
 from mailer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -494,7 +494,7 @@ class ErasureReport:
 def erase_contact(session: Session, settings: Settings, contact_id: int, *, now: dt.datetime) -> ErasureReport:
     """Erase one person (GDPR Art. 17): their address goes on the suppression list as a
     keyed hash (so no later signup or import mails it), unsent mail is cancelled,
-    subscriptions end, webinar seats are given back (the waitlist moves up), and every
+    subscriptions end, seats at webinars to come are given back (the waitlist moves up), and every
     copy of the address, name and time zone is removed, including SMTP error texts,
     unprocessed signups and the dev mailbox. The consent ledger keeps its events with
     their personal fields redacted, plus an "erased" event; the chain still verifies.
@@ -516,8 +516,11 @@ def erase_contact(session: Session, settings: Settings, contact_id: int, *, now:
     session.execute(sa.update(Suppression).where(Suppression.email_hash == email_hash(settings, address),
                                                  Suppression.reason != SuppressionReason.ERASED)
                     .values(detail="detail removed at erasure"))
-    registrations = session.scalars(sa.select(Registration).where(
-        Registration.contact_id == contact_id, Registration.status != RegistrationStatus.CANCELLED)).all()
+    # Seats of webinars still to come go back (to the waitlist); a past webinar's
+    # registration stays as it was, without personal data, so its attendance still adds up.
+    registrations = session.scalars(sa.select(Registration).join(Webinar, Webinar.id == Registration.webinar_id).where(
+        Registration.contact_id == contact_id, Registration.status != RegistrationStatus.CANCELLED,
+        Webinar.starts_at > now)).all()
     for registration in registrations:
         webinars.cancel_registration(session, registration.token, now=now)
     session.execute(sa.update(Registration).where(Registration.contact_id == contact_id).values(timezone=None))

@@ -20,6 +20,8 @@ from mailer.models import (ConsentEvent, Contact, Delivery, MailingList, Registr
                            SubscriptionStatus, Webinar, name_search_key)
 
 MAX_PAGE = 500
+# A name prefix with at least this many matches is "common" (see _name_prefix).
+COMMON_NAME_MATCHES = 2000
 RECENT_DELIVERIES = 50
 EXPORT_FIELDS = ("id", "email", "name", "timezone", "created_at", "subscriptions")
 # A spreadsheet runs a cell that starts with one of these as a formula.
@@ -88,15 +90,31 @@ def _filtered_ids(session: Session, *, q: str, list_id: int | None, status: str 
         except InvalidInput as exc:
             raise InvalidInput("q", exc.message) from None
     elif q:
-        key = name_search_key(q)
-        if is_postgres(session):
-            escaped = key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            stmt = stmt.where(Contact.name_key.like(escaped + "%", escape="\\"))
-        else:
-            # Binary (code point) order on SQLite: every key starting with `key` sorts in
-            # this range, and the range can use ix_contacts_name_key.
-            stmt = stmt.where(Contact.name_key >= key, Contact.name_key < key + "\U0010ffff")
-    return stmt, id_column
+        condition, few = _name_prefix(session, name_search_key(q))
+        stmt = stmt.where(condition)
+        if few:  # the name index finds them all at once: keep the keyset from luring the planner away
+            return stmt, id_column, id_column + 0
+    return stmt, id_column, id_column
+
+
+def _name_prefix(session: Session, key: str):
+    """(condition, few): contacts.name_key starts with `key`; few when the index alone should be used. PostgreSQL: LIKE on the varchar_pattern_ops
+    index, and its statistics choose the plan. SQLite (no statistics) would always read
+    every match from ix_contacts_name_key and sort them by id: fine for a rare name,
+    over 300 ms for one in ten of a million contacts. So a few index entries are counted
+    first, and a common prefix walks the contacts newest first instead (`name_key || ''`
+    cannot use the index), which finds a page of matches after a few thousand rows."""
+    if is_postgres(session):
+        escaped = key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return Contact.name_key.like(escaped + "%", escape="\\"), False
+
+    def in_range(column):
+        # Binary (code point) order: every key that starts with `key` sorts in this range.
+        return sa.and_(column >= key, column < key + "\U0010ffff")
+
+    probe = sa.select(Contact.id).where(in_range(Contact.name_key)).limit(COMMON_NAME_MATCHES).subquery()
+    common = session.scalar(sa.select(sa.func.count()).select_from(probe)) >= COMMON_NAME_MATCHES
+    return in_range(Contact.name_key.concat("") if common else Contact.name_key), not common
 
 
 def search_contacts(session: Session, *, q: str = "", list_id: int | None = None, status: str | None = None,
@@ -110,11 +128,11 @@ def search_contacts(session: Session, *, q: str = "", list_id: int | None = None
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInput("limit", f"limit must be between 1 and {MAX_PAGE}.")
     check_filters(session, list_id, status)
-    stmt, id_column = _filtered_ids(session, q=q, list_id=list_id, status=status)
+    stmt, id_column, keyset_column = _filtered_ids(session, q=q, list_id=list_id, status=status)
     if not include_erased:
         stmt = stmt.where(Contact.email.is_not(None))
     if before_id is not None:
-        stmt = stmt.where(id_column < before_id)
+        stmt = stmt.where(keyset_column < before_id)
     ids = [row.id for row in session.execute(stmt.order_by(id_column.desc()).limit(limit + 1))]
     if not ids:
         return []
@@ -136,13 +154,21 @@ def _list_statuses(session: Session, contact_ids: list[int]) -> dict[int, tuple[
     return {cid: tuple(items) for cid, items in found.items()}
 
 
-def count_contacts(session: Session, *, list_id: int | None = None, status: str | None = None) -> int:
-    """How many (not erased) contacts match the list/status filters; an index-only count,
-    cheap enough for a page header except for a name search, which has no count."""
+def count_contacts(session: Session, *, list_id: int | None = None, status: str | None = None) -> int | None:
+    """How many (not erased) contacts match the list/status filters, when an index can
+    tell cheaply: everyone, or one list (with or without a status). None for a status on
+    any list, which would visit every contact; a name search has no count either."""
     check_filters(session, list_id, status)
-    stmt, _ = _filtered_ids(session, q="", list_id=list_id, status=status)
-    stmt = stmt.where(Contact.email.is_not(None))
-    return session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery()))
+    if list_id is None and status is None:
+        return session.scalar(sa.select(sa.func.count()).select_from(Contact).where(Contact.email.is_not(None)))
+    if list_id is None:
+        return None
+    on_list = [Subscription.list_id == list_id] + ([Subscription.status == status] if status else [])
+    subscribed = session.scalar(sa.select(sa.func.count()).select_from(Subscription).where(*on_list))
+    # Erased people are few: subtract theirs instead of joining every subscription to contacts.
+    erased = session.scalar(sa.select(sa.func.count()).select_from(Contact).join(
+        Subscription, Subscription.contact_id == Contact.id).where(Contact.email.is_(None), *on_list))
+    return subscribed - erased
 
 
 def get_contact(session: Session, contact_id: int) -> Contact:
@@ -179,10 +205,10 @@ def export_contacts(session: Session, *, list_id: int | None = None, status: str
     with Core rows, so memory stays flat however many there are; the session must stay
     open while the iterator is consumed."""
     check_filters(session, list_id, status)
-    ids_stmt, id_column = _filtered_ids(session, q=q, list_id=list_id, status=status)
+    ids_stmt, id_column, keyset_column = _filtered_ids(session, q=q, list_id=list_id, status=status)
     last_id = 0
     while True:
-        ids_query = ids_stmt.where(id_column > last_id, Contact.email.is_not(None)) \
+        ids_query = ids_stmt.where(keyset_column > last_id, Contact.email.is_not(None)) \
             .order_by(id_column).limit(batch_size).subquery()
         rows = session.execute(
             sa.select(Contact.id, Contact.email, Contact.name, Contact.timezone, Contact.created_at)

@@ -250,3 +250,18 @@ def test_name_key_is_kept_for_core_and_orm_writes(mailer, db):
     with session_scope(mailer.sessions) as session:
         session.get(Contact, cid).name = "ÉVE Ångström"
     assert db.scalar(sa.select(Contact.name_key).where(Contact.id == cid)) == "éve ångström"
+
+
+@pytest.mark.parametrize("common_at", [2, 2000])
+def test_common_and_rare_name_prefixes_give_the_same_pages(mailer, monkeypatch, common_at):
+    """A common prefix walks contacts newest first, a rare one reads the name index (SQLite)."""
+    monkeypatch.setattr(directory, "COMMON_NAME_MATCHES", common_at)
+    ids = add_people(mailer, [(f"n{i}@example.com", f"{'Ann' if i % 2 else 'Bob'} {i}", {}) for i in range(9)])
+    with mailer.read_sessions() as session:
+        first = directory.search_contacts(session, q="ANN", limit=2)
+        assert [r.name for r in first] == ["Ann 7", "Ann 5", "Ann 3"]
+        rest = directory.search_contacts(session, q="ann", before_id=first[1].id, limit=2)
+        assert [r.name for r in rest] == ["Ann 3", "Ann 1"]
+        assert [r["name"] for r in directory.export_contacts(session, q="ann", batch_size=1)] == [
+            "Ann 1", "Ann 3", "Ann 5", "Ann 7"]
+    assert len(ids) == 9

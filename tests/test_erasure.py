@@ -14,7 +14,7 @@ from mailer.cli import main
 from mailer.consent import RequestContext
 from mailer.db import Base, session_scope, utcnow
 from mailer.models import (ConsentEvent, Contact, Delivery, DevMessage, Registration, SignupRequest, Subscription,
-                           Suppression)
+                           Suppression, Webinar)
 from tests.conftest import SECRET, links_in, signup
 from tests import test_contacts_admin
 
@@ -176,3 +176,13 @@ def test_cli_erase(erin, database_url, tmp_path, db):
     assert re.search(rf"erased contact {erin}: \d+ unsent messages cancelled, 1 subscriptions ended", done.output)
     missing = CliRunner().invoke(main, ["erase", ADDRESS, "--yes"], env=env)
     assert missing.exit_code == 1 and f"no contact with the address {ADDRESS}" in missing.output
+
+
+def test_a_past_webinar_keeps_its_registration_without_personal_data(mailer, erin, db):
+    db.write(sa.update(Webinar).values(starts_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)))
+    with session_scope(mailer.sessions) as session:
+        report = contacts.erase_contact(session, mailer.settings, erin, now=utcnow())
+    assert report.registrations_cancelled == 0
+    assert db.execute(sa.select(Registration.status, Registration.timezone).where(Registration.contact_id == erin)) == [
+        ("confirmed", None)]
+    assert scan_for(db, [ADDRESS, "Pacific/Chatham"]) == []
