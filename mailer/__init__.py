@@ -79,11 +79,12 @@ class Mailer:
     def drain(self, **sender_kwargs):
         """Everything due now: accepted signups and due newsletters become mail, then all
         due mail is sent (what the worker's jobs do, at once)."""
-        from mailer import newsletters, webinars
+        from mailer import jobs, newsletters, webinars
         from mailer.db import session_scope
 
         self.process_signups()
         with self.sender(**sender_kwargs) as sender:
+            jobs.run_due(self.sessions, self.settings, owner=sender.worker_id, clock=sender.clock)
             with session_scope(self.sessions) as session:
                 newsletters.start_due(session, sender.clock())
                 webinars.materialise(session, sender.clock())

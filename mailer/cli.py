@@ -12,7 +12,7 @@ import time
 import click
 import sqlalchemy as sa
 
-from mailer import build, consent, contacts, newsletters, outbox, rendering, users, webinars
+from mailer import build, consent, contacts, jobs, newsletters, outbox, rendering, users, webinars
 from mailer.db import migrate as run_migrations, session_scope, utcnow
 from mailer.errors import InvalidInput, NotFound
 from mailer.settings import SettingsError, load_settings
@@ -194,6 +194,9 @@ def worker(drain: bool) -> None:
     if drain:
         signal.signal(signal.SIGTERM, lambda signum, _frame: sender.request_stop())
         m.process_signups()
+        ran = jobs.run_due(m.sessions, m.settings, owner=sender.worker_id, clock=utcnow)
+        if ran:
+            click.echo(f"ran {ran} console jobs (imports)")
         with session_scope(m.sessions) as session:
             newsletters.start_due(session, utcnow())
             webinars.materialise(session, utcnow())

@@ -8,7 +8,7 @@ import logging
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from mailer import contacts, newsletters, send_budget, webinars
+from mailer import contacts, jobs, newsletters, send_budget, webinars
 from mailer.db import session_scope, utcnow
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,13 @@ def purge_expired_signups(mailer) -> None:
         log.info("purged %d unconfirmed signups", purged)
 
 
+def run_console_jobs(mailer, worker_id: str) -> None:
+    """Imports started on the staff pages (one at a time; a long one delays the next tick only)."""
+    ran = jobs.run_due(mailer.sessions, mailer.settings, owner=worker_id, clock=utcnow)
+    if ran:
+        log.info("ran %d console jobs", ran)
+
+
 def periodic_jobs(mailer, sender, scheduler) -> list[dict]:
     """Every periodic job in one list, registered at start-up."""
     return [
@@ -69,6 +76,8 @@ def periodic_jobs(mailer, sender, scheduler) -> list[dict]:
         dict(id="send-due", func=send_due, args=[sender], trigger="interval",
              seconds=mailer.settings.send_interval_seconds),
         dict(id="purge-expired-signups", func=purge_expired_signups, args=[mailer], trigger="interval", hours=1),
+        dict(id="console-jobs", func=run_console_jobs, args=[mailer, sender.worker_id], trigger="interval",
+             seconds=2, max_instances=1),
     ]
 
 

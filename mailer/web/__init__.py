@@ -87,6 +87,7 @@ def register(app: Flask) -> None:
     from mailer.web import (admin, api, archive, auth, contacts_admin, hooks, newsletters_admin, public,
                             staff_admin, tracking, webinar_pages, webinars_admin)
     from mailer.web import deliveries_admin
+    from mailer.web import import_admin
     from mailer.web.ratelimit import SlidingWindowLimiter
 
     for module in ("api_people", "api_outbox"):  # importing them adds their routes to api.bp
@@ -103,7 +104,7 @@ def register(app: Flask) -> None:
         csrf.exempt(blueprint)
     for blueprint in (public.bp, webinar_pages.bp, archive.bp, tracking.bp, auth.bp, admin.bp,
                       newsletters_admin.bp, webinars_admin.bp, contacts_admin.bp, deliveries_admin.bp, hooks.bp, api.bp,
-                      staff_admin.bp):
+                      staff_admin.bp, import_admin.bp):
         app.register_blueprint(blueprint)
     app.after_request(_security_headers)
     app.before_request(_fresh_settings)

@@ -239,6 +239,19 @@ def detail(newsletter_id: int):
     return _render_detail(newsletter_id)
 
 
+REPORT_FIGURES = ("audience", "sent", "queued", "held", "deferred", "failed", "suppressed", "cancelled", "unsubscribes")
+
+
+@bp.get("/<int:newsletter_id>/progress")
+@login_required
+def progress(newsletter_id: int):
+    """Sent of audience while an issue is sending, for the page's poller (static/progress.js)."""
+    with db_reader() as s:
+        report = newsletters.report(s, newsletter_id)
+    return jsonify(status=report["status"], finished=report["status"] != "sending", value=report["sent"],
+                   max=report["audience"] or 0, figures={key: report[key] for key in REPORT_FIGURES})
+
+
 def _action(newsletter_id: int, action, done: str, form: dict | None = None):
     """Run one domain call; success → back to the issue's page, a refusal → the page with the message."""
     try:

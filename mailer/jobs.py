@@ -1,0 +1,188 @@
+"""Console jobs (a CSV import): stored by the page that starts them, claimed by a worker under
+a lease, run with their progress saved on the row, and finished with a report."""
+from __future__ import annotations
+
+import codecs
+import csv
+import dataclasses
+import datetime as dt
+import json
+import logging
+import secrets
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from mailer import imports
+from mailer.db import session_scope
+from mailer.errors import InvalidInput, NotFound
+from mailer.models import Job, JobStatus, MailingList
+
+IMPORT = "import"
+LEASE = dt.timedelta(seconds=120)  # renewed at every checkpoint (each few thousand rows)
+BLOCK = 1 << 16
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """Another worker took the job over (this one was too slow); stop without writing."""
+
+
+def uploads_dir(settings) -> Path:
+    return Path(settings.instance_path) / "uploads"
+
+
+def create_import(session: Session, settings, upload: BinaryIO, *, filename: str, list_slug: str,
+                  consent_note: str, user_id: int | None, now: dt.datetime) -> Job:
+    """Check the request, keep the upload under a random name and queue the job. The file
+    must be UTF-8 text with an email column; `total` is its number of lines after the header."""
+    note = imports.consent_note_or_refuse(consent_note)
+    mailing_list = session.scalar(sa.select(MailingList).where(MailingList.slug == list_slug))
+    if mailing_list is None:
+        raise InvalidInput("list", "Choose a list to import into.")
+    folder = uploads_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{secrets.token_hex(16)}.csv"
+    try:
+        lines = _store_checked(upload, path)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    job = Job(kind=IMPORT, status=JobStatus.QUEUED, user_id=user_id, file_path=str(path), total=max(lines - 1, 0),
+              done=0, created_at=now, params=json.dumps({"list": mailing_list.slug, "list_name": mailing_list.name,
+                                                         "consent_note": note, "filename": filename[:200]}))
+    session.add(job)
+    session.flush()
+    return job
+
+
+def _store_checked(upload: BinaryIO, path: Path) -> int:
+    """Copy the upload to `path`, refusing what is not UTF-8 CSV text; the number of lines."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    lines, head, last = 0, "", b"\n"
+    with path.open("wb") as out:
+        while block := upload.read(BLOCK):
+            if b"\0" in block:
+                raise InvalidInput("file", "That is not a CSV file (it holds binary data). Export the list "
+                                           "as CSV (UTF-8) and try again.")
+            try:
+                text = decoder.decode(block)
+            except UnicodeDecodeError:
+                raise InvalidInput("file", "The file is not UTF-8 text. Save it as “CSV UTF-8” and try again.") \
+                    from None
+            if len(head) < 4096:
+                head += text[:4096]
+            lines += block.count(b"\n")
+            last = block[-1:]
+            out.write(block)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise InvalidInput("file", "The file is not UTF-8 text. Save it as “CSV UTF-8” and try again.") from None
+    if not head.strip():
+        raise InvalidInput("file", "The file is empty.")
+    try:
+        header = next(csv.reader([head.splitlines()[0]]))
+    except csv.Error:
+        header = []
+    imports.columns(header)
+    return lines + (last != b"\n")
+
+
+def claim_next(session: Session, *, owner: str, now: dt.datetime) -> int | None:
+    """Lease the oldest queued job, or one whose worker stopped renewing its lease (killed).
+    The UPDATE repeats the condition, so of two workers that pick the same row one wins."""
+    claimable = sa.or_(Job.status == JobStatus.QUEUED,
+                       sa.and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now))
+    job_id = session.scalar(sa.select(Job.id).where(claimable).order_by(Job.id).limit(1))
+    if job_id is None:
+        return None
+    claimed = session.execute(sa.update(Job).where(Job.id == job_id, claimable).values(
+        status=JobStatus.RUNNING, lease_owner=owner, lease_expires_at=now + LEASE,
+        started_at=sa.func.coalesce(Job.started_at, now))).rowcount
+    return job_id if claimed else None
+
+
+def run_import(session_factory, settings, job_id: int, *, owner: str, clock: Callable[[], dt.datetime]) -> None:
+    """Run a claimed import to its end. After each chunk the report so far is saved in the
+    chunk's own transaction, so a re-run after a crash resumes exactly where the data is."""
+    with session_scope(session_factory) as session:
+        job = session.get(Job, job_id)
+        params, path = json.loads(job.params), job.file_path
+        resume = imports.ImportReport(**json.loads(job.report)) if job.done else None
+
+    def checkpoint(session: Session, report: imports.ImportReport) -> None:
+        renewed = session.execute(sa.update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(
+            done=report.rows, report=_json(report), lease_expires_at=clock() + LEASE)).rowcount
+        if not renewed:
+            raise LeaseLost(job_id)
+
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as lines:
+            report = imports.import_csv(session_factory, settings, lines, list_slug=params["list"],
+                                        consent_note=params["consent_note"], now=clock(),
+                                        source=f"import:job-{job_id}:{params['filename']}",
+                                        resume=resume, checkpoint=checkpoint)
+    except LeaseLost:
+        log.warning("import job %s: lease lost to another worker; stopped", job_id)
+        return
+    except (InvalidInput, OSError, UnicodeDecodeError, csv.Error) as exc:
+        _finish(session_factory, job_id, owner, clock(), status=JobStatus.FAILED,
+                error=getattr(exc, "message", None) or str(exc))
+        return
+    _finish(session_factory, job_id, owner, clock(), status=JobStatus.DONE, report=report)
+
+
+def _finish(session_factory, job_id, owner, now, *, status, report=None, error=None) -> None:
+    with session_scope(session_factory) as session:
+        job = session.get(Job, job_id)
+        if job.lease_owner != owner:
+            return
+        values = dict(status=status, error=error, finished_at=now, lease_owner=None, lease_expires_at=None)
+        if report is not None:
+            values.update(report=_json(report), done=report.rows, total=report.rows)
+        session.execute(sa.update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(**values))
+        path = job.file_path
+    if path:
+        Path(path).unlink(missing_ok=True)
+
+
+def _json(report: imports.ImportReport) -> str:
+    return json.dumps(dataclasses.asdict(report))
+
+
+def run_due(session_factory, settings, *, owner: str, clock: Callable[[], dt.datetime]) -> int:
+    """Run queued jobs (and ones a dead worker left) one after another; how many ran."""
+    ran = 0
+    while True:
+        with session_scope(session_factory) as session:
+            job_id = claim_next(session, owner=owner, now=clock())
+        if job_id is None:
+            return ran
+        run_import(session_factory, settings, job_id, owner=owner, clock=clock)
+        ran += 1
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.kind != IMPORT:
+        raise NotFound(f"No import {job_id}.")
+    return job
+
+
+def recent_imports(session: Session, limit: int = 20) -> list[Job]:
+    return list(session.scalars(sa.select(Job).where(Job.kind == IMPORT).order_by(Job.id.desc()).limit(limit)))
+
+
+def describe(job: Job) -> dict:
+    """What the pages and the progress poller show of a job."""
+    params, report = json.loads(job.params), json.loads(job.report or "{}")
+    return {"id": job.id, "status": job.status, "done": job.done, "total": job.total,
+            "finished": job.status in (JobStatus.DONE, JobStatus.FAILED), "error": job.error,
+            "filename": params.get("filename"), "list": params.get("list_name") or params.get("list"),
+            "consent_note": params.get("consent_note"),
+            "figures": {key: report.get(key, 0) for key in ("rows", "imported", "duplicate", "invalid", "suppressed")},
+            "invalid_examples": report.get("examples", {}).get("invalid", []),
+            "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at}

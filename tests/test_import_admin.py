@@ -1,0 +1,231 @@
+"""Importing subscribers from the staff pages: upload, the worker's job, progress, the
+report of skipped rows and why, refusals, a worker killed mid-job, roles; and the
+sending progress of a newsletter."""
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from mailer import contacts, imports, jobs, newsletters, scheduler
+from mailer.db import session_scope, utcnow
+from mailer.models import AuditLog, ConsentEvent, Contact, Job, Subscription
+from tests.conftest import signup
+from tests.test_newsletter_admin import compose, log_in, make_audience, text_of
+
+NOTE = "Paper sign-up sheet at the clinic desk, 2024-2026"
+CSV = b"""Email,Name
+ann@example.com,Ann
+bob@example.com,Bob
+not-an-address,Nobody
+ANN@example.com,Ann again
+,Empty
+carl@example.com,Carl
+dora@example.com,Dora
+"""
+
+
+@pytest.fixture
+def editor(app):
+    return log_in(app, "editor@clinic.example", "editor")
+
+
+def upload(staff, content: bytes = CSV, note: str = NOTE, filename: str = "people.csv", **extra):
+    data = {"list": "newsletter", "consent_note": note, **extra}
+    if content is not None:
+        data["file"] = (io.BytesIO(content), filename)
+    return staff.post("/admin/imports", data, content_type="multipart/form-data")
+
+
+def figure(page: str, name: str) -> int:
+    return int(re.search(rf'<td data-figure="{name}">(\d+)</td>', page).group(1))
+
+
+def work(mailer, owner="worker-1", clock=utcnow) -> int:
+    """What the worker's scheduler job does every 2 s."""
+    return jobs.run_due(mailer.sessions, mailer.settings, owner=owner, clock=clock)
+
+
+def uploads(mailer) -> list[Path]:
+    folder = jobs.uploads_dir(mailer.settings)
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+def test_upload_then_the_worker_imports_and_the_report_says_what_was_skipped_and_why(app, editor, mailer, db, client):
+    with session_scope(mailer.sessions) as session:
+        contacts.suppress_address(session, mailer.settings, "carl@example.com", reason="hard_bounce", now=utcnow())
+    signup(client, "dora@example.com")
+    db.write(sa.update(Subscription).values(status="unsubscribed"))
+
+    answer = upload(editor)
+    assert answer.status_code == 303
+    job_id = db.scalar(sa.select(Job.id))
+    assert answer.headers["Location"] == f"/admin/imports/{job_id}"
+    waiting = editor.get(f"/admin/imports/{job_id}").text
+    assert "0 of 7 rows read; waiting for the worker." in text_of(waiting)
+    assert '<progress value="0" max="7"' in waiting
+    assert 'src="/static/progress.js"' in waiting and '<meta http-equiv="refresh" content="3">' in waiting
+    assert editor.get(f"/admin/imports/{job_id}/progress").json == {
+        "status": "queued", "finished": False, "value": 0, "max": 7,
+        "figures": {"rows": 0, "imported": 0, "duplicate": 0, "invalid": 0, "suppressed": 0}}
+    assert len(uploads(mailer)) == 1
+
+    scheduler.run_console_jobs(mailer, "worker-1")
+
+    page = editor.get(f"/admin/imports/{job_id}").text
+    assert '<span class="status status-done">done</span>' in page
+    assert (figure(page, "imported"), figure(page, "duplicate"), figure(page, "invalid"), figure(page, "suppressed")) \
+        == (2, 2, 2, 1)
+    shown = text_of(page)
+    assert "7 rows read." in shown
+    assert "row 4: 'not-an-address' (An email address must have an @-sign.)" in shown
+    assert "row 6: '' (no address)" in shown
+    assert "someone who unsubscribed stays unsubscribed" in shown and "never added again" in shown
+    assert "<progress" not in page and "progress.js" not in page and "refresh" not in page
+    assert editor.get(f"/admin/imports/{job_id}/progress").json["finished"] is True
+    # Suppressed never added, unsubscribed not re-activated, the new ones with the consent note.
+    statuses = dict(db.execute(sa.select(Contact.email, Subscription.status).join(Subscription)))
+    assert statuses == {"ann@example.com": "active", "bob@example.com": "active", "dora@example.com": "unsubscribed"}
+    events = db.scalars(sa.select(ConsentEvent).where(ConsentEvent.action == "imported"))
+    assert [e.note for e in events] == [NOTE, NOTE]
+    assert {e.source_url for e in events} == {f"import:job-{job_id}:people.csv"}
+    assert uploads(mailer) == []  # the upload is removed once done
+    listing = text_of(editor.get("/admin/imports").text)
+    assert "people.csv Monthly newsletter done 7 2 5" in listing
+    assert db.scalar(sa.select(AuditLog.detail).where(AuditLog.action == "import")) \
+        == f"job {job_id}: people.csv into newsletter"
+
+
+def test_an_import_without_a_consent_note_is_refused(editor, mailer, db):
+    for note in ("", "   ", "ok"):
+        answer = upload(editor, note=note)
+        assert answer.status_code == 400
+        assert "Say how these people gave their consent" in text_of(answer.text)
+    assert upload(editor, content=None, note="").status_code == 400  # said first, even with no file
+    assert db.scalar(sa.select(sa.func.count()).select_from(Job)) == 0
+    assert uploads(mailer) == []
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "Choose a CSV file to import."),
+    (b"", "The file is empty."),
+    ("email\nj\u00e9r\u00f4me@example.com\n".encode("latin-1"), "The file is not UTF-8 text."),
+    (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "That is not a CSV file (it holds binary data)."),
+    (b"who,when\nx@example.com,today\n", "The CSV needs an 'email' column."),
+])
+def test_a_file_that_is_not_a_usable_csv_is_refused_clearly(editor, mailer, db, content, message):
+    answer = upload(editor, content=content)
+    assert answer.status_code == 400
+    assert message in text_of(answer.text)
+    assert NOTE in answer.text  # what was typed is kept
+    assert db.scalar(sa.select(sa.func.count()).select_from(Job)) == 0
+    assert uploads(mailer) == []
+
+
+def test_an_unknown_list_is_refused(editor, db):
+    answer = upload(editor, list="nope")
+    assert answer.status_code == 400 and "Choose a list to import into." in answer.text
+
+
+def test_a_large_file_is_accepted_and_one_over_the_limit_refused(editor, mailer, db, monkeypatch):
+    big = b"email\n" + b"".join(b"person%07d@example.com\n" % i for i in range(80_000))  # ~2 MB, over the app's 1 MB
+    assert upload(editor, content=big).status_code == 303
+    assert db.scalar(sa.select(Job.total)) == 80_000
+    from mailer.web import import_admin
+    monkeypatch.setattr(import_admin, "MAX_UPLOAD_MB", 1)
+    refused = upload(editor, content=big)
+    assert refused.status_code == 413
+    assert "The file is larger than 1 MB." in text_of(refused.text)
+
+
+def test_a_worker_killed_mid_import_is_replaced_and_the_result_is_the_same(editor, mailer, db, monkeypatch):
+    monkeypatch.setattr(imports, "CHUNK", 2)
+    rows = [f"p{i}@example.com" for i in range(9)] + ["bad-1", "p0@example.com", "bad-2"]
+    upload(editor, content=("email\n" + "\n".join(rows) + "\n").encode())
+    job_id = db.scalar(sa.select(Job.id))
+
+    class Killed(BaseException):
+        """The process ends here: nothing after it runs (kill -9)."""
+
+    progress: list[int] = []
+    real_chunk = imports._import_chunk
+
+    def chunk_then_maybe_die(*args, **kwargs):
+        real_chunk(*args, **kwargs)
+        progress.append(db.scalar(sa.select(Job.done)))
+        if len(progress) == 3:
+            raise Killed
+
+    monkeypatch.setattr(imports, "_import_chunk", chunk_then_maybe_die)
+    started = utcnow()
+    with pytest.raises(Killed):
+        work(mailer, "worker-1", clock=lambda: started)
+    job = db.scalar(sa.select(Job))
+    assert (job.status, job.lease_owner, job.done) == ("running", "worker-1", 6)
+    assert editor.get(f"/admin/imports/{job_id}/progress").json["value"] == 6
+
+    # While the lease runs, no other worker takes the job; once it has run out, one does.
+    assert work(mailer, "worker-2", clock=lambda: started + jobs.LEASE / 2) == 0
+    assert work(mailer, "worker-2", clock=lambda: started + jobs.LEASE * 2) == 1
+
+    page = editor.get(f"/admin/imports/{job_id}").text
+    assert (figure(page, "imported"), figure(page, "duplicate"), figure(page, "invalid"), figure(page, "suppressed")) \
+        == (9, 1, 2, 0)
+    assert "12 rows read." in text_of(page)
+    # Saved after each chunk, and resumed from there: never back to the start. The trailing
+    # invalid row is counted when the job finishes.
+    assert progress == [2, 4, 6, 8, 11] and db.scalar(sa.select(Job.done)) == 12
+    events = db.scalars(sa.select(ConsentEvent.contact_id).where(ConsentEvent.action == "imported"))
+    assert len(events) == len(set(events)) == 9
+    assert uploads(mailer) == []
+
+
+def test_two_workers_never_run_the_same_job(editor, mailer, db):
+    upload(editor)
+    now = utcnow()
+    with session_scope(mailer.sessions) as first, session_scope(mailer.sessions) as second:
+        claimed = jobs.claim_next(first, owner="worker-1", now=now)
+        assert claimed is not None
+        first.commit()
+        assert jobs.claim_next(second, owner="worker-2", now=now) is None
+    assert db.scalar(sa.select(Job.lease_owner)) == "worker-1"
+
+
+def test_worker_drain_finishes_queued_imports(editor, mailer, db):
+    upload(editor)
+    mailer.drain()
+    assert db.scalar(sa.select(Job.status)) == "done"
+    assert json.loads(db.scalar(sa.select(Job.report)))["imported"] == 4
+
+
+def test_viewers_may_not_import(app, editor, db):
+    viewer = log_in(app, "viewer@clinic.example", "viewer")
+    assert ">Import</a>" not in viewer.get("/admin/").text and ">Import</a>" in editor.get("/admin/").text
+    upload(editor)
+    job_id = db.scalar(sa.select(Job.id))
+    for path in ("/admin/imports", f"/admin/imports/{job_id}", f"/admin/imports/{job_id}/progress"):
+        assert viewer.get(path).status_code == 403, path
+    assert upload(viewer).status_code == 403
+    assert db.scalar(sa.select(sa.func.count()).select_from(Job)) == 1
+    assert app.test_client().get("/admin/imports").status_code == 302  # to the login page
+
+
+def test_a_sending_newsletter_shows_its_progress(editor, mailer, smtp_server):
+    make_audience(mailer, 3)
+    newsletter_id = compose(editor)
+    editor.post(f"/admin/newsletters/{newsletter_id}/send-now")
+    with session_scope(mailer.sessions) as session:
+        newsletters.start_due(session, utcnow())
+    page = editor.get(f"/admin/newsletters/{newsletter_id}").text
+    assert '<progress value="0" max="3"' in page and "0 of 3 sent so far." in text_of(page)
+    assert f'data-progress-url="/admin/newsletters/{newsletter_id}/progress"' in page
+    state = editor.get(f"/admin/newsletters/{newsletter_id}/progress").json
+    assert (state["finished"], state["value"], state["max"], state["figures"]["queued"]) == (False, 0, 3, 3)
+    mailer.drain()
+    state = editor.get(f"/admin/newsletters/{newsletter_id}/progress").json
+    assert (state["finished"], state["value"], state["figures"]["sent"]) == (True, 3, 3)
+    assert "<progress" not in editor.get(f"/admin/newsletters/{newsletter_id}").text
