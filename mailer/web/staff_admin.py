@@ -64,7 +64,7 @@ def users_create():
     return _shown_once(page, status)
 
 
-def _user_action(user_id: int, change, done: str):
+def _user_action(user_id: int, change, done):
     try:
         with db_session() as s:
             user = users.get_user(s, user_id)
@@ -72,7 +72,7 @@ def _user_action(user_id: int, change, done: str):
             email = user.email
     except InvalidInput as exc:
         return _users_page(400, error=exc)
-    flash(done.format(email=email))
+    flash(done(email))
     return redirect(url_for(".users_index"))
 
 
@@ -81,21 +81,21 @@ def _user_action(user_id: int, change, done: str):
 def users_role(user_id: int):
     role = request.form.get("role", "")
     return _user_action(user_id, lambda s, user: users.set_role(s, user, role, actor_id=g.user.id),
-                        f"{{email}} is now {role}.")
+                        lambda email: f"{email} is now {role}.")
 
 
 @bp.post("/users/<int:user_id>/disable")
 @owners_only
 def users_disable(user_id: int):
     return _user_action(user_id, lambda s, user: users.disable_user(s, user, actor_id=g.user.id, now=utcnow()),
-                        "{email} is disabled: no login, sessions or API tokens.")
+                        lambda email: f"{email} is disabled: no login, sessions or API tokens.")
 
 
 @bp.post("/users/<int:user_id>/enable")
 @owners_only
 def users_enable(user_id: int):
     return _user_action(user_id, lambda s, user: users.enable_user(s, user, actor_id=g.user.id),
-                        "{email} can log in again.")
+                        lambda email: f"{email} can log in again.")
 
 
 # My password ---------------------------------------------------------------------------
