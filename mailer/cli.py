@@ -103,6 +103,37 @@ def revoke_token(token_id: int) -> None:
     click.echo(f"token {token_id} ({name}) revoked")
 
 
+@main.group("settings")
+def settings_group() -> None:
+    """What owners can also change on the settings page (sender, address, time zone, rate limits)."""
+
+
+@settings_group.command("show")
+def settings_show() -> None:
+    """Each setting: name, value in use, and where it comes from."""
+    from mailer import site_settings
+
+    m = _mailer()
+    with m.read_sessions() as session:
+        for row in site_settings.rows(session, m.base_settings, os.environ):
+            click.echo(f"{row.field.key}\t{row.effective}\t{row.source}")
+
+
+@settings_group.command("set")
+@click.argument("key")
+@click.argument("value")
+def settings_set(key: str, value: str) -> None:
+    """Set KEY to VALUE (the default's value removes the override); workers and web apps
+    pick it up within seconds."""
+    from mailer import site_settings
+
+    if key not in site_settings.EDITABLE:
+        raise click.ClickException(f"{key} cannot be set here; choose one of: {', '.join(site_settings.EDITABLE)}")
+    m = _mailer()
+    changes = _run(m, lambda s: site_settings.save(s, {key: value}, base=m.base_settings, actor_id=None, now=utcnow()))
+    click.echo(f"{key} set" if changes else f"{key} unchanged")
+
+
 @main.group("users")
 def users_group() -> None:
     """Staff accounts: list, change role, disable, enable (create-user adds one)."""

@@ -15,6 +15,7 @@ from mailer.send_budget import Limits
 from mailer.settings import load_settings
 from tests.audience import make_audience, make_newsletter
 from tests.conftest import SECRET, signup
+from tests.test_staff_admin import _cli
 
 PASSWORD = "correct horse battery staple"
 DEFAULT_FROM = "Mailer <newsletter@example.com>"
@@ -305,3 +306,16 @@ def test_web_processes_read_overrides_at_most_every_few_seconds(site, make_app):
     visitor.get("/healthz")
     assert other.extensions["mailer"].settings.organisation == "Renamed Clinic"
     assert len(reads) == 2
+
+
+def test_cli_shows_and_sets_settings_with_the_same_rules(database_url, tmp_path, clean_env, db):
+    refused = _cli(database_url, tmp_path, "settings", "set", "organisation", "Clinic\r\nBcc: x@example.com")
+    assert refused.exit_code == 1 and HEADER_MESSAGE in refused.output
+    unknown = _cli(database_url, tmp_path, "settings", "set", "secret_key", "x")
+    assert unknown.exit_code == 1 and "secret_key cannot be set here" in unknown.output
+    assert _cli(database_url, tmp_path, "settings", "set", "rate_per_hour", "600").output == "rate_per_hour set\n"
+    shown = _cli(database_url, tmp_path, "settings", "show").output.splitlines()
+    assert "rate_per_hour\t600\tset here" in shown
+    assert f"postal_address\t{DEFAULT_POSTAL}\tdefault" in shown
+    assert db.scalars(sa.select(AuditLog.detail).where(AuditLog.action == "change_setting")) == [
+        "rate_per_hour: 0 -> 600 (command line)"]
