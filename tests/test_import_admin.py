@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from mailer import contacts, imports, jobs, newsletters, scheduler
+from mailer import contacts, imports, jobs, newsletters, scheduler, users
 from mailer.db import session_scope, utcnow
 from mailer.models import AuditLog, ConsentEvent, Contact, Job, Subscription
+from tests import browser_support
+from tests.browser_support import TIMEOUT_MS, expect, live_app, serving, shot
 from tests.conftest import signup
-from tests.test_newsletter_admin import compose, log_in, make_audience, text_of
+from tests.test_newsletter_admin import PASSWORD, compose, log_in, make_audience, text_of
 
 NOTE = "Paper sign-up sheet at the clinic desk, 2024-2026"
 CSV = b"""Email,Name
@@ -229,3 +231,41 @@ def test_a_sending_newsletter_shows_its_progress(editor, mailer, smtp_server):
     state = editor.get(f"/admin/newsletters/{newsletter_id}/progress").json
     assert (state["finished"], state["value"], state["figures"]["sent"]) == (True, 3, 3)
     assert "<progress" not in editor.get(f"/admin/newsletters/{newsletter_id}").text
+
+
+browser = browser_support.browser  # the shared Chromium (a pytest fixture)
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_in_a_browser_the_job_page_follows_the_import_to_its_report(database_url, tmp_path, browser, width):
+    app, port = live_app(database_url, tmp_path)
+    m = app.extensions["mailer"]
+    with session_scope(m.sessions) as session:
+        users.create_user(session, "editor@clinic.example", PASSWORD, "editor")
+    csv_file = tmp_path / "clinic-list.csv"
+    csv_file.write_bytes(CSV)
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    page = context.new_page()
+    with serving(app, port) as base:
+        page.goto(f"{base}/admin/login")
+        page.get_by_label("Email").fill("editor@clinic.example")
+        page.get_by_label("Password").fill(PASSWORD)
+        with page.expect_navigation():
+            page.get_by_role("button", name="Log in").click()
+        page.get_by_role("link", name="Import", exact=True).click()
+        expect(page.get_by_role("heading", level=1)).to_have_text("Import subscribers")
+        page.get_by_label("CSV file").set_input_files(str(csv_file))
+        page.get_by_label("How did these people give their consent?").fill(NOTE)
+        page.get_by_role("button", name="Import").click()
+        expect(page.get_by_role("heading", level=1)).to_have_text("Import of clinic-list.csv")
+        expect(page.locator("progress")).to_have_attribute("max", "7")
+        shot(page, f"import-queued-{width}")
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        work(m)  # the worker, meanwhile; the page's poller notices and shows the report
+        expect(page.get_by_role("status")).to_contain_text("7 rows read.", timeout=TIMEOUT_MS)
+        expect(page.locator('td[data-figure="imported"]')).to_have_text("4")
+        expect(page.locator("progress")).to_have_count(0)
+        shot(page, f"import-done-{width}")
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+    context.close()
+    m.engine.dispose()
