@@ -491,6 +491,7 @@ class Operation:
     answer: str = "Success."  # what the success response is, in a few words
     response_headers: dict[str, str] = dataclasses.field(default_factory=dict)
     errors: tuple[int, ...] = ()  # answers beyond the ones _error_codes derives
+    content: dict[str, dict] = dataclasses.field(default_factory=dict)  # other media types: their schemas
 
     @property
     def path_params(self) -> list[str]:
@@ -567,7 +568,8 @@ def openapi_document(operations: list[Operation], *, base_path: str, description
             spec["requestBody"] = {"required": op.body_required,
                                    "content": {"application/json": {"schema": ref(op.body, "validation")}}}
         success: dict[str, Any] = {"description": op.answer,
-                                   "content": {"application/json": {"schema": ref(op.response, "serialization")}}}
+                                   "content": {"application/json": {"schema": ref(op.response, "serialization")},
+                                               **{media: {"schema": schema} for media, schema in op.content.items()}}}
         if op.response_headers:
             success["headers"] = {name: {"description": text, "schema": {"type": "string"}}
                                   for name, text in op.response_headers.items()}

@@ -2,9 +2,10 @@
 contacts, webinar registrations made through the API, and deliveries (the outbox)."""
 from __future__ import annotations
 
-from typing import Annotated
+import dataclasses
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, StrictBool, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, StrictBool, StringConstraints
 
 from mailer.api_schemas import MAX_ID, ListQuery, Request, Response, Text, UtcDatetime, Zone, omittable
 from mailer.models import ConsentAction, DeliveryStatus, SubscriptionStatus
@@ -217,3 +218,205 @@ class Delivery(Response):
 class DeliveryPage(Response):
     items: list[Delivery]
     next_cursor: str | None = Field(description=NEXT_CURSOR)
+
+
+# Contacts -------------------------------------------------------------------------------
+
+SearchText = Annotated[Text(1, 320), Field(description="An exact email address, or the start of a name (any case).",
+                                           examples=["ann@example.com"])]
+
+
+class ContactQuery(ListQuery):
+    q: SearchText = omittable()
+    list: ListSlug = omittable()
+    status: Annotated[SubscriptionStatus, Field(description="On `list`, or on any list.")] = omittable()
+
+
+class ListStatus(Response):
+    list: str = Field(description="The list's slug.")
+    status: SubscriptionStatus
+
+
+class ContactSummary(Response):
+    id: int
+    email: str
+    name: str
+    created_at: UtcDatetime
+    subscriptions: list[ListStatus]
+
+    @classmethod
+    def of(cls, row) -> "ContactSummary":
+        return cls(id=row.id, email=row.email, name=row.name, created_at=row.created_at,
+                   subscriptions=[ListStatus(list=s.slug, status=s.status) for s in row.subscriptions])
+
+
+class ContactPage(Response):
+    items: list[ContactSummary]
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
+
+
+class ContactSubscription(Response):
+    id: int
+    status: SubscriptionStatus
+    confirmed_at: UtcDatetime | None
+    unsubscribed_at: UtcDatetime | None
+    created_at: UtcDatetime
+    list: str = Field(description="The list's slug.")
+
+
+class ContactRegistration(Response):
+    id: int
+    webinar_id: int
+    webinar: str = Field(description="The webinar's slug.")
+    status: str
+    attended: bool | None
+    created_at: UtcDatetime
+
+
+class ContactDelivery(Response):
+    id: int
+    kind: str
+    status: DeliveryStatus
+    created_at: UtcDatetime
+    sent_at: UtcDatetime | None
+
+
+class ContactConsentEvent(Response):
+    id: int
+    purpose: str
+    action: ConsentAction
+    wording_version: int | None
+    created_at: UtcDatetime
+
+
+class ContactDetail(Response):
+    """The consent history without its personal fields: /consent-events has those, for owners."""
+
+    id: int
+    email: str | None = Field(description="Null once erased.")
+    name: str
+    timezone: str | None
+    created_at: UtcDatetime
+    erased_at: UtcDatetime | None
+    subscriptions: list[ContactSubscription]
+    registrations: list[ContactRegistration]
+    recent_deliveries: list[ContactDelivery] = Field(description="The latest 50; /deliveries?contact_id= has all.")
+    consent_events: list[ContactConsentEvent] = Field(description="Oldest first.")
+
+    @classmethod
+    def of(cls, detail) -> "ContactDetail":
+        c = detail.contact
+        return cls(
+            id=c.id, email=c.email, name=c.name, timezone=c.timezone, created_at=c.created_at, erased_at=c.erased_at,
+            subscriptions=[ContactSubscription(id=s.id, list=ml.slug, status=s.status, confirmed_at=s.confirmed_at,
+                                               unsubscribed_at=s.unsubscribed_at, created_at=s.created_at)
+                           for s, ml in detail.subscriptions],
+            registrations=[ContactRegistration(id=r.id, webinar_id=w.id, webinar=w.slug, status=r.status,
+                                               attended=r.attended, created_at=r.created_at)
+                           for r, w in detail.registrations],
+            recent_deliveries=[ContactDelivery(id=d.id, kind=d.kind, status=d.status, created_at=d.created_at,
+                                               sent_at=d.sent_at) for d in detail.deliveries],
+            consent_events=[ContactConsentEvent(id=e.id, purpose=e.purpose, action=e.action,
+                                                wording_version=e.wording.version if e.wording else None,
+                                                created_at=e.created_at) for e in detail.consent_events])
+
+
+# What contacts.export_contact_by_id returns (GDPR Art. 15), field for field.
+
+class ExportedPerson(Response):
+    id: int
+    email: str | None
+    name: str
+    timezone: str | None
+    created_at: UtcDatetime | None
+    erased_at: UtcDatetime | None
+
+
+class ExportedSubscription(Response):
+    status: str
+    created_at: UtcDatetime | None
+    confirmed_at: UtcDatetime | None
+    unsubscribed_at: UtcDatetime | None
+    list: str
+
+
+class ExportedDelivery(Response):
+    kind: str
+    status: str
+    created_at: UtcDatetime | None
+    sent_at: UtcDatetime | None
+
+
+class ExportedRegistration(Response):
+    webinar: str
+    title: str
+    status: str
+    timezone: str | None
+    created_at: UtcDatetime | None
+    cancelled_at: UtcDatetime | None
+    attended: bool | None
+
+
+class ExportedConsentEvent(Response):
+    id: int
+    at: UtcDatetime | None
+    purpose: str
+    action: str
+    wording_version: int | None
+    wording: str | None = Field(description="The exact text the person was shown.")
+    source_url: str | None
+    ip: str | None
+    user_agent: str | None
+    note: str | None
+    hash: str
+
+
+class ContactExport(Response):
+    """Everything held about one person."""
+
+    contact: ExportedPerson
+    subscriptions: list[ExportedSubscription]
+    deliveries: list[ExportedDelivery]
+    registrations: list[ExportedRegistration]
+    consent_events: list[ExportedConsentEvent]
+
+
+class ErasureResult(Response):
+    contact_id: int
+    already_erased: bool = Field(description="It had been erased before; nothing was done.")
+    deliveries_cancelled: int
+    subscriptions_ended: int
+    registrations_cancelled: int = Field(description="Seats at webinars to come, given to the waitlist.")
+    signup_requests_deleted: int
+    dev_messages_deleted: int
+
+    @classmethod
+    def of(cls, report) -> "ErasureResult":
+        return cls(**dataclasses.asdict(report))
+
+
+class ExportQuery(BaseModel):
+    """Query parameters of the bulk export: no pages, it streams every match."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Annotated[Literal["csv", "json"], Field(description="csv (spreadsheet-safe) or json.")] = "csv"
+    list: ListSlug = omittable()
+    status: Annotated[SubscriptionStatus, Field(description="On `list`, or on any list.")] = omittable()
+
+
+class ExportedContactSubscription(Response):
+    status: SubscriptionStatus
+    list: str
+
+
+class ExportedContact(Response):
+    id: int
+    email: str
+    name: str
+    timezone: str | None
+    created_at: UtcDatetime
+    subscriptions: list[ExportedContactSubscription]
+
+
+class ContactExportList(RootModel[list[ExportedContact]]):
+    """Every contact matching the filters, oldest first."""

@@ -321,3 +321,130 @@ def test_registrations_the_webinar_cannot_take_are_refused(api, mailer, webinar_
                           ({"newsletter": 1}, "newsletter"), ({"seat": 2}, "seat")):
         problem = error_of(api.post(f"/webinars/{webinar_id}/registrations", {**body, **change}), 422)
         assert problem["field"] == field, change
+
+
+# Contacts -------------------------------------------------------------------------------
+
+@pytest.fixture
+def people(api, mailer, smtp_server):
+    """ann (pending), bob (active), cat (unsubscribed), in that order (contact ids 1–3)."""
+    subscribe(api, "ann@example.com", name="Ann Smith", source_url=SOURCE)
+    subscribe(api, "bob@example.com", name="Bob Jones")
+    subscribe(api, "cat@example.com", name="Cat Annan")
+    api("DELETE", "/subscriptions/3")
+    mailer.drain()
+    bob = next(r for r in smtp_server.received if r.rcpt_tos == ["bob@example.com"])
+    confirm = next(link for link in links_in(bob.message.get_body(("plain",)).get_content()) if "/confirm/" in link)
+    assert api.client.get(confirm.removeprefix("https://news.example.org")).status_code == 200
+
+
+def test_contacts_are_searched_paged_and_audited_without_the_search_text(api, staff, people, db):
+    page = api.get("/contacts?limit=2", token=staff.viewer_read)
+    assert page.status_code == 200, page.json
+    created = {c["id"]: c["created_at"] for c in page.json["items"]}
+    assert page.json["items"] == [
+        {"id": 3, "email": "cat@example.com", "name": "Cat Annan", "created_at": created[3],
+         "subscriptions": [{"list": "newsletter", "status": "unsubscribed"}]},
+        {"id": 2, "email": "bob@example.com", "name": "Bob Jones", "created_at": created[2],
+         "subscriptions": [{"list": "newsletter", "status": "active"}]}]
+    rest = api.get(f"/contacts?limit=2&cursor={page.json['next_cursor']}").json
+    assert [c["id"] for c in rest["items"]] == [1] and rest["next_cursor"] is None
+    assert [c["id"] for c in api.get("/contacts?q=BOB@example.com").json["items"]] == [2]
+    assert [c["id"] for c in api.get("/contacts?q=an").json["items"]] == [1]  # a name prefix, not "Cat Annan"
+    assert [c["id"] for c in api.get("/contacts?status=active&list=newsletter").json["items"]] == [2]
+    assert [c["id"] for c in api.get("/contacts?status=pending").json["items"]] == [1]
+    assert [(a, d) for _, a, d in audit_rows(db) if a == "api_view_contacts"] == [
+        ("api_view_contacts", "search=none"), ("api_view_contacts", "search=none"),
+        ("api_view_contacts", "search=address"), ("api_view_contacts", "search=name"),
+        ("api_view_contacts", "search=none, list=newsletter, status=active"),
+        ("api_view_contacts", "search=none, status=pending")]
+    for query, field in (("q=not@an@address", "q"), ("list=nope", "list"), ("status=gone", "status"),
+                         ("cursor=zz", "cursor"), ("limit=0", "limit"), ("sort=name", "sort")):
+        assert error_of(api.get(f"/contacts?{query}"), 422)["field"] == field, query
+
+
+def test_a_contact_in_detail(api, staff, people, db):
+    detail = api.get("/contacts/1", token=staff.viewer_read)
+    assert detail.status_code == 200, detail.json
+    body = detail.json
+    sub = db.scalar(sa.select(Subscription).where(Subscription.id == 1))
+    delivery = db.scalar(sa.select(Delivery).where(Delivery.contact_id == 1))
+    event = db.scalar(sa.select(ConsentEvent).where(ConsentEvent.contact_id == 1))
+    assert body == {
+        "id": 1, "email": "ann@example.com", "name": "Ann Smith", "timezone": None,
+        "created_at": body["created_at"], "erased_at": None,
+        "subscriptions": [{"id": 1, "list": "newsletter", "status": "pending", "confirmed_at": None,
+                           "unsubscribed_at": None, "created_at": iso(sub.created_at)}],
+        "registrations": [],
+        "recent_deliveries": [{"id": delivery.id, "kind": "confirmation", "status": "sent",
+                               "created_at": iso(delivery.created_at), "sent_at": iso(delivery.sent_at)}],
+        "consent_events": [{"id": event.id, "purpose": "list:newsletter", "action": "requested",
+                            "wording_version": 1, "created_at": iso(event.created_at)}]}
+    assert error_of(api.get("/contacts/99"), 404) == {"code": "not_found", "message": "No contact 99.", "field": None}
+    assert audit_rows(db)[-1] == (user_id(db, "viewer"), "api_view_contact", "contact 1")
+
+
+def test_the_art_15_export_is_for_owners_and_audited(api, staff, people, db):
+    for token in (staff.editor, staff.editor_read, staff.viewer_read):
+        problem = error_of(api.get("/contacts/1/export", token=token), 403)
+        assert problem == {"code": "forbidden", "message": "Only a token of an owner may do this.", "field": None}
+    assert not any(a == "api_export_contact" for _, a, _ in audit_rows(db))
+    exported = api.get("/contacts/1/export", token=staff.owner_read)
+    assert exported.status_code == 200, exported.json
+    body = exported.json
+    assert body["contact"] == {"id": 1, "email": "ann@example.com", "name": "Ann Smith", "timezone": None,
+                               "created_at": body["contact"]["created_at"], "erased_at": None}
+    assert [(s["list"], s["status"]) for s in body["subscriptions"]] == [("newsletter", "pending")]
+    assert [(d["kind"], d["status"]) for d in body["deliveries"]] == [("confirmation", "sent")]
+    [event] = body["consent_events"]
+    assert (event["action"], event["wording"], event["source_url"], event["note"]) == (
+        "requested", NEWSLETTER_WORDING, SOURCE, "api: token 'owner-cms'")
+    assert audit_rows(db)[-1] == (user_id(db, "owner"), "api_export_contact", "contact 1")
+    assert error_of(api.get("/contacts/99/export"), 404)["message"] == "No contact 99."
+
+
+def test_erasure_needs_an_owners_write_token_and_is_audited(api, staff, people, db, mailer, smtp_server):
+    assert error_of(api("DELETE", "/contacts/2", token=staff.owner_read), 403)["message"] == (
+        "This token's scope (read) does not allow this.")
+    assert error_of(api("DELETE", "/contacts/2", token=staff.editor), 403)["message"] == (
+        "Only a token of an owner may do this.")
+    erased = api("DELETE", "/contacts/2")
+    assert (erased.status_code, erased.json) == (200, {
+        "contact_id": 2, "already_erased": False, "deliveries_cancelled": 0, "subscriptions_ended": 1,
+        "registrations_cancelled": 0, "signup_requests_deleted": 0, "dev_messages_deleted": 0})
+    assert api.get("/contacts/2").json["email"] is None
+    assert [c["id"] for c in api.get("/contacts").json["items"]] == [3, 1]
+    again = api("DELETE", "/contacts/2")
+    assert again.json == {"contact_id": 2, "already_erased": True, "deliveries_cancelled": 0,
+                          "subscriptions_ended": 0, "registrations_cancelled": 0, "signup_requests_deleted": 0,
+                          "dev_messages_deleted": 0}
+    assert [d for _, a, d in audit_rows(db) if a == "api_erase_contact"] == ["contact 2", "contact 2"]
+    assert error_of(api("DELETE", "/contacts/99"), 404)["code"] == "not_found"
+    # The address is suppressed: the same answer to a new signup, and no mail.
+    smtp_server.handler.received.clear()
+    subscribe(api, "bob@example.com")
+    mailer.drain()
+    assert smtp_server.received == []
+
+
+def test_the_bulk_export_streams_csv_or_json_for_owners(api, staff, people, db):
+    for token in (staff.editor_read, staff.viewer_read):
+        assert error_of(api.get("/contacts/export", token=token), 403)["code"] == "forbidden"
+    csv_answer = api.get("/contacts/export?format=csv", token=staff.owner_read)
+    assert csv_answer.status_code == 200 and csv_answer.mimetype == "text/csv"
+    assert csv_answer.headers["Content-Disposition"] == 'attachment; filename="contacts.csv"'
+    lines = csv_answer.text.splitlines()
+    assert lines[0] == "id,email,name,timezone,created_at,subscriptions"
+    assert [line.split(",")[:3] + [line.split(",")[-1]] for line in lines[1:]] == [
+        ["1", "ann@example.com", "Ann Smith", "newsletter:pending"],
+        ["2", "bob@example.com", "Bob Jones", "newsletter:active"],
+        ["3", "cat@example.com", "Cat Annan", "newsletter:unsubscribed"]]
+    as_json = api.get("/contacts/export?format=json&list=newsletter&status=active")
+    assert as_json.status_code == 200 and as_json.mimetype == "application/json"
+    assert [(c["id"], c["email"], c["subscriptions"]) for c in as_json.json] == [
+        (2, "bob@example.com", [{"list": "newsletter", "status": "active"}])]
+    assert [d for _, a, d in audit_rows(db) if a == "api_export_contacts"] == [
+        "format=csv all", "format=json list=newsletter, status=active"]
+    for query, field in (("format=xlsx", "format"), ("list=nope", "list"), ("status=gone", "status"),
+                         ("limit=5", "limit")):
+        assert error_of(api.get(f"/contacts/export?{query}"), 422)["field"] == field, query

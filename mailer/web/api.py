@@ -96,11 +96,14 @@ def field_renamed(**renames: str):
 def operation(method: str, rule: str, *, summary: str, response: type[BaseModel], status: int = 200,
               body: type[BaseModel] | None = None, body_required: bool = True,
               query: type[BaseModel] | None = None, scope: str | None = None, description: str = "",
-              answer: str = "Success.", headers: dict[str, str] | None = None, errors: tuple[int, ...] = ()):
+              answer: str = "Success.", headers: dict[str, str] | None = None, errors: tuple[int, ...] = (),
+              content: dict[str, dict] | None = None):
     """Register a view at `rule` (Flask syntax) and describe it in the OpenAPI document.
     The view gets `body` and `query` as validated models and returns a response model
     (or the model and extra headers); GET needs any token, everything else a write token.
-    `errors` names answers beyond those every operation of its kind may give (403, 409)."""
+    `errors` names answers beyond those every operation of its kind may give (403, 409);
+    `content` documents other media types of the success answer, which the view then
+    returns as a ready Response (e.g. a streamed CSV)."""
     scope = scope or ("read" if method == "GET" else "write")
 
     def register(view):
@@ -108,7 +111,7 @@ def operation(method: str, rule: str, *, summary: str, response: type[BaseModel]
             method=method, path=re.sub(r"<(?:[^:<>]+:)?(\w+)>", r"{\1}", rule), operation_id=view.__name__,
             summary=summary, response=response, status=status, body=body, body_required=body_required,
             query=query, scope=scope, description=description or (view.__doc__ or "").strip(), answer=answer,
-            response_headers=headers or {}, errors=errors))
+            response_headers=headers or {}, errors=errors, content=content or {}))
 
         @functools.wraps(view)
         def handle(**path):
@@ -125,6 +128,8 @@ def operation(method: str, rule: str, *, summary: str, response: type[BaseModel]
             if query is not None:
                 kwargs["query"] = parse_query(query)
             result = view(**kwargs)
+            if isinstance(result, Response):  # a streamed download (see `content`)
+                return result
             result, extra_headers = result if isinstance(result, tuple) else (result, {})
             return Response(result.model_dump_json(), status=status, mimetype="application/json",
                             headers=extra_headers)

@@ -1,18 +1,21 @@
 """API routes for people: mailing lists, subscriptions (double opt-in through the same
-path as the public form, withdrawal as by the unsubscribe link) and the consent ledger.
+path as the public form, withdrawal as by the unsubscribe link), the consent ledger and
+contacts (search, detail, Art. 15 export and Art. 17 erasure for owners).
 They register on mailer.web.api's blueprint, so they share its tokens, errors and
 OpenAPI document."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import sqlalchemy as sa
-from flask import g, url_for
+from flask import Response, g, stream_with_context, url_for
 
 from mailer import api_schemas_people as people
-from mailer import consent, contacts, lists
+from mailer import consent, contacts, directory, lists
 from mailer.api_schemas import encode_cursor
 from mailer.consent import RequestContext
 from mailer.db import utcnow
-from mailer.errors import Conflict
+from mailer.errors import Conflict, NotFound
 from mailer.models import AuditLog, Role, User
 from mailer.web import db_reader, db_session, mailer
 from mailer.web.api import ApiError, bp, error_response, field_renamed, operation
@@ -152,3 +155,99 @@ def list_consent_events(query: people.ConsentEventQuery):
     return people.ConsentEventPage(
         items=[people.ConsentEvent.of(*row, personal=personal) for row in rows[:query.limit]],
         next_cursor=next_cursor(rows, query.limit))
+
+
+# Contacts -------------------------------------------------------------------------------
+
+CONTACT = "/contacts/<int:id>"
+OWNERS_ONLY = "Only for tokens of an owner (403 otherwise). Recorded in the audit log."
+
+
+def _search_kind(q: str | None) -> str:
+    """Audit detail for a search: what was searched by, never the text (it may be an address)."""
+    return "address" if q and "@" in q else "name" if q else "none"
+
+
+@contextmanager
+def _no_contact(contact_id: int):
+    try:
+        yield
+    except NotFound:
+        raise ApiError(404, "not_found", f"No contact {contact_id}.") from None
+
+
+@operation("GET", "/contacts", summary="Search contacts, newest first", query=people.ContactQuery,
+           response=people.ContactPage, answer="One page of contacts.",
+           description="`q` is an exact address or the start of a name; `status` is the subscription status on "
+                       "`list` (or on any list). Erased contacts are left out. Every call is recorded in the "
+                       "audit log.")
+def list_contacts(query: people.ContactQuery):
+    with db_session() as session:
+        list_id = lists.list_id_for(session, query.list) if query.list else None
+        rows = directory.search_contacts(session, q=query.q or "", list_id=list_id, status=query.status,
+                                         before_id=query.cursor, limit=query.limit)
+        audit(session, "api_view_contacts",
+              filters_text(search=_search_kind(query.q), list=query.list, status=query.status))
+    more = len(rows) > query.limit
+    rows = rows[:query.limit]
+    return people.ContactPage(items=[people.ContactSummary.of(row) for row in rows],
+                              next_cursor=encode_cursor(rows[-1].id) if more else None)
+
+
+@operation("GET", "/contacts/export", summary="Export contacts (CSV or JSON, streamed)", query=people.ExportQuery,
+           response=people.ContactExportList, errors=(403,),
+           answer="Every (not erased) contact matching the filters, oldest first.",
+           content={"text/csv": {"type": "string"}},
+           headers={"Content-Disposition": "attachment; filename=\"contacts.csv\" (or .json)."},
+           description="Streamed from the database, so any number of contacts. In the CSV, a cell a spreadsheet "
+                       "would run as a formula starts with an apostrophe. " + OWNERS_ONLY)
+def export_contacts(query: people.ExportQuery):
+    with db_session() as session:
+        require_owner(session)
+        list_id = lists.list_id_for(session, query.list) if query.list else None
+        directory.check_filters(session, list_id, query.status)  # before the stream: it cannot turn into a 4xx
+        audit(session, "api_export_contacts", f"format={query.format} " +
+              filters_text(list=query.list, status=query.status))
+    read_sessions = mailer().read_sessions
+
+    def chunks():
+        with read_sessions() as session:
+            rows = directory.export_contacts(session, list_id=list_id, status=query.status)
+            yield from (directory.contacts_csv(rows) if query.format == "csv" else directory.contacts_json(rows))
+
+    return Response(stream_with_context(chunks()), mimetype="text/csv" if query.format == "csv" else "application/json",
+                    headers={"Content-Disposition": f'attachment; filename="contacts.{query.format}"'})
+
+
+@operation("GET", CONTACT, summary="One contact", response=people.ContactDetail,
+           description="Subscriptions, registrations, recent mail and consent history. Recorded in the audit log.")
+def get_contact(id: int):
+    with db_session() as session, _no_contact(id):
+        found = people.ContactDetail.of(directory.contact_detail(session, id))
+        audit(session, "api_view_contact", f"contact {id}")
+    return found
+
+
+@operation("GET", CONTACT + "/export", summary="Everything held about one person (GDPR Art. 15)",
+           response=people.ContactExport, errors=(403,), description=OWNERS_ONLY)
+def export_contact(id: int):
+    with db_session() as session, _no_contact(id):
+        require_owner(session)
+        found = people.ContactExport.model_validate(contacts.export_contact_by_id(session, id))
+        audit(session, "api_export_contact", f"contact {id}")
+    return found
+
+
+@operation("DELETE", CONTACT, summary="Erase a person (GDPR Art. 17)", response=people.ErasureResult,
+           answer="What was done.",
+           description="The address goes on the suppression list as a keyed hash (no later signup or import mails "
+                       "it), unsent mail is cancelled, subscriptions end, seats at webinars to come go to the "
+                       "waitlist, and the name, address and zone are removed everywhere; the consent ledger keeps "
+                       "its events, redacted. Erasing again changes nothing. Needs a write token of an owner "
+                       "(403 otherwise). Recorded in the audit log.")
+def erase_contact(id: int):
+    with db_session() as session, _no_contact(id):
+        require_owner(session)
+        report = contacts.erase_contact(session, mailer().settings, id, now=utcnow())
+        audit(session, "api_erase_contact", f"contact {id}")
+    return people.ErasureResult.of(report)
