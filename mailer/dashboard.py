@@ -131,6 +131,10 @@ def next_newsletter(session: Session, now: dt.datetime) -> dict | None:
     return {"newsletter": None, "send_at": when, "rhythm": rhythm}
 
 
+def latest_newsletters(session: Session, limit: int = 5) -> list[Newsletter]:
+    return list(session.scalars(sa.select(Newsletter).order_by(Newsletter.id.desc()).limit(limit)))
+
+
 def next_webinar(session: Session, now: dt.datetime) -> dict | None:
     found = webinars.upcoming(session, now, limit=1)
     if not found:

@@ -31,6 +31,7 @@ def dashboard():
             month=month,
             lists=dashboard_figures.list_counts(s),
             next_newsletter=dashboard_figures.next_newsletter(s, now),
+            latest=dashboard_figures.latest_newsletters(s),
             next_webinar=dashboard_figures.next_webinar(s, now),
             queue=dashboard_figures.queue(s, now),
             zone=zone,
