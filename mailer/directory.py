@@ -24,6 +24,7 @@ MAX_PAGE = 500
 COMMON_NAME_MATCHES = 2000
 RECENT_DELIVERIES = 50
 EXPORT_FIELDS = ("id", "email", "name", "timezone", "created_at", "subscriptions")
+CHUNK_CHARS = 64 * 1024  # what an export hands to the web server at a time
 # A spreadsheet runs a cell that starts with one of these as a formula.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -234,8 +235,8 @@ def _cell(value) -> str:
 
 
 def contacts_csv(rows: Iterable[dict]) -> Iterator[str]:
-    """CSV text, a header and then one chunk per row. Cells that a spreadsheet would run
-    as a formula get a leading apostrophe; subscriptions read "newsletter:active; …"."""
+    """CSV text in chunks of about CHUNK_CHARS. Cells that a spreadsheet would run as a
+    formula get a leading apostrophe; subscriptions read "newsletter:active; …"."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(EXPORT_FIELDS)
@@ -243,17 +244,23 @@ def contacts_csv(rows: Iterable[dict]) -> Iterator[str]:
         subs = "; ".join(f"{s['list']}:{s['status']}" for s in row["subscriptions"])
         writer.writerow([_cell(row["id"]), _cell(row["email"]), _cell(row["name"]), _cell(row["timezone"]),
                          _cell(row["created_at"]), _cell(subs)])
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
+        if buffer.tell() >= CHUNK_CHARS:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
     yield buffer.getvalue()
 
 
 def contacts_json(rows: Iterable[dict]) -> Iterator[str]:
-    """A JSON array, written one element at a time."""
-    yield "["
-    first = True
+    """A JSON array, written element by element in chunks of about CHUNK_CHARS."""
+    parts, size, separator = ["["], 1, "\n"
     for row in rows:
-        yield ("\n" if first else ",\n") + json.dumps(row, ensure_ascii=False)
-        first = False
-    yield "\n]\n"
+        text = separator + json.dumps(row, ensure_ascii=False)
+        parts.append(text)
+        size += len(text)
+        separator = ",\n"
+        if size >= CHUNK_CHARS:
+            yield "".join(parts)
+            parts, size = [], 0
+    parts.append("\n]\n")
+    yield "".join(parts)

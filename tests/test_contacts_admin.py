@@ -265,3 +265,16 @@ def test_common_and_rare_name_prefixes_give_the_same_pages(mailer, monkeypatch, 
         assert [r["name"] for r in directory.export_contacts(session, q="ann", batch_size=1)] == [
             "Ann 1", "Ann 3", "Ann 5", "Ann 7"]
     assert len(ids) == 9
+
+
+def test_exports_come_in_chunks_that_join_into_valid_files(monkeypatch):
+    monkeypatch.setattr(directory, "CHUNK_CHARS", 40)
+    rows = [{"id": i, "email": f"x{i}@example.com", "name": "-1+1" if i == 2 else f"X {i}", "timezone": None,
+             "created_at": NOW.isoformat(), "subscriptions": [{"list": "newsletter", "status": "active"}]}
+            for i in range(1, 6)]
+    csv_chunks, json_chunks = list(directory.contacts_csv(iter(rows))), list(directory.contacts_json(iter(rows)))
+    assert len(csv_chunks) > 3 and len(json_chunks) > 3
+    parsed = list(csv.DictReader(io.StringIO("".join(csv_chunks))))
+    assert [r["name"] for r in parsed] == ["X 1", "'-1+1", "X 3", "X 4", "X 5"]
+    assert json.loads("".join(json_chunks)) == rows
+    assert json.loads("".join(directory.contacts_json(iter([])))) == []
