@@ -1,13 +1,16 @@
 """Real-browser tests (Chromium through Playwright) of the staff console: find a contact
-by address and read their record, erase them (owner); an owner's API token, shown
-once, works on the API until it is revoked. Selectors are roles and labels
-(the console's markup and stylesheet change); texts are asserted as staff read them.
+by address and read their record, erase them (owner); an owner's API token, shown once,
+works on the API until it is revoked; why a message failed, on the deliveries page; a
+CSV import uploaded in the browser, its progress while the worker runs, its report.
+Selectors are roles and labels (the console's markup and stylesheet change); texts are
+asserted as staff read them.
 
 Set up as tests/test_browser.py: skipped without /usr/bin/chromium, except in CI
 (CI=true), where that is a failure. Screenshots go to the artifacts directory."""
 from __future__ import annotations
 
 import re
+import threading
 import urllib.error
 import urllib.request
 from email import message_from_bytes, policy
@@ -15,8 +18,8 @@ from email import message_from_bytes, policy
 import pytest
 import sqlalchemy as sa
 
-from mailer import users
-from mailer.db import session_scope
+from mailer import imports, jobs, users
+from mailer.db import session_scope, utcnow
 from mailer.models import Contact, DevMessage
 from tests import browser_support
 from tests.browser_support import TIMEOUT_MS, action, expect, live_app, serving, shot
@@ -264,3 +267,89 @@ def test_staff_find_why_a_message_failed_on_the_deliveries_page(live_smtp, smtp_
     page.get_by_role("link", name="gone@example.com").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("gone@example.com")
     assert cells(page.get_by_role("row", name=re.compile("^confirmation")))[:2] == ["confirmation", "failed"]
+
+
+
+class PausedLines:
+    """The uploaded file as the import job reads it, holding back the line after the first
+    `pause_after` until `resume` is set: the job waits between two chunks, its progress committed."""
+
+    def __init__(self, lines, pause_after: int, paused: threading.Event, resume: threading.Event):
+        self.lines, self.pause_after, self.read = iter(lines), pause_after, 0
+        self.paused, self.resume = paused, resume
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.read == self.pause_after:
+            self.paused.set()
+            self.resume.wait(30)
+        self.read += 1
+        return next(self.lines)
+
+
+def test_an_import_uploaded_in_the_browser_shows_its_progress_then_its_report(live, page, tmp_path, monkeypatch):
+    app, base = live
+    m = app.extensions["mailer"]
+    rows = [f"reader{n}@example.com,Reader {n}" for n in range(1, 10)] + [
+        "not-an-address,Nobody", "READER1@example.com,Reader again", "ada@example.com,Ada"]
+    upload = tmp_path / "desk-signups.csv"
+    upload.write_text("Email,Name\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    # Chunks of 4 rows; the worker is held after the first chunk (the header and 4 rows read)
+    # until the page has shown that progress.
+    monkeypatch.setattr(imports, "CHUNK", 4)
+    paused, resume = threading.Event(), threading.Event()
+    real_import = imports.import_csv
+    monkeypatch.setattr(imports, "import_csv", lambda session_factory, settings, lines, **options: real_import(
+        session_factory, settings, PausedLines(lines, 5, paused, resume), **options))
+
+    log_in(page, base, "editor")
+    page.get_by_role("navigation").get_by_role("link", name="Import").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Import subscribers")
+    expect(page.get_by_text("No imports yet.")).to_be_visible()
+    page.get_by_label("CSV file").set_input_files(str(upload))
+    expect(page.get_by_label("Into the list")).to_have_value("newsletter")
+    page.get_by_label("How did these people give their consent?").fill("Paper sign-up sheet at the clinic desk, 2026")
+    shot(page, "import-1-form")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Import").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Import of desk-signups.csv")
+    bar = page.get_by_role("progressbar", name="Rows read")
+    expect(bar).to_have_js_property("max", 12)
+    expect(bar).to_have_js_property("value", 0)
+    expect(page.get_by_text("0 of 12 rows read; waiting for the worker.")).to_be_visible()
+
+    worker = threading.Thread(target=jobs.run_due, args=(m.sessions, m.settings),
+                              kwargs={"owner": "browser-test", "clock": utcnow})
+    worker.start()
+    try:
+        assert paused.wait(10), "the worker did not start the import"
+        # The page, left open, follows the job: a third of the way, four imported so far.
+        expect(bar).to_have_js_property("value", 4)
+        expect(page.get_by_text(re.compile(r"^4 of 12 rows read"))).to_be_visible()
+        assert cells(page.get_by_role("row", name=re.compile("^Imported")))[0] == "4"
+        shot(page, "import-2-progress")
+        resume.set()
+        worker.join(30)
+    finally:
+        resume.set()
+        worker.join(30)
+
+    # Finished: the poller reloads the page once, and the report says what was skipped and why.
+    expect(page.get_by_role("status")).to_have_text(
+        re.compile(r"^Finished \w+day \d+ \w+ \d{4}, \d\d:\d\d GMT: 12 rows read\.$"))
+    expect(bar).to_have_count(0)
+    report = {row.get_by_role("rowheader").inner_text(): cells(row)[0]
+              for row in page.get_by_role("table").get_by_role("row").all()}
+    assert report == {"Imported": "10", "Already on the list": "1", "Invalid": "1", "Suppressed": "0"}
+    expect(page.get_by_role("heading", name="Invalid rows")).to_be_visible()
+    expect(page.get_by_role("listitem").filter(has_text="not-an-address")).to_have_text(
+        "row 11: 'not-an-address' (An email address must have an @-sign.)")
+    shot(page, "import-3-report")
+
+    page.get_by_role("link", name="← Imports").click()
+    row = page.get_by_role("row", name=re.compile("desk-signups.csv"))
+    assert cells(row)[1:] == ["desk-signups.csv", "Monthly newsletter", "done", "12", "10", "2"]
+    with m.read_sessions() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Contact)) == 10
