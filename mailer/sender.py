@@ -136,6 +136,7 @@ class Sender:
         self.sleep = sleep
         # Called before each batch: what staff change on the settings page applies from the next batch.
         self.settings_source = settings_source
+        self._source_seen = settings  # what the source gave last: a change there replaces ours
         self.compiled: dict = {}
         self._adopt(settings)
         self.pool = ConnectionPool(transport, max(1, settings.smtp_connections))
@@ -158,7 +159,8 @@ class Sender:
             return BatchResult()
         if self.settings_source is not None:
             current = self.settings_source()
-            if current is not self.settings:
+            if current is not self._source_seen:
+                self._source_seen = current
                 self._adopt(current)
         settings = self.settings
         with session_scope(self.session_factory) as session:
