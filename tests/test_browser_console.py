@@ -1,7 +1,8 @@
 """Real-browser tests (Chromium through Playwright) of the staff console: find a contact
 by address and read their record, erase them (owner); an owner's API token, shown once,
 works on the API until it is revoked; why a message failed, on the deliveries page; a
-CSV import uploaded in the browser, its progress while the worker runs, its report.
+CSV import uploaded in the browser, its progress while the worker runs, its report; an
+owner adds a user (password shown once) and disables them; a setting reaches the next mail.
 Selectors are roles and labels (the console's markup and stylesheet change); texts are
 asserted as staff read them.
 
@@ -353,3 +354,85 @@ def test_an_import_uploaded_in_the_browser_shows_its_progress_then_its_report(li
     assert cells(row)[1:] == ["desk-signups.csv", "Monthly newsletter", "done", "12", "10", "2"]
     with m.read_sessions() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Contact)) == 10
+
+
+def test_an_owner_adds_a_user_who_logs_in_with_the_password_shown_once_then_disables_them(live, page, browser):
+    app, base = live
+    log_in(page, base, "owner")
+    page.get_by_role("navigation").get_by_role("link", name="Users").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Users")
+    page.get_by_label("Email", exact=True).fill("new.editor@clinic.example")
+    page.get_by_label("Role", exact=True).select_option("editor")
+    with page.expect_navigation() as navigation:
+        page.get_by_role("button", name="Add user").click()
+    assert navigation.value.headers["cache-control"] == "no-store"
+    expect(page.get_by_role("status")).to_have_text("Added new.editor@clinic.example.")
+    password = page.get_by_role("paragraph").filter(has_text="shown only this once").get_by_role("code").inner_text()
+    assert len(password) >= 12
+    row = page.get_by_role("row", name=re.compile("^new.editor@clinic.example"))
+    expect(row.get_by_label("Role of new.editor@clinic.example")).to_have_value("editor")
+    assert cells(row)[2:4] == ["never", "active"]
+    shot(page, "users-1-added")
+
+    # The new editor, in their own browser, logs in with it.
+    ctx = browser.new_context(locale="en-GB", viewport={"width": 1280, "height": 900})
+    ctx.set_default_timeout(TIMEOUT_MS)
+    try:
+        theirs = ctx.new_page()
+        theirs.goto(f"{base}/admin/")
+        theirs.get_by_label("Email").fill("new.editor@clinic.example")
+        theirs.get_by_label("Password").fill(password)
+        with theirs.expect_navigation():
+            theirs.get_by_role("button", name="Log in").click()
+        expect(theirs.get_by_role("heading", level=1)).to_have_text("Dashboard")
+        expect(theirs.get_by_role("navigation").get_by_role("link", name="Users")).to_have_count(0)  # owners only
+
+        page.reload()
+        assert page.content().count(password) == 0, "the password is shown only once"
+        row = page.get_by_role("row", name=re.compile("^new.editor@clinic.example"))
+        assert cells(row)[3] == "active" and cells(row)[2] != "never"
+        with page.expect_navigation():
+            row.get_by_role("button", name="Disable").click()
+        expect(page.get_by_role("status")).to_have_text(
+            "new.editor@clinic.example is disabled: no login, sessions or API tokens.")
+        expect(page.get_by_role("row", name=re.compile("^new.editor@clinic.example"))
+               .get_by_role("button", name="Enable")).to_be_visible()
+        shot(page, "users-2-disabled")
+
+        theirs.reload()  # their session ended with the account
+        expect(theirs.get_by_role("heading", level=1)).to_have_text("Staff login")
+    finally:
+        ctx.close()
+
+
+def test_an_owner_changes_a_setting_and_the_next_mail_carries_it(live, page):
+    app, base = live
+    log_in(page, base, "owner")
+    page.get_by_role("navigation").get_by_role("link", name="Settings").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Settings")
+    postal = page.get_by_role("group", name="Postal address").get_by_role("textbox")
+    zone = page.get_by_role("group", name="Time zone").get_by_role("textbox")
+    expect(postal).to_have_value("1 Example Street, London, UK")
+    postal.fill("2 Harbour Road, Leeds, UK")
+    zone.fill("Mars/Olympus_Mons")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Save settings").click()
+    expect(page.get_by_role("alert")).to_have_text("Nothing was saved: please correct the fields marked below.")
+    expect(page.get_by_role("group", name="Time zone").get_by_text(re.compile("not a time zone"))).to_have_text(
+        "'Mars/Olympus_Mons' is not a time zone name; use an IANA name such as Europe/London.")
+    expect(postal).to_have_value("2 Harbour Road, Leeds, UK")  # the typing is kept
+    shot(page, "settings-1-error")
+
+    zone.fill("Europe/London")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Save settings").click()
+    expect(page.get_by_role("status")).to_have_text("Saved: Postal address.")
+    expect(page.get_by_role("group", name="Postal address")).to_contain_text("Set here (")
+    shot(page, "settings-2-saved")
+
+    signup(app.test_client(), "ada@example.com", "Ada")
+    app.extensions["mailer"].drain()
+    with app.extensions["mailer"].read_sessions() as session:
+        raw = session.scalar(sa.select(DevMessage.raw).where(DevMessage.rcpt_to == "ada@example.com"))
+    text = message_from_bytes(raw, policy=policy.default).get_body(preferencelist=("plain",)).get_content()
+    assert "2 Harbour Road, Leeds, UK" in text and "1 Example Street" not in text
