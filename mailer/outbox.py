@@ -66,11 +66,15 @@ def suppressed_hashes(session: Session, email_hashes) -> set[str]:
 
 
 def cancel_pending(session: Session, *, contact_id: int, list_id: int | None = None,
-                   kinds: tuple[str, ...] | None = None, reason: str = "cancelled") -> int:
-    """Cancel a contact's messages that have not gone out (all, or one list's, or some kinds)."""
+                   kinds: tuple[str, ...] | None = None, ref_id: int | None = None,
+                   reason: str = "cancelled") -> int:
+    """Cancel a contact's messages that have not gone out (all, or one list's, or some kinds, or those
+    about one thing such as a registration)."""
     stmt = sa.update(Delivery).where(Delivery.contact_id == contact_id, Delivery.status.in_(NOT_YET_SENT))
     if list_id is not None:
         stmt = stmt.where(Delivery.list_id == list_id)
+    if ref_id is not None:
+        stmt = stmt.where(Delivery.ref_id == ref_id)
     if kinds is not None:
         stmt = stmt.where(Delivery.kind.in_(kinds))
     return session.execute(stmt.values(status=DeliveryStatus.CANCELLED, last_error=reason)).rowcount

@@ -249,7 +249,8 @@ def cancel_registration(session: Session, token: str, *, now: dt.datetime) -> Re
     webinar = _locked_webinar(session, registration.webinar.slug) or registration.webinar
     had_seat = registration.status == RegistrationStatus.CONFIRMED
     registration.status, registration.cancelled_at = RegistrationStatus.CANCELLED, now
-    outbox.cancel_pending(session, contact_id=registration.contact_id, kinds=KINDS, reason="registration cancelled")
+    outbox.cancel_pending(session, contact_id=registration.contact_id, kinds=KINDS, ref_id=registration.id,
+                          reason="registration cancelled")
     session.flush()
     if had_seat and webinar.starts_at > now:
         _promote_next(session, webinar, now)

@@ -283,3 +283,19 @@ def test_cli_create_reschedule_attendance_cancel(database_url, tmp_path, mailer,
     assert attended.output.splitlines() == ["marked 1 as attended; not registered or not valid: 1",
                                             "  zed@example.com"]
     assert run("webinar", "cancel", "1").output.strip() == "webinar 1 cancelled"
+
+
+def test_cancelling_one_seat_keeps_the_mail_about_another_webinar(client, mailer, smtp_server, webinar, db):
+    with session_scope(mailer.sessions) as session:
+        other = webinars.save_webinar(session, slug="knee-care", title="Knee Care", starts_local=START_LOCAL,
+                                      timezone="Europe/London", join_url=JOIN, now=BEFORE)
+        webinars.publish(session, other.id)
+    register(client, "ann@example.com")
+    import time_machine
+    with time_machine.travel(BEFORE, tick=True):
+        client.post("/webinars/knee-care/register", data={"email": "ann@example.com", "name": "Ann"})
+    with session_scope(mailer.sessions) as session:  # both confirmations still queued
+        spine = session.scalar(sa.select(Registration).where(Registration.webinar_id == webinar))
+        webinars.cancel_registration(session, spine.token, now=BEFORE)
+    rows = db.execute(sa.select(Delivery.ref_id, Delivery.status).order_by(Delivery.ref_id))
+    assert [status for _, status in rows] == ["cancelled", "queued"]
