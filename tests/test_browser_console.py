@@ -64,6 +64,15 @@ def cells(row) -> list[str]:
     return [text.strip() for text in row.get_by_role("cell").all_inner_texts()]
 
 
+def assert_search_form_laid_out(page, field, button: str) -> None:
+    """The filter form is a search landmark laid out as a plain form: its button is a button,
+    not stretched into one pill-shaped group with every field (Pico's style for role=search)."""
+    expect(page.get_by_role("search")).to_have_count(1)
+    field_box = field.bounding_box()
+    button_box = page.get_by_role("search").get_by_role("button", name=button).bounding_box()
+    assert button_box["height"] <= 1.5 * field_box["height"], (button_box, field_box)
+
+
 def confirm_from_mailbox(app, page, email: str) -> None:
     """Follow the confirmation link in the person's mail, as they would."""
     with app.extensions["mailer"].read_sessions() as session:
@@ -93,6 +102,7 @@ def test_staff_find_a_contact_by_address_and_read_the_record(live, people, page)
     expect(page.get_by_role("heading", level=1)).to_have_text("Contacts")
     expect(page.get_by_text("3 contacts match these filters.")).to_be_visible()
     expect(page.get_by_role("row")).to_have_count(4)  # the header and three people
+    assert_search_form_laid_out(page, page.get_by_label("Exact email address, or the start of a name"), "Search")
     shot(page, "contacts-1-list")
 
     page.get_by_label("Exact email address, or the start of a name").fill("ADA@example.com")
@@ -248,6 +258,7 @@ def test_staff_find_why_a_message_failed_on_the_deliveries_page(live_smtp, smtp_
     log_in(page, base, "editor", "/admin/deliveries")
     expect(page.get_by_role("heading", level=1)).to_have_text("Deliveries")
     expect(page.get_by_role("row")).to_have_count(4)
+    assert_search_form_laid_out(page, page.get_by_label("Error text contains"), "Filter")
     shot(page, "deliveries-1-all")
 
     page.get_by_label("Status").select_option("failed")
