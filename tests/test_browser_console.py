@@ -341,6 +341,8 @@ def test_an_import_uploaded_in_the_browser_shows_its_progress_then_its_report(li
         # The page, left open, follows the job: a third of the way, four imported so far.
         expect(bar).to_have_js_property("value", 4, timeout=POLLED_MS)
         expect(page.get_by_text(re.compile(r"^4 of 12 rows read"))).to_be_visible()
+        expect(page.get_by_text("waiting for the worker")).to_have_count(0)
+        expect(page.locator("[data-status]")).to_have_text("running")
         assert cells(page.get_by_role("row", name=re.compile("^Imported")))[0] == "4"
         shot(page, "import-2-progress")
         resume.set()

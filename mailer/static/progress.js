@@ -1,5 +1,5 @@
 // Keeps a long operation's <progress> and figures up to date from its JSON endpoint
-// ({value, max, finished, figures}), then reloads the page once to show the outcome.
+// ({status, value, max, finished, figures}), then reloads the page once to show the outcome.
 // Without JavaScript the page refreshes itself (<noscript> meta refresh) or has a link.
 (function () {
   "use strict";
@@ -8,7 +8,19 @@
   var url = box.getAttribute("data-progress-url");
   var bar = box.querySelector("progress");
 
+  function showStatus(status) {
+    if (!status) return;
+    document.querySelectorAll("[data-status]").forEach(function (badge) {
+      badge.textContent = status;
+      badge.className = "status status-" + status;
+    });
+    if (status !== "queued") {
+      document.querySelectorAll("[data-while-queued]").forEach(function (note) { note.remove(); });
+    }
+  }
+
   function show(state) {
+    showStatus(state.status);
     if (bar && state.max) {
       bar.max = state.max;
       bar.value = Math.min(state.value, state.max);
