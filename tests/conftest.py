@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import types
 import uuid
 
 import pytest
 import sqlalchemy as sa
 
-from mailer import create_app
-from mailer.db import make_engine, make_session_factory, migrate, session_scope
+from mailer import create_app, users
+from mailer.db import make_engine, make_session_factory, migrate, session_scope, utcnow
+from mailer.models import ApiToken
 from mailer.demo import ensure_default_list
 from tests.smtp_server import SMTPServer
 
@@ -152,3 +154,38 @@ def signup(client, email="ada@example.com", name="Ada", process=True, **extra):
     if process:
         client.application.extensions["mailer"].process_signups()
     return response
+
+
+STAFF_PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def staff(app, mailer):
+    """Staff of each role; staff(role) logs one in and gives its client and CSRF token."""
+    with session_scope(mailer.sessions) as session:
+        for role in ("owner", "editor", "viewer"):
+            users.create_user(session, f"{role}@clinic.example", STAFF_PASSWORD, role)
+
+    def login(role):
+        client = app.test_client()
+        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/admin/login").text).group(1)
+        answer = client.post("/admin/login", data={"email": f"{role}@clinic.example", "password": STAFF_PASSWORD,
+                                                   "csrf_token": token})
+        assert answer.status_code == 302
+        # Logging in starts a new session, and with it a new CSRF token.
+        return client, re.search(r'name="csrf_token" value="([^"]+)"', client.get("/admin/").text).group(1)
+
+    return login
+
+
+@pytest.fixture
+def tokens(mailer):
+    """A write token, a read token and a revoked write token."""
+    with session_scope(mailer.sessions) as session:
+        user = users.create_user(session, "editor@clinic.example", "correct horse battery staple")
+        made = types.SimpleNamespace(write=users.create_token(session, user, "cms", "write"),
+                                     read=users.create_token(session, user, "dashboard", "read"),
+                                     revoked=users.create_token(session, user, "old", "write"))
+        session.execute(sa.update(ApiToken).where(ApiToken.token_hash == users.hash_token(made.revoked))
+                        .values(revoked_at=utcnow()))
+    return made

@@ -3,31 +3,17 @@ as the staff page, cursor pages that see every row once, error objects for bad i
 and an audit row (never an address) for every read."""
 from __future__ import annotations
 
-import types
 
 import pytest
 import sqlalchemy as sa
 
-from mailer import users
-from mailer.db import session_scope, utcnow
-from mailer.models import ApiToken, AuditLog, Delivery, User
+from mailer.models import AuditLog, Delivery, User
 from tests.test_api_newsletters import Api, error_of
 
 ADDRESSES = ("ann@example.com", "bounce@example.com", "grey@example.com", "bob@example.com")
 REPLIES = {"bounce@example.com": "550 5.1.1 User unknown", "grey@example.com": "451 4.7.1 Greylisted, try later"}
 
 
-@pytest.fixture
-def tokens(mailer):
-    """A write token, a read token and a revoked one, of one owner."""
-    with session_scope(mailer.sessions) as session:
-        user = users.create_user(session, "editor@clinic.example", "correct horse battery staple")
-        made = types.SimpleNamespace(write=users.create_token(session, user, "cms", "write"),
-                                     read=users.create_token(session, user, "dashboard", "read"),
-                                     revoked=users.create_token(session, user, "old", "write"))
-        session.execute(sa.update(ApiToken).where(ApiToken.token_hash == users.hash_token(made.revoked))
-                        .values(revoked_at=utcnow()))
-    return made
 
 
 @pytest.fixture

@@ -6,12 +6,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import types
 
 import pytest
 import sqlalchemy as sa
 
-from mailer import newsletters, users
+from mailer import newsletters
 from mailer.db import session_scope, utcnow
 from mailer.models import ApiToken
 from tests.audience import BODY, make_audience
@@ -23,17 +22,6 @@ DRAFT = {"subject": "Spine Health for {{ contact.first_name }}", "preheader": "T
          "lists": ["newsletter"]}
 
 
-@pytest.fixture
-def tokens(mailer):
-    """A write token, a read token and a revoked write token."""
-    with session_scope(mailer.sessions) as session:
-        user = users.create_user(session, "editor@clinic.example", "correct horse battery staple")
-        made = types.SimpleNamespace(write=users.create_token(session, user, "cms", "write"),
-                                     read=users.create_token(session, user, "dashboard", "read"),
-                                     revoked=users.create_token(session, user, "old", "write"))
-        session.execute(sa.update(ApiToken).where(ApiToken.token_hash == users.hash_token(made.revoked))
-                        .values(revoked_at=utcnow()))
-    return made
 
 
 class Api:

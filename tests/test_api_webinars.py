@@ -8,7 +8,7 @@ from mailer import webinars
 from mailer.consent import RequestContext
 from mailer.db import session_scope, utcnow
 from mailer.models import AuditLog, Delivery, Registration, User, Webinar
-from tests.test_api_newsletters import Api, error_of, last_sunday_of_march, tokens  # noqa: F401  (fixture)
+from tests.test_api_newsletters import Api, error_of, last_sunday_of_march
 
 NEXT_YEAR = utcnow().year + 1
 DRAFT = {"slug": "spine-health", "title": "Spine Health", "starts_local": f"{NEXT_YEAR}-11-25T18:00",
@@ -33,7 +33,7 @@ def register(mailer, email, slug="spine-health", name="Ann"):
                           context=RequestContext(), now=utcnow())
 
 
-def test_tokens_are_needed_and_changes_need_a_write_token(client, tokens, db):  # noqa: F811
+def test_tokens_are_needed_and_changes_need_a_write_token(client, tokens, db):
     api = make_api(client, tokens.write)
     for token in (None, "mlr_not-a-token", tokens.revoked):
         assert error_of(api.get("/webinars", token=token), 401)["code"] == "unauthorized"
@@ -53,7 +53,7 @@ def test_tokens_are_needed_and_changes_need_a_write_token(client, tokens, db):  
                      .where(AuditLog.action == "api_view_registrants")) == 1
 
 
-def test_a_webinar_from_draft_to_cancelled(client, tokens, mailer, db):  # noqa: F811
+def test_a_webinar_from_draft_to_cancelled(client, tokens, mailer, db):
     api = make_api(client, tokens.write)
     response = api.post("/webinars", DRAFT)
     assert response.status_code == 201, response.json
@@ -121,7 +121,7 @@ def test_a_webinar_from_draft_to_cancelled(client, tokens, mailer, db):  # noqa:
     assert error_of(api.patch(f"/webinars/{webinar_id}", {"title": "Back"}), 422)["field"] == "status"
 
 
-def test_list_webinars_in_pages(client, tokens):  # noqa: F811
+def test_list_webinars_in_pages(client, tokens):
     api = make_api(client, tokens.write)
     ids = [api.create(slug=f"talk-{n}")["id"] for n in range(3)]
     first = api.get("/webinars?limit=2").json
@@ -131,7 +131,7 @@ def test_list_webinars_in_pages(client, tokens):  # noqa: F811
     assert error_of(api.get("/webinars?cursor=nonsense"), 422)["field"] == "cursor"
 
 
-def test_refusals_name_the_field(client, tokens):  # noqa: F811
+def test_refusals_name_the_field(client, tokens):
     api = make_api(client, tokens.write)
     for fields, field in (({"slug": "Not A Slug!"}, "slug"), ({"join_url": "http://meet.example.com/x"}, "join_url"),
                           ({"join_url": "https://[::1"}, "join_url"), ({"replay_url": "ftp://x"}, "replay_url"),
@@ -160,7 +160,7 @@ def test_refusals_name_the_field(client, tokens):  # noqa: F811
     assert api.get(path).json == created
 
 
-def test_unknown_webinars_are_404(client, tokens, db):  # noqa: F811
+def test_unknown_webinars_are_404(client, tokens, db):
     api = make_api(client, tokens.write)
     for method, path, body in (("GET", "/webinars/99", None), ("PATCH", "/webinars/99", {"title": "x"}),
                                ("POST", "/webinars/99/publish", None), ("POST", "/webinars/99/cancel", None),

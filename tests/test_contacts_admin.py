@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from mailer import contacts, directory, users
+from mailer import contacts, directory
 from mailer.cli import main
 from mailer.db import session_scope
 from mailer.errors import InvalidInput
@@ -22,21 +22,6 @@ PASSWORD = "correct horse battery staple"
 NOW = dt.datetime(2026, 11, 1, 9, tzinfo=dt.timezone.utc)
 
 
-@pytest.fixture
-def staff(app, mailer):
-    with session_scope(mailer.sessions) as session:
-        for role in ("owner", "editor", "viewer"):
-            users.create_user(session, f"{role}@clinic.example", PASSWORD, role)
-
-    def login(role):
-        client = app.test_client()
-        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/admin/login").text).group(1)
-        answer = client.post("/admin/login", data={"email": f"{role}@clinic.example", "password": PASSWORD,
-                                                   "csrf_token": token})
-        assert answer.status_code == 302
-        return client, re.search(r'name="csrf_token" value="([^"]+)"', client.get("/admin/").text).group(1)
-
-    return login
 
 
 def add_people(mailer, people, *, second_list=False):

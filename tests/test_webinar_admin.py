@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 
-import pytest
 import sqlalchemy as sa
 
-from mailer import users, webinars
+from mailer import webinars
 from mailer.consent import RequestContext
 from mailer.db import session_scope
 from mailer.models import AuditLog, Registration, Webinar
@@ -15,22 +13,6 @@ from mailer.models import AuditLog, Registration, Webinar
 PASSWORD = "correct horse battery staple"
 
 
-@pytest.fixture
-def staff(app, mailer):
-    with session_scope(mailer.sessions) as session:
-        for role in ("owner", "editor", "viewer"):
-            users.create_user(session, f"{role}@clinic.example", PASSWORD, role)
-
-    def login(role):
-        client = app.test_client()
-        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/admin/login").text).group(1)
-        answer = client.post("/admin/login", data={"email": f"{role}@clinic.example", "password": PASSWORD,
-                                                   "csrf_token": token})
-        assert answer.status_code == 302
-        # Logging in starts a new session, and with it a new CSRF token.
-        return client, re.search(r'name="csrf_token" value="([^"]+)"', client.get("/admin/").text).group(1)
-
-    return login
 
 
 def form(client, path, token, **fields):
