@@ -80,7 +80,7 @@ def test_upload_then_the_worker_imports_and_the_report_says_what_was_skipped_and
     scheduler.run_console_jobs(mailer, "worker-1")
 
     page = editor.get(f"/admin/imports/{job_id}").text
-    assert '<span class="status status-done">done</span>' in page
+    assert '<span class="status status-done" data-status>done</span>' in page
     assert (figure(page, "imported"), figure(page, "duplicate"), figure(page, "invalid"), figure(page, "suppressed")) \
         == (2, 2, 2, 1)
     shown = text_of(page)
