@@ -114,7 +114,13 @@ def test_dashboard_shows_growth_next_mailings_and_queue(owner, mailer):
     assert "December: posture at the desk" in text
     assert "Spine Health" in text and "1 seat taken of 30" in text
     assert re.search(r"\d+ due now, oldest waiting \d+ s", text)
-    assert "<svg class=\"chart\"" in page.text
+    assert re.search(r"\d+ due now, oldest waiting \d+ s Sending 0\.0 messages/s \(last full minute\) "
+                     r"0 deferred ?, 0 failed ?, 0 held", text)
+    points = re.search(r'<polyline class="line" points="([^"]+)"', page.text).group(1).split()
+    assert len(points) == 90  # one per day
+    assert re.findall(r"<rect[^>]*><title>([^<]+)</title>", page.text) == [
+        f"{now.astimezone(mailer.settings.zone).date().isoformat()}: +3",
+        f"{now.astimezone(mailer.settings.zone).date().isoformat()}: -1"]
     assert 'aria-label="Active subscriptions from' in page.text
 
 

@@ -44,8 +44,9 @@ def _history_chart(history: list[dashboard_figures.Day]) -> dict:
     top, bottom = max(d.active for d in history), min(d.active for d in history)
     span = max(top - bottom, 1)
     step = width / max(len(history) - 1, 1)
-    line_height = height - bars_height - 24
-    points = " ".join(f"{i * step:.1f},{8 + line_height - (d.active - bottom) * line_height / span:.1f}"
+    line_top = 20  # room for the highest figure's label above the line
+    line_height = height - bars_height - 24 - line_top
+    points = " ".join(f"{i * step:.1f},{line_top + line_height - (d.active - bottom) * line_height / span:.1f}"
                       for i, d in enumerate(history))
     peak_change = max(max(d.gained, d.lost) for d in history) or 1
     middle = height - 16 - bars_height / 2
