@@ -16,11 +16,9 @@ from mailer.db import Base, session_scope, utcnow
 from mailer.models import (ConsentEvent, Contact, Delivery, DevMessage, Registration, SignupRequest, Subscription,
                            Suppression, Webinar)
 from tests.conftest import SECRET, links_in, signup
-from tests import test_contacts_admin
 
 ADDRESS = "erin.doe@example.com"
 TYPED = "Erin.Doe@Example.COM"
-staff = test_contacts_admin.staff  # the same staff logins fixture
 
 
 def scan_for(db, needles) -> list[str]:
