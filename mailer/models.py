@@ -53,6 +53,14 @@ class SuppressionReason(enum.StrEnum):
     MANUAL = "manual"
 
 
+class Priority(enum.IntEnum):
+    """Which due mail a worker claims first: a confirmation or a webinar mail must not wait
+    behind a newsletter's whole audience."""
+
+    TRANSACTIONAL = 0  # confirmations, webinar mail, test copies, staff warnings
+    BULK = 1  # newsletter issues
+
+
 # Rows in these states are still waiting to go out (and are due at next_attempt_at).
 PENDING_DELIVERY = (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED)
 # Everything not yet sent that a cancellation or an unsubscribe must stop.
@@ -209,6 +217,8 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         sa.Index("ix_deliveries_due", "status", "next_attempt_at", "id"),
+        # The claim reads due rows one (status, priority) at a time, in due order.
+        sa.Index("ix_deliveries_claim", "status", "priority", "next_attempt_at", "id"),
         sa.Index("ix_deliveries_contact_status", "contact_id", "status"),
     )
 
@@ -221,6 +231,7 @@ class Delivery(Base):
     variant: Mapped[Optional[str]] = mapped_column(sa.String(50))
     dedupe_key: Mapped[str] = mapped_column(sa.String(200), unique=True)
     status: Mapped[str] = mapped_column(sa.String(20), default=DeliveryStatus.QUEUED)
+    priority: Mapped[int] = mapped_column(sa.SmallInteger, default=Priority.TRANSACTIONAL, server_default="0")
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[dt.datetime]
     lease_owner: Mapped[Optional[str]] = mapped_column(sa.String(100))

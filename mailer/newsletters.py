@@ -21,8 +21,8 @@ from mailer import outbox
 from mailer.db import dialect_insert, is_postgres
 from mailer.errors import InvalidInput, NotFound
 from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, ConsentAction, ConsentEvent, Contact, Delivery, DeliveryStatus,
-                           MailingList, Newsletter, NewsletterLink, NewsletterStatus, Rhythm, Subscription, SubscriptionStatus,
-                           Suppression, newsletter_lists)
+                           MailingList, Newsletter, NewsletterLink, NewsletterStatus, Priority, Rhythm, Subscription,
+                           SubscriptionStatus, Suppression, newsletter_lists)
 from mailer.rendering import (TEMPLATES, CompiledNewsletter, RenderedEmail, body_links, compile_newsletter,
                               format_local, staff_environment)
 
@@ -565,7 +565,7 @@ def enqueue_audience(session: Session, newsletter_id: int, *, now: dt.datetime) 
         audience.c.contact_id, audience.c.list_id, sa.literal(newsletter_id, sa.Integer).label("ref_id"),
         (sa.literal(f"newsletter:{newsletter_id}:") + sa.cast(audience.c.contact_id, sa.String)).label("dedupe_key"),
     )
-    return outbox.enqueue_many(session, rows, kind=NEWSLETTER, now=now)
+    return outbox.enqueue_many(session, rows, kind=NEWSLETTER, now=now, priority=Priority.BULK)
 
 
 def newsletter_email(batch, delivery: Delivery):

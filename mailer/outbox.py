@@ -12,46 +12,48 @@ from sqlalchemy.orm import Session
 
 from mailer.db import dialect_insert, is_postgres
 from mailer.errors import NotFound
-from mailer.models import NOT_YET_SENT, PENDING_DELIVERY, Contact, Delivery, DeliveryStatus, ErrorClass, Suppression
+from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, Contact, Delivery, DeliveryStatus, ErrorClass, Priority,
+                           Suppression)
 
 
 def _not_suppressed():
     return ~sa.exists().where(Suppression.email_hash == Contact.email_hash)
 
 
+INSERTED_COLUMNS = ("contact_id", "kind", "list_id", "ref_id", "variant", "dedupe_key", "status", "priority",
+                    "attempts", "next_attempt_at", "created_at")
+
+
 def enqueue(session: Session, *, contact_id: int, kind: str, dedupe_key: str, now: dt.datetime,
             list_id: int | None = None, ref_id: int | None = None, due_at: dt.datetime | None = None,
-            variant: str | None = None) -> bool:
+            variant: str | None = None, priority: Priority = Priority.TRANSACTIONAL) -> bool:
     """Queue one message for one contact. False when the key was queued before,
     or the contact is erased or suppressed: nothing is queued then."""
     source = sa.select(
         Contact.id, sa.literal(kind), sa.literal(list_id, sa.Integer), sa.literal(ref_id, sa.Integer),
-        sa.literal(variant, sa.String), sa.literal(dedupe_key), sa.literal(DeliveryStatus.QUEUED.value), sa.literal(0),
+        sa.literal(variant, sa.String), sa.literal(dedupe_key), sa.literal(DeliveryStatus.QUEUED.value),
+        sa.literal(int(priority)), sa.literal(0),
         sa.literal(due_at or now, Delivery.next_attempt_at.type), sa.literal(now, Delivery.created_at.type),
     ).where(Contact.id == contact_id, Contact.email.is_not(None), _not_suppressed())
     stmt = dialect_insert(session, Delivery).from_select(
-        ["contact_id", "kind", "list_id", "ref_id", "variant", "dedupe_key", "status", "attempts",
-         "next_attempt_at", "created_at"],
-        source,
+        list(INSERTED_COLUMNS), source,
     ).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Delivery.id)
     return session.execute(stmt).first() is not None
 
 
 def enqueue_many(session: Session, rows, *, kind: str, now: dt.datetime, due_at: dt.datetime | None = None,
-                 variant: str | None = None) -> int:
+                 variant: str | None = None, priority: Priority = Priority.TRANSACTIONAL) -> int:
     """Queue one message per row of `rows` (a select of contact_id, list_id, ref_id and
     dedupe_key) in one INSERT … SELECT, whatever their number. Erased and suppressed
     contacts, and keys queued before, are skipped. Returns how many were queued."""
     rows = rows.subquery()
     source = sa.select(
         rows.c.contact_id, sa.literal(kind), rows.c.list_id, rows.c.ref_id, sa.literal(variant, sa.String),
-        rows.c.dedupe_key, sa.literal(DeliveryStatus.QUEUED.value), sa.literal(0),
+        rows.c.dedupe_key, sa.literal(DeliveryStatus.QUEUED.value), sa.literal(int(priority)), sa.literal(0),
         sa.literal(due_at or now, Delivery.next_attempt_at.type), sa.literal(now, Delivery.created_at.type),
     ).join(Contact, Contact.id == rows.c.contact_id).where(Contact.email.is_not(None), _not_suppressed())
     stmt = dialect_insert(session, Delivery).from_select(
-        ["contact_id", "kind", "list_id", "ref_id", "variant", "dedupe_key", "status", "attempts",
-         "next_attempt_at", "created_at"],
-        source,
+        list(INSERTED_COLUMNS), source,
     ).on_conflict_do_nothing(index_elements=["dedupe_key"])
     # SQLAlchemy keeps the rowcount of an INSERT only when asked to.
     return session.execute(stmt.execution_options(preserve_rowcount=True)).rowcount
@@ -83,15 +85,17 @@ def cancel_pending(session: Session, *, contact_id: int, list_id: int | None = N
 def claim_due(session: Session, *, worker_id: str, now: dt.datetime, limit: int, lease_seconds: int,
               message_domain: str) -> list[int]:
     """Lease up to `limit` due rows to this worker: rows whose lease ran out first, then
-    retries, then new mail. One status per query, so each reads the (status,
-    next_attempt_at, id) index in order instead of sorting the whole queue."""
+    transactional mail (retries, then new), then bulk mail the same way, so a confirmation
+    never waits behind a newsletter's audience. One (status, priority) per query, so each
+    reads the (status, priority, next_attempt_at, id) index in order instead of sorting
+    the whole queue."""
     ids: list[int] = []
+    due_in_order = (Delivery.next_attempt_at, Delivery.id)
     for where, order in (
         ((Delivery.status == DeliveryStatus.SENDING, Delivery.lease_expires_at < now), (Delivery.id,)),
-        ((Delivery.status == DeliveryStatus.DEFERRED, Delivery.next_attempt_at <= now),
-         (Delivery.next_attempt_at, Delivery.id)),
-        ((Delivery.status == DeliveryStatus.QUEUED, Delivery.next_attempt_at <= now),
-         (Delivery.next_attempt_at, Delivery.id)),
+        *(((Delivery.status == status, Delivery.priority == int(priority), Delivery.next_attempt_at <= now),
+           due_in_order)
+          for priority in Priority for status in (DeliveryStatus.DEFERRED, DeliveryStatus.QUEUED)),
     ):
         if len(ids) >= limit:
             break

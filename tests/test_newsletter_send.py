@@ -71,3 +71,21 @@ def test_unknown_variable_fails_the_rows_instead_of_sending_a_broken_mail(mailer
     result = mailer.drain()
     assert result.failed == 2 and smtp_server.received == []
     assert "nickname" in db.scalar(sa.select(Delivery.last_error))
+
+
+def test_a_confirmation_does_not_wait_behind_a_newsletters_audience(client, mailer, smtp_server, db):
+    import dataclasses
+
+    from tests.conftest import signup
+
+    make_audience(mailer, 120)
+    make_newsletter(mailer)  # 120 queued before the visitor signs up
+    signup(client, email="late@example.com", name="Late")
+    assert db.execute(sa.select(Delivery.kind, Delivery.priority, sa.func.count()).group_by(
+        Delivery.kind, Delivery.priority).order_by(Delivery.kind)) == [("confirmation", 0, 1), ("newsletter", 1, 120)]
+    with mailer.sender() as sender:  # one batch of 50: the confirmation goes in it
+        sender.settings = dataclasses.replace(sender.settings, send_batch_size=50)
+        sender.send_batch()
+    received = [r.rcpt_tos[0] for r in smtp_server.received]
+    assert len(received) == 50 and "late@example.com" in received
+    assert mailer.drain().sent == 71  # and the rest of the issue goes out as before

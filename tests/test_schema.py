@@ -35,11 +35,18 @@ def test_upgrade_from_the_first_release_keeps_its_data(tmp_path):
         engine = make_engine(url)
         with engine.begin() as conn:
             conn.exec_driver_sql("INSERT INTO contacts (email, name, created_at) VALUES ('ann@example.com', 'Ann', '2026-11-01 10:00:00')")
+            for key, kind in (("n1", "newsletter"), ("c1", "confirmation")):
+                conn.exec_driver_sql(
+                    "INSERT INTO deliveries (contact_id, kind, dedupe_key, status, attempts, next_attempt_at, created_at) "
+                    f"VALUES (1, '{kind}', '{key}', 'queued', 0, '2026-11-01 10:00:00', '2026-11-01 10:00:00')")
         engine.dispose()
         migrate(url)
         engine = make_engine(url)
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT email, name FROM contacts").all() == [("ann@example.com", "Ann")]
+            # Queued newsletter mail becomes bulk (0005); the rest stays transactional.
+            assert conn.exec_driver_sql("SELECT kind, priority FROM deliveries ORDER BY id").all() == [
+                ("newsletter", 1), ("confirmation", 0)]
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         engine.dispose()
         assert diff == []
