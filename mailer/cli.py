@@ -136,7 +136,7 @@ def settings_set(key: str, value: str) -> None:
 
 @main.group("users")
 def users_group() -> None:
-    """Staff accounts: list, change role, disable, enable (create-user adds one)."""
+    """Staff accounts: list, change role, disable, enable, reset a password (create-user adds one)."""
 
 
 @users_group.command("list")
@@ -178,6 +178,14 @@ def users_enable(email: str) -> None:
     m = _mailer()
     _run(m, lambda s: users.enable_user(s, users.find_user(s, email), actor_id=None))
     click.echo(f"{email} enabled")
+
+
+@users_group.command("reset-password")
+@click.argument("email")
+def users_reset_password(email: str) -> None:
+    """Give a user a new generated password (printed once); their sessions end."""
+    m = _mailer()
+    click.echo(_run(m, lambda s: users.reset_password(s, users.find_user(s, email), actor_id=None)))
 
 
 @main.command()

@@ -222,6 +222,18 @@ def enable_user(session: Session, user: User, *, actor_id: int | None) -> None:
     record(session, actor_id, "enable_user", user.email)
 
 
+def reset_password(session: Session, user: User, *, actor_id: int | None) -> str:
+    """An owner gives a user who forgot their password a new generated one (returned, to
+    show once). Their sessions end, as with any new password; the lockout is lifted."""
+    if actor_id is not None and actor_id == user.id:
+        raise InvalidInput("user", "Change your own password under “My password”.")
+    password = new_password()
+    set_password(session, user, password)
+    user.failed_logins, user.locked_until = 0, None
+    record(session, actor_id, "reset_password", user.email)
+    return password
+
+
 def change_password(session: Session, user: User, current: str, new: str, *, repeat: str | None = None) -> None:
     """A user changes their own password: the current one is required."""
     if not check_password_hash(user.password_hash, current or ""):

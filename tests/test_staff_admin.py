@@ -106,6 +106,26 @@ def test_owner_adds_a_user_with_a_generated_password_shown_once(staff, db):
                                               "new.person@clinic.example as editor")]
 
 
+def test_owner_gives_a_user_who_forgot_theirs_a_new_password_shown_once(staff, db):
+    owner = staff.client("owner")
+    editor_session = staff.client("editor")
+    for _ in range(5):  # and they locked themselves out trying
+        staff.login("editor", "not the password at all")
+    editor_id = user_id(db, "editor@clinic.example")
+    page = post(owner, f"/admin/users/{editor_id}/password")
+    assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
+    password = re.search(r'<code id="new-password">([^<]+)</code>', page.text).group(1)
+    assert "New password for editor@clinic.example, shown only this once" in page.text
+    assert password not in owner.get("/admin/users").text
+    assert editor_session.get("/admin/").status_code == 302  # their old session is over
+    assert staff.login("editor")[1].status_code == 400  # the old password no longer works
+    assert staff.client("editor", password).get("/admin/").status_code == 200  # lockout lifted too
+    assert audit_rows(db, "reset_password") == [(user_id(db, "owner@clinic.example"), "editor@clinic.example")]
+    yourself = post(owner, f"/admin/users/{user_id(db, 'owner@clinic.example')}/password")
+    assert yourself.status_code == 400 and "Change your own password under" in yourself.text
+    assert post(staff.client("viewer"), f"/admin/users/{editor_id}/password").status_code == 403
+
+
 def test_owner_may_type_the_initial_password_and_bad_input_is_refused(staff, db):
     owner = staff.client("owner")
     typed = post(owner, "/admin/users", email="ann@clinic.example", role="viewer", password="a long typed password")
@@ -393,6 +413,10 @@ def test_cli_users_and_tokens(database_url, tmp_path, db, mailer):
     assert _cli(database_url, tmp_path, "users", "disable", "ed@clinic.example").exit_code == 0
     assert "ed@clinic.example\tviewer\tdisabled" in _cli(database_url, tmp_path, "users", "list").output
     assert _cli(database_url, tmp_path, "users", "enable", "ed@clinic.example").output == "ed@clinic.example enabled\n"
+    new = _cli(database_url, tmp_path, "users", "reset-password", "ed@clinic.example").output.strip()
+    with session_scope(mailer.sessions) as session:
+        assert users.authenticate(session, "ed@clinic.example", new, now=utcnow(), max_failures=5,
+                                  lockout_seconds=60).email == "ed@clinic.example"
     unknown = _cli(database_url, tmp_path, "users", "disable", "nobody@clinic.example")
     assert unknown.exit_code == 1 and "no staff user nobody@clinic.example" in unknown.output
 
@@ -415,6 +439,7 @@ def test_cli_users_and_tokens(database_url, tmp_path, db, mailer):
         (None, "change_role", "ed@clinic.example: editor -> viewer (command line)"),
         (None, "disable_user", "ed@clinic.example (command line)"),
         (None, "enable_user", "ed@clinic.example (command line)"),
+        (None, "reset_password", "ed@clinic.example (command line)"),
         (None, "create_token", f"token {token_id} 'cms' (write) for boss@clinic.example (command line)"),
         (None, "revoke_token", f"token {token_id} 'cms' of boss@clinic.example (command line)"),
     ]

@@ -98,6 +98,20 @@ def users_enable(user_id: int):
                         lambda email: f"{email} can log in again.")
 
 
+@bp.post("/users/<int:user_id>/password")
+@owners_only
+def users_reset_password(user_id: int):
+    try:
+        with db_session() as s:
+            user = users.get_user(s, user_id)
+            password = users.reset_password(s, user, actor_id=g.user.id)
+            email = user.email
+    except InvalidInput as exc:
+        return _users_page(400, error=exc)
+    page, status = _users_page(reset=email, password=password)
+    return _shown_once(page, status)
+
+
 # My password ---------------------------------------------------------------------------
 
 @bp.route("/account/password", methods=["GET", "POST"])
