@@ -347,6 +347,11 @@ class Job(Base):
 
 class AuditLog(Base):
     __tablename__ = "audit_log"
+    __table_args__ = (
+        # Owners filter the log by user or action, newest first.
+        sa.Index("ix_audit_log_user", "user_id", "id"),
+        sa.Index("ix_audit_log_action", "action", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("users.id"))

@@ -134,6 +134,27 @@ def record(session: Session, actor_id: int | None, action: str, detail: str = ""
     session.add(AuditLog(user_id=actor_id, action=action, detail=detail[:2000]))
 
 
+def audit_entries(session: Session, *, user_id: int | None = None, action: str | None = None,
+                  before_id: int | None = None, limit: int = 50) -> list:
+    """Audit log rows (id, created_at, user's email, action, detail), newest first, one more
+    than `limit` when there is a next page. The user and action filters walk their (…, id)
+    indexes, so a page costs the same however long the log grows."""
+    query = (sa.select(AuditLog.id, AuditLog.created_at, User.email, AuditLog.action, AuditLog.detail)
+             .outerjoin(User, User.id == AuditLog.user_id).order_by(AuditLog.id.desc()).limit(limit + 1))
+    if user_id is not None:
+        query = query.where(AuditLog.user_id == user_id)
+    if action is not None:
+        query = query.where(AuditLog.action == action)
+    if before_id is not None:
+        query = query.where(AuditLog.id < before_id)
+    return session.execute(query).all()
+
+
+def audit_actions(session: Session) -> list[str]:
+    """The actions the log holds, for the page's filter (read from the action index)."""
+    return list(session.scalars(sa.select(AuditLog.action).distinct().order_by(AuditLog.action)))
+
+
 # Accounts ------------------------------------------------------------------------------
 
 def new_password() -> str:

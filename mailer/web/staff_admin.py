@@ -10,7 +10,7 @@ from flask import Blueprint, flash, g, redirect, render_template, request, sessi
 from mailer import site_settings, users
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
-from mailer.models import AuditLog, Role, User
+from mailer.models import Role, User
 from mailer.rendering import format_local
 from mailer.web import db_reader, db_session, mailer
 from mailer.web.auth import login_required, role_required
@@ -215,18 +215,11 @@ def audit_log():
     user_id = request.args.get("user", type=int)
     action = request.args.get("action", "").strip()
     before = request.args.get("before", type=int)
-    query = (sa.select(AuditLog.id, AuditLog.created_at, User.email, AuditLog.action, AuditLog.detail)
-             .outerjoin(User, User.id == AuditLog.user_id).order_by(AuditLog.id.desc()).limit(AUDIT_PAGE + 1))
-    if user_id:
-        query = query.where(AuditLog.user_id == user_id)
-    if action:
-        query = query.where(AuditLog.action == action)
-    if before:
-        query = query.where(AuditLog.id < before)
     with db_reader() as s:
-        entries = s.execute(query).all()
+        entries = users.audit_entries(s, user_id=user_id or None, action=action or None, before_id=before or None,
+                                      limit=AUDIT_PAGE)
         staff = s.execute(sa.select(User.id, User.email).order_by(User.email)).all()
-        actions = s.scalars(sa.select(AuditLog.action).distinct().order_by(AuditLog.action)).all()
+        actions = users.audit_actions(s)
     more = len(entries) > AUDIT_PAGE
     entries = entries[:AUDIT_PAGE]
     zone = mailer().settings.timezone
