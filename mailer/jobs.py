@@ -22,6 +22,8 @@ from mailer.models import Job, JobStatus, MailingList
 
 IMPORT = "import"
 LEASE = dt.timedelta(seconds=120)  # renewed at every checkpoint (each few thousand rows)
+MAX_ATTEMPTS = 3  # a job that stopped this often without finishing is given up
+RETRY_AFTER = dt.timedelta(seconds=30)  # after an unexpected error
 BLOCK = 1 << 16
 log = logging.getLogger(__name__)
 
@@ -92,17 +94,47 @@ def _store_checked(upload: BinaryIO, path: Path) -> int:
 
 
 def claim_next(session: Session, *, owner: str, now: dt.datetime) -> int | None:
-    """Lease the oldest queued job, or one whose worker stopped renewing its lease (killed).
-    The UPDATE repeats the condition, so of two workers that pick the same row one wins."""
+    """Lease the oldest queued job, or one whose worker stopped renewing its lease (killed,
+    or an unexpected error). The UPDATE repeats the condition, so of two workers that pick
+    the same row one wins. A job taken MAX_ATTEMPTS times already is failed instead."""
     claimable = sa.or_(Job.status == JobStatus.QUEUED,
                        sa.and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now))
-    job_id = session.scalar(sa.select(Job.id).where(claimable).order_by(Job.id).limit(1))
-    if job_id is None:
-        return None
-    claimed = session.execute(sa.update(Job).where(Job.id == job_id, claimable).values(
-        status=JobStatus.RUNNING, lease_owner=owner, lease_expires_at=now + LEASE,
-        started_at=sa.func.coalesce(Job.started_at, now))).rowcount
-    return job_id if claimed else None
+    while True:
+        candidate = session.execute(sa.select(Job.id, Job.attempts, Job.error, Job.file_path).where(claimable)
+                                    .order_by(Job.id).limit(1)).first()
+        if candidate is None:
+            return None
+        job_id, attempts, last_error, path = candidate
+        if attempts >= MAX_ATTEMPTS:
+            _give_up(session, job_id, attempts, last_error, path, claimable, now)
+            continue
+        claimed = session.execute(sa.update(Job).where(Job.id == job_id, claimable).values(
+            status=JobStatus.RUNNING, lease_owner=owner, lease_expires_at=now + LEASE, attempts=Job.attempts + 1,
+            started_at=sa.func.coalesce(Job.started_at, now))).rowcount
+        return job_id if claimed else None
+
+
+def _give_up(session: Session, job_id: int, attempts: int, last_error: str | None, path: str | None, claimable,
+             now: dt.datetime) -> None:
+    why = f" (the last time: {last_error})" if last_error else ""
+    failed = session.execute(sa.update(Job).where(Job.id == job_id, claimable).values(
+        status=JobStatus.FAILED, finished_at=now, lease_owner=None, lease_expires_at=None,
+        error=f"The import stopped {attempts} times without finishing{why}, so it was given up. The rows "
+              "imported before stay imported; upload the file again to import the rest.")).rowcount
+    if failed and path:
+        Path(path).unlink(missing_ok=True)
+
+
+def _stopped_unexpectedly(session_factory, job_id: int, owner: str, exc: Exception, now: dt.datetime) -> None:
+    """Keep the job for another try a little later; only the error's kind is kept, since its
+    text may quote a row of the file (an address)."""
+    log.error("import job %s stopped: %s", job_id, type(exc).__name__)
+    try:
+        with session_scope(session_factory) as session:
+            session.execute(sa.update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(
+                error=f"an unexpected error ({type(exc).__name__})", lease_expires_at=now + RETRY_AFTER))
+    except Exception:  # the database itself is away: the lease runs out and the job is retried then
+        log.error("import job %s: could not record the error", job_id)
 
 
 def run_import(session_factory, settings, job_id: int, *, owner: str, clock: Callable[[], dt.datetime]) -> None:
@@ -131,6 +163,9 @@ def run_import(session_factory, settings, job_id: int, *, owner: str, clock: Cal
     except (InvalidInput, OSError, UnicodeDecodeError, csv.Error) as exc:
         _finish(session_factory, job_id, owner, clock(), status=JobStatus.FAILED,
                 error=getattr(exc, "message", None) or str(exc))
+        return
+    except Exception as exc:
+        _stopped_unexpectedly(session_factory, job_id, owner, exc, clock())
         return
     _finish(session_factory, job_id, owner, clock(), status=JobStatus.DONE, report=report)
 

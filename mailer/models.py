@@ -340,6 +340,8 @@ class Job(Base):
     error: Mapped[Optional[str]] = mapped_column(sa.Text)
     lease_owner: Mapped[Optional[str]] = mapped_column(sa.String(100))
     lease_expires_at: Mapped[Optional[dt.datetime]]
+    # Times a worker took the job; a job that keeps stopping is given up after a few.
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[Optional[dt.datetime]]
     finished_at: Mapped[Optional[dt.datetime]]

@@ -3,6 +3,7 @@ report of skipped rows and why, refusals, a worker killed mid-job, roles; and th
 sending progress of a newsletter."""
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import re
@@ -270,3 +271,47 @@ def test_in_a_browser_the_job_page_follows_the_import_to_its_report(database_url
         assert page.evaluate("document.documentElement.scrollWidth") <= width
     context.close()
     m.engine.dispose()
+
+
+def test_an_unexpected_error_is_retried_then_the_job_is_given_up_and_says_why(editor, mailer, db, monkeypatch):
+    upload(editor)
+    job_id = db.scalar(sa.select(Job.id))
+    real_import = imports.import_csv
+    failures = []
+
+    def database_away(*args, **kwargs):
+        failures.append(1)
+        raise sa.exc.OperationalError("INSERT …", {"email": "ann@example.com"}, Exception("server closed"))
+
+    monkeypatch.setattr(imports, "import_csv", database_away)
+    start = utcnow()
+    assert work(mailer, clock=lambda: start) == 1
+    job = db.scalar(sa.select(Job))
+    assert (job.status, job.attempts, job.error) == ("running", 1, "an unexpected error (OperationalError)")
+    assert "ann@example.com" not in job.error  # the error's text may quote a row: only its kind is kept
+    page = text_of(editor.get(f"/admin/imports/{job_id}").text)
+    assert "Stopped once on an unexpected error (OperationalError); the worker tries again shortly." in page
+    assert work(mailer, clock=lambda: start + jobs.RETRY_AFTER / 2) == 0  # not before the pause
+
+    # A passing problem: the next try finishes the import with the usual report.
+    monkeypatch.setattr(imports, "import_csv", real_import)
+    assert work(mailer, clock=lambda: start + jobs.RETRY_AFTER * 2) == 1
+    job = db.scalar(sa.select(Job))
+    assert (job.status, job.attempts, job.error) == ("done", 2, None)
+    assert json.loads(job.report)["imported"] == 4
+
+    # One that stays: after MAX_ATTEMPTS tries the job fails, says why, and its upload is removed.
+    upload(editor)
+    second = db.scalar(sa.select(Job.id).order_by(Job.id.desc()))
+    monkeypatch.setattr(imports, "import_csv", database_away)
+    when = start + dt.timedelta(minutes=10)
+    for attempt in range(jobs.MAX_ATTEMPTS):
+        assert work(mailer, clock=lambda: when + jobs.RETRY_AFTER * 2 * attempt) == 1
+    assert work(mailer, clock=lambda: when + jobs.RETRY_AFTER * 2 * jobs.MAX_ATTEMPTS) == 0
+    job = db.scalar(sa.select(Job).where(Job.id == second))
+    assert job.status == "failed" and job.attempts == jobs.MAX_ATTEMPTS
+    assert job.error == ("The import stopped 3 times without finishing (the last time: an unexpected error "
+                         "(OperationalError)), so it was given up. The rows imported before stay imported; "
+                         "upload the file again to import the rest.")
+    assert "The import stopped: The import stopped 3 times" in text_of(editor.get(f"/admin/imports/{second}").text)
+    assert uploads(mailer) == [] and len(failures) == 4
