@@ -229,7 +229,8 @@ def export_contacts(session: Session, *, list_id: int | None = None, status: str
                    "created_at": row.created_at.isoformat(), "subscriptions": subs.get(row.id, [])}
 
 
-def _cell(value) -> str:
+def spreadsheet_cell(value) -> str:
+    """The text of a CSV cell, with a leading apostrophe when a spreadsheet would run it as a formula."""
     text = "" if value is None else str(value)
     return "'" + text if text.startswith(_FORMULA_START) else text
 
@@ -242,8 +243,8 @@ def contacts_csv(rows: Iterable[dict]) -> Iterator[str]:
     writer.writerow(EXPORT_FIELDS)
     for row in rows:
         subs = "; ".join(f"{s['list']}:{s['status']}" for s in row["subscriptions"])
-        writer.writerow([_cell(row["id"]), _cell(row["email"]), _cell(row["name"]), _cell(row["timezone"]),
-                         _cell(row["created_at"]), _cell(subs)])
+        writer.writerow([spreadsheet_cell(cell) for cell in (
+            row["id"], row["email"], row["name"], row["timezone"], row["created_at"], subs)])
         if buffer.tell() >= CHUNK_CHARS:
             yield buffer.getvalue()
             buffer.seek(0)

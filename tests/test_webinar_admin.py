@@ -49,8 +49,8 @@ def test_viewer_reads_but_cannot_change_and_owner_exports_with_audit(staff, mail
                                   timezone="Europe/London", join_url="https://meet.example.com/b",
                                   now=dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
         webinars.publish(session, w.id)
-        for address in ("a@example.com", "b@example.com"):
-            webinars.register(session, mailer.settings, "back-care", email=address, name="Pat",
+        for address, name in (("a@example.com", "Pat"), ("b@example.com", '=HYPERLINK("https://evil.example/")')):
+            webinars.register(session, mailer.settings, "back-care", email=address, name=name,
                               context=RequestContext(), now=dt.datetime(2030, 1, 2, tzinfo=dt.timezone.utc))
     viewer, token = staff("viewer")
     assert viewer.get("/admin/webinars/1").status_code == 200
@@ -64,6 +64,8 @@ def test_viewer_reads_but_cannot_change_and_owner_exports_with_audit(staff, mail
     lines = export.data.decode().splitlines()
     assert lines[0] == "email,name,status,attended,timezone,registered_at"
     assert sorted(line.split(",")[0] for line in lines[1:]) == ["a@example.com", "b@example.com"]
+    # A visitor's name never runs as a spreadsheet formula in the export.
+    assert lines[2].startswith('b@example.com,"\'=HYPERLINK(""https://evil.example/"")",confirmed')
     assert "export_registrants" in db.scalars(sa.select(AuditLog.action))
 
     saved = form(owner, "/admin/webinars/1/attendance", token, attended="a@example.com")

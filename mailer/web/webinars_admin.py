@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, flash, redirect, render_template, request, stream_with_context, url_for
 
 from mailer import webinars
+from mailer.directory import spreadsheet_cell
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
 from mailer.models import Contact, Registration, Role, Webinar
@@ -184,9 +185,9 @@ def export(webinar_id: int):
                     sa.select(Registration, Contact.email, Contact.name).join(Contact)
                     .where(Registration.webinar_id == webinar_id).order_by(Registration.id)
                     .execution_options(yield_per=500)):
-                writer.writerow([email or "", name, registration.status,
-                                 {True: "yes", False: "no"}.get(registration.attended, ""),
-                                 registration.timezone or "", registration.created_at.isoformat()])
+                writer.writerow([spreadsheet_cell(cell) for cell in (
+                    email or "", name, registration.status, {True: "yes", False: "no"}.get(registration.attended, ""),
+                    registration.timezone or "", registration.created_at.isoformat())])
                 yield buffer.getvalue()
                 buffer.seek(0)
                 buffer.truncate()
