@@ -79,6 +79,14 @@ def check_template(field: str, source: str) -> list[TemplateProblem]:
                 problems.append(TemplateProblem(
                     field, attribute.lineno, f"'{attribute.node.name}' has no '{attribute.attr}'"
                     + (f" (it has: {', '.join(sorted(allowed))})" if allowed else "")))
+    # Raw HTML is allowed only in the Markdown, where it is cleaned; these would bypass that.
+    for node in tree.find_all((nodes.Filter, nodes.EvalContextModifier)):
+        if isinstance(node, nodes.EvalContextModifier):
+            problems.append(TemplateProblem(field, node.lineno, "autoescape cannot be switched off: values are "
+                                                                "always escaped"))
+        elif node.name == "safe":
+            problems.append(TemplateProblem(field, node.lineno, "the 'safe' filter is not allowed: write HTML in "
+                                                                "the Markdown itself (it is cleaned)"))
     return sorted(problems, key=lambda p: p.line)
 
 

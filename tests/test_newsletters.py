@@ -45,6 +45,22 @@ def test_syntax_error_is_reported_with_its_line():
     assert "endfor" in problems[0].message
 
 
+def test_templates_may_not_switch_off_escaping_or_mark_text_safe(mailer):
+    body = ("Hi {{ contact.first_name }}\n\n{{ '<script>alert(1)</script>' | safe }}\n"
+            "{% autoescape false %}{{ contact.name }}{% endautoescape %}\n")
+    problems = [str(p) for p in newsletters.check_template("body", body)]
+    assert problems == ["body, line 3: the 'safe' filter is not allowed: write HTML in the Markdown itself "
+                        "(it is cleaned)",
+                        "body, line 4: autoescape cannot be switched off: values are always escaped"]
+    with session_scope(mailer.sessions) as session:
+        try:
+            newsletters.create_newsletter(session, subject="Hi", body_md=body, lists=["newsletter"])
+            raise AssertionError("a template that bypasses the HTML cleaner was saved")
+        except InvalidInput as exc:
+            assert exc.field == "body"
+    assert newsletters.check_template("body", "Hi {{ contact.first_name | title }}") == []
+
+
 def test_a_time_skipped_by_the_clock_change_is_refused():
     try:
         newsletters.local_to_utc(dt.datetime(2027, 3, 28, 1, 30), "Europe/London")
