@@ -1,6 +1,7 @@
 """Staff pages: login required, CSRF, lockout, and the dev mailbox."""
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
@@ -119,3 +120,22 @@ def test_healthz_is_503_when_smtp_is_down(database_url, tmp_path):
     assert answer.status_code == 503
     assert answer.json["checks"]["transport"].startswith("error: cannot reach SMTP server")
     app.extensions["mailer"].engine.dispose()
+
+
+def test_login_next_with_control_characters_goes_to_the_dashboard(dev_app):
+    client = dev_app.test_client()
+    token = _csrf(client.get("/admin/login").text)
+    for target in ("/admin/contacts%0d%0aSet-Cookie:x=1", "/admin/\\evil.example", "//evil.example/admin"):
+        answer = client.post(f"/admin/login?next={target}",
+                             data={"email": "staff@clinic.example", "password": PASSWORD, "csrf_token": token})
+        assert answer.status_code == 302, target
+        assert answer.headers["Location"] == "/admin/", target
+        client.post("/admin/logout", data={"csrf_token": _csrf(client.get("/admin/").text)})
+        token = _csrf(client.get("/admin/login").text)
+
+
+def test_an_anonymous_large_upload_is_refused_before_it_is_read(dev_app):
+    client = dev_app.test_client()
+    body = {"file": (io.BytesIO(b"email\n" + b"x" * (2 * 1024 * 1024)), "big.csv"), "list": "newsletter"}
+    answer = client.post("/admin/imports", data=body, content_type="multipart/form-data")
+    assert answer.status_code == 413  # the import form's 50 MB allowance is for staff who are logged in

@@ -197,8 +197,8 @@ def test_preview_is_personalised_for_a_sample_reader_and_escapes_markup(editor):
 def test_preview_as_a_contact_uses_their_name_and_is_audited(app, editor, mailer, db):
     newsletter_id = compose(editor)
     with session_scope(mailer.sessions) as session:
-        contacts.get_or_create_contact(session, mailer.settings, "ada@example.com", name="Ada <b>Lovelace</b>",
-                                       now=utcnow())
+        ada_id = contacts.get_or_create_contact(session, mailer.settings, "ada@example.com",
+                                                name="Ada <b>Lovelace</b>", now=utcnow()).id
     sample = editor.get(f"/admin/newsletters/{newsletter_id}/preview.html")
     assert "Hello Alex" in sample.text
     assert db.scalar(sa.select(sa.func.count()).select_from(AuditLog)) == 0
@@ -212,7 +212,7 @@ def test_preview_as_a_contact_uses_their_name_and_is_audited(app, editor, mailer
     assert text.mimetype == "text/plain" and "Subject: March news for Ada" in text.text
     editor_id = db.scalar(sa.select(AuditLog.user_id))
     assert db.execute(sa.select(AuditLog.user_id, AuditLog.action, AuditLog.detail)) == [
-        (editor_id, "preview_as_contact", f"newsletter {newsletter_id}")] * 2
+        (editor_id, "preview_as_contact", f"newsletter {newsletter_id} as contact {ada_id}")] * 2
 
     unknown = editor.get(f"/admin/newsletters/{newsletter_id}/preview.html?contact=nobody@example.com")
     assert unknown.status_code == 404 and "No contact has the address nobody@example.com." in unknown.text

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 
 import sqlalchemy as sa
 
@@ -68,6 +69,12 @@ def test_viewer_reads_but_cannot_change_and_owner_exports_with_audit(staff, mail
     assert lines[2].startswith('b@example.com,"\'=HYPERLINK(""https://evil.example/"")",confirmed')
     assert "export_registrants" in db.scalars(sa.select(AuditLog.action))
 
+    uploaded = owner.post("/admin/webinars/1/attendance", data={
+        "csrf_token": token, "file": (io.BytesIO(b"email\nb@example.com\nstranger@example.com\n"), "zoom.csv")},
+        content_type="multipart/form-data")
+    shown = owner.get(uploaded.headers["Location"]).text
+    assert "Marked 1 as attended. 1 address in the file is not registered." in shown
+    assert "stranger@example.com" not in shown  # counted, not listed: flashes travel in the session cookie
     saved = form(owner, "/admin/webinars/1/attendance", token, attended="a@example.com")
     assert saved.status_code == 302
     assert dict(db.execute(sa.select(Registration.id, Registration.attended))) == {1: True, 2: False}

@@ -54,7 +54,9 @@ def audit(action: str, detail: str = "") -> None:
 
 
 def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/admin") and not target.startswith("//"):
+    """Back to the staff page that asked for the login; anything else goes to the dashboard."""
+    if (target and target.startswith("/admin") and not target.startswith("//") and target.isprintable()
+            and "\\" not in target):
         return target
     return url_for("admin.dashboard")
 

@@ -3,7 +3,7 @@ the job, and the report of what was skipped and why. Owners and editors."""
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, g, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, g, jsonify, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from mailer import imports, jobs
@@ -21,8 +21,8 @@ MAX_UPLOAD_MB = 50  # ~1.5 million rows of "email,name"
 @bp.url_value_preprocessor
 def _upload_limit(endpoint, _values):
     # Runs before the app's before_request hooks, where the CSRF check reads the form:
-    # only this form may be larger than the app-wide limit.
-    if endpoint == "import_admin.upload":
+    # only this form may be larger than the app-wide limit, and only for someone logged in.
+    if endpoint == "import_admin.upload" and session.get("user_id") is not None:
         request.max_content_length = MAX_UPLOAD_MB * 1024 * 1024
 
 

@@ -349,7 +349,7 @@ def _saved_preview(newsletter_id: int):
             if contact is None:
                 return _sandboxed(render_template("admin/newsletters/preview_problem.html",
                                                   message=f"No contact has the address {address}."), status=404)
-            audit("preview_as_contact", f"newsletter {newsletter_id}")
+            audit("preview_as_contact", f"newsletter {newsletter_id} as contact {contact.id}")
         try:
             return newsletters.preview(
                 m.renderer, m.settings, subject=n.subject, preheader=n.preheader, body_md=n.body_md, layout=n.layout,

@@ -149,7 +149,10 @@ def attendance(webinar_id: int):
     if upload and upload.filename:
         def mark(s):
             marked, unknown = webinars.import_attendance(s, webinar_id, upload.read().decode("utf-8-sig", "replace"))
-            flash(f"Marked {marked} as attended." + (f" Not registered: {', '.join(unknown[:20])}" if unknown else ""))
+            # Counted, not listed: a flash travels in the session cookie.
+            not_registered = (f" {len(unknown)} address in the file is not registered." if len(unknown) == 1 else
+                              f" {len(unknown)} addresses in the file are not registered." if unknown else "")
+            flash(f"Marked {marked} as attended.{not_registered}")
         try:
             with db_session() as s:
                 mark(s)
