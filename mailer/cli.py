@@ -598,7 +598,8 @@ def purge() -> None:
     m = _mailer()
     with session_scope(m.sessions) as session:
         count = contacts.purge_expired_pending(session, m.settings, utcnow())
-    click.echo(f"purged {count} unconfirmed signups")
+        trimmed = jobs.forget_old_examples(session, utcnow())
+    click.echo(f"purged {count} unconfirmed signups; trimmed {trimmed} old import reports")
 
 
 @main.command()

@@ -200,6 +200,23 @@ def run_due(session_factory, settings, *, owner: str, clock: Callable[[], dt.dat
         ran += 1
 
 
+REPORT_KEPT = dt.timedelta(days=30)
+
+
+def forget_old_examples(session: Session, now: dt.datetime) -> int:
+    """Finished imports keep their counts, but the rows quoted as invalid (text that may be
+    someone's mistyped address) only for REPORT_KEPT. Returns how many reports were trimmed."""
+    trimmed = 0
+    for job in session.scalars(sa.select(Job).where(
+            Job.status.in_((JobStatus.DONE, JobStatus.FAILED)), Job.finished_at < now - REPORT_KEPT,
+            Job.report.like('%"invalid": ["%'))):
+        report = json.loads(job.report)
+        report["examples"] = {key: [] for key in report.get("examples", {})}
+        job.report = json.dumps(report)
+        trimmed += 1
+    return trimmed
+
+
 def get_job(session: Session, job_id: int) -> Job:
     job = session.get(Job, job_id)
     if job is None or job.kind != IMPORT:

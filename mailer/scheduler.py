@@ -55,6 +55,7 @@ def purge_expired_signups(mailer) -> None:
     with session_scope(mailer.sessions) as session:
         purged = contacts.purge_expired_pending(session, mailer.settings, utcnow())
         send_budget.forget_old_windows(session, utcnow())
+        jobs.forget_old_examples(session, utcnow())
     if purged:
         log.info("purged %d unconfirmed signups", purged)
 

@@ -315,3 +315,18 @@ def test_an_unexpected_error_is_retried_then_the_job_is_given_up_and_says_why(ed
                          "upload the file again to import the rest.")
     assert "The import stopped: The import stopped 3 times" in text_of(editor.get(f"/admin/imports/{second}").text)
     assert uploads(mailer) == [] and len(failures) == 4
+
+
+def test_the_rows_quoted_as_invalid_are_forgotten_after_30_days_the_counts_stay(editor, mailer, db):
+    upload(editor)
+    work(mailer)
+    finished = db.scalar(sa.select(Job.finished_at))
+    assert json.loads(db.scalar(sa.select(Job.report)))["examples"]["invalid"] != []
+    with session_scope(mailer.sessions) as session:
+        assert jobs.forget_old_examples(session, finished + dt.timedelta(days=29)) == 0
+    with session_scope(mailer.sessions) as session:
+        assert jobs.forget_old_examples(session, finished + dt.timedelta(days=31)) == 1
+    report = json.loads(db.scalar(sa.select(Job.report)))
+    assert report["examples"] == {"invalid": []} and (report["imported"], report["invalid"]) == (4, 2)
+    with session_scope(mailer.sessions) as session:
+        assert jobs.forget_old_examples(session, finished + dt.timedelta(days=32)) == 0  # once
