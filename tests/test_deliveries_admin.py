@@ -7,25 +7,18 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from mailer import contacts, users
+from mailer import contacts
 from mailer.consent import RequestContext
 from mailer.db import session_scope, utcnow
 from mailer.models import AuditLog
 from mailer.web import deliveries_admin
 
-PASSWORD = "correct horse battery staple"
 REPLIES = {"bounce@example.com": "550 5.1.1 User unknown", "grey@example.com": "451 4.7.1 Greylisted, try later"}
 
 
 @pytest.fixture
-def viewer(app, mailer):
-    with session_scope(mailer.sessions) as session:
-        users.create_user(session, "viewer@clinic.example", PASSWORD, "viewer")
-    client = app.test_client()
-    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/admin/login").text).group(1)
-    assert client.post("/admin/login", data={"email": "viewer@clinic.example", "password": PASSWORD,
-                                             "csrf_token": token}).status_code == 302
-    return client
+def viewer(staff):
+    return staff("viewer")[0]
 
 
 @pytest.fixture
