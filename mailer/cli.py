@@ -72,7 +72,7 @@ def create_user(email: str, role: str, password: str) -> None:
 @main.command("create-token")
 @click.argument("email")
 @click.option("--name", required=True, help="What the token is for, e.g. 'website'.")
-@click.option("--scope", default="read", type=click.Choice(["read", "write"]))
+@click.option("--scope", default="read", type=click.Choice(["read", "write", "webhook"]))
 def create_token(email: str, name: str, scope: str) -> None:
     """Create an API token for a staff user; it is shown only once."""
     m = _mailer()

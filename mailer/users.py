@@ -81,6 +81,11 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# read: GET on the API and /metrics; write: everything on the API and the bounce webhook;
+# webhook: the bounce webhook only, so a URL that carries it (?token=, for SNS) opens nothing else.
+SCOPES = ("read", "write", "webhook")
+
+
 def create_token(session: Session, user: User, name: str, scope: str = "read") -> str:
     """A new API token; only its hash is stored, so the plain value is shown once.
     Viewers may only have read tokens. (Staff actions go through issue_token, audited.)"""
@@ -89,9 +94,9 @@ def create_token(session: Session, user: User, name: str, scope: str = "read") -
         raise InvalidInput("name", "Give the token a name that says what it is for, e.g. 'website'.")
     if len(name) > 100:
         raise InvalidInput("name", "The name may have at most 100 characters.")
-    if scope not in {"read", "write"}:
-        raise InvalidInput("scope", "Scope must be read or write.")
-    if scope == "write" and user.role == Role.VIEWER:
+    if scope not in SCOPES:
+        raise InvalidInput("scope", "Scope must be read, write or webhook.")
+    if scope != "read" and user.role == Role.VIEWER:
         raise InvalidInput("scope", "Viewers may only create read tokens.")
     token = "mlr_" + secrets.token_urlsafe(32)
     session.add(ApiToken(user_id=user.id, name=name, token_hash=hash_token(token), scope=scope))

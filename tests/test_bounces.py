@@ -151,6 +151,19 @@ def test_query_token_is_accepted_and_last_use_recorded(client, tokens, db):
     assert used is not None and (utcnow() - used).total_seconds() < 60
 
 
+def test_a_webhook_token_works_here_and_nowhere_else(client, mailer, db):
+    with session_scope(mailer.sessions) as session:
+        user = users.create_user(session, "ops@clinic.example", "correct horse battery staple")
+        hook = users.create_token(session, user, "sns", "webhook")
+    answer = client.post(f"{URL}?token={hook}", json={"type": "bounce", "email": "gone@example.com"})
+    assert answer.status_code == 200 and len(suppressions(db)) == 1
+    bearer = {"Authorization": f"Bearer {hook}"}
+    for path in ("/api/v1/newsletters", "/api/v1/contacts", "/metrics"):
+        refused = client.get(path, headers=bearer)
+        assert refused.status_code == 403, path
+        assert refused.json["error"]["message"] == "This token's scope (webhook) does not allow this.", path
+
+
 # The generic shape -------------------------------------------------------------------------
 
 def test_permanent_bounce_suppresses_and_a_later_signup_queues_nothing(client, mailer, tokens, db):

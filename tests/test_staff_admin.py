@@ -291,7 +291,7 @@ def test_token_rules_viewers_read_only_own_tokens_owners_see_all(staff, db):
     no_name = post(editor, "/admin/tokens", name="  ", scope="read")
     assert no_name.status_code == 400 and "Give the token a name" in no_name.text
     bad_scope = post(editor, "/admin/tokens", name="x", scope="admin")
-    assert bad_scope.status_code == 400 and "Scope must be read or write." in bad_scope.text
+    assert bad_scope.status_code == 400 and "Scope must be read, write or webhook." in bad_scope.text
     assert post(editor, "/admin/tokens", name="cms", scope="write").status_code == 200
 
     assert "reports" not in editor.get("/admin/tokens").text  # only their own

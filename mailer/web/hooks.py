@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("hooks", __name__)
 
-WRITE_SCOPES = frozenset({"write"})
+WEBHOOK_SCOPES = frozenset({"write", "webhook"})
 ANY_SCOPE = frozenset({"read", "write"})
 
 
@@ -58,7 +58,7 @@ def _http_error(exc: HTTPException):  # e.g. 413 for a body over MAX_CONTENT_LEN
 def bounces():
     """Bounce and complaint notifications. ?token= is accepted because SNS cannot send headers."""
     now = utcnow()
-    _authorise(WRITE_SCOPES, now, allow_query=True)
+    _authorise(WEBHOOK_SCOPES, now, allow_query=True)
     parsed = parse_webhook_body(request.get_data(cache=False))
     if isinstance(parsed, SnsControl):
         return _sns_control_answer(parsed)
