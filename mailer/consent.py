@@ -10,7 +10,7 @@ import types
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.db import is_postgres
+from mailer.db import is_postgres, newest_first
 from mailer.models import ConsentEvent, ConsentWording, MailingList
 
 GENESIS_HASH = "0" * 64
@@ -154,6 +154,5 @@ def search_events(session: Session, *, contact_id: int | None = None, list_id: i
         stmt = stmt.where(ConsentEvent.list_id == list_id)
     if action is not None:
         stmt = stmt.where(ConsentEvent.action == action)
-    if before_id is not None:
-        stmt = stmt.where(ConsentEvent.id < before_id)
-    return [tuple(row) for row in session.execute(stmt.order_by(ConsentEvent.id.desc()).limit(limit + 1))]
+    return [tuple(row) for row in session.execute(newest_first(stmt, ConsentEvent.id, before_id=before_id,
+                                                                  limit=limit))]

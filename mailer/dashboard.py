@@ -79,9 +79,10 @@ def _local_midnight(day: dt.date, tz: ZoneInfo) -> dt.datetime:
 
 
 def subscriber_figures(session: Session, *, now: dt.datetime, zone: str, days: int = HISTORY_DAYS,
-                       list_id: int | None = None) -> tuple[list[Day], dict]:
+                       list_id: int | None = None, active_now: int | None = None) -> tuple[list[Day], dict]:
     """Active subscriptions at the end of each of the last `days` local days (today so far last),
-    and this month's gains and losses — both from one pass over the changes since the earlier start."""
+    and this month's gains and losses — both from one pass over the changes since the earlier start.
+    `active_now`: today's count when the caller has it already (list_counts), else it is counted."""
     tz = ZoneInfo(zone)
     today = now.astimezone(tz).date()
     first = today - dt.timedelta(days=days - 1)
@@ -96,7 +97,7 @@ def subscriber_figures(session: Session, *, now: dt.datetime, zone: str, days: i
                 per_day[day][slot] += n
             if hour >= month_from:
                 month[name] += n
-    active = active_count(session, list_id)
+    active = active_count(session, list_id) if active_now is None else active_now
     history = []
     for day in sorted(per_day, reverse=True):  # walk back from today's count
         g, lo = per_day[day]

@@ -98,6 +98,14 @@ def is_postgres(session_or_engine) -> bool:
     return bind.dialect.name == "postgresql"
 
 
+def newest_first(stmt, id_column, *, before_id: int | None, limit: int):
+    """One keyset page of `stmt`: rows below `before_id`, highest id first, and one row
+    more than `limit`, so the caller can tell whether there is a next page."""
+    if before_id is not None:
+        stmt = stmt.where(id_column < before_id)
+    return stmt.order_by(id_column.desc()).limit(limit + 1)
+
+
 def dialect_insert(session: Session, model):
     """A Core INSERT that knows ON CONFLICT, on SQLite and PostgreSQL alike. To learn
     whether a row went in, use RETURNING: rowcount is not reliable for INSERT on PostgreSQL."""

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from mailer import consent, contacts
-from mailer.db import dialect_insert
+from mailer.db import dialect_insert, newest_first
 from mailer.errors import Conflict, InvalidInput, NotFound
 from mailer.models import ConsentWording, Contact, MailingList, Subscription, SubscriptionStatus
 from mailer.settings import Settings
@@ -99,9 +99,8 @@ def search_subscriptions(session: Session, *, contact_id: int | None = None, lis
         stmt = stmt.where(Subscription.list_id == list_id)
     if status is not None:
         stmt = stmt.where(Subscription.status == status)
-    if before_id is not None:
-        stmt = stmt.where(Subscription.id < before_id)
-    return [tuple(row) for row in session.execute(stmt.order_by(Subscription.id.desc()).limit(limit + 1))]
+    return [tuple(row) for row in session.execute(newest_first(stmt, Subscription.id, before_id=before_id,
+                                                                  limit=limit))]
 
 
 def get_subscription(session: Session, subscription_id: int) -> tuple[Subscription, str | None, str]:

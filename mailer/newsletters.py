@@ -18,7 +18,7 @@ from jinja2 import nodes
 from sqlalchemy.orm import Session, selectinload
 
 from mailer import outbox
-from mailer.db import dialect_insert, is_postgres
+from mailer.db import dialect_insert, is_postgres, newest_first
 from mailer.errors import InvalidInput, NotFound
 from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, ConsentAction, ConsentEvent, Contact, Delivery, DeliveryStatus,
                            MailingList, Newsletter, NewsletterLink, NewsletterStatus, Priority, Rhythm, Subscription,
@@ -136,9 +136,7 @@ def list_newsletters(session: Session, *, before_id: int | None = None, limit: i
     """Newest first; `before_id` continues a page (cursor pagination). One more row than
     asked is returned when there is a next page."""
     stmt = sa.select(Newsletter).options(selectinload(Newsletter.lists))
-    if before_id is not None:
-        stmt = stmt.where(Newsletter.id < before_id)
-    return list(session.scalars(stmt.order_by(Newsletter.id.desc()).limit(limit + 1)))
+    return list(session.scalars(newest_first(stmt, Newsletter.id, before_id=before_id, limit=limit)))
 
 
 def get_newsletter(session: Session, newsletter_id: int) -> Newsletter:

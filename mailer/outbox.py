@@ -10,7 +10,7 @@ import typing
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.db import dialect_insert, is_postgres
+from mailer.db import dialect_insert, is_postgres, newest_first
 from mailer.errors import NotFound
 from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, Contact, Delivery, DeliveryStatus, ErrorClass, Priority,
                            Suppression)
@@ -222,10 +222,8 @@ def search_deliveries(session: Session, *, status: str | None = None, kind: str 
         stmt = stmt.where(Delivery.contact_id == contact_id)
     if ref_id is not None:
         stmt = stmt.where(Delivery.ref_id == ref_id)
-    if before_id is not None:
-        stmt = stmt.where(Delivery.id < before_id)
     return [(delivery, email) for delivery, email in
-            session.execute(stmt.order_by(Delivery.id.desc()).limit(limit + 1))]
+            session.execute(newest_first(stmt, Delivery.id, before_id=before_id, limit=limit))]
 
 
 def get_delivery(session: Session, delivery_id: int) -> tuple[Delivery, str | None]:

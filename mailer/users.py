@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from mailer.db import newest_first
 from mailer.errors import InvalidInput, NotFound
 from mailer.models import ApiToken, AuditLog, Role, User
 
@@ -145,14 +146,12 @@ def audit_entries(session: Session, *, user_id: int | None = None, action: str |
     than `limit` when there is a next page. The user and action filters walk their (…, id)
     indexes, so a page costs the same however long the log grows."""
     query = (sa.select(AuditLog.id, AuditLog.created_at, User.email, AuditLog.action, AuditLog.detail)
-             .outerjoin(User, User.id == AuditLog.user_id).order_by(AuditLog.id.desc()).limit(limit + 1))
+             .outerjoin(User, User.id == AuditLog.user_id))
     if user_id is not None:
         query = query.where(AuditLog.user_id == user_id)
     if action is not None:
         query = query.where(AuditLog.action == action)
-    if before_id is not None:
-        query = query.where(AuditLog.id < before_id)
-    return session.execute(query).all()
+    return session.execute(newest_first(query, AuditLog.id, before_id=before_id, limit=limit)).all()
 
 
 def audit_actions(session: Session) -> list[str]:

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from mailer import consent, contacts, outbox
-from mailer.db import is_postgres
+from mailer.db import is_postgres, newest_first
 from mailer.errors import InvalidInput, NotFound
 from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, Contact, Delivery, DeliveryStatus, Registration,
                            RegistrationStatus, Webinar, WebinarStatus)
@@ -440,13 +440,22 @@ def webinar_email(batch, delivery: Delivery):
 def list_webinars(session: Session, *, before_id: int | None = None, limit: int = 50) -> list[tuple[Webinar, int]]:
     """Newest first, each with its seats taken; `before_id` continues a page (cursor
     pagination). One more row than asked is returned when there is a next page."""
-    taken = (sa.select(sa.func.count()).select_from(Registration).where(
+    stmt = sa.select(Webinar, _seats_taken())
+    return [(webinar, count) for webinar, count in
+            session.execute(newest_first(stmt, Webinar.id, before_id=before_id, limit=limit))]
+
+
+def webinars_by_start(session: Session) -> list[tuple[Webinar, int]]:
+    """Every webinar, latest start first, each with its seats taken (the staff list)."""
+    return [(webinar, count) for webinar, count in
+            session.execute(sa.select(Webinar, _seats_taken()).order_by(Webinar.starts_at.desc()))]
+
+
+def _seats_taken():
+    """Confirmed registrations of the webinar in the outer query, as a column."""
+    return (sa.select(sa.func.count()).select_from(Registration).where(
         Registration.webinar_id == Webinar.id, Registration.status == RegistrationStatus.CONFIRMED)
         .correlate(Webinar).scalar_subquery())
-    stmt = sa.select(Webinar, taken)
-    if before_id is not None:
-        stmt = stmt.where(Webinar.id < before_id)
-    return [(webinar, count) for webinar, count in session.execute(stmt.order_by(Webinar.id.desc()).limit(limit + 1))]
 
 
 def list_registrations(session: Session, webinar_id: int, *, before_id: int | None = None, limit: int = 50
@@ -454,8 +463,16 @@ def list_registrations(session: Session, webinar_id: int, *, before_id: int | No
     """A webinar's registrations, newest first, with each registrant's email and name
     (NotFound for an unknown webinar); paged like list_webinars."""
     get_webinar(session, webinar_id)
-    stmt = sa.select(Registration, Contact.email, Contact.name).join(Contact, Contact.id == Registration.contact_id) \
-        .where(Registration.webinar_id == webinar_id)
-    if before_id is not None:
-        stmt = stmt.where(Registration.id < before_id)
-    return [tuple(row) for row in session.execute(stmt.order_by(Registration.id.desc()).limit(limit + 1))]
+    return [tuple(row) for row in session.execute(newest_first(_registrants(webinar_id), Registration.id,
+                                                                  before_id=before_id, limit=limit))]
+
+
+def registrations_in_order(session: Session, webinar_id: int):
+    """Every registration of a webinar with the registrant's email and name, in the order
+    they came, streamed (the staff page and the CSV export)."""
+    return session.execute(_registrants(webinar_id).order_by(Registration.id).execution_options(yield_per=500))
+
+
+def _registrants(webinar_id: int):
+    return (sa.select(Registration, Contact.email, Contact.name).join(Contact, Contact.id == Registration.contact_id)
+            .where(Registration.webinar_id == webinar_id))

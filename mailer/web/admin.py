@@ -23,13 +23,15 @@ def dashboard():
     m, now = mailer(), utcnow()
     zone = m.settings.timezone
     with db_reader() as s:
-        history, month = dashboard_figures.subscriber_figures(s, now=now, zone=zone)
+        lists = dashboard_figures.list_counts(s)
+        history, month = dashboard_figures.subscriber_figures(
+            s, now=now, zone=zone, active_now=sum(counts["active"] for _, counts in lists))
         return render_template(
             "admin/dashboard.html",
             history=history,
             chart=_history_chart(history),
             month=month,
-            lists=dashboard_figures.list_counts(s),
+            lists=lists,
             next_newsletter=dashboard_figures.next_newsletter(s, now),
             latest=dashboard_figures.latest_newsletters(s),
             next_webinar=dashboard_figures.next_webinar(s, now),

@@ -33,7 +33,7 @@ def _not_found(exc):
 @login_required
 def index():
     with db_reader() as s:
-        rows = [(w, webinars.seats_taken(s, w.id)) for w in s.scalars(sa.select(Webinar).order_by(Webinar.starts_at.desc()))]
+        rows = webinars.webinars_by_start(s)
     return render_template("admin/webinars/index.html", rows=rows)
 
 
@@ -106,8 +106,7 @@ def update(webinar_id: int):
 def detail(webinar_id: int):
     with db_reader() as s:
         webinar = webinars.get_webinar(s, webinar_id)
-        registrations = s.execute(sa.select(Registration, Contact.email, Contact.name).join(Contact).where(
-            Registration.webinar_id == webinar_id).order_by(Registration.created_at)).all()
+        registrations = list(webinars.registrations_in_order(s, webinar_id))
         counts = {}
         for registration, _, _ in registrations:
             counts[registration.status] = counts.get(registration.status, 0) + 1
@@ -184,10 +183,7 @@ def export(webinar_id: int):
         writer = csv.writer(buffer)
         writer.writerow(["email", "name", "status", "attended", "timezone", "registered_at"])
         with session_factory() as s:
-            for registration, email, name in s.execute(
-                    sa.select(Registration, Contact.email, Contact.name).join(Contact)
-                    .where(Registration.webinar_id == webinar_id).order_by(Registration.id)
-                    .execution_options(yield_per=500)):
+            for registration, email, name in webinars.registrations_in_order(s, webinar_id):
                 writer.writerow([spreadsheet_cell(cell) for cell in (
                     email or "", name, registration.status, {True: "yes", False: "no"}.get(registration.attended, ""),
                     registration.timezone or "", registration.created_at.isoformat())])
