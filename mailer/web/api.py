@@ -18,7 +18,6 @@ from mailer import api_schemas as schemas
 from mailer import newsletters, users, webinars
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
-from mailer.models import AuditLog
 from mailer.web import db_reader, db_session, mailer, presented_token
 
 PREFIX = "/api/v1"
@@ -453,7 +452,7 @@ def cancel_webinar(id: int, body: schemas.CancelRequest | None):
 def list_registrations(id: int, query: schemas.ListQuery):
     with db_session() as session:
         rows = webinars.list_registrations(session, id, before_id=query.cursor, limit=query.limit)
-        session.add(AuditLog(user_id=g.api_user_id, action="api_view_registrants", detail=f"webinar {id}"))
+        users.record(session, g.api_user_id, "api_view_registrants", f"webinar {id}")
     more = len(rows) > query.limit
     rows = rows[:query.limit]
     return schemas.RegistrationPage(items=[schemas.WebinarRegistration.of(*row) for row in rows],

@@ -11,12 +11,12 @@ import sqlalchemy as sa
 from flask import Response, g, stream_with_context, url_for
 
 from mailer import api_schemas_people as people
-from mailer import consent, contacts, directory, lists
+from mailer import consent, contacts, directory, lists, users
 from mailer.api_schemas import encode_cursor
 from mailer.consent import RequestContext
 from mailer.db import utcnow
 from mailer.errors import Conflict, NotFound
-from mailer.models import AuditLog, Role, User
+from mailer.models import Role, User
 from mailer.web import db_reader, db_session, mailer
 from mailer.web.api import ApiError, bp, error_response, field_renamed, operation
 
@@ -33,7 +33,7 @@ def _conflict(exc: Conflict):
 
 def audit(session, action: str, detail: str) -> None:
     """Record, with the token's user, that personal data was shown or changed."""
-    session.add(AuditLog(user_id=g.api_user_id, action=action, detail=detail[:2000]))
+    users.record(session, g.api_user_id, action, detail)
 
 
 def token_is_owner(session) -> bool:

@@ -7,7 +7,7 @@ from flask import Blueprint, abort, current_app, g, redirect, render_template, r
 
 from mailer import users
 from mailer.db import utcnow
-from mailer.models import AuditLog, User
+from mailer.models import User
 from mailer.web import db_reader, db_session, mailer
 
 bp = Blueprint("auth", __name__, url_prefix="/admin")
@@ -50,7 +50,7 @@ def role_required(*roles):
 def audit(action: str, detail: str = "") -> None:
     """Record that the logged-in user saw or exported personal data, or changed access."""
     with db_session() as s:
-        s.add(AuditLog(user_id=g.user.id, action=action, detail=detail[:2000]))
+        users.record(s, g.user.id, action, detail)
 
 
 def _safe_next(target: str | None) -> str:
