@@ -11,6 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+# mailer refuses keys shorter than 32 characters.
+BENCH_SECRET_KEY = "bench-secret-key-not-for-production-use"
 
 
 def use_project_python() -> None:

@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, VENV_PYTHON, use_project_python  # noqa: E402
+from common import BENCH_SECRET_KEY, ROOT, VENV_PYTHON, use_project_python  # noqa: E402
 
 use_project_python()
 
-from mailer import create_app, users  # noqa: E402
+from mailer import create_app  # noqa: E402
+from mailer.staff import users  # noqa: E402
 from mailer.db import migrate, session_scope  # noqa: E402
 from mailer.models import name_search_key  # noqa: E402
 
@@ -93,7 +94,7 @@ def main() -> None:
         seed(path, contacts)
         print(f"seeded {contacts:,} contacts and their subscriptions in {time.perf_counter() - started:.0f} s "
               f"(no ANALYZE: SQLite plans without statistics, as a fresh install does)")
-        app = create_app({"database_url": url, "secret_key": "bench", "instance_path": workdir})
+        app = create_app({"database_url": url, "secret_key": BENCH_SECRET_KEY, "instance_path": workdir})
         m = app.extensions["mailer"]
         with session_scope(m.sessions) as session:
             users.create_user(session, "bench@example.com", "bench password 123", "owner")
@@ -142,7 +143,8 @@ def main() -> None:
               f"{contacts / seconds:,.0f} rows/s")
         m.engine.dispose()
 
-        env = dict(os.environ, MAILER_DATABASE_URL=url, MAILER_SECRET_KEY="bench", MAILER_INSTANCE_PATH=workdir)
+        env = dict(os.environ, MAILER_DATABASE_URL=url, MAILER_SECRET_KEY=BENCH_SECRET_KEY,
+                   MAILER_INSTANCE_PATH=workdir)
         for fmt in ("csv", "json"):
             before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             started = time.perf_counter()

@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import use_project_python  # noqa: E402
+from common import BENCH_SECRET_KEY, use_project_python  # noqa: E402
 
 use_project_python()
 
-from mailer import create_app, dashboard, users  # noqa: E402
+from mailer import create_app  # noqa: E402
+from mailer.staff import dashboard, users  # noqa: E402
 from mailer.db import migrate, session_scope, utcnow  # noqa: E402
 
 RUNS = 7
@@ -75,7 +76,7 @@ def main() -> None:
         started = time.perf_counter()
         seed(path, contacts)
         print(f"seeded {contacts:,} contacts and subscriptions in {time.perf_counter() - started:.0f} s")
-        app = create_app({"database_url": url, "secret_key": "bench", "instance_path": workdir})
+        app = create_app({"database_url": url, "secret_key": BENCH_SECRET_KEY, "instance_path": workdir})
         m = app.extensions["mailer"]
         with session_scope(m.sessions) as session:
             users.create_user(session, "bench@example.com", "bench password 123", "viewer")

@@ -20,7 +20,7 @@ use_project_python()
 
 import sqlalchemy as sa  # noqa: E402
 
-from mailer import outbox  # noqa: E402
+from mailer.delivery import outbox  # noqa: E402
 from mailer.db import make_engine, make_session_factory, migrate, utcnow  # noqa: E402
 from mailer.models import Contact, Delivery  # noqa: E402
 

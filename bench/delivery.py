@@ -66,7 +66,7 @@ import uuid
 from pathlib import Path
 
 PG_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432"
-SECRET_KEY = "bench-delivery"
+SECRET_KEY = "bench-delivery-secret-key-not-for-production"
 HTML_TARGET_BYTES = 20_000  # the HTML part of the newsletter, decoded
 DOMAINS = ("example.com", "example.net", "example.org", "example.edu")
 TARGET_RATIO = 0.5
@@ -79,11 +79,12 @@ from common import ROOT, VENV_PYTHON, free_port, use_project_python  # noqa: E40
 
 use_project_python()
 import sqlalchemy as sa  # noqa: E402
-from mailer import build, newsletters  # noqa: E402
+from mailer import build  # noqa: E402
+from mailer.campaigns import newsletters  # noqa: E402
 from mailer.db import make_engine, migrate, session_scope, utcnow  # noqa: E402
 from mailer.demo import ensure_default_list  # noqa: E402
 from mailer.settings import load_settings  # noqa: E402
-from mailer.transports import MemoryTransport  # noqa: E402
+from mailer.delivery.transports import MemoryTransport  # noqa: E402
 from tests.audience import make_audience, make_newsletter  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -497,7 +498,7 @@ def print_claim_cost(database_url: str, workdir: Path) -> None:
 def claim_cost(database_url: str, workdir: Path, repeat: int = 3) -> str:
     """How long the worker's claim of one batch (outbox.claim_due) takes with the queue as it is,
     rolled back each time, and the plan of its SELECT: this is per batch, whatever the batch holds."""
-    from mailer import outbox
+    from mailer.delivery import outbox
 
     settings = worker_settings(database_url, workdir)
     mailer = build(settings)
@@ -715,7 +716,7 @@ def cprofile_top(path: Path, top: int, messages: int) -> list[str]:
     rows = []
     drain = 0.0
     for (filename, line, func), (cc, nc, tt, ct, callers) in stats.stats.items():
-        if func == "drain" and filename.endswith("mailer/sender.py"):
+        if func == "drain" and filename.endswith("mailer/delivery/sender.py"):
             drain = ct
         rows.append((ct, tt, nc, short_location(filename, line, func), filename, func))
     drain = drain or stats.total_tt

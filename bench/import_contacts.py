@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import use_project_python  # noqa: E402
+from common import BENCH_SECRET_KEY, use_project_python  # noqa: E402
 
 use_project_python()
 
-from mailer import build, imports  # noqa: E402
+from mailer import build  # noqa: E402
+from mailer.audience import imports  # noqa: E402
 from mailer.db import migrate, session_scope, utcnow  # noqa: E402
 from mailer.demo import ensure_default_list  # noqa: E402
 from mailer.settings import load_settings  # noqa: E402
@@ -26,7 +27,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         url = f"sqlite:///{workdir}/import.db"
         migrate(url)
-        mailer = build(load_settings({"database_url": url, "secret_key": "bench", "instance_path": workdir}))
+        mailer = build(load_settings({"database_url": url, "secret_key": BENCH_SECRET_KEY, "instance_path": workdir}))
         with session_scope(mailer.sessions) as session:
             ensure_default_list(session)
         text = "email,name\n" + "".join(f"person{i}@example{i % 50}.com,Person {i}\n" for i in range(rows))

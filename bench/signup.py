@@ -62,7 +62,7 @@ LOCKED = "database is locked"
 PAUSE_SECONDS = 2  # between phases, so each one starts against an idle server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, free_port, use_project_python  # noqa: E402
+from common import BENCH_SECRET_KEY, ROOT, free_port, use_project_python  # noqa: E402
 
 use_project_python()
 import sqlalchemy as sa  # noqa: E402
@@ -257,7 +257,7 @@ class Gunicorn:
         self.instance = workdir / "instance"
         self.instance.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}  # no SMTP URL, no stray settings
-        env.update(MAILER_DATABASE_URL=database_url, MAILER_SECRET_KEY="bench",
+        env.update(MAILER_DATABASE_URL=database_url, MAILER_SECRET_KEY=BENCH_SECRET_KEY,
                    MAILER_INSTANCE_PATH=str(self.instance), MAILER_SIGNUP_RATE_LIMIT="100000000")
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
@@ -419,7 +419,7 @@ def burst_signups(port: int, count: int, tag: str) -> tuple[dict[str, int], int,
 def process_accepted_signups(database_url: str, workdir: Path) -> tuple[int, float]:
     """Do the worker's part: turn accepted signups into subscriptions, consent events and
     queued confirmations (what `python -m mailer worker` does every second)."""
-    mailer = build(load_settings({"database_url": database_url, "secret_key": "bench",
+    mailer = build(load_settings({"database_url": database_url, "secret_key": BENCH_SECRET_KEY,
                                   "instance_path": str(workdir / "worker-instance")}))
     started = time.perf_counter()
     try:

@@ -12,7 +12,11 @@ import time
 import click
 import sqlalchemy as sa
 
-from mailer import build, consent, contacts, jobs, newsletters, outbox, rendering, users, webinars
+from mailer import build, clock, privacy
+from mailer.audience import consent, contacts
+from mailer.campaigns import newsletters, sequences, webinars
+from mailer.delivery import outbox
+from mailer.staff import jobs, users
 from mailer.db import migrate as run_migrations, session_scope, utcnow
 from mailer.errors import InvalidInput, NotFound
 from mailer.settings import SettingsError, load_settings
@@ -29,6 +33,7 @@ def _mailer(stored: bool = True):
         raise click.ClickException(str(exc))
     if stored:
         m.refresh_settings()
+        m.anchor_ledger()
     return m
 
 
@@ -38,6 +43,8 @@ def _migrate(m) -> None:
     run_migrations(m.settings.database_url)
     with session_scope(m.sessions) as session:
         ensure_default_list(session)
+    if m.anchor_ledger():
+        click.echo("consent ledger re-anchored under the keyed chain (once, after the upgrade)")
 
 
 @click.group()
@@ -111,7 +118,7 @@ def settings_group() -> None:
 @settings_group.command("show")
 def settings_show() -> None:
     """Each setting: name, value in use, and where it comes from."""
-    from mailer import site_settings
+    from mailer.staff import site_settings
 
     m = _mailer()
     with m.read_sessions() as session:
@@ -125,7 +132,7 @@ def settings_show() -> None:
 def settings_set(key: str, value: str) -> None:
     """Set KEY to VALUE (the default's value removes the override); workers and web apps
     pick it up within seconds."""
-    from mailer import site_settings
+    from mailer.staff import site_settings
 
     if key not in site_settings.EDITABLE:
         raise click.ClickException(f"{key} cannot be set here; choose one of: {', '.join(site_settings.EDITABLE)}")
@@ -236,9 +243,7 @@ def worker(drain: bool) -> None:
         ran = jobs.run_due(m.sessions, m.settings, owner=sender.worker_id, clock=utcnow)
         if ran:
             click.echo(f"ran {ran} console jobs (imports)")
-        with session_scope(m.sessions) as session:
-            newsletters.start_due(session, utcnow())
-            webinars.materialise(session, utcnow())
+        m.queue_due(utcnow())
         with m.read_sessions() as session:
             due = outbox.count_due(session, utcnow())
         progress = DrainProgress(due, sys.stderr)
@@ -330,8 +335,10 @@ def newsletter_create(subject, body_file, lists, preheader, layout) -> None:
 @click.argument("newsletter_id", type=int)
 @click.option("--at", "at", help="Local date and time, e.g. '2027-03-02 09:00'.")
 @click.option("--zone", help="Time zone of --at (default: the organisation's, MAILER_TIMEZONE).")
+@click.option("--each-reader", is_flag=True,
+              help="Read --at in each reader's own time zone (readers without one: --zone or the organisation's).")
 @click.option("--now", "send_now", is_flag=True, help="Send at once.")
-def newsletter_schedule(newsletter_id, at, zone, send_now) -> None:
+def newsletter_schedule(newsletter_id, at, zone, each_reader, send_now) -> None:
     """Schedule a draft for a local date and time, or for now."""
     import datetime as dt
 
@@ -339,16 +346,28 @@ def newsletter_schedule(newsletter_id, at, zone, send_now) -> None:
     zone = zone or m.settings.timezone
     if send_now == bool(at):
         raise click.ClickException("give either --at or --now")
+    if each_reader and send_now:
+        raise click.ClickException("--each-reader goes with --at")
     now = utcnow()
     try:
-        when = now if send_now else newsletters.local_to_utc(dt.datetime.fromisoformat(at), zone)
+        local = None if send_now else dt.datetime.fromisoformat(at)
+        when = now if send_now else (None if each_reader else clock.local_to_utc(local, zone))
     except ValueError:
         raise click.ClickException(f"--at {at!r} is not a date and time like 2027-03-02 09:00")
     except InvalidInput as exc:
         raise click.ClickException(exc.message)
+    if each_reader:
+        def in_reader_zones(s):
+            newsletter = newsletters.schedule_in_reader_zones(s, newsletter_id, local, fallback_zone=zone, now=now)
+            return newsletters.local_time_span(s, newsletter)
+
+        first, last = _run(m, in_reader_zones)
+        click.echo(f"newsletter {newsletter_id} scheduled for {local:%Y-%m-%d %H:%M} in each reader's time zone:"
+                   f" from {first:%Y-%m-%d %H:%M} UTC to {last:%Y-%m-%d %H:%M} UTC")
+        return
     _run(m, lambda s: newsletters.schedule(s, newsletter_id, when, now=now))
     click.echo(f"newsletter {newsletter_id} scheduled for {when:%Y-%m-%d %H:%M} UTC"
-               f" ({rendering.format_local(when, zone)})")
+               f" ({clock.format_local(when, zone)})")
 
 
 @newsletter_group.command("cancel")
@@ -406,10 +425,12 @@ def newsletter_check(newsletter_id) -> None:
 def newsletter_report(newsletter_id) -> None:
     """Audience and outcomes of one issue."""
     m = _mailer()
-    report = _run(m, lambda s: newsletters.report(s, newsletter_id))
+    report = _run(m, lambda s: newsletters.report(s, newsletter_id, now=utcnow()))
     for key in ("subject", "status", "audience", "sent", "queued", "held", "deferred", "failed", "suppressed",
                 "cancelled", "unsubscribes", "opens"):
         click.echo(f"{key}: {report[key]}")
+    if report["local_time"]:
+        click.echo(f"waiting: {report['waiting']} (queued, for {report['local_time'][11:]} in their own time zone)")
     for url, clicks in report["clicks"]:
         click.echo(f"clicks {clicks}: {url}")
 
@@ -439,7 +460,7 @@ def newsletter_ready(newsletter_id, rhythm_id, month) -> None:
     """Mark an issue as the one for a month of a rhythm: it goes out at that month's time."""
     m = _mailer()
     when = _run(m, lambda s: newsletters.mark_ready(s, newsletter_id, rhythm_id, month, now=utcnow()).send_at)
-    click.echo(f"newsletter {newsletter_id} goes out {rendering.format_local(when, m.settings.timezone)}")
+    click.echo(f"newsletter {newsletter_id} goes out {clock.format_local(when, m.settings.timezone)}")
 
 
 @newsletter_group.command("list")
@@ -520,7 +541,7 @@ def webinar_list():
     with m.read_sessions() as session:
         for w in session.scalars(sa.select(Webinar).order_by(Webinar.starts_at)):
             seats = f"{webinars.seats_taken(session, w.id)}" + (f"/{w.capacity}" if w.capacity else "")
-            click.echo(f"{w.id}\t{w.status}\t{rendering.format_local(w.starts_at, w.timezone)}\t{seats}\t{w.title}")
+            click.echo(f"{w.id}\t{w.status}\t{clock.format_local(w.starts_at, w.timezone)}\t{seats}\t{w.title}")
 
 
 @webinar_group.command("reschedule")
@@ -536,7 +557,7 @@ def webinar_reschedule(webinar_id, start):
                               duration_minutes=w.duration_minutes, capacity=w.capacity, join_url=w.join_url,
                               replay_url=w.replay_url, description_md=w.description_md,
                               reminder_offsets=w.reminder_offsets, now=utcnow())
-        return rendering.format_local(w.starts_at, w.timezone)
+        return clock.format_local(w.starts_at, w.timezone)
 
     click.echo(f"webinar {webinar_id} now starts {_run(m, move)}")
 
@@ -562,13 +583,160 @@ def webinar_attendance(webinar_id, csv_file):
         click.echo(f"  {address}")
 
 
+@main.group("sequence")
+def sequence_group() -> None:
+    """Sequences (automations): create, add steps, list, show, start, pause, resume, archive, enrol, report."""
+
+
+def _counts(counts: dict[str, int]) -> str:
+    enrolled = sum(counts.values())
+    return f"{enrolled} enrolled, {counts.get('active', 0)} active, {counts.get('completed', 0)} completed"
+
+
+def _delay(step) -> str:
+    if not step.delay_minutes:
+        return "at once"
+    amount, unit = sequences.delay_parts(step.delay_minutes)
+    return f"after {amount} {unit.rstrip('s') if amount == 1 else unit}"
+
+
+@sequence_group.command("list")
+def sequence_list() -> None:
+    """Every sequence: id, status, trigger, list, enrolments, name."""
+    from mailer.models import MailingList
+
+    m = _mailer()
+    with m.read_sessions() as session:
+        rows = sequences.list_sequences(session)
+        counts = sequences.enrolment_counts(session, [s.id for s in rows])
+        slugs = dict(session.execute(sa.select(MailingList.id, MailingList.slug)).all())
+        for s in rows:
+            click.echo(f"{s.id}\t{s.status}\t{s.trigger}\t{slugs[s.list_id]}\t{_counts(counts[s.id])}\t{s.name}")
+
+
+@sequence_group.command("create")
+@click.option("--name", required=True)
+@click.option("--trigger", required=True, type=click.Choice(["confirmed", "registered", "attended", "missed", "manual"]))
+@click.option("--list", "list_slug", default=contacts.DEFAULT_LIST, show_default=True,
+              help="The list its mail is sent as.")
+@click.option("--trigger-list", help="For --trigger confirmed: the list whose confirmations enrol people.")
+@click.option("--trigger-webinar", type=int, help="For the webinar triggers: the webinar (default: any).")
+def sequence_create(name, trigger, list_slug, trigger_list, trigger_webinar) -> None:
+    """Create a draft sequence; add steps with add-step, then activate it."""
+    from mailer.audience import lists
+
+    m = _mailer()
+    sequence_id = _run(m, lambda s: sequences.create_sequence(
+        s, name=name, trigger=trigger, list_id=lists.list_id_for(s, list_slug),
+        trigger_list_id=lists.list_id_for(s, trigger_list) if trigger_list else None,
+        trigger_webinar_id=trigger_webinar).id)
+    click.echo(f"created sequence {sequence_id} (draft)")
+
+
+@sequence_group.command("add-step")
+@click.argument("sequence_id", type=int)
+@click.option("--subject", required=True)
+@click.option("--body-file", required=True, type=click.File("r", encoding="utf-8"), help="Markdown; - for stdin.")
+@click.option("--preheader", default="")
+@click.option("--layout", default="default", show_default=True)
+@click.option("--delay", default=0, show_default=True, type=int, help="After the previous step, in --unit.")
+@click.option("--unit", default="days", show_default=True, type=click.Choice(list(sequences.DELAY_UNITS)))
+@click.option("--window", default="", help="e.g. 'weekdays 09:00-11:00', in the reader's zone.")
+def sequence_add_step(sequence_id, subject, body_file, preheader, layout, delay, unit, window) -> None:
+    """Add a last step; its templates are checked first."""
+    m = _mailer()
+    position = _run(m, lambda s: sequences.add_step(
+        s, sequence_id, subject=subject, body_md=body_file.read(), preheader=preheader, layout=layout,
+        delay=(delay, unit), window=window).position)
+    click.echo(f"added step {position} to sequence {sequence_id}")
+
+
+@sequence_group.command("show")
+@click.argument("sequence_id", type=int)
+def sequence_show(sequence_id) -> None:
+    """One sequence and its steps in order, with their delay and send window."""
+
+    m = _mailer()
+
+    def describe(session):
+        s = sequences.get_sequence(session, sequence_id)
+        lines = [f"{s.name} ({s.status}, trigger {s.trigger})"]
+        for step in sequences.live_steps(session, sequence_id):
+            window = sequences.window_text(step)
+            lines.append(f"  {step.position}. {step.subject} ({_delay(step)}{', ' + window if window else ''})")
+        return lines
+
+    for line in _run(m, describe):
+        click.echo(line)
+
+
+def _sequence_state_command(name: str, change, help_text: str) -> None:
+    """`sequence NAME ID`: one change of state, answered with the new status."""
+    @sequence_group.command(name, help=help_text)
+    @click.argument("sequence_id", type=int)
+    def command(sequence_id) -> None:
+        m = _mailer()
+        status = _run(m, lambda s: change(s, sequence_id).status)
+        click.echo(f"sequence {sequence_id} {status}")
+
+
+_sequence_state_command("activate", lambda s, i: sequences.activate(s, i, now=utcnow()),
+                        "Start a draft: from now on its trigger enrols people.")
+_sequence_state_command("pause", sequences.pause, "Queue nothing more and hold what is queued.")
+_sequence_state_command("resume", sequences.resume, "Send what was held, and go on.")
+_sequence_state_command("archive", sequences.archive, "Stop for good: mail not yet sent is cancelled.")
+
+
+@sequence_group.command("enrol")
+@click.argument("sequence_id", type=int)
+@click.argument("email")
+@click.option("--restart", is_flag=True, help="Someone already in it starts again from the first step.")
+def sequence_enrol(sequence_id, email, restart) -> None:
+    """Add one person (subscribed to the sequence's list) by hand."""
+    from mailer.audience import directory
+
+    m = _mailer()
+
+    def enrol(session):
+        contact_id = directory.contact_id_for_email(session, email)
+        if restart:
+            return sequences.re_enrol(session, sequence_id, contact_id, utcnow())
+        return sequences.enrol(session, sequence_id, contact_id, utcnow())
+
+    if not _run(m, enrol):
+        raise click.ClickException(f"{email} is in sequence {sequence_id} already; --restart starts them again")
+    click.echo(f"{email} {'restarted' if restart else 'enrolled'} in sequence {sequence_id}")
+
+
+@sequence_group.command("report")
+@click.argument("sequence_id", type=int)
+def sequence_report(sequence_id) -> None:
+    """Enrolments, and each step's mail by delivery status and its condition skips."""
+
+    m = _mailer()
+
+    def figures(session):
+        s = sequences.get_sequence(session, sequence_id)
+        return s.name, s.status, sequences.enrolment_counts(session, [sequence_id])[sequence_id], \
+            sequences.report(session, sequence_id)
+
+    name, status, counts, steps = _run(m, figures)
+    click.echo(f"{name} ({status}): {_counts(counts)}, {counts.get('exited', 0)} exited")
+    for row in steps:
+        outcomes = [f"{key} {n}" for key, n in sorted(row["deliveries"].items())]
+        if row["skipped"]:
+            outcomes.append(f"skipped {row['skipped']}")
+        deleted = " (deleted)" if row["deleted"] else ""
+        click.echo(f"  {row['position']}. {row['subject']}{deleted}: {', '.join(outcomes) or 'nothing yet'}")
+
+
 @main.command("import")
 @click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--list", "list_slug", default=contacts.DEFAULT_LIST, show_default=True)
 @click.option("--consent-note", required=True, help="How these people gave their consent (kept as evidence).")
 def import_command(csv_file, list_slug, consent_note) -> None:
     """Import existing subscribers from a CSV with an 'email' (and optional 'name') column."""
-    from mailer import imports
+    from mailer.audience import imports
 
     m = _mailer()
     started = time.monotonic()
@@ -609,7 +777,7 @@ def export(email: str) -> None:
     m = _mailer()
     try:
         with session_scope(m.sessions) as session:
-            data = contacts.export_contact(session, email)
+            data = privacy.export_contact(session, email)
     except InvalidInput as exc:
         raise click.ClickException(exc.message)
     if data is None:
@@ -622,7 +790,7 @@ def export(email: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def erase(email: str, yes: bool) -> None:
     """Erase one person's personal data (GDPR Art. 17); the address stays suppressed."""
-    from mailer import directory
+    from mailer.audience import directory
 
     m = _mailer()
     try:
@@ -636,7 +804,7 @@ def erase(email: str, yes: bool) -> None:
     if not yes:
         click.confirm(f"Erase all personal data of {address}? This cannot be undone.", abort=True)
     with session_scope(m.sessions) as session:
-        report = contacts.erase_contact(session, m.settings, found[0].id, now=utcnow())
+        report = privacy.erase_contact(session, m.settings, found[0].id, now=utcnow())
     click.echo(f"erased contact {report.contact_id}: {report.deliveries_cancelled} unsent messages cancelled, "
                f"{report.subscriptions_ended} subscriptions ended, {report.registrations_cancelled} registrations "
                f"cancelled; the address is suppressed")
@@ -649,7 +817,7 @@ def erase(email: str, yes: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 def export_contacts(list_slug, status, fmt) -> None:
     """Write every contact (not erased) to standard output, streamed."""
-    from mailer import directory
+    from mailer.audience import directory
     from mailer.models import MailingList
 
     m = _mailer()
@@ -671,16 +839,36 @@ def consent_group() -> None:
 
 
 @consent_group.command("verify")
-def consent_verify() -> None:
+@click.option("--checkpoint", "checkpoint_text", metavar="TEXT",
+              help="A checkpoint printed by `consent checkpoint` (or mailed to the owners): also report events "
+                   "removed at or before it.")
+def consent_verify(checkpoint_text: str | None) -> None:
     """Check that no consent event was changed or removed."""
     m = _mailer()
     with m.read_sessions() as session:
-        report = consent.verify_chain(session)
+        try:
+            checkpoint = consent.parse_checkpoint(session, checkpoint_text) if checkpoint_text is not None else None
+        except InvalidInput as exc:
+            raise click.ClickException(exc.message)
+        report = consent.verify_chain(session, checkpoint=checkpoint)
     if report.intact:
-        click.echo(f"consent ledger intact: {report.events} events verified")
+        against = f"; it holds the checkpoint of {checkpoint.at}" if checkpoint else ""
+        click.echo(f"consent ledger intact: {report.events} events verified{against}")
+        if not report.keyed:
+            click.echo("warning: the ledger is not keyed yet: run `python -m mailer migrate`", err=True)
         return
-    click.echo(f"consent ledger BROKEN at event {report.broken_event_id}: {report.reason}", err=True)
+    where = f" at event {report.broken_event_id}" if report.broken_event_id is not None else ""
+    click.echo(f"consent ledger BROKEN{where}: {report.reason}", err=True)
     sys.exit(1)
+
+
+@consent_group.command("checkpoint")
+def consent_checkpoint() -> None:
+    """Print a signed checkpoint of the ledger (event count, head hash, time). Keep it
+    outside the database: `consent verify --checkpoint` then detects removed events."""
+    m = _mailer()
+    with m.read_sessions() as session:
+        click.echo(consent.make_checkpoint(session, utcnow()).text)
 
 
 @main.command("unsubscribe-mail")

@@ -7,6 +7,9 @@ Read-only sessions open a plain deferred transaction."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import os
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -56,7 +59,26 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def _fresh_pool_after_fork(engine: sa.Engine) -> sa.Engine:
+    """A process forked from this one (gunicorn --preload) must not use the parent's open
+    connections: two processes on one socket corrupt each other's transactions. The child
+    forgets them without closing them (SQLAlchemy's documented recipe for forking)."""
+    ref = weakref.ref(engine)
+
+    def after_fork_in_child() -> None:
+        forked = ref()
+        if forked is not None:
+            forked.dispose(close=False)
+
+    os.register_at_fork(after_in_child=after_fork_in_child)
+    return engine
+
+
 def make_engine(url: str, **kwargs) -> sa.Engine:
+    return _fresh_pool_after_fork(_make_engine(url, **kwargs))
+
+
+def _make_engine(url: str, **kwargs) -> sa.Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs)
 
@@ -96,6 +118,19 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
 def is_postgres(session_or_engine) -> bool:
     bind = session_or_engine.get_bind() if isinstance(session_or_engine, Session) else session_or_engine
     return bind.dialect.name == "postgresql"
+
+
+def take_singleton(session: Session, name: str) -> bool:
+    """Make this transaction the only one doing the job `name` right now; False when another
+    worker holds it (then skip this run: that worker does the work). Call it first in the
+    transaction, before reading what is due, so what is read is what the last holder left.
+    PostgreSQL: a transaction-scoped advisory lock (released at commit or rollback), so it
+    holds across hosts. SQLite: writers are already serialised by BEGIN IMMEDIATE, so a
+    write transaction is alone from its first statement and always gets it."""
+    if not is_postgres(session):
+        return True
+    key = int.from_bytes(hashlib.blake2b(f"mailer:{name}".encode(), digest_size=8).digest(), "big", signed=True)
+    return bool(session.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(key))))
 
 
 def newest_first(stmt, id_column, *, before_id: int | None, limit: int):

@@ -1,4 +1,5 @@
-"""Demo content for a newcomer: the newsletter list, a Spine Health webinar, a draft issue."""
+"""Demo content for a newcomer: the newsletter list, a Spine Health webinar, a draft issue,
+a welcome series for new subscribers and a replay mail for those who miss the webinar."""
 from __future__ import annotations
 
 import datetime as dt
@@ -8,13 +9,17 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer import users
-from mailer.contacts import DEFAULT_LIST, ensure_list
-from mailer.models import MailingList, Newsletter, Role, User, Webinar
+from mailer.campaigns import sequences
+from mailer.staff import users
+from mailer.audience.contacts import DEFAULT_LIST, ensure_list
+from mailer.models import MailingList, Newsletter, Role, Sequence, User, Webinar
 
 NEWSLETTER_WORDING = ("Yes, send me the free monthly newsletter by email. I can unsubscribe at any time "
                       "with one click. My address will not be shared.")
 DEMO_USER = "admin@example.com"
+WELCOME_SERIES = "Welcome series"
+REPLAY_SEQUENCE = "Spine Health replay for those who missed it"
+EXERCISE_WINDOW = "weekdays 09:00-11:00"
 
 
 def ensure_default_list(session: Session) -> MailingList:
@@ -42,6 +47,7 @@ def seed_demo(session: Session, timezone: str, now: dt.datetime) -> str:
             duration_minutes=45, capacity=100, join_url="https://meet.example.com/spine-health",
             status="published",
         ))
+    webinar = session.scalar(sa.select(Webinar).where(Webinar.slug == "spine-health"))
     if session.scalar(sa.select(Newsletter).limit(1)) is None:
         session.add(Newsletter(
             subject="Spine Health monthly: three habits for a happier back",
@@ -49,6 +55,7 @@ def seed_demo(session: Session, timezone: str, now: dt.datetime) -> str:
             body_md="Hello {{ contact.first_name or 'there' }},\n\nThis month: three habits for a happier back...\n",
             status="draft", lists=[newsletter_list],
         ))
+    seed_sequences(session, newsletter_list, webinar, now)
     password = secrets.token_urlsafe(12)
     user = session.scalar(sa.select(User).where(User.email == DEMO_USER))
     if user is None:
@@ -56,3 +63,37 @@ def seed_demo(session: Session, timezone: str, now: dt.datetime) -> str:
     else:
         users.set_password(session, user, password)
     return password
+
+
+def seed_sequences(session: Session, newsletter_list: MailingList, webinar: Webinar, now: dt.datetime) -> None:
+    """Two active sequences, each made once (looked up by name): a three-step welcome series
+    for new newsletter subscribers, and a replay mail for those who miss the demo webinar."""
+    if session.scalar(sa.select(Sequence).where(Sequence.name == WELCOME_SERIES)) is None:
+        welcome = sequences.create_sequence(session, name=WELCOME_SERIES, trigger="confirmed",
+                                            list_id=newsletter_list.id, trigger_list_id=newsletter_list.id)
+        sequences.add_step(
+            session, welcome.id, subject="Welcome to Spine Health, {{ contact.first_name or 'friend' }}",
+            preheader="What to expect, and your first exercise in a few days.",
+            body_md="Hello {{ contact.first_name or 'there' }},\n\nthank you for joining the Spine Health "
+                    "newsletter. Once a month you will get exercises, clinic news and the date of our next "
+                    "free webinar.\n\nIn a few days we will send you two short exercises to start with.\n")
+        sequences.add_step(
+            session, welcome.id, subject="Exercise 1: the two-minute desk stretch",
+            preheader="Stand up, reach, breathe.", delay=(2, "days"), window=EXERCISE_WINDOW,
+            body_md="Hello {{ contact.first_name or 'there' }},\n\n1. Stand up and put your hands on your hips.\n"
+                    "2. Lean back gently and hold for five breaths.\n3. Repeat three times, twice a day.\n")
+        sequences.add_step(
+            session, welcome.id, subject="Exercise 2: walking after lunch",
+            preheader="Ten minutes that your back will thank you for.", delay=(3, "days"), window=EXERCISE_WINDOW,
+            body_md="Hello {{ contact.first_name or 'there' }},\n\na ten-minute walk after lunch loosens the "
+                    "lower back after a morning of sitting. Try it every working day this week.\n")
+        sequences.activate(session, welcome.id, now=now)
+    if webinar is not None and session.scalar(sa.select(Sequence).where(Sequence.name == REPLAY_SEQUENCE)) is None:
+        replay = sequences.create_sequence(session, name=REPLAY_SEQUENCE, trigger="missed",
+                                           list_id=newsletter_list.id, trigger_webinar_id=webinar.id)
+        sequences.add_step(
+            session, replay.id, subject="Sorry we missed you: watch the Spine Health replay",
+            preheader="The recording, and the five desk exercises.",
+            body_md="Hello {{ contact.first_name or 'there' }},\n\nwe missed you at *" + webinar.title
+                    + "*. The recording is on our website, with the five exercises we showed.\n")
+        sequences.activate(session, replay.id, now=now)

@@ -25,6 +25,8 @@ class ConsentAction(enum.StrEnum):
     EXPIRED = "expired"
     ERASED = "erased"
     IMPORTED = "imported"  # consent obtained elsewhere; the event's note says how
+    REDACTED = "redacted"  # the ledger's record of an erasure: earlier events' personal fields blanked
+    REANCHORED = "reanchored"  # the ledger's own: older unkeyed events sealed under the keyed chain
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -44,6 +46,9 @@ class ErrorClass(enum.StrEnum):
     CONNECTION = "connection"  # could not connect, or the connection dropped
     RENDERING = "rendering"  # the message could not be built
     EXPIRED = "expired"  # retried until the deadline
+    POLICY = "policy"  # 5xx refusing on policy or content (5.7.x: spam, blocked, DMARC): failed, not suppressed
+    REJECTED = "rejected"  # another 5xx that is not about the mailbox (message too big, 554): failed, not suppressed
+    ADDRESS = "address"  # the address cannot go out here (non-ASCII local part, no SMTPUTF8): failed, not suppressed
 
 
 class SuppressionReason(enum.StrEnum):
@@ -188,12 +193,13 @@ class Subscription(Base):
 class ConsentEvent(Base):
     """Append-only. `hash` chains each event to the one before it; the personal
     fields (IP, user agent, source URL, note) enter the chain through
-    `personal_digest`, so they can be redacted on erasure without breaking it."""
+    `personal_digest`, so they can be redacted on erasure without breaking it. The
+    ledger's own events (re-anchoring) have no contact."""
 
     __tablename__ = "consent_events"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id"), index=True)
+    contact_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("contacts.id"), index=True)
     list_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("mailing_lists.id"))
     purpose: Mapped[str] = mapped_column(sa.String(100))
     action: Mapped[str] = mapped_column(sa.String(20))
@@ -271,6 +277,19 @@ class SendWindow(Base):
     count: Mapped[int] = mapped_column(default=0)
 
 
+class RateLimitCounter(Base):
+    """Fixed-window request counters shared by every web process (mailer.ratelimit),
+    when no Redis is configured: one row per limit and client, gone once it expires."""
+
+    __tablename__ = "rate_limit_counters"
+    __table_args__ = (sa.Index("ix_rate_limit_counters_expires_at", "expires_at"),)
+
+    key: Mapped[str] = mapped_column(sa.String(250), primary_key=True)
+    hits: Mapped[int]
+    # Seconds since the epoch (UTC) when this window ends: compared with time.time().
+    expires_at: Mapped[float] = mapped_column(sa.Float)
+
+
 class User(Base):
     __tablename__ = "users"
 
@@ -283,6 +302,9 @@ class User(Base):
     last_login_at: Mapped[Optional[dt.datetime]]
     # Set when an owner removes the account: no login, its API tokens stop working.
     disabled_at: Mapped[Optional[dt.datetime]]
+    # Part of every login session's stamp: raised by logout, a new password, a role change
+    # or disabling, which ends every session of the account on every process and host.
+    session_generation: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -331,7 +353,8 @@ class Job(Base):
     user_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("users.id"))
     # JSON: what the job was asked to do (list, consent note, …).
     params: Mapped[str] = mapped_column(sa.Text, default="{}")
-    # An uploaded file the job reads, under the instance folder; removed when the job ends.
+    # An uploaded file the job reads, under the instance folder (jobs queued before migration
+    # 0011; uploads are in job_uploads since); removed when the job ends.
     file_path: Mapped[Optional[str]] = mapped_column(sa.String(500))
     total: Mapped[Optional[int]]
     done: Mapped[int] = mapped_column(default=0)
@@ -347,6 +370,17 @@ class Job(Base):
     finished_at: Mapped[Optional[dt.datetime]]
 
 
+class JobUpload(Base):
+    """The file a console job reads, in the database so a worker on any host can read it:
+    ~1 MB pieces in order (`seq`), written with the job row, deleted when the job ends."""
+
+    __tablename__ = "job_uploads"
+
+    job_id: Mapped[int] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(primary_key=True)
+    data: Mapped[bytes] = mapped_column(sa.LargeBinary)
+
+
 class AuditLog(Base):
     __tablename__ = "audit_log"
     __table_args__ = (
@@ -359,6 +393,9 @@ class AuditLog(Base):
     user_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("users.id"))
     action: Mapped[str] = mapped_column(sa.String(50))
     detail: Mapped[str] = mapped_column(sa.Text, default="")
+    # The client address of a change made on the web (MAILER_PROXY_COUNT resolves it); NULL
+    # from the command line and the worker.
+    ip: Mapped[Optional[str]] = mapped_column(sa.String(64))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -431,6 +468,12 @@ class Newsletter(Base):
     layout: Mapped[str] = mapped_column(sa.String(100), default="default")
     status: Mapped[str] = mapped_column(sa.String(20), default=NewsletterStatus.DRAFT)
     send_at: Mapped[Optional[dt.datetime]]
+    # Set when the issue goes out at a wall-clock time in each reader's own zone
+    # ("2027-03-10T09:00"); send_at is then the first of those instants among its readers.
+    # Readers without a (known) zone get it at that time in send_zone_fallback, the
+    # organisation's zone when it was scheduled.
+    send_local_time: Mapped[Optional[str]] = mapped_column(sa.String(16))
+    send_zone_fallback: Mapped[Optional[str]] = mapped_column(sa.String(64))
     # Shown in the public archive (/archive) once sent.
     public: Mapped[bool] = mapped_column(default=False)
     # Set when the issue is the one for a month of a monthly rhythm ("2027-03").
@@ -503,3 +546,145 @@ class Registration(Base):
 
     webinar: Mapped[Webinar] = relationship()
     contact: Mapped[Contact] = relationship()
+
+
+class RegistrationRequest(Base):
+    """A webinar registration as the public form received it, kept until the worker
+    turns it into a seat or a waitlist place, its mail and (for the newsletter box) a
+    consent event, as of `created_at`. Like SignupRequest: the form does one insert, so
+    its answer and timing are the same for every address."""
+
+    __tablename__ = "registration_requests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    webinar_id: Mapped[int] = mapped_column(sa.ForeignKey("webinars.id"))
+    email: Mapped[str] = mapped_column(sa.String(320))
+    name: Mapped[str] = mapped_column(sa.String(100), default="")
+    timezone: Mapped[Optional[str]] = mapped_column(sa.String(64))
+    newsletter: Mapped[bool] = mapped_column(default=False)
+    newsletter_version: Mapped[Optional[int]]
+    source_url: Mapped[Optional[str]] = mapped_column(sa.Text)
+    ip: Mapped[Optional[str]] = mapped_column(sa.String(64))
+    user_agent: Mapped[Optional[str]] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime]
+
+
+class SequenceTrigger(enum.StrEnum):
+    CONFIRMED = "confirmed"  # confirmed a subscription to trigger_list_id (a welcome series)
+    REGISTERED = "registered"  # took a seat at trigger_webinar_id, or at any webinar when it is NULL
+    ATTENDED = "attended"  # marked attended at that webinar (or any)
+    MISSED = "missed"  # had a seat, not marked attended, some time after the webinar's end
+    MANUAL = "manual"  # enrolled by staff only
+
+
+class SequenceStatus(enum.StrEnum):
+    DRAFT = "draft"
+    ACTIVE = "active"
+    PAUSED = "paused"  # nothing queued; its queued mail held until it resumes
+    ARCHIVED = "archived"  # nothing more, ever
+
+
+class StepCondition(enum.StrEnum):
+    ON_LIST = "on_list"  # only while still subscribed to the list condition_ref_id
+    ATTENDED = "attended"  # only if marked attended at the webinar condition_ref_id
+
+
+class EnrolmentStatus(enum.StrEnum):
+    ACTIVE = "active"
+    COMPLETED = "completed"  # past its last step; a step added at the end still reaches it
+    EXITED = "exited"  # unsubscribed from the sequence's list, or suppressed
+
+
+class Sequence(Base):
+    """An automation: who it starts for (the trigger), the list its mail is sent as, and
+    ordered steps that a worker job queues, each at its due time."""
+
+    __tablename__ = "sequences"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    trigger: Mapped[str] = mapped_column(sa.String(20))
+    trigger_list_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("mailing_lists.id"))
+    trigger_webinar_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("webinars.id"))
+    # Its mail is list mail for this list: List-Unsubscribe leaves the list, and it goes
+    # only to people subscribed to it.
+    list_id: Mapped[int] = mapped_column(sa.ForeignKey("mailing_lists.id"))
+    status: Mapped[str] = mapped_column(sa.String(20), default=SequenceStatus.DRAFT)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # First activation: triggers from before it (older confirmations, registrations) enrol nobody.
+    activated_at: Mapped[Optional[dt.datetime]]
+    # The worker's last look at the triggers; the next looks from a little before it.
+    triggers_checked_at: Mapped[Optional[dt.datetime]]
+
+    steps: Mapped[list["SequenceStep"]] = relationship(order_by="SequenceStep.position", back_populates="sequence")
+
+
+class SequenceStep(Base):
+    """One email of a sequence, sent `delay_minutes` after the previous step was queued
+    (after enrolment for the first), inside the send window in the reader's zone if it
+    has one. Deleted steps stay (deleted_at) so what was sent keeps its step."""
+
+    __tablename__ = "sequence_steps"
+    __table_args__ = (sa.UniqueConstraint("sequence_id", "position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sequence_id: Mapped[int] = mapped_column(sa.ForeignKey("sequences.id"))
+    # Sort key, increasing; never reused within a sequence (a new step goes after every
+    # step ever made, deleted ones included).
+    position: Mapped[int]
+    subject: Mapped[str] = mapped_column(sa.String(300))
+    preheader: Mapped[str] = mapped_column(sa.String(300), default="")
+    body_md: Mapped[str] = mapped_column(sa.Text, default="")
+    layout: Mapped[str] = mapped_column(sa.String(100), default="default")
+    delay_minutes: Mapped[int] = mapped_column(default=0)
+    # Send window in the reader's zone: weekdays "mon,tue,…" ("" for every day) and local
+    # minutes after midnight [window_start, window_end); no window when window_start is NULL.
+    window_days: Mapped[str] = mapped_column(sa.String(30), default="")
+    window_start: Mapped[Optional[int]]
+    window_end: Mapped[Optional[int]]
+    condition: Mapped[Optional[str]] = mapped_column(sa.String(20))
+    condition_ref_id: Mapped[Optional[int]]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[Optional[dt.datetime]]
+
+    sequence: Mapped[Sequence] = relationship(back_populates="steps")
+
+
+class Enrolment(Base):
+    """One person in one sequence (at most once: re-enrolment replaces the row, with a
+    new id, so its mail has new dedupe keys). `last_position` is the position of the last
+    step queued or skipped (0: none yet); `last_at` when that happened (or enrolment)."""
+
+    __tablename__ = "enrolments"
+    __table_args__ = (
+        sa.UniqueConstraint("sequence_id", "contact_id"),
+        # The materialiser reads one sequence's enrolments between two positions, due by last_at.
+        sa.Index("ix_enrolments_due", "sequence_id", "last_position", "last_at"),
+        sa.Index("ix_enrolments_contact", "contact_id"),
+        # SQLite would reuse the id of a deleted last row; an id is part of dedupe keys.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sequence_id: Mapped[int] = mapped_column(sa.ForeignKey("sequences.id"))
+    contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id"))
+    enrolled_at: Mapped[dt.datetime]
+    last_position: Mapped[int] = mapped_column(default=0)
+    last_at: Mapped[dt.datetime]
+    status: Mapped[str] = mapped_column(sa.String(20), default=EnrolmentStatus.ACTIVE)
+    exited_reason: Mapped[Optional[str]] = mapped_column(sa.String(30))
+
+
+class SequenceSkip(Base):
+    """A step not sent to one enrolment because its condition failed (counted per step).
+    No foreign key to the enrolment: the count outlives an erased person's enrolment."""
+
+    __tablename__ = "sequence_skips"
+    __table_args__ = (sa.UniqueConstraint("enrolment_id", "step_id"),
+                      sa.Index("ix_sequence_skips_step", "step_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    enrolment_id: Mapped[int]
+    step_id: Mapped[int] = mapped_column(sa.ForeignKey("sequence_steps.id"))
+    reason: Mapped[str] = mapped_column(sa.String(50))
+    created_at: Mapped[dt.datetime]

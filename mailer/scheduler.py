@@ -8,7 +8,10 @@ import logging
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from mailer import contacts, jobs, newsletters, send_budget, webinars
+from mailer.audience import checkpoints, contacts
+from mailer.campaigns import newsletters, sequences, webinars
+from mailer.delivery import send_budget
+from mailer.staff import jobs
 from mailer.db import session_scope, utcnow
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,16 @@ def queue_webinar_mail(mailer, scheduler) -> None:
         scheduler.get_job("send-due").modify(next_run_time=utcnow())
 
 
+def queue_sequence_mail(mailer, scheduler) -> None:
+    """Triggers enrol people in sequences; steps that are due (in their readers' send
+    windows) go into the outbox."""
+    with session_scope(mailer.sessions) as session:
+        queued = sequences.run(session, mailer.settings, utcnow())
+    if queued:
+        log.info("queued %d sequence mails", queued)
+        scheduler.get_job("send-due").modify(next_run_time=utcnow())
+
+
 def purge_expired_signups(mailer) -> None:
     with session_scope(mailer.sessions) as session:
         purged = contacts.purge_expired_pending(session, mailer.settings, utcnow())
@@ -60,6 +73,14 @@ def purge_expired_signups(mailer) -> None:
         log.info("purged %d unconfirmed signups", purged)
 
 
+def mail_consent_checkpoint(mailer) -> None:
+    """Each week, a signed checkpoint of the consent ledger to the owners (once per owner and week)."""
+    with session_scope(mailer.sessions) as session:
+        queued = checkpoints.queue_checkpoint_mail(session, mailer.settings, utcnow())
+    if queued:
+        log.info("queued the weekly consent checkpoint for %d owners", queued)
+
+
 def run_console_jobs(mailer, worker_id: str) -> None:
     """Imports started on the staff pages (one at a time; a long one delays the next tick only)."""
     ran = jobs.run_due(mailer.sessions, mailer.settings, owner=worker_id, clock=utcnow)
@@ -67,6 +88,24 @@ def run_console_jobs(mailer, worker_id: str) -> None:
         log.info("ran %d console jobs", ran)
 
 
+# Every worker process (on every host) runs every job below. A job must therefore be safe to
+# run by several workers at once; how each one is:
+#   process-signups    rows claimed FOR UPDATE SKIP LOCKED (PostgreSQL), deleted as processed
+#   start-newsletters  compare-and-set on the status (start, sent) and on Rhythm.warned_month
+#   webinar-mail       take_singleton("webinar-mail"), and a dedupe key per mail
+#   sequence-mail      take_singleton("sequence-mail"); a dedupe key per enrolment and step, UNIQUE
+#                      (sequence, contact) for enrolments, and an UPDATE that only moves enrolments
+#                      not yet past the step
+#   send-due           deliveries claimed under a lease, SKIP LOCKED
+#   purge-expired-...  take_singleton per step that rewrites what it read (purge, trimming reports);
+#                      forgetting old send windows is one idempotent DELETE
+#   console-jobs       a job row claimed under a lease (compare-and-set)
+#   consent-checkpoint a dedupe key per owner and ISO week
+# A new job whose effect must happen once (a weekly mail, processing rows): claim its rows
+# FOR UPDATE SKIP LOCKED, or begin its domain function with
+#     if not take_singleton(session, "<job id>"): return 0   # another worker is on it
+# in the same write transaction as the work (mailer.db.take_singleton), so `worker --drain`
+# and the CLI get the same guarantee; and give mail it queues a dedupe key.
 def periodic_jobs(mailer, sender, scheduler) -> list[dict]:
     """Every periodic job in one list, registered at start-up."""
     return [
@@ -74,11 +113,14 @@ def periodic_jobs(mailer, sender, scheduler) -> list[dict]:
         dict(id="start-newsletters", func=start_newsletters, args=[mailer, scheduler], trigger="interval",
              seconds=10),
         dict(id="webinar-mail", func=queue_webinar_mail, args=[mailer, scheduler], trigger="interval", seconds=30),
+        # Every few seconds: a welcome step is queued within ~5 s of the confirmation.
+        dict(id="sequence-mail", func=queue_sequence_mail, args=[mailer, scheduler], trigger="interval", seconds=4),
         dict(id="send-due", func=send_due, args=[sender], trigger="interval",
              seconds=mailer.settings.send_interval_seconds),
         dict(id="purge-expired-signups", func=purge_expired_signups, args=[mailer], trigger="interval", hours=1),
         dict(id="console-jobs", func=run_console_jobs, args=[mailer, sender.worker_id], trigger="interval",
              seconds=2, max_instances=1),
+        dict(id="consent-checkpoint", func=mail_consent_checkpoint, args=[mailer], trigger="interval", hours=6),
     ]
 
 

@@ -53,6 +53,9 @@ class Settings:
     track_clicks: bool
     login_max_failures: int
     login_lockout_seconds: int
+    confirmations_per_day: int = 3
+    proxy_count: int = 0
+    redis_url: str = ""
     instance_path: str = ""
     # Names set by the environment or by create_app's overrides: the settings page cannot change them.
     fixed: frozenset[str] = frozenset()
@@ -81,16 +84,67 @@ def _coerce(name: str, raw: str, default: object) -> object:
     return raw
 
 
+# Shorter keys are refused: the key signs every link and keys the consent ledger's HMAC.
+MIN_SECRET_KEY_LENGTH = 32
+MAKE_KEY_HINT = 'make one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
+
+
 def _instance_secret(instance_path: Path) -> str:
-    """A random key generated on first start and kept, so links survive restarts."""
+    """The key in instance/secret_key, generated on first start and kept, so links survive
+    restarts. Processes starting together agree: each writes a complete candidate to its
+    own temporary file (exclusive create, fsync) and os.link()s it to the final name,
+    which fails if another process got there first; everyone then reads the winner's
+    bytes. The final name never appears half-written. One host only (see load_settings)."""
     path = instance_path / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
-    instance_path.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    path.write_text(key)
-    path.chmod(0o600)
+    if not path.exists():
+        instance_path.mkdir(parents=True, exist_ok=True)
+        temporary = instance_path / f".secret_key.{os.getpid()}.{secrets.token_hex(8)}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                pass  # another process won the race: use its key
+            else:
+                directory = os.open(instance_path, os.O_RDONLY)
+                try:
+                    os.fsync(directory)
+                finally:
+                    os.close(directory)
+        finally:
+            temporary.unlink(missing_ok=True)
+    return _checked_key(path.read_text().strip(), f"the key file {path}")
+
+
+def _checked_key(key: str, source: str) -> str:
+    if len(key) < MIN_SECRET_KEY_LENGTH:
+        raise SettingsError(f"{source} holds a secret key of {len(key)} characters; at least "
+                            f"{MIN_SECRET_KEY_LENGTH} are needed ({MAKE_KEY_HINT})")
     return key
+
+
+def _secret_key(values: dict, environ, instance_path: Path) -> str:
+    """MAILER_SECRET_KEY, else the file named by MAILER_SECRET_KEY_FILE, else (SQLite, one
+    host) instance/secret_key. PostgreSQL may serve several hosts, each with its own
+    instance folder: there the key must be given. The key is never kept in the database."""
+    if values["secret_key"]:
+        return _checked_key(str(values["secret_key"]), "MAILER_SECRET_KEY")
+    key_file = environ.get("MAILER_SECRET_KEY_FILE")
+    if key_file:
+        try:
+            key = Path(key_file).read_text().strip()
+        except OSError as exc:
+            raise SettingsError(f"MAILER_SECRET_KEY_FILE {key_file!r} cannot be read: {exc.strerror}")
+        return _checked_key(key, f"MAILER_SECRET_KEY_FILE {key_file!r}")
+    if not str(values["database_url"]).startswith("sqlite"):
+        raise SettingsError("MAILER_SECRET_KEY or MAILER_SECRET_KEY_FILE must be set when the database is not "
+                            "SQLite: every web app, worker and host must sign with the same key; "
+                            f"{MAKE_KEY_HINT}, and give the same value to every process")
+    return _instance_secret(instance_path)
 
 
 def read_defaults() -> dict[str, object]:
@@ -103,7 +157,7 @@ def env_name(name: str) -> str:
 
 def load_settings(overrides: dict | None = None, environ=None) -> Settings:
     """Defaults, then the environment, then `overrides`. What staff set on the settings
-    page (mailer.site_settings) comes between the defaults and the environment."""
+    page (mailer.staff.site_settings) comes between the defaults and the environment."""
     environ = os.environ if environ is None else environ
     values: dict[str, object] = read_defaults()
     fixed = set(overrides or {})
@@ -118,8 +172,7 @@ def load_settings(overrides: dict | None = None, environ=None) -> Settings:
     if not values["database_url"]:
         instance_path.mkdir(parents=True, exist_ok=True)
         values["database_url"] = f"sqlite:///{instance_path / 'mailer.db'}"
-    if not values["secret_key"]:
-        values["secret_key"] = _instance_secret(instance_path)
+    values["secret_key"] = _secret_key(values, environ, instance_path)
     if not values["reply_to"]:
         values["reply_to"] = values["from_addr"]
     values["base_url"] = str(values["base_url"]).rstrip("/")

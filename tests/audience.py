@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from mailer import contacts, newsletters
+from mailer.audience import contacts
+from mailer.campaigns import newsletters
 from mailer.db import session_scope, utcnow
 from mailer.models import Contact, MailingList, Newsletter, Subscription
 

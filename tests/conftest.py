@@ -11,7 +11,8 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from mailer import create_app, users
+from mailer import create_app
+from mailer.staff import users
 from mailer.db import make_engine, make_session_factory, migrate, session_scope, utcnow
 from mailer.models import ApiToken
 from mailer.demo import ensure_default_list

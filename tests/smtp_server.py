@@ -29,6 +29,7 @@ class RecordingHandler:
         self.received: list[Received] = []
         self.times: list[float] = []  # time.time() of each accepted message
         self.lock = threading.Lock()
+        self.sessions = 0  # connections accepted (the controller's own start-up probe is one)
         # Return an SMTP reply such as "451 4.3.0 try later" to refuse, or None to accept.
         self.rcpt_reply: Callable[[str], str | None] = lambda address: None
         self.data_reply: Callable[[bytes], str | None] = lambda data: None
@@ -55,6 +56,13 @@ class RecordingHandler:
         return "250 Message accepted for delivery"
 
 
+class _CountingController(Controller):
+    def factory(self):
+        with self.handler.lock:  # one SMTP protocol object per accepted connection
+            self.handler.sessions += 1
+        return super().factory()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,14 +70,19 @@ def free_port() -> int:
 
 
 class SMTPServer:
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, *, smtputf8: bool = False):
         self.handler = RecordingHandler()
         self.port = port or free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        # smtputf8: offer SMTPUTF8 (RFC 6531), as a server that takes international addresses does.
+        self.controller = _CountingController(self.handler, hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=smtputf8)
 
     @property
     def url(self) -> str:
         return f"smtp://127.0.0.1:{self.port}"
+
+    @property
+    def sessions(self) -> int:
+        return self.handler.sessions
 
     @property
     def received(self) -> list[Received]:

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from mailer import create_app, users
+from mailer import create_app
+from mailer.staff import users
 from mailer.db import session_scope
 from tests.conftest import settings_for, signup
 
@@ -55,9 +56,9 @@ def test_wrong_password_then_lockout(dev_app):
         answer = login(client, "wrong password!")
         assert answer.status_code == 400
         assert "Wrong email or password." in answer.text
-    locked = login(client)  # the right password no longer helps during the lockout
+    locked = login(client)  # the right password no longer helps during the back-off
     assert locked.status_code == 400
-    assert "Too many failed attempts" in locked.text
+    assert "Wrong email or password." in locked.text  # the same answer: the page tells nothing
 
 
 def test_confirmation_mail_appears_in_the_dev_mailbox(dev_app):
@@ -105,20 +106,35 @@ def test_next_parameter_cannot_redirect_off_site(dev_app):
     assert answer.headers["Location"] == "/admin/"
 
 
+def _health_token(app, email="monitor@clinic.example") -> str:
+    with session_scope(app.extensions["mailer"].sessions) as session:
+        user = users.create_user(session, email, PASSWORD, "viewer")
+        return users.create_token(session, user, "monitoring", "read")
+
+
 def test_healthz_reports_database_and_transport(dev_app, app):
-    assert dev_app.test_client().get("/healthz").json == {
+    token = _health_token(dev_app)
+    assert dev_app.test_client().get("/healthz", headers={"Authorization": f"Bearer {token}"}).json == {
         "status": "ok", "checks": {"database": "ok", "transport": "ok (dev-mailbox)"},
         "queue": {"due": 0, "oldest_due_seconds": 0}}
-    assert app.test_client().get("/healthz").json["checks"]["transport"] == "ok (smtp)"
+    token = _health_token(app, "prober@clinic.example")  # the same database as dev_app
+    details = app.test_client().get("/healthz", headers={"Authorization": f"Bearer {token}"}).json
+    assert details["checks"]["transport"] == "ok (smtp)"
 
 
 def test_healthz_is_503_when_smtp_is_down(database_url, tmp_path):
     from tests.smtp_server import free_port
 
-    app = create_app(settings_for(database_url, tmp_path, smtp_url=f"smtp://127.0.0.1:{free_port()}"))
+    port = free_port()
+    app = create_app(settings_for(database_url, tmp_path, smtp_url=f"smtp://127.0.0.1:{port}"))
     answer = app.test_client().get("/healthz")
     assert answer.status_code == 503
-    assert answer.json["checks"]["transport"].startswith("error: cannot reach SMTP server")
+    assert answer.json == {"status": "not ok"}  # nothing about the SMTP server for anonymous callers
+    assert str(port) not in answer.text and "127.0.0.1" not in answer.text
+    details = app.test_client().get("/healthz", headers={"Authorization": f"Bearer {_health_token(app)}"})
+    assert details.status_code == 503
+    assert details.json["status"] == "not ok"
+    assert details.json["checks"]["transport"].startswith(f"error: cannot reach SMTP server 127.0.0.1:{port}")
     app.extensions["mailer"].engine.dispose()
 
 

@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from mailer import users
+from mailer.staff import users
 from mailer.db import session_scope
 from tests import browser_support, test_admin
 from tests.browser_support import live_app, serving

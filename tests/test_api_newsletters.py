@@ -10,7 +10,7 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from mailer import newsletters
+from mailer.campaigns import newsletters
 from mailer.db import session_scope, utcnow
 from mailer.models import ApiToken
 from tests.audience import BODY, make_audience
@@ -209,6 +209,36 @@ def test_a_local_time_is_scheduled_in_its_zone_across_the_clock_change(api):
     assert api.get(path.removesuffix("/schedule")).json["send_at"] == f"{NEXT_YEAR}-03-02T07:00:00Z"
 
 
+def test_schedule_in_each_readers_own_zone_and_read_it_back(api, mailer, db):
+    from mailer.models import Contact
+    from tests.audience import address
+
+    make_audience(mailer, 3)
+    for i, zone in ((0, "Pacific/Auckland"), (1, "America/Los_Angeles")):  # reader 2: the organisation's (London)
+        db.write(sa.update(Contact).where(Contact.email == address(i)).values(timezone=zone))
+    path = f"/newsletters/{api.create()['id']}"
+    scheduled = api.post(f"{path}/schedule", {"reader_local_time": f"{NEXT_YEAR}-07-06T09:00"})
+    assert scheduled.status_code == 200, scheduled.json
+    # 09:00 NZST on 6 July is 21:00 UTC on the 5th: sending starts there.
+    expected = {"status": "scheduled", "send_at": f"{NEXT_YEAR}-07-05T21:00:00Z",
+                "reader_local_time": f"{NEXT_YEAR}-07-06T09:00"}
+    assert {key: scheduled.json[key] for key in expected} == expected
+    assert {key: api.get(path).json[key] for key in expected} == expected
+    report = api.get(f"{path}/report").json
+    assert (report["queued"], report["waiting"]) == (0, 0)
+
+    # Scheduling in one zone again is an ordinary send time.
+    again = api.post(f"{path}/schedule", {"local_time": f"{NEXT_YEAR}-07-06T09:00", "timezone": "Europe/London"})
+    assert (again.json["send_at"], again.json["reader_local_time"]) == (f"{NEXT_YEAR}-07-06T08:00:00Z", None)
+    for body, field in (({"reader_local_time": f"{NEXT_YEAR}-07-06T09:00+01:00"}, "reader_local_time"),
+                        ({"reader_local_time": "2001-07-06T09:00"}, "reader_local_time"),
+                        ({"reader_local_time": f"{NEXT_YEAR}-07-06T09:00", "timezone": "Europe/London"}, None)):
+        error = error_of(api.post(f"{path}/schedule", body), 422)
+        assert (error["code"], error["field"]) == ("invalid", field), (body, error)
+    document = api.get("/openapi.json").json
+    assert "ScheduleReaderLocal" in json.dumps(document)
+
+
 def test_send_now_goes_out_through_smtp_and_the_report_counts_it(api, mailer, smtp_server):
     make_audience(mailer, 3)
     newsletter = api.create()
@@ -378,7 +408,7 @@ def test_openapi_document_describes_every_route_from_the_models(client, app):
     assert "required" not in schemas["NewsletterPatch"]
     assert schemas["Newsletter"]["properties"]["send_at"]["anyOf"][0]["format"] == "date-time"
     assert [s["$ref"].rsplit("/", 1)[1] for s in schemas["ScheduleRequest"]["oneOf"]] == [
-        "ScheduleAt", "ScheduleLocal", "ScheduleNow"]
+        "ScheduleAt", "ScheduleLocal", "ScheduleNow", "ScheduleReaderLocal"]
     assert schemas["ErrorDetail"]["required"] == ["code", "message", "field"]
     assert [p["name"] for p in doc["paths"]["/newsletters"]["get"]["parameters"]] == ["limit", "cursor"]
 

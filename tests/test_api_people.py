@@ -10,7 +10,9 @@ import types
 import pytest
 import sqlalchemy as sa
 
-from mailer import users, webinars
+from mailer.campaigns import webinars
+from mailer.delivery import suppression
+from mailer.staff import users
 from mailer.db import session_scope, utcnow
 from mailer.demo import NEWSLETTER_WORDING
 from mailer.models import AuditLog, ConsentEvent, Delivery, Registration, Subscription, User
@@ -146,8 +148,8 @@ def test_the_answer_is_the_same_for_new_known_and_suppressed_addresses(api, mail
     subscribe(api, "ann@example.com")
     mailer.drain()
     with session_scope(mailer.sessions) as session:
-        from mailer import contacts
-        contacts.suppress_address(session, mailer.settings, "gone@example.com", reason="hard_bounce", now=utcnow())
+        from mailer.audience import contacts
+        suppression.suppress_address(session, mailer.settings, "gone@example.com", reason="hard_bounce", now=utcnow())
     subscribe(api, "ann@example.com")  # pending: not re-sent within the hour
     subscribe(api, "gone@example.com")  # suppressed: nothing stored, nothing sent
     mailer.drain()

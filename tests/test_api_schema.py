@@ -20,8 +20,10 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, ignored
                                                response_headers_conformance, response_schema_conformance,
                                                status_code_conformance, unsupported_method)
 
-from mailer import create_app, newsletters, users, webinars
-from mailer.consent import RequestContext
+from mailer import create_app
+from mailer.campaigns import newsletters, sequences, webinars
+from mailer.staff import users
+from mailer.audience.consent import RequestContext
 from mailer.db import session_scope, utcnow
 from tests.audience import BODY, make_audience
 from tests.conftest import settings_for
@@ -39,9 +41,10 @@ schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True, d
 
 @pytest.fixture
 def write_token(mailer):
-    """A write token, one newsletter (id 1) with an audience and one published webinar
-    (id 1) with a registrant, so that generated ids reach real rows as well as missing ones."""
-    make_audience(mailer, 2)
+    """A write token, one newsletter (id 1) with an audience, one published webinar (id 1)
+    with a registrant and one sequence (id 1) with a step (id 1), so that generated ids
+    reach real rows as well as missing ones."""
+    list_id = make_audience(mailer, 2)
     with session_scope(mailer.sessions) as session:
         user = users.create_user(session, "fuzz@clinic.example", "correct horse battery staple")
         token = users.create_token(session, user, "schemathesis", "write")
@@ -52,6 +55,8 @@ def write_token(mailer):
         webinars.publish(session, webinar.id)
         webinars.register(session, mailer.settings, "spine-health", email="ann@example.com",
                           context=RequestContext(), now=utcnow())
+        sequence = sequences.create_sequence(session, name="Welcome", trigger="manual", list_id=list_id)
+        sequences.add_step(session, sequence.id, subject="Welcome", body_md=BODY)
     return token
 
 

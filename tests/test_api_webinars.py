@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from mailer import webinars
-from mailer.consent import RequestContext
+from mailer.campaigns import webinars
+from mailer.audience.consent import RequestContext
 from mailer.db import session_scope, utcnow
 from mailer.models import AuditLog, Delivery, Registration, User, Webinar
 from tests.test_api_newsletters import Api, error_of, last_sunday_of_march

@@ -6,7 +6,7 @@ import re
 
 import sqlalchemy as sa
 
-from mailer import newsletters
+from mailer.campaigns import newsletters
 from mailer.db import session_scope
 from mailer.models import Contact
 from tests.audience import make_audience

@@ -8,10 +8,12 @@ import types
 import pytest
 import sqlalchemy as sa
 
-from mailer import consent, contacts, outbox, users
+from mailer.audience import consent, contacts
+from mailer.delivery import outbox
+from mailer.staff import users
 from mailer.db import session_scope, utcnow
 from mailer.models import ApiToken, ConsentEvent, Contact, Delivery, Subscription, Suppression
-from mailer import bounces
+from mailer.delivery import bounces
 from tests.conftest import signup
 
 URL = "/webhooks/bounces"
@@ -24,10 +26,12 @@ SIGNING_CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationServic
 
 @pytest.fixture
 def tokens(mailer):
-    """A write token (the webhook's), a read token, and a revoked write token."""
+    """A write token, a webhook token (what the SNS subscription URL carries), a read token,
+    and a revoked write token."""
     with session_scope(mailer.sessions) as session:
         user = users.create_user(session, "ops@clinic.example", "correct horse battery staple")
         made = types.SimpleNamespace(write=users.create_token(session, user, "ses", "write"),
+                                     webhook=users.create_token(session, user, "sns", "webhook"),
                                      read=users.create_token(session, user, "prometheus", "read"),
                                      revoked=users.create_token(session, user, "old", "write"))
         session.execute(sa.update(ApiToken).where(ApiToken.token_hash == users.hash_token(made.revoked))
@@ -144,11 +148,27 @@ def test_webhook_needs_a_live_write_token(client, tokens, db):
     assert db.scalars(sa.select(ApiToken.last_used_at).where(ApiToken.scope == "write")) == [None, None]
 
 
-def test_query_token_is_accepted_and_last_use_recorded(client, tokens, db):
-    answer = client.post(f"{URL}?token={tokens.write}", json={"type": "bounce", "email": "gone@example.com"})
-    assert answer.status_code == 200
-    used = db.scalar(sa.select(ApiToken.last_used_at).where(ApiToken.token_hash == users.hash_token(tokens.write)))
+def test_only_a_webhook_token_may_travel_in_the_url(client, tokens, db):
+    """A URL ends up in proxy logs: ?token= takes the webhook scope only; the header takes write too."""
+    hook = tokens.webhook
+    bounce = {"type": "bounce", "email": "gone@example.com"}
+    refused = client.post(f"{URL}?token={tokens.write}", json=bounce)
+    assert refused.status_code == 403
+    assert refused.json == {"error": {
+        "code": "forbidden", "field": "token",
+        "message": "Only a webhook-scope token may be sent as ?token= (URLs end up in logs). Send this token in "
+                   "the Authorization header, or create a token with scope webhook for the URL."}}
+    assert suppressions(db) == []
+    assert db.scalars(sa.select(ApiToken.last_used_at).where(ApiToken.scope == "write")) == [None, None]
+    assert client.post(f"{URL}?token={tokens.read}", json=bounce).status_code == 403
+    assert client.post(f"{URL}?token={tokens.revoked}", json=bounce).status_code == 401
+
+    answer = client.post(f"{URL}?token={hook}", json=bounce)
+    assert answer.status_code == 200 and len(suppressions(db)) == 1
+    used = db.scalar(sa.select(ApiToken.last_used_at).where(ApiToken.token_hash == users.hash_token(hook)))
     assert used is not None and (utcnow() - used).total_seconds() < 60
+    # In the Authorization header a write token keeps working.
+    assert post(client, tokens.write, bounce).status_code == 200
 
 
 def test_a_webhook_token_works_here_and_nowhere_else(client, mailer, db):
@@ -274,12 +294,30 @@ def test_ses_permanent_bounce_via_sns_suppresses_every_recipient(client, mailer,
     assert is_suppressed(mailer, "gone@example.com") and is_suppressed(mailer, "old@example.net")
 
 
+def test_ses_permanent_policy_or_content_refusals_suppress_nobody(client, mailer, tokens, db):
+    """A permanent bounce that refuses the message or our sending (5.7.x, spam, DMARC,
+    SES's ContentRejected) is not about the mailbox: nobody goes on the suppression list."""
+    message = ses_bounce("Permanent", [
+        {"emailAddress": "a@example.com", "action": "failed", "status": "5.7.1",
+         "diagnosticCode": "smtp; 550 5.7.1 Message rejected as spam"},
+        {"emailAddress": "b@example.com", "action": "failed", "status": "5.0.0",
+         "diagnosticCode": "smtp; 550 Rejected by DMARC policy"},
+    ])
+    answer = post(client, tokens.write, sns_notification(message))
+    assert answer.json == {"suppressed": 0, "unsubscribed": 0, "ignored": 2}
+    rejected = ses_bounce("Permanent", [{"emailAddress": "c@example.com", "action": "failed", "status": "5.3.0",
+                                         "diagnosticCode": "smtp; 554 Content rejected"}], "ContentRejected")
+    assert post(client, tokens.write, sns_notification(rejected)).json["ignored"] == 1
+    assert suppressions(db) == []
+    assert not any(is_suppressed(mailer, a) for a in ("a@example.com", "b@example.com", "c@example.com"))
+
+
 def test_ses_transient_and_undetermined_bounces_are_ignored(client, tokens, db):
     for bounce_type, sub_type in (("Transient", "MailboxFull"), ("Undetermined", "Undetermined")):
         message = ses_bounce(bounce_type, [{"emailAddress": "full@example.net", "action": "delayed",
                                             "status": "4.2.2", "diagnosticCode": "smtp; 452 4.2.2 Mailbox full"}],
                              sub_type)
-        answer = client.post(f"{URL}?token={tokens.write}", data=json.dumps(sns_notification(message)),
+        answer = client.post(f"{URL}?token={tokens.webhook}", data=json.dumps(sns_notification(message)),
                              content_type="text/plain; charset=UTF-8")
         assert answer.json == {"suppressed": 0, "unsubscribed": 0, "ignored": 1}
     assert suppressions(db) == []
@@ -288,7 +326,7 @@ def test_ses_transient_and_undetermined_bounces_are_ignored(client, tokens, db):
 def test_ses_complaint_via_sns_with_query_token_unsubscribes(client, mailer, tokens, db):
     contact_id = active_subscriber(client, mailer, "ada@example.com")
     envelope = sns_notification(ses_complaint("ada@example.com"))
-    answer = client.post(f"{URL}?token={tokens.write}", data=json.dumps(envelope),
+    answer = client.post(f"{URL}?token={tokens.webhook}", data=json.dumps(envelope),
                          content_type="text/plain; charset=UTF-8", headers={"x-amz-sns-message-type": "Notification"})
     assert answer.json == {"suppressed": 1, "unsubscribed": 1, "ignored": 0}
     assert suppressions(db) == [("complaint", "SES complaint, feedback type: abuse")]
@@ -328,8 +366,8 @@ def test_sns_subscription_confirmation_asks_the_operator(client, tokens, db, cap
         "Signature": SIGNATURE,
         "SigningCertURL": SIGNING_CERT_URL,
     }
-    with caplog.at_level(logging.WARNING, logger="mailer.web.hooks"):
-        answer = client.post(f"{URL}?token={tokens.write}", data=json.dumps(confirmation),
+    with caplog.at_level(logging.WARNING, logger="mailer.web.api.hooks"):
+        answer = client.post(f"{URL}?token={tokens.webhook}", data=json.dumps(confirmation),
                              content_type="text/plain; charset=UTF-8",
                              headers={"x-amz-sns-message-type": "SubscriptionConfirmation"})
     assert answer.status_code == 200
@@ -343,6 +381,68 @@ def test_sns_subscription_confirmation_asks_the_operator(client, tokens, db, cap
     refused = post(client, tokens.write, forged)
     assert refused.status_code == 400 and refused.json["error"]["field"] == "SubscribeURL"
 
+
+
+@pytest.mark.parametrize("subscribe_url", [
+    "https://sns.us-east-1.amazonaws.com\\@evil.example/",  # a browser reads the backslash as /
+    "https://user:pw@sns.us-east-1.amazonaws.com/",
+    "https://evil.example\\.sns.us-east-1.amazonaws.com/",  # a browser goes to evil.example
+    "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription\r\nFAKE LOG LINE",
+    "https://sns.us-east-1.amazonaws.com/?Action=\x1b[2JConfirmSubscription",
+    "https://sns.us-east-1.amazonaws.com/ evil",
+    "http://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription",
+    "https://sns.us-east-1.amazonaws.com:8443/?Action=ConfirmSubscription",
+    "https://sns.us-east-1.amazonaws.com./?Action=ConfirmSubscription",
+    "https://sns.us-east-1.amazonaws.com.evil.example/?Action=ConfirmSubscription",
+    "javascript:alert(1)//sns.us-east-1.amazonaws.com",
+    "https://",
+    None,
+], ids=["backslash-at", "userinfo", "backslash-host", "crlf", "escape", "space", "http", "port", "trailing-dot",
+        "suffix", "javascript", "no-host", "missing"])
+def test_a_subscribe_url_a_browser_could_read_elsewhere_is_refused_and_not_logged(client, tokens, caplog,
+                                                                                   subscribe_url):
+    confirmation = {"Type": "SubscriptionConfirmation", "TopicArn": TOPIC, "Message": "Confirm it.",
+                    "Token": "2336412f", "SubscribeURL": subscribe_url}
+    with caplog.at_level(logging.INFO):
+        refused = client.post(f"{URL}?token={tokens.webhook}", data=json.dumps(confirmation),
+                              content_type="text/plain; charset=UTF-8")
+    assert refused.status_code == 400
+    assert refused.json == {"error": {"code": "invalid", "field": "SubscribeURL",
+                                      "message": "SubscribeURL is not an Amazon SNS address."}}
+    assert [r.getMessage() for r in caplog.records] == [
+        "SNS subscription confirmation refused: its SubscribeURL is not an Amazon SNS address"]
+
+
+@pytest.mark.parametrize("subscribe_url, shown", [
+    ("https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn=arn:aws:sns:eu-west-1:1:t&Token=ab",
+     "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn=arn:aws:sns:eu-west-1:1:t&Token=ab"),
+    ("HTTPS://SNS.cn-north-1.AmazonAWS.com.cn:443/?Action=ConfirmSubscription&Token=ab",
+     "https://sns.cn-north-1.amazonaws.com.cn/?Action=ConfirmSubscription&Token=ab"),
+])
+def test_an_amazon_subscribe_url_is_shown_as_a_browser_reads_it(subscribe_url, shown):
+    control = bounces.parse_sns_envelope({"Type": "SubscriptionConfirmation", "TopicArn": TOPIC,
+                                          "SubscribeURL": subscribe_url})
+    assert control.subscribe_url == shown
+
+
+def test_request_text_reaches_the_log_escaped_on_one_line(client, tokens, caplog):
+    """A TopicArn is the sender's text: it must not forge a log line or drive the terminal."""
+    forged = f"{TOPIC}\r\nFAKE LOG LINE \x1b[2J"
+    bodies = [sns_notification(["not an SES notification"]), {"Type": "UnsubscribeConfirmation"},
+              {"Type": "SubscriptionConfirmation",
+               "SubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=ab"}]
+    with caplog.at_level(logging.INFO):
+        for body in bodies:
+            answer = client.post(f"{URL}?token={tokens.webhook}", data=json.dumps(dict(body, TopicArn=forged)),
+                                 content_type="text/plain; charset=UTF-8")
+            assert answer.status_code == 200
+    messages = [record.getMessage() for record in caplog.records]
+    for message in messages + caplog.text.splitlines():
+        assert "\r" not in message and "\n" not in message and "\x1b" not in message
+        assert not message.startswith("FAKE LOG LINE")
+    naming_the_topic = [message for message in messages if TOPIC in message]
+    assert len(naming_the_topic) == 3  # the ignored notification, the unsubscription, the confirmation
+    assert all(f"{TOPIC}\\r\\nFAKE LOG LINE \\x1b[2J" in message for message in naming_the_topic), messages
 
 # Pure parts --------------------------------------------------------------------------------
 

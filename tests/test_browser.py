@@ -15,7 +15,7 @@ from email import message_from_bytes
 import pytest
 import sqlalchemy as sa
 
-from mailer import users
+from mailer.staff import users
 from mailer.db import session_scope
 from mailer.models import ConsentEvent, Contact, DevMessage, Subscription
 from tests.conftest import signup

@@ -11,7 +11,8 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from mailer import newsletters, users
+from mailer.campaigns import newsletters
+from mailer.staff import users
 from mailer.db import session_scope, utcnow
 from mailer.models import Newsletter
 from tests.audience import address, make_audience
@@ -195,3 +196,44 @@ def test_the_preview_works_without_javascript(live, browser):
         shot(page, "newsletter-6-editor-without-javascript")
     finally:
         ctx.close()
+
+
+def test_schedule_at_nine_in_each_readers_own_time_zone(live, page):
+    from mailer.models import Contact
+
+    app, base = live
+    m = app.extensions["mailer"]
+    with session_scope(m.sessions) as session:
+        session.execute(sa.update(Contact).where(Contact.email == address(0)).values(timezone="Pacific/Auckland"))
+        session.execute(sa.update(Contact).where(Contact.email == address(1)).values(timezone="America/Los_Angeles"))
+        newsletter_id = newsletters.create_newsletter(session, subject="Spine Health around the world",
+                                                      body_md="Hello {{ contact.first_name }}!",
+                                                      lists=["newsletter"]).id
+    page.goto(f"{base}/admin/newsletters/{newsletter_id}")
+    page.get_by_label("Email").fill("editor@clinic.example")
+    page.get_by_label("Password").fill(PASSWORD)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Log in").click()
+
+    year = utcnow().year + 1
+    page.get_by_label("Date", exact=True).fill(f"{year}-07-15")
+    page.get_by_label("Time", exact=True).fill("09:00")
+    expect(page.get_by_label("In the organisation's time zone, Europe/London")).to_be_checked()
+    page.get_by_label("At this time in each reader's own time zone").check()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Schedule").click()
+    # Auckland (NZST, UTC+12) reaches 09:00 first, Los Angeles (PDT, UTC-7) last; reader 2 has no zone: London.
+    said = (f"09:00 in each reader's time zone on {dt.date(year, 7, 15):%A} 15 July {year} "
+            "(from 21:00 UTC on 14 July to 16:00 UTC on 15 July)")
+    expect(page.locator("p.flash")).to_have_text(f"Scheduled for {said}.")
+    expect(page.locator("td.when")).to_contain_text(said)
+    expect(page.locator("td.when")).to_contain_text("Readers without a time zone: Europe/London.")
+    expect(page.get_by_label("At this time in each reader's own time zone")).to_be_checked()
+    shot(page, "newsletter-7-scheduled-in-reader-zones")
+    with m.read_sessions() as session:
+        assert session.execute(sa.select(Newsletter.send_at, Newsletter.send_local_time)).one() == \
+            (dt.datetime(year, 7, 14, 21, tzinfo=UTC), f"{year}-07-15T09:00")
+
+    page.get_by_role("link", name="Newsletters", exact=True).first.click()
+    row = page.get_by_role("row", name=re.compile("Spine Health around the world"))
+    expect(row.get_by_role("cell").nth(2)).to_have_text(f"{year}-07-15, 09:00 in each reader's time zone")

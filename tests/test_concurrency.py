@@ -6,7 +6,7 @@ import threading
 
 import sqlalchemy as sa
 
-from mailer import consent, contacts
+from mailer.audience import consent, contacts
 from mailer.db import session_scope
 from mailer.models import ConsentEvent, Delivery, SignupRequest, Subscription
 from tests.conftest import signup

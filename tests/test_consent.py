@@ -6,7 +6,7 @@ import json
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from mailer import consent
+from mailer.audience import consent
 from mailer.cli import main
 from mailer.models import ConsentEvent
 from tests.conftest import SECRET, links_in, signup

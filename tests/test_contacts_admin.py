@@ -11,7 +11,8 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from mailer import contacts, directory
+from mailer import privacy
+from mailer.audience import contacts, directory
 from mailer.cli import main
 from mailer.db import session_scope
 from mailer.errors import InvalidInput
@@ -124,7 +125,7 @@ def test_keyset_pages_of_50(staff, mailer):
 
 def test_erased_contacts_are_left_out_unless_asked(mailer, people):
     with session_scope(mailer.sessions) as session:
-        contacts.erase_contact(session, mailer.settings, people[0], now=NOW)
+        privacy.erase_contact(session, mailer.settings, people[0], now=NOW)
         assert [r.email for r in directory.search_contacts(session, q="ann")] == ["annette@example.com"]
         everyone = directory.search_contacts(session, include_erased=True)
         assert [r.id for r in everyone][-1] == people[0] and everyone[-1].email is None

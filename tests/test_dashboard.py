@@ -7,8 +7,9 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from mailer import dashboard, webinars
-from mailer.consent import RequestContext
+from mailer.campaigns import webinars
+from mailer.staff import dashboard
+from mailer.audience.consent import RequestContext
 from mailer.db import session_scope, utcnow
 from mailer.models import Contact, Delivery, MailingList, Newsletter, Subscription
 

@@ -7,11 +7,11 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from mailer import contacts
-from mailer.consent import RequestContext
+from mailer.audience import contacts
+from mailer.audience.consent import RequestContext
 from mailer.db import session_scope, utcnow
 from mailer.models import AuditLog
-from mailer.web import deliveries_admin
+from mailer.web.admin import deliveries_admin
 
 REPLIES = {"bounce@example.com": "550 5.1.1 User unknown", "grey@example.com": "451 4.7.1 Greylisted, try later"}
 

@@ -9,9 +9,12 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from mailer import consent, contacts, imports, webinars
+from mailer import privacy
+from mailer.delivery import suppression
+from mailer.audience import consent, contacts, imports
+from mailer.campaigns import webinars
 from mailer.cli import main
-from mailer.consent import RequestContext
+from mailer.audience.consent import RequestContext
 from mailer.db import Base, session_scope, utcnow
 from mailer.models import (ConsentEvent, Contact, Delivery, DevMessage, Registration, SignupRequest, Subscription,
                            Suppression, Webinar)
@@ -91,8 +94,11 @@ def test_erasure_from_the_console_leaves_no_trace(staff, erin, db, mailer):
     # The ledger: her events are redacted, the erasure is recorded without the address, the chain holds.
     last = db.execute(sa.select(ConsentEvent.contact_id, ConsentEvent.action, ConsentEvent.note)
                       .order_by(ConsentEvent.id.desc()).limit(1))[0]
-    assert last == (erin, "erased", contacts.ERASURE_NOTE)
-    assert db.scalars(sa.select(ConsentEvent.ip).where(ConsentEvent.contact_id == erin)) == [None] * 3
+    assert last == (erin, "erased", privacy.ERASURE_NOTE)
+    # Her 2 events, the ledger's record of their redaction, and the erasure.
+    assert db.scalars(sa.select(ConsentEvent.ip).where(ConsentEvent.contact_id == erin)) == [None] * 4
+    assert db.scalars(sa.select(ConsentEvent.action).where(ConsentEvent.contact_id == erin)
+                      .order_by(ConsentEvent.id))[-2:] == ["redacted", "erased"]
     with mailer.read_sessions() as session:
         assert consent.verify_chain(session).intact
     # The console says what remains; the audit has the id only.
@@ -104,7 +110,7 @@ def test_erasure_from_the_console_leaves_no_trace(staff, erin, db, mailer):
 
 def test_an_erased_address_is_not_mailed_again(client, erin, mailer, smtp_server, db):
     with session_scope(mailer.sessions) as session:
-        contacts.erase_contact(session, mailer.settings, erin, now=utcnow())
+        privacy.erase_contact(session, mailer.settings, erin, now=utcnow())
     sent_before = len(smtp_server.received)
     # A signup on the form: answered as always, but no contact and no mail.
     answer = signup(client, TYPED, "Erin Again")
@@ -146,19 +152,19 @@ def test_erasing_an_unknown_contact_is_404_and_others_may_not_erase(staff, erin)
 
 def test_erasing_twice_changes_nothing(mailer, erin, db):
     with session_scope(mailer.sessions) as session:
-        first = contacts.erase_contact(session, mailer.settings, erin, now=utcnow())
+        first = privacy.erase_contact(session, mailer.settings, erin, now=utcnow())
     events = db.scalar(sa.select(sa.func.count()).select_from(ConsentEvent))
     with session_scope(mailer.sessions) as session:
-        again = contacts.erase_contact(session, mailer.settings, erin, now=utcnow())
+        again = privacy.erase_contact(session, mailer.settings, erin, now=utcnow())
     assert not first.already_erased and again.already_erased
     assert db.scalar(sa.select(sa.func.count()).select_from(ConsentEvent)) == events
 
 
 def test_a_bounce_detail_quoting_the_address_is_scrubbed(mailer, erin, db):
     with session_scope(mailer.sessions) as session:
-        contacts.suppress_address(session, mailer.settings, ADDRESS, reason="hard_bounce",
-                                  detail=f"550 5.1.1 <{ADDRESS}>: no such user", now=utcnow())
-        contacts.erase_contact(session, mailer.settings, erin, now=utcnow())
+        suppression.suppress_address(session, mailer.settings, ADDRESS, reason="hard_bounce",
+                                     detail=f"550 5.1.1 <{ADDRESS}>: no such user", now=utcnow())
+        privacy.erase_contact(session, mailer.settings, erin, now=utcnow())
     assert db.execute(sa.select(Suppression.reason, Suppression.detail)) == [("hard_bounce", "detail removed at erasure")]
     assert scan_for(db, [ADDRESS]) == []
 
@@ -179,7 +185,7 @@ def test_cli_erase(erin, database_url, tmp_path, db):
 def test_a_past_webinar_keeps_its_registration_without_personal_data(mailer, erin, db):
     db.write(sa.update(Webinar).values(starts_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)))
     with session_scope(mailer.sessions) as session:
-        report = contacts.erase_contact(session, mailer.settings, erin, now=utcnow())
+        report = privacy.erase_contact(session, mailer.settings, erin, now=utcnow())
     assert report.registrations_cancelled == 0
     assert db.execute(sa.select(Registration.status, Registration.timezone).where(Registration.contact_id == erin)) == [
         ("confirmed", None)]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from mailer import consent, contacts
+from mailer.audience import consent
+from mailer.delivery import suppression
 from mailer.cli import main
 from mailer.db import session_scope, utcnow
 from mailer.models import ConsentEvent, Contact, Subscription
@@ -29,7 +30,7 @@ def run(database_url, tmp_path, *args, input=None):
 
 def test_import_accounts_for_every_row_and_never_reactivates(client, mailer, db, database_url, tmp_path):
     with session_scope(mailer.sessions) as session:
-        contacts.suppress_address(session, mailer.settings, "bounced@example.com", reason="hard_bounce", now=utcnow())
+        suppression.suppress_address(session, mailer.settings, "bounced@example.com", reason="hard_bounce", now=utcnow())
     signup(client, "gone@example.com")
     db.write(sa.update(Subscription).values(status="unsubscribed"))
 

@@ -6,19 +6,28 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from mailer import contacts, imports, jobs, newsletters, scheduler, users
+from mailer import scheduler
+from mailer.delivery import suppression
+from mailer.audience import imports
+from mailer.campaigns import newsletters
+from mailer.staff import jobs, users
 from mailer.db import session_scope, utcnow
-from mailer.models import AuditLog, ConsentEvent, Contact, Job, Subscription
+from mailer.models import AuditLog, ConsentEvent, Contact, Job, JobUpload, Subscription
 from tests import browser_support
 from tests.browser_support import TIMEOUT_MS, expect, live_app, serving, shot
-from tests.conftest import signup
+from tests.conftest import SECRET, signup
 from tests.test_newsletter_admin import PASSWORD, compose, log_in, make_audience, text_of
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NOTE = "Paper sign-up sheet at the clinic desk, 2024-2026"
 CSV = b"""Email,Name
@@ -53,14 +62,18 @@ def work(mailer, owner="worker-1", clock=utcnow) -> int:
     return jobs.run_due(mailer.sessions, mailer.settings, owner=owner, clock=clock)
 
 
-def uploads(mailer) -> list[Path]:
+def uploads(mailer) -> list:
+    """What is kept of uploads: (job, piece) rows in the database, and any file under the
+    instance folder (there should be none: uploads live in the database)."""
     folder = jobs.uploads_dir(mailer.settings)
-    return sorted(folder.iterdir()) if folder.exists() else []
+    with mailer.read_sessions() as session:
+        pieces = [tuple(row) for row in session.execute(sa.select(JobUpload.job_id, JobUpload.seq))]
+    return (sorted(folder.iterdir()) if folder.exists() else []) + pieces
 
 
 def test_upload_then_the_worker_imports_and_the_report_says_what_was_skipped_and_why(app, editor, mailer, db, client):
     with session_scope(mailer.sessions) as session:
-        contacts.suppress_address(session, mailer.settings, "carl@example.com", reason="hard_bounce", now=utcnow())
+        suppression.suppress_address(session, mailer.settings, "carl@example.com", reason="hard_bounce", now=utcnow())
     signup(client, "dora@example.com")
     db.write(sa.update(Subscription).values(status="unsubscribed"))
 
@@ -76,7 +89,7 @@ def test_upload_then_the_worker_imports_and_the_report_says_what_was_skipped_and
     assert editor.get(f"/admin/imports/{job_id}/progress").json == {
         "status": "queued", "finished": False, "value": 0, "max": 7,
         "figures": {"rows": 0, "imported": 0, "duplicate": 0, "invalid": 0, "suppressed": 0}}
-    assert len(uploads(mailer)) == 1
+    assert uploads(mailer) == [(job_id, 0)]  # in the database, not under the instance folder
 
     scheduler.run_console_jobs(mailer, "worker-1")
 
@@ -139,7 +152,7 @@ def test_a_large_file_is_accepted_and_one_over_the_limit_refused(editor, mailer,
     big = b"email\n" + b"".join(b"person%07d@example.com\n" % i for i in range(80_000))  # ~2 MB, over the app's 1 MB
     assert upload(editor, content=big).status_code == 303
     assert db.scalar(sa.select(Job.total)) == 80_000
-    from mailer.web import import_admin
+    from mailer.web.admin import import_admin
     monkeypatch.setattr(import_admin, "MAX_UPLOAD_MB", 1)
     refused = upload(editor, content=big)
     assert refused.status_code == 413
@@ -148,6 +161,7 @@ def test_a_large_file_is_accepted_and_one_over_the_limit_refused(editor, mailer,
 
 def test_a_worker_killed_mid_import_is_replaced_and_the_result_is_the_same(editor, mailer, db, monkeypatch):
     monkeypatch.setattr(imports, "CHUNK", 2)
+    monkeypatch.setattr(jobs, "UPLOAD_PIECE", 16)  # the resumed job reads from the start, piece by piece
     rows = [f"p{i}@example.com" for i in range(9)] + ["bad-1", "p0@example.com", "bad-2"]
     upload(editor, content=("email\n" + "\n".join(rows) + "\n").encode())
     job_id = db.scalar(sa.select(Job.id))
@@ -330,3 +344,49 @@ def test_the_rows_quoted_as_invalid_are_forgotten_after_30_days_the_counts_stay(
     assert report["examples"] == {"invalid": []} and (report["imported"], report["invalid"]) == (4, 2)
     with session_scope(mailer.sessions) as session:
         assert jobs.forget_old_examples(session, finished + dt.timedelta(days=32)) == 0  # once
+
+
+def test_a_worker_on_another_host_runs_an_import_uploaded_through_the_web_app(editor, mailer, db, database_url,
+                                                                               tmp_path):
+    """The worker's instance folder is not the web app's (as on another host): it reads the
+    upload from the database, and nothing is kept on either host's disk."""
+    assert upload(editor).status_code == 303
+    job_id = db.scalar(sa.select(Job.id))
+    other_host = tmp_path / "other-host"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.update(MAILER_DATABASE_URL=database_url, MAILER_SECRET_KEY=SECRET, MAILER_INSTANCE_PATH=str(other_host))
+    done = subprocess.run([sys.executable, "-m", "mailer", "worker", "--drain"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ran 1 console jobs (imports)" in done.stdout
+    job = db.scalar(sa.select(Job))
+    assert (job.id, job.status, json.loads(job.report)["imported"]) == (job_id, "done", 4)
+    assert db.scalar(sa.select(sa.func.count()).select_from(Subscription)) == 4
+    assert uploads(mailer) == []
+    assert not (other_host / "uploads").exists() and not jobs.uploads_dir(mailer.settings).exists()
+
+
+def test_an_upload_stored_in_many_pieces_reads_back_whole(editor, mailer, db, monkeypatch):
+    monkeypatch.setattr(jobs, "UPLOAD_PIECE", 5)  # pieces split rows and multi-byte characters
+    names = ["Zoë Ørsted", "李小龍", "José Müller", "Ann"]
+    content = ("\ufeffEmail,Name\n" + "".join(f'p{i}@example.com,"{name}"\n' for i, name in enumerate(names))).encode()
+    upload(editor, content=content)
+    assert len(uploads(mailer)) == -(-len(content) // 5)
+    assert work(mailer) == 1
+    assert db.scalars(sa.select(Contact.name).order_by(Contact.id)) == names
+    assert uploads(mailer) == []
+
+
+def test_a_job_queued_before_uploads_moved_into_the_database_reads_its_file(mailer, db):
+    """An install upgraded with a queued import (its upload a file under instance/uploads)."""
+    folder = jobs.uploads_dir(mailer.settings)
+    folder.mkdir(parents=True)
+    (folder / "old.csv").write_bytes(CSV)
+    params = {"list": "newsletter", "list_name": "Monthly newsletter", "consent_note": NOTE, "filename": "old.csv"}
+    with session_scope(mailer.sessions) as session:
+        session.add(Job(kind=jobs.IMPORT, status="queued", file_path=str(folder / "old.csv"), total=7, done=0,
+                        params=json.dumps(params), created_at=utcnow()))
+    assert work(mailer) == 1
+    job = db.scalar(sa.select(Job))
+    assert (job.status, json.loads(job.report)["imported"]) == ("done", 4)
+    assert uploads(mailer) == []  # the file is removed when the job ends, as before

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 import time_machine
 
-from mailer import metrics, users
+from mailer.staff import metrics, users
 from mailer.db import session_scope
 from mailer.models import ApiToken, Contact, Delivery, SendWindow
 from tests.conftest import signup
@@ -52,6 +52,9 @@ mailer_failures{class="permanent"} 2
 mailer_failures{class="connection"} 1
 mailer_failures{class="rendering"} 1
 mailer_failures{class="expired"} 1
+mailer_failures{class="policy"} 0
+mailer_failures{class="rejected"} 0
+mailer_failures{class="address"} 0
 mailer_failures{class="unknown"} 1
 # HELP mailer_oldest_due_seconds Age of the oldest queued or deferred delivery that is due (0 when none).
 # TYPE mailer_oldest_due_seconds gauge
@@ -116,7 +119,8 @@ def test_metrics_of_an_empty_outbox_are_zero(client, tokens):
         'mailer_deliveries_total{status="suppressed"} 0', 'mailer_deliveries_total{status="cancelled"} 0',
         'mailer_failures{class="temporary"} 0', 'mailer_failures{class="permanent"} 0',
         'mailer_failures{class="connection"} 0', 'mailer_failures{class="rendering"} 0',
-        'mailer_failures{class="expired"} 0',
+        'mailer_failures{class="expired"} 0', 'mailer_failures{class="policy"} 0',
+        'mailer_failures{class="rejected"} 0', 'mailer_failures{class="address"} 0',
         "mailer_oldest_due_seconds 0", "mailer_send_rate_per_second 0",
     ]
 
@@ -144,9 +148,9 @@ def test_oldest_due_age_moves_with_now(mailer, seeded):
         assert metrics.send_rate_per_second(session, MINUTE + dt.timedelta(minutes=5)) == 0
 
 
-def test_healthz_reports_the_due_queue(client, seeded):
+def test_healthz_reports_the_due_queue(client, tokens, seeded):
     with time_machine.travel(NOW, tick=False):
-        answer = client.get("/healthz")
+        answer = client.get("/healthz", headers={"Authorization": f"Bearer {tokens.read}"})
     assert answer.status_code == 200
     assert answer.json["queue"] == {"due": 3, "oldest_due_seconds": 90}
     assert answer.json["checks"]["database"] == "ok"

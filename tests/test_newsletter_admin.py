@@ -10,7 +10,9 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from mailer import contacts, newsletters, users
+from mailer.audience import contacts
+from mailer.campaigns import newsletters
+from mailer.staff import users
 from mailer.db import session_scope, utcnow
 from mailer.models import AuditLog, Newsletter
 from tests.audience import address, make_audience

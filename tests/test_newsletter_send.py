@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from mailer import newsletters
+from mailer.campaigns import newsletters
 from mailer.db import session_scope, utcnow
 from mailer.models import Contact, Delivery, Subscription
 from tests.audience import make_audience, make_newsletter
@@ -15,11 +15,11 @@ def test_issue_goes_to_active_subscribers_only_once_each(mailer, smtp_server, db
     for i, status in ((3, "pending"), (4, "unsubscribed")):
         db.write(sa.update(Subscription).where(Subscription.contact_id == db.scalar(
             sa.select(Contact.id).where(Contact.email == f"reader{i:07d}@example.com"))).values(status=status))
-    from mailer import contacts
+    from mailer.delivery import suppression
 
     with session_scope(mailer.sessions) as session:
-        contacts.suppress_address(session, mailer.settings, "reader0000005@example.com", reason="hard_bounce",
-                                  now=utcnow())
+        suppression.suppress_address(session, mailer.settings, "reader0000005@example.com", reason="hard_bounce",
+                                     now=utcnow())
     newsletter_id = make_newsletter(mailer, enqueue=False)
     with session_scope(mailer.sessions) as session:
         assert newsletters.count_audience(session, newsletter_id) == 3

@@ -8,7 +8,9 @@ import datetime as dt
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from mailer import contacts, newsletters
+from mailer import clock
+from mailer.delivery import suppression
+from mailer.campaigns import newsletters
 from mailer.cli import main
 from mailer.db import session_scope, utcnow
 from mailer.errors import InvalidInput
@@ -63,11 +65,11 @@ def test_templates_may_not_switch_off_escaping_or_mark_text_safe(mailer):
 
 def test_a_time_skipped_by_the_clock_change_is_refused():
     try:
-        newsletters.local_to_utc(dt.datetime(2027, 3, 28, 1, 30), "Europe/London")
+        clock.local_to_utc(dt.datetime(2027, 3, 28, 1, 30), "Europe/London")
         raise AssertionError("accepted a local time that does not exist")
     except InvalidInput as exc:
         assert exc.message == "2027-03-28 01:30 does not exist in Europe/London (the clocks go forward)."
-    assert newsletters.local_to_utc(dt.datetime(2027, 3, 28, 2, 30), "Europe/London") == \
+    assert clock.local_to_utc(dt.datetime(2027, 3, 28, 2, 30), "Europe/London") == \
         dt.datetime(2027, 3, 28, 1, 30, tzinfo=UTC)
 
 
@@ -80,7 +82,7 @@ def test_scheduled_for_first_tuesday_9am_london_goes_out_at_the_right_instant_ac
     from tests.conftest import signup
     signup(client, "pending@example.com")
     with session_scope(mailer.sessions) as session:
-        contacts.suppress_address(session, mailer.settings, address(2), reason="hard_bounce", now=utcnow())
+        suppression.suppress_address(session, mailer.settings, address(2), reason="hard_bounce", now=utcnow())
     mailer.drain()  # the pending signup's confirmation
     smtp_server.received.clear()
 
@@ -171,10 +173,11 @@ def time_at(when: dt.datetime):
 
 
 def test_preview_uses_a_sample_reader_and_dead_links():
-    from mailer.rendering import EmailRenderer
+    from mailer.delivery.rendering import EmailRenderer
     from mailer.settings import load_settings
 
-    settings = load_settings({"secret_key": "x", "instance_path": "/tmp/mailer-preview-test",
+    settings = load_settings({"secret_key": "preview-test-secret-key-not-for-production",
+                              "instance_path": "/tmp/mailer-preview-test",
                               "base_url": "https://news.example.org"})
     rendered = newsletters.preview(EmailRenderer(), settings, subject="Hi {{ contact.first_name }}",
                                    preheader="P", body_md="Hello **{{ contact.first_name }}**", layout="default")
@@ -248,7 +251,7 @@ def test_report_counts_outcomes_and_the_unsubscribes_the_issue_caused(mailer, sm
 
 def test_monthly_rhythm_first_tuesday_9am_london_is_dst_correct_and_warns_when_nothing_is_ready(
         mailer, smtp_server, db):
-    from mailer import users
+    from mailer.staff import users
     from mailer.models import Rhythm
 
     with session_scope(mailer.sessions) as session:
@@ -376,7 +379,7 @@ def test_cli_rhythm_ready_check_and_test(mailer, smtp_server, database_url, tmp_
 
 
 def test_issue_invites_to_upcoming_webinars_in_the_readers_zone_and_links_the_archive(mailer, smtp_server, db):
-    from mailer import webinars
+    from mailer.campaigns import webinars
 
     make_audience(mailer, 2)
     db.write(sa.update(Contact).where(Contact.email == address(1)).values(timezone="Australia/Sydney"))

@@ -15,12 +15,14 @@ import sqlalchemy as sa
 import time_machine
 from click.testing import CliRunner
 
-from mailer import consent, contacts
+from mailer import demo
+from mailer.audience import consent, contacts
+from mailer.campaigns import sequences
 from mailer.cli import main
-from mailer.consent import RequestContext
+from mailer.audience.consent import RequestContext
 from mailer.db import session_scope, utcnow
-from mailer.models import ConsentEvent, Contact, Delivery, Subscription
-from tests.conftest import SECRET, signup
+from mailer.models import ConsentEvent, Contact, Delivery, Sequence, Subscription, Webinar
+from tests.conftest import SECRET, links_in, signup
 from tests.smtp_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +48,8 @@ def test_unconfirmed_signups_are_purged_after_the_window_and_the_person_forgotte
     forgotten = db.scalar(sa.select(Contact).where(Contact.email.is_(None)))
     assert forgotten.name == "" and forgotten.erased_at is not None
     events = db.scalars(sa.select(ConsentEvent).where(ConsentEvent.contact_id == forgotten.id).order_by(ConsentEvent.id))
-    assert [e.action for e in events] == ["requested", "expired"]
+    # The ledger records the redaction of the forgotten person's events.
+    assert [e.action for e in events] == ["requested", "expired", "redacted"]
     assert all(e.ip is None for e in events)
     with mailer.read_sessions() as session:
         assert consent.verify_chain(session).intact
@@ -146,3 +149,56 @@ def test_newcomer_serve_demo_shows_login_demo_content_and_mail(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_demo_seeds_a_welcome_series_and_a_replay_sequence_once_and_a_confirmation_gets_the_welcome(
+        client, mailer, smtp_server, db):
+    """The demo's sequences (made through sequences.py, active, made once however often the
+    demo is seeded); a signup confirmed in the demo is enrolled and queued the welcome mail."""
+    for _ in range(2):
+        with session_scope(mailer.sessions) as session:
+            demo.seed_demo(session, mailer.settings.timezone, utcnow())
+    with mailer.read_sessions() as session:
+        found = {s.name: s for s in session.scalars(sa.select(Sequence))}
+        assert set(found) == {demo.WELCOME_SERIES, demo.REPLAY_SEQUENCE}
+        welcome, replay = found[demo.WELCOME_SERIES], found[demo.REPLAY_SEQUENCE]
+        assert (welcome.status, welcome.trigger, replay.status, replay.trigger) == ("active", "confirmed",
+                                                                                   "active", "missed")
+        assert replay.trigger_webinar_id == session.scalar(sa.select(Webinar.id).where(Webinar.slug == "spine-health"))
+        steps = sequences.live_steps(session, welcome.id)
+        assert [(s.delay_minutes, sequences.window_text(s)) for s in steps] == [
+            (0, ""), (2 * 1440, "weekdays 09:00-11:00"), (3 * 1440, "weekdays 09:00-11:00")]
+        first_step = steps[0].id
+        assert len(sequences.live_steps(session, replay.id)) == 1
+
+    signup(client, email="nia@example.com", name="Nia")
+    mailer.drain()
+    [confirmation] = [r.message for r in smtp_server.received if r.rcpt_tos == ["nia@example.com"]]
+    link = [l for l in links_in(confirmation.get_body(("plain",)).get_content()) if "/confirm/" in l][0]
+    assert "You are now subscribed" in client.get(link.removeprefix("https://news.example.org")).text
+    with session_scope(mailer.sessions) as session:
+        assert sequences.run(session, mailer.settings, utcnow()) == 1
+    contact_id = db.scalar(sa.select(Contact.id).where(Contact.email == "nia@example.com"))
+    assert db.execute(sa.select(Delivery.kind, Delivery.ref_id, Delivery.status).where(
+        Delivery.contact_id == contact_id, Delivery.kind == sequences.STEP)) == [(sequences.STEP, first_step, "queued")]
+    mailer.drain()
+    subjects = [r.message["Subject"] for r in smtp_server.received if r.rcpt_tos == ["nia@example.com"]]
+    assert subjects[-1] == "Welcome to Spine Health, Nia"
+
+
+def test_worker_drain_cli_also_sends_due_sequence_steps(client, mailer, smtp_server, database_url, tmp_path):
+    """`python -m mailer worker --drain` (cron) queues what is due as the worker's jobs do,
+    sequence steps included: a confirmation in the demo gets its welcome mail from it."""
+    with session_scope(mailer.sessions) as session:
+        demo.seed_demo(session, mailer.settings.timezone, utcnow())
+    signup(client, email="nia@example.com", name="Nia")
+    mailer.drain()
+    [confirmation] = [r.message for r in smtp_server.received if r.rcpt_tos == ["nia@example.com"]]
+    link = [l for l in links_in(confirmation.get_body(("plain",)).get_content()) if "/confirm/" in l][0]
+    assert "You are now subscribed" in client.get(link.removeprefix("https://news.example.org")).text
+    result = CliRunner().invoke(main, ["worker", "--drain"],
+                                env=_env(database_url, tmp_path, MAILER_SMTP_URL=smtp_server.url))
+    assert result.exit_code == 0, result.output
+    assert "sent 1, deferred 0, failed 0" in result.output
+    subjects = [r.message["Subject"] for r in smtp_server.received if r.rcpt_tos == ["nia@example.com"]]
+    assert len(subjects) == 2 and subjects[1] == "Welcome to Spine Health, Nia"

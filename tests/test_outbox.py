@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from mailer import contacts, outbox
+from mailer.audience import contacts
+from mailer.delivery import outbox
 from mailer.db import session_scope, utcnow
 from mailer.models import Contact, Delivery, Suppression
 from tests.conftest import signup
@@ -62,7 +63,7 @@ def test_unknown_kind_fails_that_row_and_sends_the_rest(client, mailer, smtp_ser
 
 
 def test_public_lists_are_reread_after_their_ttl(mailer):
-    from mailer.contacts import PublicLists, ensure_list
+    from mailer.audience.contacts import PublicLists, ensure_list
     from mailer.errors import InvalidInput
 
     now = [0.0]
@@ -85,7 +86,7 @@ def test_a_database_error_while_building_gives_the_batch_back_untried(client, ma
     import pytest
     import sqlalchemy.exc
 
-    from mailer import sender as sender_module
+    from mailer.delivery import sender as sender_module
 
     signup(client, "a@example.com")
 

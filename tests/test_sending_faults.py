@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from mailer import create_app
 from mailer.db import utcnow
 from mailer.models import Delivery
-from mailer.sender import Sender
+from mailer.delivery.sender import Sender
 from tests.conftest import settings_for, signup
 from tests.smtp_server import SMTPServer, free_port
 
@@ -104,7 +104,7 @@ def test_connection_dropped_mid_data_is_retried_not_lost(client, mailer, smtp_se
 
 
 def test_worker_killed_after_claiming_leaves_rows_that_a_new_worker_sends_once(client, mailer, smtp_server, db):
-    from mailer import outbox
+    from mailer.delivery import outbox
     from mailer.db import session_scope
 
     signup(client, "a@example.com")

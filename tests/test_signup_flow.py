@@ -6,7 +6,7 @@ import re
 import sqlalchemy as sa
 from email.utils import getaddresses
 
-from mailer import consent
+from mailer.audience import consent
 from mailer.db import session_scope
 from mailer.models import ConsentEvent, ConsentWording, Contact, Delivery, MailingList, Subscription
 from tests.conftest import links_in, signup
@@ -87,7 +87,7 @@ def test_unsubscribe_page_shows_one_button_and_get_changes_nothing(client, maile
 def test_unsubscribing_cancels_every_queued_message(client, mailer, smtp_server, db):
     signup(client)  # the confirmation is queued, not yet sent
     sub = db.scalar(sa.select(Subscription))
-    from mailer.contacts import unsubscribe_url
+    from mailer.audience.contacts import unsubscribe_url
 
     path = unsubscribe_url(mailer.settings, sub.contact_id, sub.list_id).removeprefix("https://news.example.org")
     assert client.post(path).status_code == 200
@@ -104,7 +104,7 @@ def test_forged_or_garbled_links_are_refused(client):
 
 
 def test_preferences_link_changes_name_and_lists(client, mailer, smtp_server, db):
-    from mailer.contacts import ensure_list
+    from mailer.audience.contacts import ensure_list
 
     with session_scope(mailer.sessions) as session:
         ensure_list(session, "events", "Events and webinars", "Yes, tell me about events.")

@@ -1,12 +1,13 @@
 """Signup answers give nothing away; bad input is refused clearly and loses nothing."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import sqlalchemy as sa
 
-from mailer import contacts
-from mailer.consent import RequestContext
+from mailer.audience import contacts
+from mailer.audience.consent import RequestContext
 from mailer.db import session_scope, utcnow
 from mailer.models import Contact, Delivery, Subscription
 from tests.conftest import signup
@@ -128,7 +129,8 @@ def test_honeypot_gets_the_normal_answer_and_stores_nothing(client, db):
 
 
 def test_rate_limit_per_ip(app, client, db):
-    app.extensions["signup_limiter"].limit = 3
+    mailer = app.extensions["mailer"]
+    mailer.settings = mailer.base_settings = dataclasses.replace(mailer.settings, signup_rate_limit=3)
     codes = [signup(client, f"p{i}@example.com").status_code for i in range(5)]
     assert codes == [200, 200, 200, 429, 429]
     assert "Too many signups" in signup(client, "late@example.com").text

@@ -8,10 +8,12 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from mailer import create_app, newsletters, site_settings, users
+from mailer import create_app
+from mailer.campaigns import newsletters
+from mailer.staff import site_settings, users
 from mailer.db import session_scope, utcnow
 from mailer.models import AuditLog, Setting
-from mailer.send_budget import Limits
+from mailer.delivery.send_budget import Limits
 from mailer.settings import load_settings
 from tests.audience import make_audience, make_newsletter
 from tests.conftest import SECRET, signup

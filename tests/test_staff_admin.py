@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from mailer import create_app, users
+from mailer import create_app
+from mailer.staff import users
 from mailer.cli import main
 from mailer.db import session_scope, utcnow
 from mailer.models import ApiToken, AuditLog, User
@@ -167,7 +168,9 @@ def test_change_role_takes_effect_at_the_next_request_and_is_audited(staff, db):
     answer = post(owner, f"/admin/users/{user_id(db, 'editor@clinic.example')}/role", role="viewer")
     assert answer.status_code == 302
     assert "editor@clinic.example is now viewer." in owner.get(answer.headers["Location"]).text
-    assert editor.get("/admin/newsletters/new").status_code == 403
+    # Their session ends at once (users.end_sessions); logged in again, the new role applies.
+    assert editor.get("/admin/newsletters/new").headers["Location"].startswith("/admin/login")
+    assert staff.client("editor").get("/admin/newsletters/new").status_code == 403
     assert audit_rows(db, "change_role") == [(user_id(db, "owner@clinic.example"),
                                               "editor@clinic.example: editor -> viewer")]
 
@@ -360,7 +363,7 @@ def test_audit_log_newest_first_filters_and_pages_in_the_organisations_zone(staf
     filtered = owner.get(f"/admin/audit?user={editor_id}&action=export_registrants")
     assert re.findall(r"<td>entry (\d+)</td>", filtered.text) == ["54", "48", "42", "36", "30", "24", "18", "12",
                                                                   "6", "0"]
-    assert "<td>editor@clinic.example</td><td>export_registrants</td>" in filtered.text
+    assert "<td>editor@clinic.example</td><td>—</td><td>export_registrants</td>" in filtered.text
     assert f'<option value="{editor_id}" selected>' in filtered.text
     assert "No entries." in owner.get("/admin/audit?action=nothing_like_it").text
     assert owner.get("/admin/audit?user=abc&before=x").status_code == 200  # ignored, not a 500

@@ -7,10 +7,12 @@ import random
 import pytest
 
 from mailer.demo import first_weekday_of_next_month
-from mailer.outbox import retry_delay
-from mailer.rendering import format_local, one_line
+from mailer.logtext import loggable
+from mailer.delivery.outbox import retry_delay
+from mailer.clock import format_local
+from mailer.delivery.rendering import one_line
 from mailer.settings import SettingsError, load_settings
-from mailer.transports import SMTPTransport, classify_smtp_reply
+from mailer.delivery.transports import SMTPTransport, classify_smtp_reply
 
 UTC = dt.timezone.utc
 
@@ -89,7 +91,7 @@ def test_drain_progress_draws_a_bar_on_a_terminal_and_lines_otherwise():
     import io
 
     from mailer.cli import DrainProgress
-    from mailer.sender import BatchResult
+    from mailer.delivery.sender import BatchResult
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -107,3 +109,14 @@ def test_drain_progress_draws_a_bar_on_a_terminal_and_lines_otherwise():
     assert log.getvalue() == ""  # not yet: one line per interval
     lines(BatchResult(sent=200), final=True)
     assert log.getvalue().startswith("progress: 200/200 sent 200 deferred 0 failed 0 | ")
+
+
+def test_loggable_escapes_what_could_forge_a_log_line_and_bounds_the_length():
+    assert loggable("arn:topic\r\nFAKE LOG LINE\x1b[2J\x00\x7f\u2028\tend") == \
+        "arn:topic\\r\\nFAKE LOG LINE\\x1b[2J\\x00\\x7f\\u2028\\tend"
+    assert loggable("C:\\x1b is text") == "C:\\\\x1b is text"  # an escape cannot be faked
+    assert loggable("Grüße, 日本 ok") == "Grüße, 日本 ok"
+    assert loggable(None) == "None" and loggable({"k": "a\nb"}) == "{'k': 'a\\\\nb'}"  # str() of a dict
+    assert loggable("x" * 300) == "x" * 200 + "…"
+    assert loggable("ab\n", limit=3) == "ab…"  # an escape is never cut in half
+    assert loggable("abc", limit=3) == "abc"

@@ -6,8 +6,8 @@ import io
 
 import sqlalchemy as sa
 
-from mailer import webinars
-from mailer.consent import RequestContext
+from mailer.campaigns import webinars
+from mailer.audience.consent import RequestContext
 from mailer.db import session_scope
 from mailer.models import AuditLog, Registration, Webinar
 

@@ -5,11 +5,15 @@ import importlib
 from contextlib import contextmanager
 
 from flask import Flask, current_app, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.exceptions import NotFound
+from werkzeug.routing import IntegerConverter
 
-from mailer.consent import RequestContext
+from mailer.web.api.api_schemas import MAX_ID
+from mailer.audience.consent import RequestContext
 from mailer.db import session_scope
-from mailer.rendering import format_local
+from mailer.clock import format_local
 
 csrf = CSRFProtect()
 SETTINGS_MAX_AGE = 5.0
@@ -62,6 +66,31 @@ def wants_json() -> bool:
     return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
 
 
+class JSONProvider(DefaultJSONProvider):
+    """Flask's JSON, except that a body nested deeper than the parser's recursion limit is
+    malformed JSON like any other (request.get_json: 400, or None when silent), not a 500.
+    Only the parser's own RecursionError is translated, so one of ours still surfaces."""
+
+    def loads(self, s, **kwargs):
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("The JSON is nested too deeply.") from None
+
+
+class IdConverter(IntegerConverter):
+    """`<int:…>` in our routes: ids are 32-bit INTEGER columns on PostgreSQL, so a larger
+    number names nothing: 404, instead of overflowing the database driver (500). Raised
+    here rather than failing validation (`max=`), which Werkzeug answers with 405 when
+    another method's rule has the same path."""
+
+    def to_python(self, value: str) -> int:
+        number = super().to_python(value)
+        if number > MAX_ID:
+            raise NotFound()
+        return number
+
+
 def _security_headers(response):
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     # Links carry tokens: never leak them to another site in a Referer.
@@ -82,20 +111,34 @@ def _fresh_settings() -> None:
     mailer().refresh_settings(max_age=SETTINGS_MAX_AGE)
 
 
-def register(app: Flask) -> None:
-    from mailer.contacts import PublicLists
-    from mailer.web import (admin, api, archive, auth, contacts_admin, hooks, newsletters_admin, public,
-                            staff_admin, tracking, webinar_pages, webinars_admin)
-    from mailer.web import deliveries_admin
-    from mailer.web import import_admin
-    from mailer.web.ratelimit import SlidingWindowLimiter
+def _note_client_ip() -> None:
+    """Audit entries written while serving this request carry its client address."""
+    from mailer.staff import users
 
-    for module in ("api_people", "api_outbox"):  # importing them adds their routes to api.bp
-        importlib.import_module(f"mailer.web.{module}")
+    users.client_ip.set(request.remote_addr)
+
+
+def _forget_client_ip(_error=None) -> None:
+    from mailer.staff import users
+
+    users.client_ip.set(None)
+
+
+def register(app: Flask) -> None:
+    from mailer.audience.contacts import PublicLists
+    from mailer.web.admin import admin, auth, contacts_admin, newsletters_admin, staff_admin, webinars_admin
+    from mailer.web.api import api, hooks
+    from mailer.web.public import archive, public, tracking, webinar_pages
+    from mailer.web.admin import deliveries_admin
+    from mailer.web.admin import import_admin
+    from mailer.web.ratelimit import Limiter, storage_for
+
+    for module in ("api_people", "api_outbox", "api_sequences"):  # importing them adds their routes to api.bp
+        importlib.import_module(f"mailer.web.api.{module}")
     settings = app.extensions["mailer"].settings
-    app.extensions["signup_limiter"] = SlidingWindowLimiter(settings.signup_rate_limit,
-                                                            settings.signup_rate_window_seconds)
-    app.extensions["login_limiter"] = SlidingWindowLimiter(20, 300)
+    app.json = JSONProvider(app)
+    app.url_map.converters["int"] = IdConverter  # before any rule is added
+    app.extensions["rate_limiter"] = Limiter(storage_for(settings, app.extensions["mailer"].engine))
     app.extensions["public_lists"] = PublicLists()
     csrf.init_app(app)
     # Embeddable cross-site forms (honeypot, rate limit, double opt-in instead) and
@@ -108,5 +151,7 @@ def register(app: Flask) -> None:
         app.register_blueprint(blueprint)
     app.after_request(_security_headers)
     app.before_request(_fresh_settings)
+    app.before_request(_note_client_ip)
+    app.teardown_request(_forget_client_ip)
     app.context_processor(lambda: {"settings": mailer().settings})
     app.add_template_filter(format_local, "local_time")

@@ -1,34 +1,169 @@
-"""A sliding-window request limiter kept in process memory, keyed by client IP.
-Each gunicorn worker keeps its own window: the effective limit is per worker."""
+"""Request limits per client IP that every web process shares: a fixed-window counter
+from the `limits` package (one atomic increment per request), kept in the database all
+processes already use, or in Redis when MAILER_REDIS_URL is set."""
 from __future__ import annotations
 
-import threading
+import dataclasses
+import itertools
+import logging
+import math
 import time
-from collections import deque
+
+import sqlalchemy as sa
+from limits import RateLimitItemPerSecond
+from limits.storage import Storage
+from limits.strategies import FixedWindowRateLimiter
+
+from mailer.models import RateLimitCounter
+
+log = logging.getLogger(__name__)
+_COUNTERS = RateLimitCounter.__table__
+# Every this many increments a process deletes the windows that have ended, so the
+# table holds only live counters without a scheduled job.
+PRUNE_EVERY = 1000
 
 
-class SlidingWindowLimiter:
-    def __init__(self, limit: int, window_seconds: float, clock=time.monotonic):
-        self.limit = limit
-        self.window = window_seconds
+class DatabaseStorage(Storage):
+    """`limits` storage in the rate_limit_counters table: the increment is one
+    INSERT … ON CONFLICT DO UPDATE … RETURNING, atomic on SQLite and PostgreSQL."""
+
+    def __init__(self, engine: sa.Engine, clock=time.time):
+        super().__init__()
+        self.engine = engine
         self.clock = clock
-        self._hits: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
+        self._calls = itertools.count(1)
+        self._postgres = engine.dialect.name == "postgresql"
+        if self._postgres:
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        self._insert = insert
 
-    def allow(self, key: str) -> bool:
-        """Count one request for `key`; False when it is over the limit."""
+    @property
+    def base_exceptions(self):
+        return sa.exc.SQLAlchemyError
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         now = self.clock()
-        with self._lock:
-            if len(self._hits) > 10_000:
-                self._forget_idle(now)
-            hits = self._hits.setdefault(key, deque())
-            while hits and hits[0] <= now - self.window:
-                hits.popleft()
-            if len(hits) >= self.limit:
-                return False
-            hits.append(now)
-            return True
+        stmt = self._insert(_COUNTERS).values(key=key, hits=amount, expires_at=now + expiry)
+        ended = _COUNTERS.c.expires_at <= now
+        stmt = stmt.on_conflict_do_update(index_elements=[_COUNTERS.c.key], set_={
+            # Both read the row as it was: an ended window starts again from this hit.
+            "hits": sa.case((ended, stmt.excluded.hits), else_=_COUNTERS.c.hits + stmt.excluded.hits),
+            "expires_at": sa.case((ended, stmt.excluded.expires_at), else_=_COUNTERS.c.expires_at),
+        }).returning(_COUNTERS.c.hits)
+        with self.engine.begin() as connection:
+            if self._postgres:
+                # A counter lost in a server crash costs nothing: do not wait for the WAL flush.
+                connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            hits = connection.execute(stmt).scalar_one()
+            if next(self._calls) % PRUNE_EVERY == 0:
+                connection.execute(sa.delete(_COUNTERS).where(_COUNTERS.c.expires_at <= now))
+        return hits
 
-    def _forget_idle(self, now: float) -> None:
-        for key in [k for k, hits in self._hits.items() if not hits or hits[-1] <= now - self.window]:
-            del self._hits[key]
+    def _live(self, column, key: str):
+        # read_only: on SQLite a plain BEGIN, not the write lock (mailer.db.make_engine).
+        with self.engine.execution_options(read_only=True).connect() as connection:
+            return connection.execute(sa.select(column).where(
+                _COUNTERS.c.key == key, _COUNTERS.c.expires_at > self.clock())).scalar()
+
+    def get(self, key: str) -> int:
+        return self._live(_COUNTERS.c.hits, key) or 0
+
+    def get_expiry(self, key: str) -> float:
+        return self._live(_COUNTERS.c.expires_at, key) or self.clock()
+
+    def check(self) -> bool:
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(sa.select(1))
+            return True
+        except sa.exc.SQLAlchemyError:
+            return False
+
+    def reset(self) -> int | None:
+        with self.engine.begin() as connection:
+            return connection.execute(sa.delete(_COUNTERS)).rowcount
+
+    def clear(self, key: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(sa.delete(_COUNTERS).where(_COUNTERS.c.key == key))
+
+
+def redis_storage(url: str, key_prefix: str = "mailer") -> Storage:
+    """`limits`' own Redis storage; short timeouts so a slow Redis cannot hold a request."""
+    from limits.storage import RedisStorage
+
+    return RedisStorage(url, key_prefix=key_prefix, socket_timeout=1.0, socket_connect_timeout=1.0)
+
+
+def storage_for(settings, engine: sa.Engine) -> Storage:
+    return redis_storage(settings.redis_url) if settings.redis_url else DatabaseStorage(engine)
+
+
+@dataclasses.dataclass(frozen=True)
+class Limit:
+    """At most `amount` requests per client in a window of `seconds`."""
+
+    name: str
+    amount: int
+    seconds: int
+
+    @property
+    def item(self) -> RateLimitItemPerSecond:
+        return RateLimitItemPerSecond(self.amount, self.seconds, namespace=self.name)
+
+
+class Limiter:
+    """Counts requests per (limit, client) in a storage shared by every process."""
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+        self.strategy = FixedWindowRateLimiter(storage)
+
+    def hit(self, limit: Limit, client: str) -> int | None:
+        """Count one request; None when allowed, else the seconds to wait (for Retry-After).
+        When the storage is unreachable the request is let through and logged: a limit
+        protects the site, it must not take the public forms down with Redis."""
+        item = limit.item
+        try:
+            if self.strategy.hit(item, client):
+                return None
+            reset_at = self.strategy.get_window_stats(item, client).reset_time
+        except self.storage.base_exceptions as exc:
+            log.warning("rate limit %s not checked: %s", limit.name, exc.__class__.__name__)
+            return None
+        return max(1, math.ceil(reset_at - time.time()))
+
+
+# The limits the public forms and the login page check, from the current settings.
+LIMITS = {
+    "signup": lambda s: Limit("signup", s.signup_rate_limit, s.signup_rate_window_seconds),
+    "webinar": lambda s: Limit("webinar", s.signup_rate_limit, s.signup_rate_window_seconds),
+    # Login attempts per IP, in steps that lengthen the wait the longer someone keeps trying:
+    # 10 a minute, 30 an hour, 100 a day (the account's own back-off is users.authenticate's).
+    "login": lambda s: (Limit("login", 10, 60), Limit("login-hour", 30, 3600), Limit("login-day", 100, 86400)),
+}
+
+
+def exceeded(name: str) -> int | None:
+    """Count this request against limit `name` (one Limit, or several steps) for its client
+    IP (the proxy-resolved address, see MAILER_PROXY_COUNT); the seconds to wait when any
+    step is over, else None."""
+    from flask import current_app, request
+
+    from mailer.web import mailer
+
+    limits = LIMITS[name](mailer().settings)
+    limiter, client = current_app.extensions["rate_limiter"], request.remote_addr or "?"
+    waits = [limiter.hit(limit, client) for limit in (limits if isinstance(limits, tuple) else (limits,))]
+    return max((wait for wait in waits if wait), default=None)
+
+
+def with_retry_after(answer, seconds: int):
+    """The view's 429 answer with the Retry-After header the client should honour."""
+    from flask import make_response
+
+    response = make_response(answer)
+    response.headers["Retry-After"] = str(seconds)
+    return response

@@ -1,0 +1,779 @@
+"""Newsletters: compose (with template checks), schedule, start sending when due
+(the audience materialised into the outbox in one statement), and the mail each
+recipient gets."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+from zoneinfo import ZoneInfo
+
+from html.parser import HTMLParser
+
+import jinja2
+import jinja2.meta
+import sqlalchemy as sa
+from apscheduler.triggers.cron import CronTrigger
+from jinja2 import nodes
+from sqlalchemy.orm import Session, selectinload
+
+from mailer.delivery import outbox
+from mailer.delivery.registry import Kind
+from mailer.db import dialect_insert, is_postgres, newest_first
+from mailer.errors import InvalidInput, NotFound
+from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, ConsentAction, ConsentEvent, Contact, Delivery, DeliveryStatus,
+                           MailingList, Newsletter, NewsletterLink, NewsletterStatus, Priority, Rhythm, Subscription,
+                           SubscriptionStatus, Suppression, newsletter_lists)
+from mailer import clock
+from mailer.clock import format_local
+from mailer.delivery.rendering import (TEMPLATES, CompiledNewsletter, RenderedEmail, body_links, compile_newsletter,
+                                       one_line, staff_environment)
+
+NEWSLETTER = "newsletter"
+NEWSLETTER_TEST = "newsletter_test"
+RHYTHM_WARNING = "rhythm_warning"
+SUBJECT_MAX = 80
+TEST_MAX = 10
+# What a newsletter's subject and body may use, and the attributes of each (None: a plain value).
+TEMPLATE_NAMES: dict[str, set[str] | None] = {
+    "contact": {"first_name", "name", "email"},
+    "unsubscribe_url": None,
+    "preferences_url": None,
+    "archive_url": None,
+    "upcoming_webinars": None,  # a list of {title, starts_local, url}: loop over it
+    "organisation": None,
+    "postal_address": None,
+    "base_url": None,
+}
+
+
+# Composing ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class TemplateProblem:
+    field: str  # "subject" or "body"
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}, line {self.line}: {self.message}"
+
+
+def layouts() -> list[str]:
+    return sorted(p.stem for p in (TEMPLATES / "layouts").glob("*.html"))
+
+
+def check_template(field: str, source: str) -> list[TemplateProblem]:
+    """Syntax errors and unknown names, each with its line, before anything is scheduled."""
+    try:
+        tree = staff_environment(html=False).parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        return [TemplateProblem(field, exc.lineno, exc.message or "syntax error")]
+    problems = []
+    unknown = jinja2.meta.find_undeclared_variables(tree) - set(TEMPLATE_NAMES)
+    for name in tree.find_all(nodes.Name):
+        if name.ctx == "load" and name.name in unknown:
+            problems.append(TemplateProblem(field, name.lineno, f"unknown name '{name.name}'"))
+            unknown.discard(name.name)
+    for attribute in tree.find_all(nodes.Getattr):
+        if isinstance(attribute.node, nodes.Name) and attribute.node.name in TEMPLATE_NAMES:
+            allowed = TEMPLATE_NAMES[attribute.node.name] or set()
+            if attribute.attr not in allowed:
+                problems.append(TemplateProblem(
+                    field, attribute.lineno, f"'{attribute.node.name}' has no '{attribute.attr}'"
+                    + (f" (it has: {', '.join(sorted(allowed))})" if allowed else "")))
+    problems.extend(_markup_problems(field, tree))
+    return sorted(problems, key=lambda p: p.line)
+
+
+# Raw HTML is allowed only in the Markdown, where it is cleaned. What a template makes
+# itself must be text, which autoescape escapes: anything that yields Markup (HTML Jinja
+# trusts) is refused, and so is calling methods (Markup's .replace or .translate edit
+# markup; a filter does the same job on text). Of Jinja's builtin filters these return
+# Markup from text: safe, urlize, xmlattr, tojson (its quotes end an attribute); 'attr'
+# fetches methods and map/select apply filters by name. The globals: lipsum() returns
+# Markup; macros, call blocks and {% set %}...{% endset %} blocks return the template's
+# own markup as Markup. Filters that keep Markup only when given it (indent, wordwrap,
+# format, replace, truncate, center, upper...) are harmless once nothing makes Markup.
+# Whatever gets through is still sanitised after rendering (rendering.sanitise_html).
+MARKUP_FILTERS = {"safe": "write HTML in the Markdown itself (it is cleaned)",
+                  "urlize": "write the link in the Markdown: <https://example.com> or [text](https://example.com)",
+                  "xmlattr": "write attributes in the Markdown",
+                  "tojson": "it is not escaped for HTML attributes",
+                  "attr": "it reaches methods; use the filters"}
+ALLOWED_CALLS = {"range", "dict", "namespace", "cycler", "joiner"}
+
+
+def _markup_problems(field: str, tree) -> list[TemplateProblem]:
+    problems = []
+    for node in tree.find_all((nodes.Filter, nodes.EvalContextModifier, nodes.Call, nodes.Macro, nodes.CallBlock,
+                               nodes.AssignBlock)):
+        if isinstance(node, nodes.EvalContextModifier):
+            problems.append(TemplateProblem(field, node.lineno, "autoescape cannot be switched off: values are "
+                                                                "always escaped"))
+        elif isinstance(node, nodes.Filter):
+            if node.name in MARKUP_FILTERS:
+                problems.append(TemplateProblem(field, node.lineno, f"the '{node.name}' filter is not allowed: "
+                                                                    f"{MARKUP_FILTERS[node.name]}"))
+            elif node.name in {"map", "select", "reject", "selectattr", "rejectattr"} and any(
+                    isinstance(arg, nodes.Const) and arg.value in MARKUP_FILTERS for arg in node.args):
+                problems.append(TemplateProblem(field, node.lineno, f"'{node.name}' cannot apply a filter that is "
+                                                                    "not allowed"))
+        elif isinstance(node, (nodes.Macro, nodes.CallBlock)):
+            problems.append(TemplateProblem(field, node.lineno, "macros are not allowed in a newsletter"))
+        elif isinstance(node, nodes.AssignBlock):
+            problems.append(TemplateProblem(field, node.lineno, "{% set %}...{% endset %} blocks are not allowed: "
+                                                                "use {% set name = value %}"))
+        elif isinstance(node, nodes.Call):
+            callee = node.node
+            if isinstance(callee, nodes.Name) and callee.name in ALLOWED_CALLS | {"loop"}:
+                continue
+            if (isinstance(callee, nodes.Getattr) and isinstance(callee.node, nodes.Name)
+                    and callee.node.name == "loop" and callee.attr in {"cycle", "changed"}):
+                continue
+            what = callee.name if isinstance(callee, nodes.Name) else getattr(callee, "attr", "this")
+            problems.append(TemplateProblem(field, node.lineno, f"calling '{what}()' is not allowed in a newsletter"
+                                                                " (use a filter, e.g. |upper or |replace)"))
+    return problems
+
+
+def template_problems(subject: str, preheader: str, body_md: str) -> list[TemplateProblem]:
+    """The checks every staff-written part of an issue gets: the preheader is a template
+    like the subject (one line, the same names, the same refusals)."""
+    return check_template("subject", subject) + check_template("preheader", preheader) + check_template("body", body_md)
+
+
+def check_content(*, subject: str, preheader: str, body_md: str, layout: str, what: str = "A newsletter"
+                  ) -> tuple[str, str]:
+    """The checks at save of staff-written mail in a layout (a newsletter, a sequence's
+    step): lengths, the layout, the template checks. Returns the subject and preheader
+    as stored (one line each); InvalidInput names the first field at fault."""
+    subject = " ".join((subject or "").split())
+    if not subject:
+        raise InvalidInput("subject", f"{what} needs a subject.")
+    if len(subject) > 300:
+        raise InvalidInput("subject", "The subject is limited to 300 characters.")
+    preheader = one_line(preheader or "")
+    if len(preheader) > 300:
+        raise InvalidInput("preheader", "The preheader is limited to 300 characters.")
+    if layout not in layouts():
+        raise InvalidInput("layout", f"Unknown layout '{layout}'; choose one of: {', '.join(layouts())}.")
+    problems = template_problems(subject, preheader, body_md or "")
+    if problems:
+        first = problems[0]
+        raise InvalidInput(first.field, "; ".join(str(p) for p in problems))
+    return subject, preheader
+
+
+def _validated(session: Session, *, subject: str, preheader: str, body_md: str, layout: str,
+               lists: list[str]) -> list[MailingList]:
+    check_content(subject=subject, preheader=preheader, body_md=body_md, layout=layout)
+    found = session.scalars(sa.select(MailingList).where(MailingList.slug.in_(lists or []))).all()
+    if not lists or len(found) != len(set(lists)):
+        raise InvalidInput("lists", "Choose at least one existing list.")
+    return list(found)
+
+
+def create_newsletter(session: Session, *, subject: str, body_md: str, lists: list[str], preheader: str = "",
+                      layout: str = "default", public: bool = False) -> Newsletter:
+    mailing_lists = _validated(session, subject=subject, preheader=preheader, body_md=body_md, layout=layout,
+                               lists=lists)
+    newsletter = Newsletter(subject=" ".join(subject.split()), preheader=one_line(preheader or ""), body_md=body_md,
+                            layout=layout, lists=mailing_lists, status=NewsletterStatus.DRAFT, public=public)
+    session.add(newsletter)
+    session.flush()
+    return newsletter
+
+
+def update_newsletter(session: Session, newsletter_id: int, *, subject: str, body_md: str, lists: list[str],
+                      preheader: str = "", layout: str = "default", public: bool = False) -> Newsletter:
+    """Change a draft or a scheduled issue (its schedule stays)."""
+    newsletter = get_newsletter(session, newsletter_id)
+    _changeable(newsletter)
+    newsletter.lists = _validated(session, subject=subject, preheader=preheader, body_md=body_md, layout=layout,
+                                  lists=lists)
+    newsletter.subject, newsletter.preheader = " ".join(subject.split()), one_line(preheader or "")
+    newsletter.body_md, newsletter.layout, newsletter.public = body_md, layout, public
+    if newsletter.status == NewsletterStatus.SCHEDULED and newsletter.send_local_time:
+        session.flush()  # other lists may mean other zones: the send starts with the earliest of them
+        newsletter.send_at = min(reader_send_times(session, newsletter))
+    return newsletter
+
+
+def list_newsletters(session: Session, *, before_id: int | None = None, limit: int = 50) -> list[Newsletter]:
+    """Newest first; `before_id` continues a page (cursor pagination). One more row than
+    asked is returned when there is a next page."""
+    stmt = sa.select(Newsletter).options(selectinload(Newsletter.lists))
+    return list(session.scalars(newest_first(stmt, Newsletter.id, before_id=before_id, limit=limit)))
+
+
+def get_newsletter(session: Session, newsletter_id: int) -> Newsletter:
+    newsletter = session.get(Newsletter, newsletter_id)
+    if newsletter is None:
+        raise NotFound(f"no newsletter {newsletter_id}")
+    return newsletter
+
+
+def _changeable(newsletter: Newsletter) -> None:
+    if newsletter.status not in (NewsletterStatus.DRAFT, NewsletterStatus.SCHEDULED):
+        raise InvalidInput("status", f"The newsletter is {newsletter.status}; it can no longer be changed.")
+
+
+# Scheduling -----------------------------------------------------------------------
+
+def schedule(session: Session, newsletter_id: int, send_at: dt.datetime, *, now: dt.datetime) -> Newsletter:
+    """Send at `send_at` (aware; use clock.local_to_utc for a wall-clock time). Allowed until sending starts."""
+    newsletter = get_newsletter(session, newsletter_id)
+    _changeable(newsletter)
+    if send_at.tzinfo is None:
+        raise InvalidInput("send_at", "The send time needs a time zone.")
+    if send_at < now - dt.timedelta(minutes=1):
+        raise InvalidInput("send_at", "That time has passed; choose a later one, or send now.")
+    newsletter.send_at = send_at.astimezone(dt.timezone.utc)
+    newsletter.send_local_time = newsletter.send_zone_fallback = None
+    newsletter.status = NewsletterStatus.SCHEDULED
+    return newsletter
+
+
+LOCAL_TIME_FORMAT = "%Y-%m-%dT%H:%M"
+
+
+def reader_local_time(newsletter: Newsletter) -> dt.datetime | None:
+    """The wall-clock time (naive) an issue scheduled in its readers' own zones goes out at."""
+    return dt.datetime.strptime(newsletter.send_local_time, LOCAL_TIME_FORMAT) if newsletter.send_local_time else None
+
+
+def schedule_in_reader_zones(session: Session, newsletter_id: int, local: dt.datetime, *, fallback_zone: str,
+                             now: dt.datetime) -> Newsletter:
+    """Send at the wall-clock time `local` (naive, e.g. 2027-03-10 09:00) in each reader's own
+    zone; readers without a known zone get it at that time in `fallback_zone` (the
+    organisation's). Sending starts at the first of those instants among today's audience
+    (send_at) and lasts until the last; refused when some readers' time has already passed."""
+    newsletter = get_newsletter(session, newsletter_id)
+    _changeable(newsletter)
+    if fallback_zone not in clock.known_zones():
+        raise InvalidInput("timezone", f"Unknown time zone '{fallback_zone}'.")
+    if not 2000 <= local.year <= 2999:
+        raise InvalidInput("send_at", "Give a year between 2000 and 2999.")
+    newsletter.send_local_time = local.replace(tzinfo=None).strftime(LOCAL_TIME_FORMAT)
+    newsletter.send_zone_fallback = fallback_zone
+    times = reader_send_times(session, newsletter)
+    passed = [zone for instant, zones in times.items() if instant < now - dt.timedelta(minutes=1)
+              for zone in zones]
+    if passed:
+        names = sorted({clock.zone_or(zone, fallback_zone) for zone in passed})
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise InvalidInput("send_at", f"{local:%Y-%m-%d %H:%M} has already passed for readers in {shown}; "
+                                      "choose a later day.")
+    newsletter.send_at = min(times)
+    newsletter.status = NewsletterStatus.SCHEDULED
+    return newsletter
+
+
+def _reader_zones(session: Session, newsletter_id: int) -> list[str | None]:
+    """The distinct zones stored on the issue's readers (None: no zone), in one query."""
+    audience = _audience(newsletter_id).subquery()
+    return list(session.scalars(sa.select(Contact.timezone).distinct()
+                                .join(audience, audience.c.contact_id == Contact.id)))
+
+
+def reader_send_times(session: Session, newsletter: Newsletter) -> dict[dt.datetime, list[str | None]]:
+    """For an issue in its readers' own zones: each UTC instant at which some of today's
+    audience reach its local time → the stored zone values (None: none) of those readers.
+    The organisation's instant is always there (readers without a zone, or with one this
+    machine does not know); zones sharing an instant (London and Lisbon) share a key."""
+    local, fallback = reader_local_time(newsletter), newsletter.send_zone_fallback
+    times: dict[dt.datetime, list[str | None]] = {clock.reader_local_to_utc(local, fallback): []}
+    for stored in _reader_zones(session, newsletter.id):
+        times.setdefault(clock.reader_local_to_utc(local, clock.zone_or(stored, fallback)), []).append(stored)
+    return times
+
+
+def local_time_span(session: Session, newsletter: Newsletter) -> tuple[dt.datetime, dt.datetime] | None:
+    """First and last instant an issue in its readers' zones goes (or went) out: from the
+    queue once sending has started, else from the zones of today's audience."""
+    if not newsletter.send_local_time:
+        return None
+    if newsletter.started_at is not None:
+        first, last = session.execute(sa.select(sa.func.min(Delivery.next_attempt_at), sa.func.max(Delivery.next_attempt_at))
+                                      .where(Delivery.kind == NEWSLETTER, Delivery.ref_id == newsletter.id)).one()
+        if first is not None:
+            return first, last
+    times = reader_send_times(session, newsletter)
+    instants = [instant for instant, zones in times.items() if zones] or list(times)
+    return min(instants), max(instants)
+
+
+def cancel(session: Session, newsletter_id: int) -> Newsletter:
+    """Stop an issue before or while it goes out: whatever is still queued is cancelled."""
+    newsletter = get_newsletter(session, newsletter_id)
+    if newsletter.status in (NewsletterStatus.SENT, NewsletterStatus.CANCELLED):
+        raise InvalidInput("status", f"The newsletter is already {newsletter.status}.")
+    newsletter.status = NewsletterStatus.CANCELLED
+    session.execute(sa.update(Delivery).where(
+        Delivery.kind == NEWSLETTER, Delivery.ref_id == newsletter.id, Delivery.status.in_(NOT_YET_SENT),
+    ).values(status=DeliveryStatus.CANCELLED, last_error="newsletter cancelled"))
+    return newsletter
+
+
+def pause(session: Session, newsletter_id: int) -> Newsletter:
+    """Hold what is still queued (messages already on the wire finish); nothing is dropped."""
+    newsletter = get_newsletter(session, newsletter_id)
+    if newsletter.status != NewsletterStatus.SENDING:
+        raise InvalidInput("status", f"Only a newsletter that is sending can be paused; this one is {newsletter.status}.")
+    newsletter.status = NewsletterStatus.PAUSED
+    session.execute(sa.update(Delivery).where(
+        Delivery.kind == NEWSLETTER, Delivery.ref_id == newsletter.id, Delivery.status.in_(PENDING_DELIVERY),
+    ).values(status=DeliveryStatus.HELD))
+    return newsletter
+
+
+def resume(session: Session, newsletter_id: int) -> Newsletter:
+    """Send what was held, from where it stopped."""
+    newsletter = get_newsletter(session, newsletter_id)
+    if newsletter.status != NewsletterStatus.PAUSED:
+        raise InvalidInput("status", f"Only a paused newsletter can be resumed; this one is {newsletter.status}.")
+    newsletter.status = NewsletterStatus.SENDING
+    session.execute(sa.update(Delivery).where(
+        Delivery.kind == NEWSLETTER, Delivery.ref_id == newsletter.id, Delivery.status == DeliveryStatus.HELD,
+    ).values(status=DeliveryStatus.QUEUED))
+    return newsletter
+
+
+def start_due(session: Session, now: dt.datetime) -> list[int]:
+    """Start every scheduled issue whose time has come: queue its audience. Each start is
+    a compare-and-set, so two workers never start the same issue twice."""
+    due = session.scalars(sa.select(Newsletter.id).where(
+        Newsletter.status == NewsletterStatus.SCHEDULED, Newsletter.send_at <= now)).all()
+    started = []
+    for newsletter_id in due:
+        claimed = session.execute(sa.update(Newsletter).where(
+            Newsletter.id == newsletter_id, Newsletter.status == NewsletterStatus.SCHEDULED,
+        ).values(status=NewsletterStatus.SENDING, started_at=now)).rowcount
+        if claimed:
+            newsletter = session.get(Newsletter, newsletter_id)
+            queued = (enqueue_in_reader_zones(session, newsletter, now=now) if newsletter.send_local_time
+                      else enqueue_audience(session, newsletter_id, now=now))
+            session.execute(sa.update(Newsletter).where(Newsletter.id == newsletter_id)
+                            .values(audience_count=queued))
+            started.append(newsletter_id)
+    return started
+
+
+def finish_sent(session: Session, now: dt.datetime) -> list[int]:
+    """Mark issues sent once none of their deliveries is waiting or in flight."""
+    waiting = sa.exists().where(Delivery.kind == NEWSLETTER, Delivery.ref_id == Newsletter.id,
+                                Delivery.status.in_([*PENDING_DELIVERY, DeliveryStatus.SENDING]))
+    done = session.scalars(sa.select(Newsletter.id).where(Newsletter.status == NewsletterStatus.SENDING, ~waiting)).all()
+    if not done:
+        return []
+    # The status again: another worker may have marked them since (its time stays).
+    return list(session.scalars(sa.update(Newsletter).where(
+        Newsletter.id.in_(done), Newsletter.status == NewsletterStatus.SENDING,
+    ).values(status=NewsletterStatus.SENT, finished_at=now).returning(Newsletter.id)))
+
+
+# Monthly rhythm -----------------------------------------------------------------------
+
+def _trigger(rhythm: Rhythm) -> CronTrigger:
+    return CronTrigger(day=rhythm.day, hour=rhythm.hour, minute=rhythm.minute, timezone=rhythm.timezone)
+
+
+def create_rhythm(session: Session, *, name: str, day: str, hour: int, minute: int = 0, timezone: str) -> Rhythm:
+    """E.g. day="1st tue", hour=9, timezone="Europe/London": the first Tuesday of every month at 09:00."""
+    rhythm = Rhythm(name=" ".join((name or "").split()) or "Monthly newsletter", day=(day or "").strip().lower(),
+                    hour=hour, minute=minute, timezone=timezone)
+    try:
+        ZoneInfo(timezone)
+        _trigger(rhythm)
+    except (ValueError, KeyError) as exc:
+        raise InvalidInput("day", f"Not a valid rhythm: {exc}") from None
+    except Exception:
+        raise InvalidInput("timezone", f"Unknown time zone '{timezone}'.") from None
+    session.add(rhythm)
+    session.flush()
+    return rhythm
+
+
+def list_rhythms(session: Session) -> list[Rhythm]:
+    return list(session.scalars(sa.select(Rhythm).where(Rhythm.active).order_by(Rhythm.id)))
+
+
+def occurrence_in_month(rhythm: Rhythm, month: str) -> dt.datetime:
+    """The UTC instant of the rhythm's send time in `month` ("2027-03")."""
+    year, number = (int(part) for part in month.split("-"))
+    start = dt.datetime(year, number, 1, tzinfo=ZoneInfo(rhythm.timezone))
+    when = _trigger(rhythm).get_next_fire_time(None, start)
+    if when is None or (when.year, when.month) != (year, number):
+        raise InvalidInput("month", f"'{rhythm.name}' has no send time in {month}.")
+    return when.astimezone(dt.timezone.utc)
+
+
+def next_occurrence(rhythm: Rhythm, after: dt.datetime) -> dt.datetime:
+    return _trigger(rhythm).get_next_fire_time(None, after).astimezone(dt.timezone.utc)
+
+
+def mark_ready(session: Session, newsletter_id: int, rhythm_id: int, month: str, *, now: dt.datetime) -> Newsletter:
+    """Make this the issue for `month` of the rhythm: it goes out at that month's send time."""
+    rhythm = session.get(Rhythm, rhythm_id)
+    if rhythm is None:
+        raise NotFound(f"no rhythm {rhythm_id}")
+    taken = session.scalar(sa.select(Newsletter.id).where(
+        Newsletter.rhythm_id == rhythm_id, Newsletter.rhythm_month == month, Newsletter.id != newsletter_id,
+        Newsletter.status.in_([NewsletterStatus.SCHEDULED, NewsletterStatus.SENDING, NewsletterStatus.SENT])))
+    if taken:
+        raise InvalidInput("month", f"Newsletter {taken} is already the {month} issue of '{rhythm.name}'.")
+    newsletter = schedule(session, newsletter_id, occurrence_in_month(rhythm, month), now=now)
+    newsletter.rhythm_id, newsletter.rhythm_month = rhythm_id, month
+    return newsletter
+
+
+def warn_unready(session: Session, settings, now: dt.datetime) -> list[str]:
+    """24 hours before a rhythm's send time with no issue ready, email the staff once.
+    Nothing is ever sent empty: without a ready issue the month is simply skipped."""
+    from mailer.audience import contacts
+    from mailer.models import Role, User
+
+    warned = []
+    for rhythm in session.scalars(sa.select(Rhythm).where(Rhythm.active)):
+        when = next_occurrence(rhythm, now)
+        month = when.astimezone(ZoneInfo(rhythm.timezone)).strftime("%Y-%m")
+        if when - now > dt.timedelta(hours=24) or rhythm.warned_month == month:
+            continue
+        ready = session.scalar(sa.select(sa.exists().where(
+            Newsletter.rhythm_id == rhythm.id, Newsletter.rhythm_month == month,
+            Newsletter.status.in_([NewsletterStatus.SCHEDULED, NewsletterStatus.SENDING, NewsletterStatus.SENT]))))
+        if ready:
+            continue
+        claimed = session.execute(sa.update(Rhythm).where(
+            Rhythm.id == rhythm.id, (Rhythm.warned_month != month) | Rhythm.warned_month.is_(None),
+        ).values(warned_month=month)).rowcount
+        if not claimed:
+            continue
+        staff = session.scalars(sa.select(User.email).where(User.role.in_([Role.OWNER, Role.EDITOR]))).all()
+        for email in staff:
+            contact = contacts.get_or_create_contact(session, settings, email, now=now)
+            outbox.enqueue(session, contact_id=contact.id, kind=RHYTHM_WARNING, ref_id=rhythm.id,
+                           dedupe_key=f"rhythm-warning:{rhythm.id}:{month}:{contact.id}", now=now)
+        warned.append(f"{rhythm.name} {month}")
+    return warned
+
+
+def rhythm_warning_email(batch, delivery: Delivery):
+    rhythm = batch.session.get(Rhythm, delivery.ref_id)
+    if rhythm is None:
+        return outbox.Skip(DeliveryStatus.CANCELLED, "rhythm removed")
+    when = next_occurrence(rhythm, batch.clock())
+    return {"rhythm_name": rhythm.name, "send_time": format_local(when, rhythm.timezone),
+            "admin_url": f"{batch.settings.base_url}/admin/newsletters"}
+
+
+# Preview, test sends and the pre-flight check ---------------------------------------------
+
+SAMPLE_CONTACT = {"first_name": "Alex", "name": "Alex Sample", "email": "alex.sample@example.com"}
+
+
+def preview(renderer, settings, *, subject: str, preheader: str, body_md: str, layout: str,
+            contact: dict | None = None, unsubscribe_url: str | None = None, upcoming=(),
+            checked: bool = True) -> RenderedEmail:
+    """The issue as one recipient (or a sample one) would get it; links to unsubscribe do
+    not work in a preview. InvalidInput lists the template problems (checked=False: an
+    issue already sent, shown as it went out, sanitised like every copy)."""
+    problems = template_problems(subject, preheader or "", body_md) if checked else []
+    if problems:
+        raise InvalidInput(problems[0].field, "; ".join(str(p) for p in problems))
+    if layout not in layouts():
+        raise InvalidInput("layout", f"Unknown layout '{layout}'; choose one of: {', '.join(layouts())}.")
+    static = {"organisation": settings.organisation, "postal_address": settings.postal_address,
+              "base_url": settings.base_url, "logo_url": settings.logo_url}
+    try:
+        compiled = compile_newsletter(renderer, subject=subject, preheader=preheader, body_markdown=body_md,
+                                      layout=layout, context=static)
+        return _render_preview(compiled, static, contact, unsubscribe_url, settings, upcoming)
+    except jinja2.TemplateError as exc:  # errors only rendering can show, e.g. {{ 1/0 }} or a missing key
+        raise InvalidInput("body", f"The template fails when rendered: {exc}") from None
+    except (ArithmeticError, TypeError, ValueError, LookupError) as exc:
+        raise InvalidInput("body", f"The template fails when rendered: {exc}") from None
+
+
+def _render_preview(compiled, static, contact, unsubscribe_url, settings, upcoming) -> RenderedEmail:
+    issue = _Issue(compiled, list(upcoming), settings.base_url, test=False)
+    return issue.render(dict(static, contact=contact or SAMPLE_CONTACT,
+                                unsubscribe_url=unsubscribe_url or f"{settings.base_url}/unsubscribe/preview",
+                                preferences_url=unsubscribe_url or f"{settings.base_url}/preferences/preview"))
+
+
+def send_test(session: Session, settings, newsletter_id: int, addresses: list[str], *, now: dt.datetime) -> int:
+    """Queue a "[TEST]" copy to up to 10 addresses. Test copies are never counted in reports."""
+    from mailer.audience import contacts
+
+    newsletter = get_newsletter(session, newsletter_id)
+    try:
+        wanted = list(dict.fromkeys(contacts.normalise_email(a) for a in addresses if a and a.strip()))
+    except InvalidInput as exc:
+        raise InvalidInput("addresses", exc.message) from None
+    if not wanted or len(wanted) > TEST_MAX:
+        raise InvalidInput("addresses", f"Give between 1 and {TEST_MAX} addresses.")
+    stamp = int(now.timestamp() * 1000)
+    for address in wanted:
+        contact = contacts.get_or_create_contact(session, settings, address, now=now)
+        outbox.enqueue(session, contact_id=contact.id, kind=NEWSLETTER_TEST, ref_id=newsletter.id,
+                       dedupe_key=f"newsletter-test:{newsletter.id}:{contact.id}:{stamp}", now=now)
+    return len(wanted)
+
+
+def upcoming_for_issue(session: Session, settings, now: dt.datetime) -> list[tuple[str, dt.datetime, str, str]]:
+    """(title, start, organiser zone, reservation link) of the next public webinars."""
+    from mailer.campaigns import webinars
+
+    return [(w.title, w.starts_at, w.timezone, f"{settings.base_url}/webinars/{w.slug}")
+            for w in webinars.upcoming(session, now, limit=3)]
+
+
+class _Issue:
+    """A compiled issue and what each recipient's copy adds: the upcoming webinars with
+    their start in the reader's own zone; a test copy says "[TEST]" and has dead links."""
+
+    def __init__(self, compiled: CompiledNewsletter, upcoming, base_url: str, test: bool):
+        self.compiled, self.upcoming, self.base_url, self.test = compiled, upcoming, base_url, test
+
+    def render(self, context: dict) -> RenderedEmail:
+        zone = (context.get("contact") or {}).get("timezone")
+        extra = {"archive_url": f"{self.base_url}/archive", "upcoming_webinars": [
+            {"title": title, "starts_local": format_local(starts, zone or organiser_zone), "url": url}
+            for title, starts, organiser_zone, url in self.upcoming]}
+        if self.test:
+            extra.update(unsubscribe_url=f"{self.base_url}/unsubscribe/test-copy",
+                         preferences_url=f"{self.base_url}/preferences/test-copy")
+        rendered = self.compiled.render(dict(context, **extra))
+        return dataclasses.replace(rendered, subject=f"[TEST] {rendered.subject}") if self.test else rendered
+
+
+class _LinkChecker(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+        self.images_without_alt = 0
+
+    def handle_starttag(self, tag, attrs):
+        values = dict(attrs)
+        if tag == "a" and "href" in values:
+            self.links.append(values["href"] or "")
+        if tag == "img" and not (values.get("alt") or "").strip():
+            self.images_without_alt += 1
+
+
+def preflight(session: Session, renderer, settings, newsletter_id: int) -> list[str]:
+    """Problems to fix before scheduling, in plain words; an empty list means ready."""
+    newsletter = get_newsletter(session, newsletter_id)
+    problems = [str(p) for p in template_problems(newsletter.subject, newsletter.preheader or "", newsletter.body_md)]
+    if problems:
+        return problems
+    layout_source = (TEMPLATES / "layouts" / f"{newsletter.layout}.html").read_text()
+    if "unsubscribe_url" not in layout_source:
+        problems.append(f"The layout '{newsletter.layout}' has no unsubscribe link.")
+    try:
+        rendered = preview(renderer, settings, subject=newsletter.subject, preheader=newsletter.preheader,
+                           body_md=newsletter.body_md, layout=newsletter.layout)
+    except InvalidInput as exc:
+        return problems + [exc.message]
+    checker = _LinkChecker()
+    checker.feed(rendered.html)
+    for link in dict.fromkeys(checker.links):
+        if link.startswith(settings.base_url + "/"):
+            continue  # mailer's own unsubscribe and preferences links
+        if not (link.startswith("https://") or link.startswith("mailto:")) or " " in link:
+            problems.append(f"Link '{link}' is not an absolute https:// address.")
+    if checker.images_without_alt:
+        problems.append(f"{checker.images_without_alt} image(s) have no alt text.")
+    if len(newsletter.subject) > SUBJECT_MAX:
+        problems.append(f"The subject has {len(newsletter.subject)} characters; inboxes cut it after about {SUBJECT_MAX}.")
+    if not newsletter.body_md.strip():
+        problems.append("The body is empty, so the text part would be empty.")
+    if count_audience(session, newsletter.id) == 0:
+        problems.append("No one would receive it: its lists have no active subscribers.")
+    return problems
+
+
+# Tracking (off by default; totals only) -----------------------------------------------
+
+def link_hash(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def tracking_options(settings, newsletter_id: int) -> dict:
+    """compile_newsletter arguments for the organisation's tracking settings."""
+    options = {}
+    if settings.track_clicks:
+        options["track_link"] = lambda url: f"{settings.base_url}/t/c/{newsletter_id}/{link_hash(url)}"
+    if settings.track_opens:
+        options["open_pixel"] = f"{settings.base_url}/t/o/{newsletter_id}.gif"
+    return options
+
+
+def count_open(session: Session, newsletter_id: int) -> bool:
+    """Count an open of an issue that has started sending; False (nothing counted) for an
+    unknown id, a draft or a scheduled issue, whose pixel no reader has received."""
+    return bool(session.execute(sa.update(Newsletter).where(
+        Newsletter.id == newsletter_id, Newsletter.started_at.is_not(None),
+    ).values(opens=Newsletter.opens + 1)).rowcount)
+
+
+def count_click(session: Session, newsletter_id: int, url_hash: str) -> str | None:
+    """The link's address, its click counted; None when the issue has not started sending
+    (a draft's links are not out yet, and the redirect must not vouch for them) or has
+    no such link (so the redirect can never be pointed at another site)."""
+    newsletter = session.get(Newsletter, newsletter_id)
+    if newsletter is None or newsletter.started_at is None:
+        return None
+    url = {link_hash(u): u for u in body_links(newsletter.body_md)}.get(url_hash)
+    if url is None:
+        return None
+    stmt = dialect_insert(session, NewsletterLink).values(newsletter_id=newsletter_id, url_hash=url_hash, url=url,
+                                                         clicks=1)
+    session.execute(stmt.on_conflict_do_update(index_elements=["newsletter_id", "url_hash"],
+                                               set_={"clicks": NewsletterLink.__table__.c.clicks + 1}))
+    return url
+
+
+# Reports ---------------------------------------------------------------------------
+
+def report(session: Session, newsletter_id: int, *, now: dt.datetime | None = None) -> dict:
+    """Audience and outcomes of one issue (test copies are not counted), the
+    unsubscribes it caused (within 30 days of its start, from its recipients), and
+    messages sent per minute for the chart. With `now`, `waiting` counts the queued
+    copies not due yet: readers whose own clock has not reached the issue's time."""
+    newsletter = get_newsletter(session, newsletter_id)
+    mine = sa.and_(Delivery.kind == NEWSLETTER, Delivery.ref_id == newsletter.id)
+    counts = dict(session.execute(sa.select(Delivery.status, sa.func.count()).where(mine).group_by(Delivery.status)).all())
+    waiting = 0
+    if now is not None and counts.get(DeliveryStatus.QUEUED):
+        waiting = session.scalar(sa.select(sa.func.count()).where(
+            mine, Delivery.status == DeliveryStatus.QUEUED, Delivery.next_attempt_at > now))
+    unsubscribes = 0
+    if newsletter.started_at:
+        window_end = newsletter.started_at + dt.timedelta(days=30)
+        unsubscribes = session.scalar(sa.select(sa.func.count(sa.distinct(ConsentEvent.contact_id))).where(
+            ConsentEvent.action == ConsentAction.WITHDRAWN,
+            ConsentEvent.created_at >= newsletter.started_at, ConsentEvent.created_at < window_end,
+            ConsentEvent.contact_id.in_(sa.select(Delivery.contact_id).where(mine, Delivery.status == DeliveryStatus.SENT)),
+        ))
+    minute = (sa.func.date_trunc("minute", Delivery.sent_at) if is_postgres(session)
+              else sa.func.strftime("%Y-%m-%d %H:%M", Delivery.sent_at))
+    per_minute = session.execute(sa.select(minute, sa.func.count()).where(mine, Delivery.sent_at.is_not(None))
+                                 .group_by(minute).order_by(minute)).all()
+    return {
+        "id": newsletter.id, "subject": newsletter.subject, "status": newsletter.status,
+        "audience": newsletter.audience_count, "started_at": newsletter.started_at, "finished_at": newsletter.finished_at,
+        "sent": counts.get(DeliveryStatus.SENT, 0), "deferred": counts.get(DeliveryStatus.DEFERRED, 0),
+        "queued": counts.get(DeliveryStatus.QUEUED, 0) + counts.get(DeliveryStatus.SENDING, 0),
+        "failed": counts.get(DeliveryStatus.FAILED, 0), "suppressed": counts.get(DeliveryStatus.SUPPRESSED, 0),
+        "cancelled": counts.get(DeliveryStatus.CANCELLED, 0), "held": counts.get(DeliveryStatus.HELD, 0),
+        "waiting": waiting, "local_time": newsletter.send_local_time,
+        "unsubscribes": unsubscribes,
+        "sent_per_minute": [(str(bucket)[:16], n) for bucket, n in per_minute],
+        "opens": newsletter.opens,
+        "clicks": [(link.url, link.clicks) for link in session.scalars(
+            sa.select(NewsletterLink).where(NewsletterLink.newsletter_id == newsletter.id)
+            .order_by(NewsletterLink.clicks.desc()))],
+    }
+
+
+# Who gets it ------------------------------------------------------------------------
+
+
+def _audience(newsletter_id: int):
+    """(contact_id, list_id) of every active, reachable subscriber of the issue's lists;
+    someone on two of its lists is one row (and gets one copy)."""
+    return (
+        sa.select(Subscription.contact_id, sa.func.min(Subscription.list_id).label("list_id"))
+        .join(newsletter_lists, newsletter_lists.c.list_id == Subscription.list_id)
+        .join(Contact, Contact.id == Subscription.contact_id)
+        .where(
+            newsletter_lists.c.newsletter_id == newsletter_id,
+            Subscription.status == SubscriptionStatus.ACTIVE,
+            Contact.email.is_not(None),
+            ~sa.exists().where(Suppression.email_hash == Contact.email_hash),
+        )
+        .group_by(Subscription.contact_id)
+    )
+
+
+def count_audience(session: Session, newsletter_id: int) -> int:
+    return session.scalar(sa.select(sa.func.count()).select_from(_audience(newsletter_id).subquery()))
+
+
+def enqueue_audience(session: Session, newsletter_id: int, *, now: dt.datetime) -> int:
+    """Queue the issue for its whole audience in one INSERT … SELECT. The dedupe key is
+    per issue and contact, so running it again (a retry, a second worker) adds nobody twice."""
+    return outbox.enqueue_many(session, _audience_rows(newsletter_id), kind=NEWSLETTER, now=now,
+                               priority=Priority.BULK)
+
+
+def _audience_rows(newsletter_id: int, *where):
+    """The outbox rows of the issue's audience (or of those readers matching `where`)."""
+    audience = _audience(newsletter_id).where(*where).subquery()
+    return sa.select(
+        audience.c.contact_id, audience.c.list_id, sa.literal(newsletter_id, sa.Integer).label("ref_id"),
+        (sa.literal(f"newsletter:{newsletter_id}:") + sa.cast(audience.c.contact_id, sa.String)).label("dedupe_key"),
+    )
+
+
+def enqueue_in_reader_zones(session: Session, newsletter: Newsletter, *, now: dt.datetime) -> int:
+    """Queue an issue sent in its readers' own zones: one query for the zones among its
+    audience, then one INSERT … SELECT per distinct instant, each row due when its reader's
+    clock shows the issue's time. The organisation's instant also takes everyone whose zone
+    is not among the others (no zone, an unknown one, or one set since the first query), so
+    the groups cover the audience exactly once. Due rows are claimed as usual; a paused
+    issue holds them with their times, so resuming keeps each reader's hour."""
+    times = reader_send_times(session, newsletter)
+    fallback_at = clock.reader_local_to_utc(reader_local_time(newsletter), newsletter.send_zone_fallback)
+    elsewhere = [zone for instant, zones in times.items() if instant != fallback_at for zone in zones]
+    queued = 0
+    for due_at, zones in times.items():
+        if due_at == fallback_at:
+            in_group = sa.or_(Contact.timezone.is_(None), Contact.timezone.not_in(elsewhere))
+        else:
+            in_group = Contact.timezone.in_(zones)
+        queued += outbox.enqueue_many(session, _audience_rows(newsletter.id, in_group), kind=NEWSLETTER, now=now,
+                                      due_at=due_at, priority=Priority.BULK)
+    return queued
+
+
+def newsletter_email(batch, delivery: Delivery):
+    """The compiled issue: compiled once, reused for every recipient while its text is
+    unchanged (for a test send: the same, marked as a test)."""
+    row_key = (Newsletter, delivery.ref_id)
+    if row_key not in batch.rows:
+        batch.rows[row_key] = batch.session.get(Newsletter, delivery.ref_id)
+    newsletter = batch.rows[row_key]
+    if newsletter is None or (newsletter.status == NewsletterStatus.CANCELLED and delivery.kind == NEWSLETTER):
+        return outbox.Skip(DeliveryStatus.CANCELLED, "newsletter cancelled")
+    tracked = delivery.kind == NEWSLETTER  # test copies are never counted
+    return compiled_issue(batch, (NEWSLETTER, newsletter.id, tracked), subject=newsletter.subject,
+                          preheader=newsletter.preheader, body_md=newsletter.body_md, layout=newsletter.layout,
+                          tracking=tracking_options(batch.settings, newsletter.id) if tracked else {},
+                          test=delivery.kind == NEWSLETTER_TEST)
+
+
+def compiled_issue(batch, key: tuple, *, subject: str, preheader: str, body_md: str, layout: str,
+                   tracking: dict | None = None, test: bool = False) -> _Issue:
+    """Staff-written mail in a layout (an issue, a sequence's step), ready to render per
+    recipient: compiled once per `key` and text, reused while the text is unchanged;
+    sanitised after rendering like every issue."""
+    key = (*key, subject, preheader, body_md, layout)
+    if key not in batch.cache:
+        if len(batch.cache) > 32:
+            batch.cache.clear()
+        batch.cache[key] = compile_newsletter(
+            batch.renderer, subject=subject, preheader=preheader, body_markdown=body_md, layout=layout,
+            context=batch.static_context, **(tracking or {}),
+        )
+    if "upcoming_webinars" not in batch.rows:
+        batch.rows["upcoming_webinars"] = upcoming_for_issue(batch.session, batch.settings, batch.clock())
+    return _Issue(batch.cache[key], batch.rows["upcoming_webinars"], batch.settings.base_url, test=test)
+
+
+# The kinds of mail this module makes, for the sender (registered by mailer.build).
+MAIL_KINDS = {NEWSLETTER: Kind(newsletter_email), NEWSLETTER_TEST: Kind(newsletter_email),
+              RHYTHM_WARNING: Kind(rhythm_warning_email)}

@@ -1,0 +1,456 @@
+"""Email rendering: Jinja templates per kind (subject.txt, body.txt, body.html),
+staff-written newsletters (Markdown, sandboxed Jinja), CSS inlining, and the MIME
+message for exactly one recipient."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import binascii
+from email.header import Header
+from email.utils import format_datetime, formataddr, parseaddr
+from pathlib import Path
+
+import re
+import secrets
+from html import escape as html_escape
+from html import unescape as html_unescape
+from html.parser import HTMLParser
+
+import css_inline
+import jinja2
+import jinja2.sandbox
+import nh3
+from jinja2 import nodes
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+from markupsafe import escape as markup_escape
+
+from mailer.delivery import addresses
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates" / "email"
+
+
+@dataclasses.dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str  # e.g. 'text/calendar; method=REQUEST; charset="utf-8"'
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    text: str
+    html: str
+    attachments: tuple[Attachment, ...] = ()
+
+
+def one_line(text: str) -> str:
+    """Header-safe text: every run of whitespace (CR and LF included) becomes one space."""
+    return " ".join(text.split())
+
+
+class EmailRenderer:
+    """Compiled templates are cached by Jinja, so each kind is compiled once per process."""
+
+    def __init__(self, template_dir: Path = TEMPLATES):
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(template_dir)),
+            autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.inliner = css_inline.CSSInliner(keep_style_tags=False)
+
+    def render(self, kind: str, context: dict) -> RenderedEmail:
+        subject = one_line(self.env.get_template(f"{kind}/subject.txt").render(context))
+        text = self.env.get_template(f"{kind}/body.txt").render(context).strip() + "\n"
+        html = self.inliner.inline(self.env.get_template(f"{kind}/body.html").render(context))
+        return RenderedEmail(subject, text, html)
+
+
+# Staff-written templates (newsletters) ------------------------------------------------
+
+_JINJA_TAG = re.compile(r"{{.*?}}|{%.*?%}", re.DOTALL)
+_MARKDOWN = MarkdownIt("commonmark", {"html": True, "linkify": False, "typographer": False}).enable("table")
+# Per-recipient values the layout shows; they stay Jinja expressions in the compiled template.
+RECIPIENT_FIELDS = ("unsubscribe_url", "preferences_url")
+
+
+def staff_environment(*, html: bool) -> jinja2.sandbox.SandboxedEnvironment:
+    """Staff write these templates: run them sandboxed, and fail loudly on unknown names."""
+    return jinja2.sandbox.SandboxedEnvironment(autoescape=html, undefined=jinja2.StrictUndefined)
+
+
+def markdown_to_html(markdown: str) -> str:
+    """Markdown (raw HTML allowed) to sanitised HTML: no scripts, no event handlers."""
+    return nh3.clean(_MARKDOWN.render(markdown), link_rel="noopener noreferrer")
+
+
+# The final HTML sanitiser: every newsletter's HTML passes it after Jinja has run (the
+# Markdown is cleaned before too, but template output such as `urlize` or a tag split by
+# `{% if %}` could otherwise put live HTML back in). The layout's inlined CSS is kept,
+# property by property.
+_SENT_ATTRIBUTES = {tag: set(names) for tag, names in nh3.ALLOWED_ATTRIBUTES.items()}
+_SENT_ATTRIBUTES["*"] = {"class", "style", "lang", "title", "dir"}
+_STYLE_PROPERTIES = {
+    "background", "background-color", "border", "border-bottom", "border-collapse", "border-color", "border-left",
+    "border-radius", "border-right", "border-spacing", "border-style", "border-top", "border-width", "color",
+    "display", "font", "font-family", "font-size", "font-style", "font-weight", "height", "letter-spacing",
+    "line-height", "list-style", "list-style-type", "margin", "margin-bottom", "margin-left", "margin-right",
+    "margin-top", "max-height", "max-width", "min-height", "min-width", "overflow", "padding", "padding-bottom",
+    "padding-left", "padding-right", "padding-top", "table-layout", "text-align", "text-decoration", "text-indent",
+    "text-transform", "vertical-align", "white-space", "width", "word-break", "word-wrap",
+}
+_SENT = nh3.Cleaner(attributes=_SENT_ATTRIBUTES, filter_style_properties=_STYLE_PROPERTIES,
+                    link_rel="noopener noreferrer")
+# Attributes ammonia checks as URLs: whether it keeps one depends on the value's scheme.
+_URL_ATTRIBUTES = {"href", "src", "cite", "action", "formaction", "longdesc", "background", "poster", "srcset",
+                   "usemap", "data", "codebase", "manifest", "ping", "xlink:href"}
+
+
+def sanitise_html(fragment: str) -> str:
+    """The last step of every newsletter's HTML: no scripts, no event handlers, no
+    javascript: links, only presentational CSS."""
+    return _SENT.clean(fragment)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slots:
+    """An issue's body rendered once with inert tokens for the personal values and
+    sanitised; each recipient's copy substitutes their escaped values.
+
+    It equals sanitising each recipient's copy because (1) the template reads personal
+    values only in whole `{{ ... }}` outputs that read nothing else (no test, loop or
+    assignment sees them: checked on the template's syntax tree, `personal_slots`), so
+    the Jinja output for a recipient is the tokenised output with each token replaced by
+    what that output prints for them, and that is checked per recipient to be escaped
+    text; (2) every token survived the sanitiser and sits in text or in a quoted
+    attribute value, where escaped text (no < > & " ') can change no markup; (3) for URL
+    attributes, whose survival depends on the value, each recipient's value is run through
+    the same sanitiser rule (`url_checks`) and any recipient whose value fails falls back
+    to a full sanitise of their copy."""
+
+    parts: tuple[str, ...]  # text, token, text, token, ... (odd indices are tokens)
+    url_checks: tuple[tuple[str, str, str], ...]  # (tag, attribute, value with tokens)
+
+
+_SLOT_NONE = _Slots((), ())  # "not provable for this issue": sanitise each copy
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledNewsletter:
+    """One newsletter ready to personalise: Markdown rendered, layout applied and CSS
+    inlined once, so each recipient costs only a Jinja render of three templates and the
+    substitution of their values into the sanitised body."""
+
+    subject: jinja2.Template
+    text: jinja2.Template
+    html: jinja2.Template  # the content of the layout's <body>
+    head: str = ""  # the layout up to and including <body ...>, with TITLE_SLOT for the subject
+    tail: str = ""  # </body></html>
+    personal: "_PersonalSlots | None" = None  # None: each copy is sanitised whole
+    slots: dict = dataclasses.field(default_factory=dict, compare=False)  # shared-context key -> _Slots
+
+    def render(self, context: dict) -> RenderedEmail:
+        subject = one_line(self.subject.render(context))
+        html = self.head.replace(TITLE_SLOT, html_escape(subject, quote=False)) + self.body(context) + self.tail
+        return RenderedEmail(subject, self.text.render(context).strip() + "\n", html)
+
+    def body(self, context: dict) -> str:
+        """The sanitised body for this recipient."""
+        if self.personal is None:
+            return sanitise_html(self.html.render(context))
+        printed = self.personal.printed(context)
+        if printed is None:
+            return sanitise_html(self.html.render(context))
+        key = repr(sorted((k, v) for k, v in context.items() if k not in PERSONAL_NAMES))
+        slots = self.slots.get(key)
+        if slots is None:
+            if len(self.slots) > 64:  # one per reader time zone in practice
+                self.slots.clear()
+            slots = self.slots[key] = self.personal.sanitised(context)
+        if slots is _SLOT_NONE:
+            return sanitise_html(self.html.render(context))
+        for tag, attribute, value in slots.url_checks:
+            filled = html_escape(_SLOT.sub(lambda m: html_unescape(printed[m.group(0)]), value))
+            if f' {attribute}="{filled}"' not in _SENT.clean(f'<{tag} {attribute}="{filled}">'):
+                return sanitise_html(self.html.render(context))  # this reader's value would be dropped
+        parts = list(slots.parts)
+        for i in range(1, len(parts), 2):
+            parts[i] = printed[parts[i]]
+        return "".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PersonalSlots:
+    """The body template with every output that reads a reader's values (and nothing
+    else) replaced by a token; each token's expression is kept to print it per reader."""
+
+    template: jinja2.Template
+    fields: tuple[tuple[str, str, str | None], ...]  # (token, name, attribute): a bare {{ contact.x }} / {{ url }}
+    expressions: tuple[tuple[str, jinja2.Template], ...]  # (token, {{ that expression }} alone)
+
+    def printed(self, context: dict) -> dict[str, str] | None:
+        """What this reader's copy prints for each token, escaped as autoescape does;
+        None when that cannot be shown to be plain escaped text."""
+        printed = {}
+        try:
+            for token, name, attribute in self.fields:
+                value = context[name] if attribute is None else context[name][attribute]
+                if isinstance(value, Markup):
+                    return None  # printed as it is, not escaped
+                printed[token] = str(markup_escape(value))
+            for token, template in self.expressions:
+                text = template.render(context)
+                if text != str(markup_escape(html_unescape(text))):
+                    return None  # markup, not escaped text
+                printed[token] = text
+        except (KeyError, TypeError, jinja2.TemplateError):
+            return None  # let the full render raise or decide
+        return printed
+
+    def sanitised(self, context: dict) -> _Slots:
+        raw = self.template.render(context)
+        clean = sanitise_html(raw)
+        found = _SlotFinder()
+        found.feed(clean)
+        found.close()
+        if found.unsafe or found.count != len(_SLOT.findall(raw)) or len(_SLOT.findall(clean)) != found.count:
+            return _SLOT_NONE
+        return _Slots(tuple(_SLOT.split(clean)), tuple(dict.fromkeys(found.url_checks)))
+
+
+# Per-recipient values: tokens stand for them while an issue is sanitised once.
+PERSONAL_NAMES = ("contact", "unsubscribe_url", "preferences_url")
+_SLOT_PREFIX = "MLRSLOT" + secrets.token_hex(6) + "Q"
+_SLOT = re.compile(rf"({_SLOT_PREFIX}\d+X)")
+TITLE_SLOT = "MLRTITLE" + secrets.token_hex(6)
+
+
+def personal_slots(env: jinja2.Environment, source: str) -> _PersonalSlots | None:
+    """Tokens for the outputs of `source` that read only a reader's values
+    (`{{ contact.first_name }}`, `{{ contact.first_name or 'there' }}`, `{{ unsubscribe_url }}`).
+    None when a reader's value is used any other way (in a test, a loop, an assignment, or
+    next to another variable), so the output's shape could differ per reader."""
+    tree = env.parse(source)
+    if any(True for _ in tree.find_all((nodes.Macro, nodes.CallBlock, nodes.AssignBlock, nodes.FilterBlock))):
+        return None  # these capture output (a reader's value with it) as a value that tests and filters can see
+    tokens: dict[str, str] = {}
+    fields, expressions = [], []
+    for output in list(tree.find_all(nodes.Output)):
+        for i, item in enumerate(output.nodes):
+            if isinstance(item, nodes.TemplateData):
+                continue
+            names = ([item] if isinstance(item, nodes.Name) else []) + list(item.find_all(nodes.Name))
+            if not any(n.name in PERSONAL_NAMES for n in names):
+                continue
+            if any(n.name not in PERSONAL_NAMES or n.ctx != "load" for n in names):
+                return None
+            key = repr(item)
+            if key not in tokens:
+                token = tokens[key] = f"{_SLOT_PREFIX}{len(tokens)}X"
+                if isinstance(item, nodes.Name) and item.name != "contact":
+                    fields.append((token, item.name, None))
+                elif (isinstance(item, nodes.Getattr) and isinstance(item.node, nodes.Name)
+                      and item.node.name == "contact" and not hasattr(dict, item.attr)):
+                    fields.append((token, "contact", item.attr))  # the sandbox reads a dict's key the same way
+                else:
+                    alone = nodes.Template([nodes.Output([item], lineno=1)], lineno=1)
+                    alone.set_environment(env)
+                    expressions.append((token, env.template_class.from_code(
+                        env, env.compile(alone), env.make_globals(None), None)))
+            output.nodes[i] = nodes.TemplateData(tokens[key], lineno=item.lineno)
+    if not tokens or any(n.name in PERSONAL_NAMES for n in tree.find_all(nodes.Name)):
+        return None  # a reader's value left somewhere other than a whole output
+    tree.set_environment(env)
+    template = env.template_class.from_code(env, env.compile(tree), env.make_globals(None), None)
+    return _PersonalSlots(template, tuple(fields), tuple(expressions))
+
+
+class _SlotFinder(HTMLParser):
+    """Where the tokens landed in sanitised HTML: text and attribute values are safe
+    places; a style attribute is not (its value is rewritten property by property)."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.count = 0
+        self.unsafe = False
+        self.url_checks: list[tuple[str, str, str]] = []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if _SLOT.search(name) or _SLOT.search(tag):
+                self.unsafe = True
+            hits = len(_SLOT.findall(value or ""))
+            if not hits:
+                continue
+            self.count += hits
+            if name == "style":
+                self.unsafe = True
+            elif name in _URL_ATTRIBUTES:
+                self.url_checks.append((tag, name, value))
+
+    handle_startendtag = handle_starttag
+
+    def handle_data(self, data):
+        self.count += len(_SLOT.findall(data))
+
+    def handle_comment(self, data):
+        if _SLOT.search(data):
+            self.unsafe = True
+
+
+class _Placeholders:
+    """Swaps Jinja tags for inert tokens while Markdown, sanitising and CSS inlining run."""
+
+    def __init__(self):
+        self.nonce = secrets.token_hex(4)
+        self.tags: dict[str, str] = {}
+
+    def token(self, tag: str) -> str:
+        token = f"MLRTAG{self.nonce}N{len(self.tags)}X"
+        self.tags[token] = tag
+        return token
+
+    def protect(self, text: str) -> str:
+        return _JINJA_TAG.sub(lambda m: self.token(m.group(0)), text)
+
+    def restore(self, text: str) -> str:
+        return re.sub(rf"MLRTAG{self.nonce}N\d+X", lambda m: self.tags[m.group(0)], text)
+
+
+_BODY_LINK = re.compile(r'href="(https?://[^"]+)"')
+
+
+def body_links(body_markdown: str) -> list[str]:
+    """The web links of an issue's body that are the same for every reader (those with
+    template tags in them are personal, and never tracked)."""
+    marks = _Placeholders()
+    html = markdown_to_html(marks.protect(body_markdown))
+    return [html_unescape(url) for url in dict.fromkeys(_BODY_LINK.findall(html)) if "MLRTAG" not in url]
+
+
+def compile_newsletter(renderer: "EmailRenderer", *, subject: str, preheader: str, body_markdown: str,
+                       layout: str, context: dict, track_link=None, open_pixel: str | None = None) -> CompiledNewsletter:
+    """`context` holds what is the same for every recipient (organisation, address...):
+    the compiled templates read it from the context each copy is rendered with.
+    With `track_link` (url → tracking url) the body's shared links are rewritten, and
+    `open_pixel` adds a counting image: both only when the organisation turned tracking on."""
+    marks = _Placeholders()
+    body_html = markdown_to_html(marks.protect(body_markdown))
+    if track_link:
+        body_html = _BODY_LINK.sub(
+            lambda m: m.group(0) if "MLRTAG" in m.group(1)
+            else f'href="{html_escape(track_link(html_unescape(m.group(1))))}"', body_html)
+    if open_pixel:
+        body_html += f'<img src="{html_escape(open_pixel)}" alt="" width="1" height="1" style="display:block">'
+
+    # The layout's output becomes template source, so nothing it prints may be text from
+    # the settings page: "{{ 7*7 }}" in the organisation's name would run. Each shared
+    # value stays a variable there, filled in (and escaped) when a copy is rendered; an
+    # empty one stays empty, so the layout's {% if logo_url %} still sees what it is.
+    variables = {name: "{{ %s }}" % name if value else "" for name, value in context.items()}
+    variables.update({name: "{{ %s }}" % name for name in RECIPIENT_FIELDS})
+    layout_context = {name: marks.token(value) if value else "" for name, value in variables.items()}
+    layout_context.update(body=Markup(body_html), preheader=marks.protect(preheader), subject=marks.protect(subject))
+    page = renderer.env.get_template(f"layouts/{layout}.html").render(layout_context)
+    head, body, tail = _split_document(renderer.inliner.inline(page), marks.nonce)
+    footer = renderer.env.get_template(f"layouts/{layout}.txt").render(variables)
+    text_env, html_env = staff_environment(html=False), staff_environment(html=True)
+    body_source = marks.restore(body)
+    html = html_env.from_string(body_source)
+    return CompiledNewsletter(
+        subject=text_env.from_string(subject),
+        text=text_env.from_string(body_markdown.rstrip() + "\n\n" + footer),
+        html=html, head=head, tail=tail, personal=personal_slots(html_env, body_source),
+    )
+
+
+def _split_document(page: str, nonce: str) -> tuple[str, str, str]:
+    """The layout's document around its <body> content. The head holds nothing staff
+    wrote but the subject, which goes into <title> as escaped text (TITLE_SLOT)."""
+    start = page.index(">", page.index("<body")) + 1
+    end = page.rindex("</body>")
+    head = re.sub(r"<title>.*?</title>", f"<title>{TITLE_SLOT}</title>", page[:start], count=1, flags=re.DOTALL)
+    if f"MLRTAG{nonce}" in head or f"MLRTAG{nonce}" in page[end:]:
+        raise ValueError("a newsletter layout may use template values only in <title> and inside <body>")
+    return head, page[start:end], page[end:]
+
+
+def encode_address(display_name: str, email: str) -> str:
+    """An address header value: the name quoted, or RFC 2047-encoded when not ASCII; the
+    domain in IDNA A-labels; a non-ASCII local part as UTF-8 (RFC 6532: such a message
+    only goes out over SMTPUTF8, see transports.SMTPConnection)."""
+    name = one_line(display_name or "")
+    email = addresses.wire_address(email) if "@" in (email or "") else email
+    if email.isascii():
+        return formataddr((name, email), charset="utf-8")
+    if not name:
+        return email
+    return formataddr((name, "x@x.invalid"), charset="utf-8")[:-len("<x@x.invalid>")] + f"<{email}>"
+
+
+def _encode_header(value: str) -> str:
+    text = one_line(value)
+    charset = "us-ascii" if text.isascii() else "utf-8"
+    return Header(text, charset, maxlinelen=78).encode(linesep="\r\n")
+
+
+def _quoted_printable(text: str) -> bytes:
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+    return binascii.b2a_qp(lines, istext=True).replace(b"\n", b"\r\n")
+
+
+def _base64(text: str) -> bytes:
+    """Base64 in 76-character lines: several times cheaper than quoted-printable for a
+    large HTML part, which no one reads in its raw form."""
+    encoded = binascii.b2a_base64(text.encode("utf-8"), newline=False)
+    return b"\r\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76))
+
+
+class MessageBuilder:
+    """Assembles one-recipient messages (text and HTML alternatives, and attachments).
+    What is the same for every message of a batch (sender, date, MIME skeleton) is
+    encoded once."""
+
+    def __init__(self, *, from_addr: str, reply_to: str, date: dt.datetime):
+        self.boundary = f"=_mailer_{secrets.token_hex(12)}"  # "=_" occurs neither in quoted-printable nor base64
+        self.head = (f"From: {encode_address(*parseaddr(from_addr))}\r\n"
+                     f"Reply-To: {encode_address(*parseaddr(reply_to))}\r\n"
+                     f"Date: {format_datetime(date)}\r\nMIME-Version: 1.0\r\n").encode()
+        # Neither boundary may begin with the other.
+        self.mixed_boundary = f"=_mixed_{secrets.token_hex(12)}"
+        self.alternative = self._alternative(self.boundary)
+
+    @staticmethod
+    def _alternative(boundary: str) -> tuple[bytes, bytes, bytes, bytes]:
+        return (f"Content-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n"
+                f"--{boundary}\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n"
+                "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode(), \
+            (f"\r\n--{boundary}\r\nContent-Type: text/html; charset=\"utf-8\"\r\n"
+             "Content-Transfer-Encoding: base64\r\n\r\n").encode(), \
+            f"\r\n--{boundary}--\r\n".encode(), boundary.encode()
+
+    def build(self, rendered: RenderedEmail, *, to_email: str, to_name: str, message_id: str,
+              headers: dict[str, str] | None = None) -> bytes:
+        lines = [f"To: {encode_address(to_name, to_email)}", f"Subject: {_encode_header(rendered.subject)}",
+                 f"Message-ID: {one_line(message_id)}"]
+        lines.extend(f"{name}: {one_line(value)}" for name, value in (headers or {}).items())
+        start, middle, end, _ = self.alternative
+        body = [start, _quoted_printable(rendered.text), middle, _base64(rendered.html), end]
+        if rendered.attachments:
+            mixed = self.mixed_boundary
+            parts = [f"Content-Type: multipart/mixed; boundary=\"{mixed}\"\r\n\r\n--{mixed}\r\n".encode(), *body]
+            for attachment in rendered.attachments:
+                name = one_line(attachment.filename).replace('"', "")
+                parts.append((f"\r\n--{mixed}\r\nContent-Type: {one_line(attachment.content_type)}; name=\"{name}\"\r\n"
+                              f"Content-Disposition: attachment; filename=\"{name}\"\r\n"
+                              "Content-Transfer-Encoding: base64\r\n\r\n").encode())
+                encoded = binascii.b2a_base64(attachment.data, newline=False)
+                parts.append(b"\r\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76)))
+            parts.append(f"\r\n--{mixed}--\r\n".encode())
+            body = parts
+        return b"".join((self.head, "\r\n".join(lines).encode(), b"\r\n", *body))
+

@@ -1,0 +1,1 @@
+"""Staff: users and API tokens, site settings, dashboard, metrics, console jobs."""

@@ -1,0 +1,153 @@
+"""Staff pages for contacts: search, detail, per-person data export (Art. 15) and
+erasure (Art. 17), and the streamed bulk export. Exports and erasure are for owners."""
+from __future__ import annotations
+
+import json
+
+import sqlalchemy as sa
+from flask import Blueprint, Response, render_template, request, stream_with_context, url_for
+
+from mailer import privacy
+from mailer.audience import contacts, directory
+from mailer.db import utcnow
+from mailer.errors import InvalidInput, NotFound
+from mailer.models import MailingList, Role, SubscriptionStatus
+from mailer.web import db_reader, db_session, mailer
+from mailer.web.admin.auth import audit, login_required, role_required
+
+bp = Blueprint("contacts_admin", __name__, url_prefix="/admin/contacts")
+PAGE = 50
+
+
+@bp.errorhandler(NotFound)
+def _not_found(exc):
+    return render_template("admin/message.html", title="Not found", message=str(exc)), 404
+
+
+def _filters() -> dict:
+    """q, list_id and status from the query string; a malformed list id is InvalidInput."""
+    raw_list = request.args.get("list", "").strip()
+    try:
+        list_id = int(raw_list) if raw_list else None
+    except ValueError:
+        raise InvalidInput("list_id", "Choose a list from the menu.") from None
+    return {"q": request.args.get("q", "").strip(), "list_id": list_id,
+            "status": request.args.get("status", "").strip() or None}
+
+
+def _before_id() -> int | None:
+    raw = request.args.get("before", "").strip()
+    try:
+        return int(raw) if raw else None
+    except ValueError:
+        raise InvalidInput("before", "That page link is not valid; start again from the first page.") from None
+
+
+def _describe(filters: dict) -> str:
+    """Audit detail for a filtered view: never the searched text, which may be an address."""
+    mode = "address" if "@" in filters.get("q", "") else "name" if filters.get("q") else "none"
+    return f"search={mode} list={filters.get('list_id') or 'any'} status={filters.get('status') or 'any'}"
+
+
+@bp.get("")
+@login_required
+def index():
+    filters, rows, total, error = {"q": request.args.get("q", ""), "list_id": None, "status": None}, [], None, None
+    with db_reader() as s:
+        lists = s.execute(sa.select(MailingList.id, MailingList.name).order_by(MailingList.id)).all()
+        try:
+            filters = _filters()
+            rows = directory.search_contacts(s, **filters, before_id=_before_id(), limit=PAGE)
+            if not filters["q"]:
+                total = directory.count_contacts(s, list_id=filters["list_id"], status=filters["status"])
+        except InvalidInput as exc:
+            error = exc
+    audit("contacts.search", _describe(filters))
+    more = len(rows) > PAGE
+    rows = rows[:PAGE]
+    next_url = url_for(".index", **_query(filters), before=rows[-1].id) if more else None
+    return render_template("admin/contacts/index.html", rows=rows, filters=filters, lists=lists, total=total,
+                           statuses=list(SubscriptionStatus), next_url=next_url, error=error,
+                           first_page=request.args.get("before") is None,
+                           page_args=_query(filters)), 400 if error else 200
+
+
+def _query(filters: dict) -> dict:
+    args = {"q": filters.get("q"), "list": filters.get("list_id"), "status": filters.get("status")}
+    return {key: value for key, value in args.items() if value}
+
+
+@bp.get("/<int:contact_id>")
+@login_required
+def detail(contact_id: int):
+    with db_reader() as s:
+        info = directory.contact_detail(s, contact_id)
+    audit("contact.view", f"contact {contact_id}")
+    return render_template("admin/contacts/detail.html", info=info, contact=info.contact)
+
+
+@bp.get("/<int:contact_id>/data.json")
+@login_required
+@role_required(Role.OWNER)
+def personal_data(contact_id: int):
+    """Everything held about the person (GDPR Art. 15), as a file to hand over."""
+    with db_reader() as s:
+        data = privacy.export_contact_by_id(s, contact_id)
+    audit("contact.export", f"contact {contact_id}")
+    headers = {"Content-Disposition": f'attachment; filename="contact-{contact_id}.json"'}
+    return Response(json.dumps(data, indent=2, ensure_ascii=False), mimetype="application/json", headers=headers)
+
+
+@bp.get("/<int:contact_id>/erase")
+@login_required
+@role_required(Role.OWNER)
+def erase_form(contact_id: int):
+    with db_reader() as s:
+        contact = directory.get_contact(s, contact_id)
+    return render_template("admin/contacts/erase.html", contact=contact, error=None)
+
+
+@bp.post("/<int:contact_id>/erase")
+@login_required
+@role_required(Role.OWNER)
+def erase(contact_id: int):
+    with db_session() as s:
+        contact = directory.get_contact(s, contact_id)
+        if contact.email is not None and not _same_address(request.form.get("confirm_email"), contact.email):
+            error = "To confirm, type the person's email address exactly as shown. Nothing was erased."
+            return render_template("admin/contacts/erase.html", contact=contact, error=error), 400
+        report = privacy.erase_contact(s, mailer().settings, contact_id, now=utcnow())
+    audit("contact.erase", f"contact {contact_id}")
+    return render_template("admin/contacts/erased.html", report=report)
+
+
+def _same_address(typed: str | None, address: str) -> bool:
+    try:
+        return contacts.normalise_email(typed) == address
+    except InvalidInput:
+        return False
+
+
+@bp.get("/export.<any(csv, json):fmt>")
+@login_required
+@role_required(Role.OWNER)
+def export(fmt: str):
+    """Every contact matching the list/status filters, streamed from the database."""
+    try:
+        filters = _filters()
+        with db_reader() as s:
+            # Bad input is answered before the stream starts (a started stream cannot be a 400).
+            directory.search_contacts(s, **filters, limit=1)
+    except InvalidInput as exc:
+        return render_template("admin/message.html", title="Export", message=exc.message), 400
+    audit("contacts.export", f"format={fmt} " + _describe(filters))
+    session_factory = mailer().read_sessions
+
+    def chunks():
+        with session_factory() as s:
+            rows = directory.export_contacts(s, **filters)
+            yield from (directory.contacts_csv(rows) if fmt == "csv" else directory.contacts_json(rows))
+
+    headers = {"Content-Disposition": f'attachment; filename="contacts.{fmt}"'}
+    mimetype = "text/csv" if fmt == "csv" else "application/json"
+    return Response(stream_with_context(chunks()), mimetype=mimetype, headers=headers)

@@ -1,0 +1,1 @@
+"""Public pages: signup, webinar pages, archive, tracking."""
