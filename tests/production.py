@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.smtp_server import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -41,12 +43,6 @@ def redis_client():
     except redis.RedisError:
         require(False, f"Redis at {REDIS_URL}")
     return client
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:

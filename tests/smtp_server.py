@@ -3,6 +3,7 @@ and can be told to refuse recipients or data with a chosen reply."""
 from __future__ import annotations
 
 import dataclasses
+import random
 import socket
 import threading
 import time
@@ -63,10 +64,40 @@ class _CountingController(Controller):
         return super().factory()
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on, for a server a test starts: TCP and UDP, on every IPv4 address.
+
+    Chosen below the kernel's ephemeral range: a port the kernel handed out with bind(0) is
+    also what it gives the next outgoing connection, so a server started a moment later on it
+    (Caddy, which listens on all addresses) could find it taken ("address already in use",
+    seen once in CI). Each port is handed out once per test run."""
+    low, _ = _ephemeral_range()
+    first = 20000 if low > 21000 else 1024
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(first, low)
+        if port in _handed_out:
+            continue
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class SMTPServer:
