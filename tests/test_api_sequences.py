@@ -67,8 +67,8 @@ def test_create_activate_enrol_send_and_report(api, mailer, smtp_server):
 
     report = api.get(path + "/report").json
     assert report["enrolments"] == {"enrolled": 1, "active": 1, "completed": 0, "exited": 0}
-    assert [(s["position"], s["deliveries"], s["skipped"]) for s in report["steps"]] == [
-        (1, {"sent": 1}, 0), (2, {}, 0)]
+    assert [(s["position"], s["deliveries"], s["skipped"], s["unsubscribes"]) for s in report["steps"]] == [
+        (1, {"sent": 1}, 0, 0), (2, {}, 0, 0)]
     listed = api.get("/sequences").json["items"]
     assert [(s["id"], s["status"], s["enrolments"]["active"]) for s in listed] == [
         (2, "draft", 0), (created["id"], "active", 1)]

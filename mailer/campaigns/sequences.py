@@ -3,12 +3,13 @@ enrolments advanced in bulk by the worker (each step a Delivery queued at its du
 time, inside the step's send window in the reader's own zone), and the mail of a step."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from mailer import clock
 from mailer.campaigns import newsletters
@@ -16,8 +17,8 @@ from mailer.db import dialect_insert, take_singleton
 from mailer.delivery import outbox
 from mailer.delivery.registry import Kind
 from mailer.errors import InvalidInput, NotFound
-from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, Contact, Delivery, DeliveryStatus, Enrolment,
-                           EnrolmentStatus, MailingList, Priority, Registration, RegistrationStatus, Sequence,
+from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, ConsentAction, ConsentEvent, Contact, Delivery,
+                           DeliveryStatus, Enrolment, EnrolmentStatus, MailingList, Priority, Registration, RegistrationStatus, Sequence,
                            SequenceSkip, SequenceStatus, SequenceStep, SequenceTrigger, StepCondition, Subscription,
                            SubscriptionStatus, Suppression, Webinar, WebinarStatus)
 
@@ -306,7 +307,10 @@ def _step_ids(sequence_id: int):
 
 
 def report(session: Session, sequence_id: int) -> list[dict]:
-    """Per step (deleted ones too): deliveries by status and the condition skips."""
+    """Per step (deleted ones too): deliveries by status, the condition skips, and the
+    unsubscribes it caused: readers who left the sequence's list after this step was the
+    last of the sequence's mail they were sent."""
+    sequence = get_sequence(session, sequence_id)
     steps = session.scalars(sa.select(SequenceStep).where(SequenceStep.sequence_id == sequence_id)
                             .order_by(SequenceStep.position)).all()
     ids = [s.id for s in steps]
@@ -316,8 +320,172 @@ def report(session: Session, sequence_id: int) -> list[dict]:
         counts.setdefault(step_id, {})[status] = n
     skips = dict(session.execute(sa.select(SequenceSkip.step_id, sa.func.count()).where(
         SequenceSkip.step_id.in_(ids)).group_by(SequenceSkip.step_id)).all())
+    unsubscribes = _unsubscribes_by_step(session, sequence, ids)
     return [{"step_id": s.id, "position": s.position, "subject": s.subject, "deleted": s.deleted_at is not None,
-             "deliveries": counts.get(s.id, {}), "skipped": skips.get(s.id, 0)} for s in steps]
+             "deliveries": counts.get(s.id, {}), "skipped": skips.get(s.id, 0),
+             "unsubscribes": unsubscribes.get(s.id, 0)} for s in steps]
+
+
+def _unsubscribes_by_step(session: Session, sequence: Sequence, step_ids: list[int]) -> dict[int, int]:
+    """Withdrawals from the sequence's list, each counted for the step its reader was
+    sent last before it (a reader who leaves and later rejoins and leaves counts once per step)."""
+    if not step_ids:
+        return {}
+    sent, later = aliased(Delivery), aliased(Delivery)
+    mine = (sent.kind == STEP, sent.ref_id.in_(step_ids), sent.status == DeliveryStatus.SENT)
+    return dict(session.execute(
+        sa.select(sent.ref_id, sa.func.count(sa.distinct(ConsentEvent.contact_id)))
+        .join(ConsentEvent, ConsentEvent.contact_id == sent.contact_id)
+        .where(*mine, ConsentEvent.action == ConsentAction.WITHDRAWN, ConsentEvent.list_id == sequence.list_id,
+               ConsentEvent.created_at >= sent.sent_at,
+               ~sa.exists().where(later.contact_id == sent.contact_id, later.kind == STEP,
+                                  later.ref_id.in_(step_ids), later.status == DeliveryStatus.SENT,
+                                  later.sent_at > sent.sent_at, later.sent_at <= ConsentEvent.created_at))
+        .group_by(sent.ref_id)).all())
+
+
+# What a reader gets and when ------------------------------------------------------------
+
+def next_send_time(step: SequenceStep, zone: str, earliest: dt.datetime) -> dt.datetime:
+    """The first instant at or after `earliest` inside the step's send window for a reader
+    in `zone` (wall-clock there, so DST-correct), as window_open decides it; the worker
+    queues the step then, within its few seconds' tick."""
+    if step.window_start is None:
+        return earliest
+    day = earliest.astimezone(ZoneInfo(zone)).date()
+    for offset in range(8):  # every window opens on some day of the week
+        date = day + dt.timedelta(days=offset)
+        if step.window_days and DAYS[date.weekday()] not in step.window_days.split(","):
+            continue
+        midnight = dt.datetime.combine(date, dt.time())
+        opens = clock.reader_local_to_utc(midnight + dt.timedelta(minutes=step.window_start), zone)
+        closes = clock.reader_local_to_utc(midnight + dt.timedelta(minutes=step.window_end), zone)
+        if earliest < closes:
+            return max(earliest, opens)
+    raise AssertionError("a send window that never opens")  # parse_window refuses one
+
+
+@dataclasses.dataclass
+class PlannedStep:
+    """One step of one reader's way through a sequence: what happened (`state` sent,
+    queued, failed, cancelled, skipped) or what will (planned, with `at` in UTC), and a
+    `note` for staff (a condition that would skip it today, a window it waits for)."""
+
+    step: SequenceStep
+    state: str
+    at: dt.datetime | None = None
+    note: str = ""
+
+
+@dataclasses.dataclass
+class ReaderPlan:
+    """A reader's way through one sequence: their enrolment (None: as if enrolled now),
+    the zone their windows follow, why nothing more comes (`stopped`), and each live step."""
+
+    sequence: Sequence
+    contact: Contact
+    enrolment: Enrolment | None
+    zone: str
+    stopped: str
+    steps: list[PlannedStep]
+
+    @property
+    def next_step(self) -> PlannedStep | None:
+        return next((s for s in self.steps if s.state in ("planned", "queued")), None)
+
+
+def plan_for_contact(session: Session, settings, sequence_id: int, contact_id: int, now: dt.datetime) -> ReaderPlan:
+    """What one reader has had from a sequence and what comes next, with times: past steps
+    from their mail, future ones from the delays and windows in their own zone (the
+    organisation's when they have none). Someone not in the sequence is shown as if
+    enrolled now, so staff can see what a new reader would get."""
+    sequence = get_sequence(session, sequence_id)
+    contact = session.get(Contact, contact_id)
+    if contact is None:
+        raise NotFound(f"no contact {contact_id}")
+    enrolment = session.scalar(sa.select(Enrolment).where(Enrolment.sequence_id == sequence_id,
+                                                          Enrolment.contact_id == contact_id))
+    zone = clock.zone_or(contact.timezone, settings.timezone)
+    steps = live_steps(session, sequence_id)
+    done: dict[int, PlannedStep] = {}
+    if enrolment is not None:
+        keys = {f"seq:{enrolment.id}:{step.id}": step for step in steps}
+        for delivery in session.scalars(sa.select(Delivery).where(Delivery.dedupe_key.in_(list(keys)))):
+            step = keys[delivery.dedupe_key]
+            state = {DeliveryStatus.SENT: "sent", DeliveryStatus.FAILED: "failed",
+                     DeliveryStatus.SUPPRESSED: "failed", DeliveryStatus.CANCELLED: "cancelled"}.get(
+                delivery.status, "queued")
+            done[step.id] = PlannedStep(step, state, delivery.sent_at or delivery.next_attempt_at,
+                                        delivery.last_error or "" if state in ("failed", "cancelled") else "")
+        for step_id, reason, at in session.execute(sa.select(SequenceSkip.step_id, SequenceSkip.reason,
+                                                             SequenceSkip.created_at)
+                                                   .where(SequenceSkip.enrolment_id == enrolment.id)):
+            step = next((s for s in steps if s.id == step_id), None)
+            if step is not None:
+                done[step.id] = PlannedStep(step, "skipped", at, reason)
+    stopped = _stopped(session, sequence, contact, enrolment)
+    position = enrolment.last_position if enrolment else 0
+    base = max(enrolment.last_at, now) if enrolment and enrolment.last_position else (
+        enrolment.enrolled_at if enrolment else now)
+    planned: list[PlannedStep] = []
+    for step in steps:
+        if step.id in done or step.position <= position:
+            planned.append(done.get(step.id) or PlannedStep(step, "passed"))
+            continue
+        if stopped:
+            planned.append(PlannedStep(step, "not coming", note=stopped))
+            continue
+        at = next_send_time(step, zone, max(base + dt.timedelta(minutes=step.delay_minutes), now))
+        note = _condition_note(session, step, contact.id)
+        if at > base + dt.timedelta(minutes=step.delay_minutes) and step.window_start is not None:
+            note = " ".join(filter(None, [f"waits for the window ({window_text(step)})", note]))
+        planned.append(PlannedStep(step, "planned", at, note))
+        base = at
+    return ReaderPlan(sequence, contact, enrolment, zone, stopped, planned)
+
+
+def _stopped(session: Session, sequence: Sequence, contact: Contact, enrolment: Enrolment | None) -> str:
+    """Why nothing more of the sequence comes to this reader, in words, or ""."""
+    if contact.email is None:
+        return "erased"
+    if enrolment is not None and enrolment.status == EnrolmentStatus.EXITED:
+        return f"left the sequence: {enrolment.exited_reason}"
+    if sequence.status == SequenceStatus.ARCHIVED:
+        return "the sequence is archived"
+    if session.scalar(sa.select(sa.exists().where(Suppression.email_hash == contact.email_hash))):
+        return "the address is suppressed"
+    subscribed = session.scalar(sa.select(sa.exists().where(
+        Subscription.contact_id == contact.id, Subscription.list_id == sequence.list_id,
+        Subscription.status == SubscriptionStatus.ACTIVE)))
+    if not subscribed:
+        return f"not subscribed to {session.get(MailingList, sequence.list_id).name}"
+    return ""
+
+
+def _condition_note(session: Session, step: SequenceStep, contact_id: int) -> str:
+    """'skipped unless …' when the step's condition is false for the reader today."""
+    condition = _condition(step, contact_id)
+    if condition is None or session.scalar(sa.select(condition)):
+        return ""
+    return f"skipped unless {condition_text(session, step)} by then"
+
+
+def condition_text(session: Session, step: SequenceStep) -> str:
+    """The step's condition in words ("" for none)."""
+    if step.condition == StepCondition.ON_LIST:
+        ml = session.get(MailingList, step.condition_ref_id)
+        return f"still on {ml.name if ml else 'a deleted list'}"
+    if step.condition == StepCondition.ATTENDED:
+        webinar = session.get(Webinar, step.condition_ref_id)
+        return f"attended {webinar.title if webinar else 'a deleted webinar'}"
+    return ""
+
+
+def contact_enrolments(session: Session, settings, contact_id: int, now: dt.datetime) -> list[ReaderPlan]:
+    """Every sequence a person is in, with their plan (for their page in the console)."""
+    sequence_ids = session.scalars(sa.select(Enrolment.sequence_id).where(Enrolment.contact_id == contact_id)
+                                   .order_by(Enrolment.enrolled_at.desc())).all()
+    return [plan_for_contact(session, settings, sequence_id, contact_id, now) for sequence_id in sequence_ids]
 
 
 # Enrolment ---------------------------------------------------------------------------
@@ -479,13 +647,14 @@ def _zone(settings):
     return sa.func.coalesce(Contact.timezone, settings.timezone)
 
 
-def _condition(step: SequenceStep):
+def _condition(step: SequenceStep, contact=Enrolment.contact_id):
+    """The step's condition for `contact` (the enrolment's reader in a bulk statement, or one id)."""
     if step.condition == StepCondition.ON_LIST:
-        return sa.exists().where(Subscription.contact_id == Enrolment.contact_id,
+        return sa.exists().where(Subscription.contact_id == contact,
                                  Subscription.list_id == step.condition_ref_id,
                                  Subscription.status == SubscriptionStatus.ACTIVE)
     if step.condition == StepCondition.ATTENDED:
-        return sa.exists().where(Registration.contact_id == Enrolment.contact_id,
+        return sa.exists().where(Registration.contact_id == contact,
                                  Registration.webinar_id == step.condition_ref_id, Registration.attended.is_(True))
     return None
 

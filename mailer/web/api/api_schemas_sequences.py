@@ -177,6 +177,8 @@ class StepReport(Response):
     deliveries: dict[str, int] = Field(description="Its mail by delivery status (queued, sent, held, deferred, "
                                                    "failed, cancelled, …).")
     skipped: int = Field(description="Readers whose condition failed.")
+    unsubscribes: int = Field(description="Readers who left the sequence's list after this step was the last of "
+                                          "its mail they were sent.")
 
 
 class SequenceReport(Response):
