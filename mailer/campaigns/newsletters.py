@@ -505,9 +505,16 @@ def _render_preview(compiled, static, contact, unsubscribe_url, settings, upcomi
 
 def send_test(session: Session, settings, newsletter_id: int, addresses: list[str], *, now: dt.datetime) -> int:
     """Queue a "[TEST]" copy to up to 10 addresses. Test copies are never counted in reports."""
+    newsletter = get_newsletter(session, newsletter_id)
+    return queue_test_copies(session, settings, NEWSLETTER_TEST, newsletter.id, addresses, now=now)
+
+
+def queue_test_copies(session: Session, settings, kind: str, ref_id: int, addresses: list[str], *,
+                      now: dt.datetime) -> int:
+    """Queue a test copy of staff-written mail (an issue, a sequence's step: `kind` renders
+    it marked "[TEST]") to each of 1 to TEST_MAX addresses; returns how many."""
     from mailer.audience import contacts
 
-    newsletter = get_newsletter(session, newsletter_id)
     try:
         wanted = list(dict.fromkeys(contacts.normalise_email(a) for a in addresses if a and a.strip()))
     except InvalidInput as exc:
@@ -517,8 +524,8 @@ def send_test(session: Session, settings, newsletter_id: int, addresses: list[st
     stamp = int(now.timestamp() * 1000)
     for address in wanted:
         contact = contacts.get_or_create_contact(session, settings, address, now=now)
-        outbox.enqueue(session, contact_id=contact.id, kind=NEWSLETTER_TEST, ref_id=newsletter.id,
-                       dedupe_key=f"newsletter-test:{newsletter.id}:{contact.id}:{stamp}", now=now)
+        outbox.enqueue(session, contact_id=contact.id, kind=kind, ref_id=ref_id,
+                       dedupe_key=f"{kind}:{ref_id}:{contact.id}:{stamp}", now=now)
     return len(wanted)
 
 
@@ -566,15 +573,25 @@ class _LinkChecker(HTMLParser):
 def preflight(session: Session, renderer, settings, newsletter_id: int) -> list[str]:
     """Problems to fix before scheduling, in plain words; an empty list means ready."""
     newsletter = get_newsletter(session, newsletter_id)
-    problems = [str(p) for p in template_problems(newsletter.subject, newsletter.preheader or "", newsletter.body_md)]
+    problems = content_problems(renderer, settings, subject=newsletter.subject, preheader=newsletter.preheader,
+                                body_md=newsletter.body_md, layout=newsletter.layout)
+    templates_render = not template_problems(newsletter.subject, newsletter.preheader or "", newsletter.body_md)
+    if templates_render and count_audience(session, newsletter.id) == 0:
+        problems.append("No one would receive it: its lists have no active subscribers.")
+    return problems
+
+
+def content_problems(renderer, settings, *, subject: str, preheader: str, body_md: str, layout: str) -> list[str]:
+    """What to fix in staff-written mail (an issue, a sequence's step) before it goes out,
+    in plain words: template problems, links, images without alt text, length, an empty body."""
+    problems = [str(p) for p in template_problems(subject, preheader or "", body_md)]
     if problems:
         return problems
-    layout_source = (TEMPLATES / "layouts" / f"{newsletter.layout}.html").read_text()
-    if "unsubscribe_url" not in layout_source:
-        problems.append(f"The layout '{newsletter.layout}' has no unsubscribe link.")
+    layout_source = (TEMPLATES / "layouts" / f"{layout}.html").read_text() if layout in layouts() else ""
+    if layout in layouts() and "unsubscribe_url" not in layout_source:
+        problems.append(f"The layout '{layout}' has no unsubscribe link.")
     try:
-        rendered = preview(renderer, settings, subject=newsletter.subject, preheader=newsletter.preheader,
-                           body_md=newsletter.body_md, layout=newsletter.layout)
+        rendered = preview(renderer, settings, subject=subject, preheader=preheader, body_md=body_md, layout=layout)
     except InvalidInput as exc:
         return problems + [exc.message]
     checker = _LinkChecker()
@@ -586,12 +603,10 @@ def preflight(session: Session, renderer, settings, newsletter_id: int) -> list[
             problems.append(f"Link '{link}' is not an absolute https:// address.")
     if checker.images_without_alt:
         problems.append(f"{checker.images_without_alt} image(s) have no alt text.")
-    if len(newsletter.subject) > SUBJECT_MAX:
-        problems.append(f"The subject has {len(newsletter.subject)} characters; inboxes cut it after about {SUBJECT_MAX}.")
-    if not newsletter.body_md.strip():
+    if len(subject) > SUBJECT_MAX:
+        problems.append(f"The subject has {len(subject)} characters; inboxes cut it after about {SUBJECT_MAX}.")
+    if not body_md.strip():
         problems.append("The body is empty, so the text part would be empty.")
-    if count_audience(session, newsletter.id) == 0:
-        problems.append("No one would receive it: its lists have no active subscribers.")
     return problems
 
 

@@ -23,6 +23,7 @@ from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, ConsentAction, Consen
                            SubscriptionStatus, Suppression, Webinar, WebinarStatus)
 
 STEP = "sequence_step"
+STEP_TEST = "sequence_step_test"  # a "[TEST]" copy staff send themselves; never counted
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_WORDS = {"weekdays": DAYS[:5], "weekends": DAYS[5:], "daily": (), "every day": (), "": ()}
 _WINDOW = re.compile(r"^\s*(?P<days>.*?)\s*(?P<start>\d{1,2}:\d{2})\s*[-–]\s*(?P<end>\d{1,2}:\d{2})\s*$")
@@ -85,6 +86,30 @@ def _apply(session: Session, sequence: Sequence, *, name, trigger, list_id, trig
         trigger_list_id = trigger_webinar_id = None
     sequence.name, sequence.trigger, sequence.list_id = name, trigger, list_id
     sequence.trigger_list_id, sequence.trigger_webinar_id = trigger_list_id, trigger_webinar_id
+
+
+def trigger_text(session: Session, sequence: Sequence) -> str:
+    """Who the sequence starts for, in plain words (the console and the CLI say this)."""
+    listed = session.get(MailingList, sequence.trigger_list_id) if sequence.trigger_list_id else None
+    webinar = session.get(Webinar, sequence.trigger_webinar_id) if sequence.trigger_webinar_id else None
+    which = f"“{webinar.title}”" if webinar else "any webinar"
+    return {
+        SequenceTrigger.CONFIRMED: f"Someone confirms their subscription to {listed.name if listed else '?'}",
+        SequenceTrigger.REGISTERED: f"Someone takes a seat at {which}",
+        SequenceTrigger.ATTENDED: f"Someone is marked attended at {which}",
+        SequenceTrigger.MISSED: f"Someone had a seat at {which} and is not marked attended a day after it ends",
+        SequenceTrigger.MANUAL: "Staff or the API enrol someone",
+        "imported": f"Someone is imported into {listed.name if listed else '?'}",
+    }.get(sequence.trigger, sequence.trigger)
+
+
+def delay_text(step: SequenceStep, first: bool) -> str:
+    """'At once', '3 days after the previous step', '2 hours after enrolment'."""
+    if not step.delay_minutes:
+        return "At enrolment" if first else "Right after the previous step"
+    amount, unit = delay_parts(step.delay_minutes)
+    unit = unit if amount != 1 else unit[:-1]
+    return f"{amount} {unit} after {'enrolment' if first else 'the previous step'}"
 
 
 def get_sequence(session: Session, sequence_id: int) -> Sequence:
@@ -712,13 +737,27 @@ def step_email(batch, delivery: Delivery):
     if key not in batch.rows:
         batch.rows[key] = batch.session.get(SequenceStep, delivery.ref_id)
     step = batch.rows[key]
+    test = delivery.kind == STEP_TEST
     if step is None or step.deleted_at is not None:
         return outbox.Skip(DeliveryStatus.CANCELLED, "step deleted")
-    if step.sequence.status != SequenceStatus.ACTIVE:
+    if step.sequence.status != SequenceStatus.ACTIVE and not test:
         return outbox.Skip(DeliveryStatus.CANCELLED, f"sequence {step.sequence.status}")
     return newsletters.compiled_issue(batch, (STEP, step.id), subject=step.subject, preheader=step.preheader,
-                                      body_md=step.body_md, layout=step.layout)
+                                      body_md=step.body_md, layout=step.layout, test=test)
+
+
+def send_test(session: Session, settings, sequence_id: int, step_id: int, addresses: list[str], *,
+              now: dt.datetime) -> int:
+    """A "[TEST]" copy of a step, as it reads now, to up to 10 addresses (a draft's too)."""
+    step = get_step(session, sequence_id, step_id)
+    return newsletters.queue_test_copies(session, settings, STEP_TEST, step.id, addresses, now=now)
+
+
+def step_problems(renderer, settings, step: SequenceStep) -> list[str]:
+    """The pre-flight check of a step: what a newsletter's would say of its text."""
+    return newsletters.content_problems(renderer, settings, subject=step.subject, preheader=step.preheader,
+                                        body_md=step.body_md, layout=step.layout)
 
 
 # The kinds of mail this module makes, for the sender (registered by mailer.build).
-MAIL_KINDS = {STEP: Kind(step_email)}
+MAIL_KINDS = {STEP: Kind(step_email), STEP_TEST: Kind(step_email)}

@@ -9,9 +9,10 @@ from flask import Blueprint, Response, render_template, request, stream_with_con
 
 from mailer import privacy
 from mailer.audience import contacts, directory
+from mailer.campaigns import sequences
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
-from mailer.models import MailingList, Role, SubscriptionStatus
+from mailer.models import MailingList, Role, SequenceStatus, SubscriptionStatus
 from mailer.web import db_reader, db_session, mailer
 from mailer.web.admin.auth import audit, login_required, role_required
 
@@ -82,8 +83,13 @@ def _query(filters: dict) -> dict:
 def detail(contact_id: int):
     with db_reader() as s:
         info = directory.contact_detail(s, contact_id)
+        plans = sequences.contact_enrolments(s, mailer().settings, contact_id, utcnow())
+        enrolled = {plan.sequence.id for plan in plans}
+        open_sequences = [q for q in sequences.list_sequences(s)
+                          if q.status != SequenceStatus.ARCHIVED and q.id not in enrolled]
     audit("contact.view", f"contact {contact_id}")
-    return render_template("admin/contacts/detail.html", info=info, contact=info.contact)
+    return render_template("admin/contacts/detail.html", info=info, contact=info.contact, plans=plans,
+                           open_sequences=open_sequences)
 
 
 @bp.get("/<int:contact_id>/data.json")

@@ -46,7 +46,7 @@ def _template_names() -> dict:
             + [name for name, attrs in names.items() if not attrs]}
 
 
-def _sandboxed(body: str, mimetype: str = "text/html", status: int = 200) -> Response:
+def sandboxed(body: str, mimetype: str = "text/html", status: int = 200) -> Response:
     response = Response(body, status=status, mimetype=mimetype)
     response.headers["Content-Security-Policy"] = SANDBOX_CSP
     response.headers["X-Frame-Options"] = "SAMEORIGIN"
@@ -169,13 +169,13 @@ def preview():
     except InvalidInput as exc:
         if wants_json():
             return error_json(exc.code, exc.message, exc.field)
-        return _sandboxed(render_template("admin/newsletters/preview_problem.html", message=exc.message), status=400)
+        return sandboxed(render_template("admin/newsletters/preview_problem.html", message=exc.message), status=400)
     if wants_json():
         return jsonify(subject=rendered.subject, html=rendered.html, text=rendered.text)
     if request.form.get("part") == "both":
         text_part = render_template("admin/newsletters/preview_text_part.html", rendered=rendered)
-        return _sandboxed(rendered.html.replace("</body>", text_part + "</body>", 1))
-    return _sandboxed(rendered.html)
+        return sandboxed(rendered.html.replace("</body>", text_part + "</body>", 1))
+    return sandboxed(rendered.html)
 
 
 # One issue ---------------------------------------------------------------------------
@@ -386,7 +386,7 @@ def _saved_preview(newsletter_id: int):
             except InvalidInput:
                 contact = None
             if contact is None:
-                return _sandboxed(render_template("admin/newsletters/preview_problem.html",
+                return sandboxed(render_template("admin/newsletters/preview_problem.html",
                                                   message=f"No contact has the address {address}."), status=404)
             audit("preview_as_contact", f"newsletter {newsletter_id} as contact {contact.id}")
         try:
@@ -395,7 +395,7 @@ def _saved_preview(newsletter_id: int):
                 contact={"first_name": contact.first_name, "name": contact.name, "email": contact.email}
                 if contact else None)
         except InvalidInput as exc:
-            return _sandboxed(render_template("admin/newsletters/preview_problem.html", message=exc.message),
+            return sandboxed(render_template("admin/newsletters/preview_problem.html", message=exc.message),
                               status=400)
 
 
@@ -403,7 +403,7 @@ def _saved_preview(newsletter_id: int):
 @login_required
 def saved_preview_html(newsletter_id: int):
     rendered = _saved_preview(newsletter_id)
-    return rendered if isinstance(rendered, Response) else _sandboxed(rendered.html)
+    return rendered if isinstance(rendered, Response) else sandboxed(rendered.html)
 
 
 @bp.get("/<int:newsletter_id>/preview.txt")
@@ -412,4 +412,4 @@ def saved_preview_text(newsletter_id: int):
     rendered = _saved_preview(newsletter_id)
     if isinstance(rendered, Response):
         return rendered
-    return _sandboxed(f"Subject: {rendered.subject}\n\n{rendered.text}", mimetype="text/plain")
+    return sandboxed(f"Subject: {rendered.subject}\n\n{rendered.text}", mimetype="text/plain")
