@@ -146,6 +146,18 @@ def test_newcomer_serve_demo_shows_login_demo_content_and_mail(tmp_path):
         message = opener.open(base + re.search(r'href="(/admin/mailbox/\d+)"', mailbox).group(1)).read().decode()
         confirm = re.search(rf"({re.escape(base)}/confirm/[^\s<\"]+)", message).group(1)
         assert "You are now subscribed to Monthly newsletter" in opener.open(confirm).read().decode()
+        # The demo's welcome series: its first step reaches the dev mailbox within seconds
+        # (the sequence job runs every 4 s and wakes the sender; the bound allows a loaded machine).
+        confirmed = time.monotonic()
+        while time.monotonic() - confirmed < 15:
+            mailbox = opener.open(f"{base}/admin/mailbox").read().decode()
+            if "Welcome to Spine Health, Nia" in mailbox:
+                break
+            time.sleep(0.2)
+        waited = time.monotonic() - confirmed
+        print(f"\nwelcome mail in the dev mailbox {waited:.1f} s after the confirmation")
+        assert "Welcome to Spine Health, Nia" in mailbox
+        assert waited < 7, f"the welcome took {waited:.1f} s"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
