@@ -41,6 +41,11 @@ LIVE = (EnrolmentStatus.ACTIVE, EnrolmentStatus.COMPLETED)
 # default ("auto": "fetch" for criteria it cannot evaluate) returns every matched key to
 # update loaded objects, 1,000,000 of them for one step (peak RSS 528 MB; bench/sequences.py).
 SYNC = False
+# A step due for at most this many readers at once goes out with the priority of a
+# confirmation (a welcome after a signup, a follow-up: seconds, even while an issue is
+# being sent to everyone); a bigger burst (a window opening for a whole list, a step added
+# for everyone who finished) is bulk mail like an issue, so it cannot hold up confirmations.
+SMALL_BATCH = 1000
 
 
 # Staff: sequences and their steps -------------------------------------------------------
@@ -687,17 +692,20 @@ def _condition(step: SequenceStep, contact=Enrolment.contact_id):
 def _materialise_step(session: Session, settings, sequence: Sequence, step: SequenceStep, previous: int, *,
                       last: bool, now: dt.datetime) -> int:
     due = _due(sequence, step, previous, now)
-    # 1. Who is due at all, and in which zones (one query; nothing due: nothing more to do).
-    zones = session.scalars(sa.select(_zone(settings)).distinct().select_from(Enrolment)
-                            .join(Contact, Contact.id == Enrolment.contact_id).where(*due)).all()
-    if not zones:
+    # 1. Who is due at all, how many in each zone (one query; nothing due: nothing more to do).
+    zone = _zone(settings)
+    per_zone = dict(session.execute(sa.select(zone, sa.func.count()).select_from(Enrolment)
+                                    .join(Contact, Contact.id == Enrolment.contact_id).where(*due).group_by(zone)).all())
+    if not per_zone:
         return 0
     # 2. Who is inside the window now: decided here per zone (zoneinfo), then IN (…) in SQL.
     if step.window_start is not None:
-        open_zones = [zone for zone in zones if window_open(step, clock.zone_or(zone, settings.timezone), now)]
+        open_zones = [z for z in per_zone if window_open(step, clock.zone_or(z, settings.timezone), now)]
         if not open_zones:
             return 0
         due.append(sa.exists().where(Contact.id == Enrolment.contact_id, _zone(settings).in_(open_zones)))
+        per_zone = {z: per_zone[z] for z in open_zones}
+    priority = Priority.TRANSACTIONAL if sum(per_zone.values()) <= SMALL_BATCH else Priority.BULK
     # 3. Those who left the list or were suppressed leave the sequence (when it would reach them).
     erased = ~sa.exists().where(Contact.id == Enrolment.contact_id, Contact.email.is_not(None))
     suppressed = sa.exists().where(Contact.id == Enrolment.contact_id, Suppression.email_hash == Contact.email_hash)
@@ -719,7 +727,7 @@ def _materialise_step(session: Session, settings, sequence: Sequence, step: Sequ
         sa.literal(step.id, sa.Integer).label("ref_id"),
         (sa.literal("seq:") + sa.cast(Enrolment.id, sa.String) + sa.literal(f":{step.id}")).label("dedupe_key"),
     ).where(*selected, *([condition] if condition is not None else []))
-    queued = outbox.enqueue_many(session, rows, kind=STEP, now=now, priority=Priority.BULK)
+    queued = outbox.enqueue_many(session, rows, kind=STEP, now=now, priority=priority)
     # 5. Past the step, sent or skipped: the same selection, and only if not moved meanwhile.
     session.execute(sa.update(Enrolment).where(*selected).values(
         last_position=step.position, last_at=now,
