@@ -735,24 +735,22 @@ def _audience_rows(newsletter_id: int, *where):
 
 
 def enqueue_in_reader_zones(session: Session, newsletter: Newsletter, *, now: dt.datetime) -> int:
-    """Queue an issue sent in its readers' own zones: one query for the zones among its
-    audience, then one INSERT … SELECT per distinct instant, each row due when its reader's
-    clock shows the issue's time. The organisation's instant also takes everyone whose zone
-    is not among the others (no zone, an unknown one, or one set since the first query), so
-    the groups cover the audience exactly once. Due rows are claimed as usual; a paused
-    issue holds them with their times, so resuming keeps each reader's hour."""
+    """Queue an issue sent in its readers' own zones in one INSERT … SELECT over its
+    audience, each row due when its reader's clock shows the issue's time: a CASE on the
+    reader's zone, over the zones found among the audience (one query before). Everyone
+    else (no zone, an unknown one, or one set since that query) gets the organisation's
+    instant. One pass instead of one per distinct instant, which read the whole audience
+    each time (24 zones at 1,000,000 readers: see bench/sequences.py). Due rows are claimed
+    as usual; a paused issue holds them with their times, so resuming keeps each reader's hour."""
     times = reader_send_times(session, newsletter)
     fallback_at = clock.reader_local_to_utc(reader_local_time(newsletter), newsletter.send_zone_fallback)
-    elsewhere = [zone for instant, zones in times.items() if instant != fallback_at for zone in zones]
-    queued = 0
-    for due_at, zones in times.items():
-        if due_at == fallback_at:
-            in_group = sa.or_(Contact.timezone.is_(None), Contact.timezone.not_in(elsewhere))
-        else:
-            in_group = Contact.timezone.in_(zones)
-        queued += outbox.enqueue_many(session, _audience_rows(newsletter.id, in_group), kind=NEWSLETTER, now=now,
-                                      due_at=due_at, priority=Priority.BULK)
-    return queued
+    moment = Delivery.next_attempt_at.type
+    by_zone = {zone: sa.literal(instant, moment) for instant, zones in times.items() if instant != fallback_at
+               for zone in zones}
+    due_at = (sa.case(by_zone, value=Contact.timezone, else_=sa.literal(fallback_at, moment)) if by_zone
+              else fallback_at)
+    return outbox.enqueue_many(session, _audience_rows(newsletter.id), kind=NEWSLETTER, now=now, due_at=due_at,
+                               priority=Priority.BULK)
 
 
 def newsletter_email(batch, delivery: Delivery):

@@ -41,16 +41,19 @@ def enqueue(session: Session, *, contact_id: int, kind: str, dedupe_key: str, no
     return session.execute(stmt).first() is not None
 
 
-def enqueue_many(session: Session, rows, *, kind: str, now: dt.datetime, due_at: dt.datetime | None = None,
+def enqueue_many(session: Session, rows, *, kind: str, now: dt.datetime, due_at=None,
                  variant: str | None = None, priority: Priority = Priority.TRANSACTIONAL) -> int:
     """Queue one message per row of `rows` (a select of contact_id, list_id, ref_id and
     dedupe_key) in one INSERT … SELECT, whatever their number. Erased and suppressed
-    contacts, and keys queued before, are skipped. Returns how many were queued."""
+    contacts, and keys queued before, are skipped. `due_at` is one time, or an expression
+    over the row's Contact (each reader's own time). Returns how many were queued."""
     rows = rows.subquery()
+    if not isinstance(due_at, sa.ColumnElement):
+        due_at = sa.literal(due_at or now, Delivery.next_attempt_at.type)
     source = sa.select(
         rows.c.contact_id, sa.literal(kind), rows.c.list_id, rows.c.ref_id, sa.literal(variant, sa.String),
         rows.c.dedupe_key, sa.literal(DeliveryStatus.QUEUED.value), sa.literal(int(priority)), sa.literal(0),
-        sa.literal(due_at or now, Delivery.next_attempt_at.type), sa.literal(now, Delivery.created_at.type),
+        due_at, sa.literal(now, Delivery.created_at.type),
     ).join(Contact, Contact.id == rows.c.contact_id).where(Contact.email.is_not(None), _not_suppressed())
     stmt = dialect_insert(session, Delivery).from_select(
         list(INSERTED_COLUMNS), source,
