@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import io
 import re
 
 import sqlalchemy as sa
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 from mailer.audience import contacts
 from mailer.campaigns import sequences
 from mailer.db import session_scope
-from mailer.models import AuditLog, Enrolment, MailingList, Sequence
+from mailer.models import AuditLog, Contact, Enrolment, MailingList, Sequence
 from tests.test_newsletter_admin import log_in
 from tests.test_sequences import subscriber
 
@@ -166,3 +167,35 @@ def test_enrol_from_the_contact_page_and_viewers_only_look(app, mailer, db):
     assert "Add a step" not in viewer.get(f"/admin/automations/{sequence_id}").text
     assert viewer.post(f"/admin/automations/{sequence_id}/pause").status_code == 403
     assert viewer.get(f"/admin/automations/{sequence_id}/steps/new").status_code == 403
+
+
+def test_enrol_many_from_a_csv_counts_who_was_not_added(app, mailer, db):
+    editor = log_in(app, "editor@clinic.example")
+    sequence_id = create(editor, mailer, "Course")
+    step(editor, sequence_id, "Lesson 1")
+    for name in ("ann", "bob", "cy"):
+        subscriber(mailer, f"{name}@example.com", name.title())
+    with session_scope(mailer.sessions) as session:
+        contacts.get_or_create_contact(session, mailer.settings, "outsider@example.com",
+                                       now=dt.datetime.now(dt.timezone.utc))
+        sequences.enrol(session, sequence_id, db.scalar(sa.select(Contact.id).where(Contact.email == "cy@example.com")),
+                        dt.datetime.now(dt.timezone.utc))
+    csv = ("name,Email\nAnn,ANN@example.com\nBob,bob@example.com\nBob again,bob@example.com\nCy,cy@example.com\n"
+           "Out,outsider@example.com\nNobody,nobody@example.com\nBad,not-an-address\n")
+    answer = editor.client.post(f"/admin/automations/{sequence_id}/enrol-many", content_type="multipart/form-data",
+                                data={"csrf_token": editor.token, "file": (io.BytesIO(csv.encode()), "people.csv")},
+                                follow_redirects=True)
+    assert answer.status_code == 200
+    assert ("Enrolled: 2 enrolled, 1 already in it, 1 not subscribed to its list, 1 not a contact, "
+            "1 not an address, 1 repeated.") in seen(answer.text)
+    with mailer.read_sessions() as session:
+        enrolled = set(session.scalars(sa.select(Contact.email).join(Enrolment, Enrolment.contact_id == Contact.id)))
+        audit = session.scalars(sa.select(AuditLog.detail).where(AuditLog.action == "sequence.enrol_many")).all()
+    assert enrolled == {"ann@example.com", "bob@example.com", "cy@example.com"}
+    assert audit and "@" not in audit[0]
+    # Pasted lines work too; nothing given is a clear error.
+    pasted = editor.post(f"/admin/automations/{sequence_id}/enrol-many", {"addresses": "ann@example.com\n"},
+                         follow_redirects=True)
+    assert "0 enrolled, 1 already in it" in seen(pasted.text)
+    empty = editor.post(f"/admin/automations/{sequence_id}/enrol-many", {"addresses": " "})
+    assert empty.status_code == 400 and "Choose a CSV file" in seen(empty.text)

@@ -7,7 +7,7 @@ import csv
 import dataclasses
 import datetime as dt
 import itertools
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -59,6 +59,22 @@ def columns(fieldnames) -> tuple[str, str | None]:
     if email_column is None:
         raise InvalidInput("file", "The CSV needs an 'email' column.")
     return email_column, _column(fieldnames, NAME_COLUMNS)
+
+
+def read_addresses(lines: Iterable[str]) -> Iterator[str]:
+    """The addresses in a CSV with an email column (see EMAIL_COLUMNS), or in plain lines
+    of one address each (the first cell of each line); raw, for the caller to check."""
+    rows = csv.reader(lines)
+    first = next(rows, None)
+    if first is None:
+        return
+    email_column = _column(first, EMAIL_COLUMNS)
+    index = first.index(email_column) if email_column is not None else 0
+    if email_column is None and first:
+        yield first[0]
+    for row in rows:
+        if len(row) > index:
+            yield row[index]
 
 
 def import_csv(session_factory, settings, lines: Iterable[str], *, list_slug: str, consent_note: str,

@@ -11,7 +11,7 @@ import re
 import sqlalchemy as sa
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 
-from mailer.audience import contacts, directory
+from mailer.audience import contacts, directory, imports
 from mailer.campaigns import newsletters, sequences
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
@@ -255,6 +255,26 @@ def enrol():
     if back_to_contact:
         return redirect(url_for("contacts_admin.detail", contact_id=contact_id))
     return redirect(url_for(".detail", sequence_id=sequence_id, contact=address or None))
+
+
+@bp.post("/<int:sequence_id>/enrol-many")
+@can_change
+def enrol_many(sequence_id: int):
+    """Enrol the subscribers on an uploaded CSV (an email column) or pasted addresses."""
+    upload = request.files.get("file")
+    text = upload.read().decode("utf-8-sig", errors="replace") if upload and upload.filename else ""
+    text = text or request.form.get("addresses", "")
+    if not text.strip():
+        return _render_detail(sequence_id, status=400, error=InvalidInput(
+            "addresses", "Choose a CSV file with an email column, or paste addresses one per line."))
+    try:
+        with db_session() as s:
+            report = sequences.enrol_addresses(s, sequence_id, imports.read_addresses(text.splitlines()), utcnow())
+    except InvalidInput as exc:
+        return _render_detail(sequence_id, error=exc, status=400)
+    audit("sequence.enrol_many", f"sequence {sequence_id}: {report.line()}")
+    flash(f"Enrolled: {report.line()}.")
+    return redirect(url_for(".detail", sequence_id=sequence_id))
 
 
 # Steps ----------------------------------------------------------------------------------------
