@@ -14,7 +14,7 @@ from mailer.db import session_scope, utcnow
 from mailer.models import Subscription
 from tests.conftest import SECRET
 from tests.test_api_newsletters import Api, error_of
-from tests.test_sequences import mails_to, subscriber
+from tests.test_sequences import mails_to, manual_sequence, subscriber
 
 WELCOME = {
     "name": "Welcome series", "trigger": "manual", "list": "newsletter",
@@ -182,3 +182,17 @@ def test_cli_lists_shows_starts_enrols_and_reports(database_url, tmp_path, maile
     assert run("sequence", "pause", str(sequence_id)) == (
         1, "Error: Only an active sequence can be paused; this one is archived.\n")
     assert run("sequence", "show", "999") == (1, "Error: no sequence 999\n")
+
+
+def test_enrol_many_by_address(api, mailer):
+    sequence_id, _ = manual_sequence(mailer, ("Lesson 1", 0, {}))
+    subscriber(mailer, "ann@example.com", "Ann")
+    subscriber(mailer, "bob@example.com", "Bob")
+    answer = api.post(f"/sequences/{sequence_id}/enrolments/bulk",
+                      {"emails": ["Ann@Example.com", "bob@example.com", "bob@example.com", "nobody@example.com", "x"]})
+    assert answer.status_code == 200, answer.json
+    assert answer.json == {"enrolled": 2, "already": 0, "not_subscribed": 0, "unknown": 1, "invalid": 1,
+                           "duplicate": 1}
+    again = api.post(f"/sequences/{sequence_id}/enrolments/bulk", {"emails": ["ann@example.com"]}).json
+    assert (again["enrolled"], again["already"]) == (0, 1)
+    assert api.post(f"/sequences/{sequence_id}/enrolments/bulk", {"emails": []}).status_code == 422

@@ -93,6 +93,13 @@ class EnrolRequest(Request):
                                                      "step (otherwise 409).")] = False
 
 
+class BulkEnrolRequest(Request):
+    emails: Annotated[List[Annotated[str, Field(max_length=320)]], Field(
+        min_length=1, max_length=sequences.ENROL_MAX,
+        description="Addresses to enrol. Only active subscribers of the sequence's list are enrolled, each once; "
+                    "the rest are counted in the answer, not refused one by one.")]
+
+
 class StateChange(Request):
     """No fields; the body may be left out."""
 
@@ -167,6 +174,15 @@ class SequencePage(Response):
 class Enrolled(Response):
     contact_id: int
     restarted: bool = Field(description="True when `restart` was asked for: anyone already in it starts again.")
+
+
+class BulkEnrolled(Response):
+    enrolled: int = Field(description="Added to the sequence now.")
+    already: int = Field(description="In it already, left as they are.")
+    not_subscribed: int = Field(description="Contacts who are not active subscribers of the sequence's list.")
+    unknown: int = Field(description="Addresses no contact has.")
+    invalid: int = Field(description="Not email addresses.")
+    duplicate: int = Field(description="Given more than once.")
 
 
 class StepReport(Response):

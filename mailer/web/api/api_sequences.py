@@ -4,6 +4,7 @@ Each view calls the functions of mailer.campaigns.sequences; they register on
 mailer.web.api.api's blueprint."""
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 
 import sqlalchemy as sa
@@ -187,6 +188,17 @@ def enrol(id: int, body: schemas.EnrolRequest):
                                          "them again from the first step.")
         audit(session, "api_enrol", f"sequence {id}, contact {contact_id}" + (" (restart)" if body.restart else ""))
     return schemas.Enrolled(contact_id=contact_id, restarted=body.restart)
+
+
+@operation("POST", SEQUENCE + "/enrolments/bulk", summary="Enrol many people by address", body=schemas.BulkEnrolRequest,
+           response=schemas.BulkEnrolled, answer="How many were enrolled, and why the others were not.",
+           description="Up to 10,000 addresses. Only active subscribers of the sequence's list are enrolled; nobody "
+                       "already in it starts again. Recorded in the audit log (counts only).")
+def enrol_many(id: int, body: schemas.BulkEnrolRequest):
+    with db_session() as session:
+        report = sequences.enrol_addresses(session, id, body.emails, utcnow())
+        audit(session, "api_enrol_many", f"sequence {id}: {report.line()}")
+    return schemas.BulkEnrolled(**dataclasses.asdict(report))
 
 
 @operation("GET", SEQUENCE + "/report", summary="Enrolments and each step's outcomes", response=schemas.SequenceReport)
