@@ -231,7 +231,7 @@ def local_time_newsletter(database_url: str, workdir: Path, now: dt.datetime) ->
                 sa.select(sa.func.count(), sa.func.count(sa.distinct(Delivery.next_attempt_at))).where(
                     Delivery.kind == "newsletter", Delivery.ref_id == local)).one()
             # The plan of the audience's SELECT that the one INSERT reads.
-            group = newsletters._audience_rows(local)
+            group = newsletters._audience_rows(session, local)
             compiled = group.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
             explain = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
             result["plan"] = [" ".join(str(c) for c in row[-1:])

@@ -458,6 +458,21 @@ class NewsletterStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+class Segment(Base):
+    """Saved rules that pick contacts (mailer.audience.segments compiles them to one SQL
+    query). A segment narrows an audience; it never adds anyone a list does not have."""
+
+    __tablename__ = "segments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    # JSON: {"match": "all" | "any", "groups": [{"match": …, "rules": [{"kind": …, …}]}]}
+    rules: Mapped[str] = mapped_column(sa.Text, default="{}")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    archived_at: Mapped[Optional[dt.datetime]]
+
+
 class Newsletter(Base):
     __tablename__ = "newsletters"
 
@@ -481,6 +496,11 @@ class Newsletter(Base):
     rhythm_month: Mapped[Optional[str]] = mapped_column(sa.String(7))
     # Counted only when open tracking is on (aggregate: no per-person record).
     opens: Mapped[int] = mapped_column(default=0)
+    # Optionally only those subscribers of its lists who are in this segment; the rules
+    # as they were when sending started are kept in segment_rules (JSON), so later edits
+    # of the segment do not change what the issue's report describes.
+    segment_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("segments.id"))
+    segment_rules: Mapped[Optional[str]] = mapped_column(sa.Text)
     # Filled in when sending starts and ends.
     audience_count: Mapped[Optional[int]]
     started_at: Mapped[Optional[dt.datetime]]
@@ -587,6 +607,7 @@ class SequenceStatus(enum.StrEnum):
 class StepCondition(enum.StrEnum):
     ON_LIST = "on_list"  # only while still subscribed to the list condition_ref_id
     ATTENDED = "attended"  # only if marked attended at the webinar condition_ref_id
+    IN_SEGMENT = "in_segment"  # only if in the segment condition_ref_id when the step is due
 
 
 class EnrolmentStatus(enum.StrEnum):

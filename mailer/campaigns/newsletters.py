@@ -17,13 +17,14 @@ from apscheduler.triggers.cron import CronTrigger
 from jinja2 import nodes
 from sqlalchemy.orm import Session, selectinload
 
+from mailer.audience import segments
 from mailer.delivery import outbox
 from mailer.delivery.registry import Kind
-from mailer.db import dialect_insert, is_postgres, newest_first
+from mailer.db import dialect_insert, is_postgres, newest_first, utcnow
 from mailer.errors import InvalidInput, NotFound
 from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, ConsentAction, ConsentEvent, Contact, Delivery, DeliveryStatus,
                            MailingList, Newsletter, NewsletterLink, NewsletterStatus, Priority, Rhythm, Subscription,
-                           SubscriptionStatus, Suppression, newsletter_lists)
+                           Segment, SubscriptionStatus, Suppression, newsletter_lists)
 from mailer import clock
 from mailer.clock import format_local
 from mailer.delivery.rendering import (TEMPLATES, CompiledNewsletter, RenderedEmail, body_links, compile_newsletter,
@@ -175,18 +176,31 @@ def _validated(session: Session, *, subject: str, preheader: str, body_md: str, 
 
 
 def create_newsletter(session: Session, *, subject: str, body_md: str, lists: list[str], preheader: str = "",
-                      layout: str = "default", public: bool = False) -> Newsletter:
+                      layout: str = "default", public: bool = False, segment_id: int | None = None) -> Newsletter:
+    """A draft for the active subscribers of `lists`, or of those only the ones in the
+    segment `segment_id` (a segment narrows; it never adds anyone)."""
     mailing_lists = _validated(session, subject=subject, preheader=preheader, body_md=body_md, layout=layout,
                                lists=lists)
     newsletter = Newsletter(subject=" ".join(subject.split()), preheader=one_line(preheader or ""), body_md=body_md,
-                            layout=layout, lists=mailing_lists, status=NewsletterStatus.DRAFT, public=public)
+                            layout=layout, lists=mailing_lists, status=NewsletterStatus.DRAFT, public=public,
+                            segment_id=_segment(session, segment_id))
     session.add(newsletter)
     session.flush()
     return newsletter
 
 
+def _segment(session: Session, segment_id: int | None) -> int | None:
+    if segment_id is None:
+        return None
+    segment = session.get(Segment, segment_id)
+    if segment is None or segment.archived_at is not None:
+        raise InvalidInput("segment", "Choose a segment that exists and is not archived, or none.")
+    return segment.id
+
+
 def update_newsletter(session: Session, newsletter_id: int, *, subject: str, body_md: str, lists: list[str],
-                      preheader: str = "", layout: str = "default", public: bool = False) -> Newsletter:
+                      preheader: str = "", layout: str = "default", public: bool = False,
+                      segment_id: int | None = None) -> Newsletter:
     """Change a draft or a scheduled issue (its schedule stays)."""
     newsletter = get_newsletter(session, newsletter_id)
     _changeable(newsletter)
@@ -194,6 +208,7 @@ def update_newsletter(session: Session, newsletter_id: int, *, subject: str, bod
                                   lists=lists)
     newsletter.subject, newsletter.preheader = " ".join(subject.split()), one_line(preheader or "")
     newsletter.body_md, newsletter.layout, newsletter.public = body_md, layout, public
+    newsletter.segment_id = _segment(session, segment_id)
     if newsletter.status == NewsletterStatus.SCHEDULED and newsletter.send_local_time:
         session.flush()  # other lists may mean other zones: the send starts with the earliest of them
         newsletter.send_at = min(reader_send_times(session, newsletter))
@@ -272,7 +287,7 @@ def schedule_in_reader_zones(session: Session, newsletter_id: int, local: dt.dat
 
 def _reader_zones(session: Session, newsletter_id: int) -> list[str | None]:
     """The distinct zones stored on the issue's readers (None: no zone), in one query."""
-    audience = _audience(newsletter_id).subquery()
+    audience = _audience(session, newsletter_id).subquery()
     return list(session.scalars(sa.select(Contact.timezone).distinct()
                                 .join(audience, audience.c.contact_id == Contact.id)))
 
@@ -352,6 +367,9 @@ def start_due(session: Session, now: dt.datetime) -> list[int]:
         ).values(status=NewsletterStatus.SENDING, started_at=now)).rowcount
         if claimed:
             newsletter = session.get(Newsletter, newsletter_id)
+            if newsletter.segment_id is not None:  # the segment as it is now is who it goes to
+                newsletter.segment_rules = segments.get_segment(session, newsletter.segment_id).rules
+                session.flush()
             queued = (enqueue_in_reader_zones(session, newsletter, now=now) if newsletter.send_local_time
                       else enqueue_audience(session, newsletter_id, now=now))
             session.execute(sa.update(Newsletter).where(Newsletter.id == newsletter_id)
@@ -697,9 +715,16 @@ def report(session: Session, newsletter_id: int, *, now: dt.datetime | None = No
 # Who gets it ------------------------------------------------------------------------
 
 
-def _audience(newsletter_id: int):
-    """(contact_id, list_id) of every active, reachable subscriber of the issue's lists;
-    someone on two of its lists is one row (and gets one copy)."""
+def _audience(session: Session, newsletter_id: int, now: dt.datetime | None = None):
+    """(contact_id, list_id) of every active, reachable subscriber of the issue's lists,
+    narrowed by its segment if it has one (its rules as frozen when sending started, or as
+    they are now); someone on two of its lists is one row (and gets one copy)."""
+    narrowed = ()
+    newsletter = session.get(Newsletter, newsletter_id)
+    if newsletter is not None and newsletter.segment_id is not None:
+        rules = (segments.parse_stored(newsletter.segment_rules) if newsletter.segment_rules
+                 else segments.rules_of(segments.get_segment(session, newsletter.segment_id)))
+        narrowed = (segments.condition(session, rules, now or utcnow(), contact=Contact.id),)
     return (
         sa.select(Subscription.contact_id, sa.func.min(Subscription.list_id).label("list_id"))
         .join(newsletter_lists, newsletter_lists.c.list_id == Subscription.list_id)
@@ -709,25 +734,26 @@ def _audience(newsletter_id: int):
             Subscription.status == SubscriptionStatus.ACTIVE,
             Contact.email.is_not(None),
             ~sa.exists().where(Suppression.email_hash == Contact.email_hash),
+            *narrowed,
         )
         .group_by(Subscription.contact_id)
     )
 
 
-def count_audience(session: Session, newsletter_id: int) -> int:
-    return session.scalar(sa.select(sa.func.count()).select_from(_audience(newsletter_id).subquery()))
+def count_audience(session: Session, newsletter_id: int, now: dt.datetime | None = None) -> int:
+    return session.scalar(sa.select(sa.func.count()).select_from(_audience(session, newsletter_id, now).subquery()))
 
 
 def enqueue_audience(session: Session, newsletter_id: int, *, now: dt.datetime) -> int:
     """Queue the issue for its whole audience in one INSERT … SELECT. The dedupe key is
     per issue and contact, so running it again (a retry, a second worker) adds nobody twice."""
-    return outbox.enqueue_many(session, _audience_rows(newsletter_id), kind=NEWSLETTER, now=now,
+    return outbox.enqueue_many(session, _audience_rows(session, newsletter_id, now), kind=NEWSLETTER, now=now,
                                priority=Priority.BULK)
 
 
-def _audience_rows(newsletter_id: int, *where):
+def _audience_rows(session: Session, newsletter_id: int, now: dt.datetime | None = None, *where):
     """The outbox rows of the issue's audience (or of those readers matching `where`)."""
-    audience = _audience(newsletter_id).where(*where).subquery()
+    audience = _audience(session, newsletter_id, now).where(*where).subquery()
     return sa.select(
         audience.c.contact_id, audience.c.list_id, sa.literal(newsletter_id, sa.Integer).label("ref_id"),
         (sa.literal(f"newsletter:{newsletter_id}:") + sa.cast(audience.c.contact_id, sa.String)).label("dedupe_key"),
@@ -749,7 +775,8 @@ def enqueue_in_reader_zones(session: Session, newsletter: Newsletter, *, now: dt
                for zone in zones}
     due_at = (sa.case(by_zone, value=Contact.timezone, else_=sa.literal(fallback_at, moment)) if by_zone
               else fallback_at)
-    return outbox.enqueue_many(session, _audience_rows(newsletter.id), kind=NEWSLETTER, now=now, due_at=due_at,
+    return outbox.enqueue_many(session, _audience_rows(session, newsletter.id, now), kind=NEWSLETTER, now=now,
+                               due_at=due_at,
                                priority=Priority.BULK)
 
 
