@@ -182,3 +182,61 @@ def test_cli_lists_shows_starts_enrols_and_reports(database_url, tmp_path, maile
     assert run("sequence", "pause", str(sequence_id)) == (
         1, "Error: Only an active sequence can be paused; this one is archived.\n")
     assert run("sequence", "show", "999") == (1, "Error: no sequence 999\n")
+
+
+def test_cli_edits_and_deletes_a_step_by_its_number(database_url, tmp_path, mailer, smtp_server):
+    env = {"MAILER_DATABASE_URL": database_url, "MAILER_SECRET_KEY": SECRET,
+           "MAILER_INSTANCE_PATH": str(tmp_path / "i"), "MAILER_BASE_URL": "https://news.example.org"}
+
+    def run(*args, stdin=None):
+        result = CliRunner().invoke(main, list(args), env=env, input=stdin)
+        return result.exit_code, result.output
+
+    def steps():
+        code, shown = run("sequence", "show", "1")
+        assert code == 0, shown
+        return shown.splitlines()[1:]
+
+    subscriber(mailer, "ann@example.com", name="Ann Smith")
+    run("sequence", "create", "--name", "Course", "--trigger", "manual")
+    for subject, extra in (("Lesson one", ()), ("Lesson two", ("--delay", "2", "--window", "weekdays 09:00-11:00")),
+                           ("Lesson three", ("--delay", "1"))):
+        assert run("sequence", "add-step", "1", "--subject", subject, "--body-file", "-", *extra,
+                   stdin=f"{subject} for {{{{ contact.first_name }}}}.")[0] == 0
+
+    # Each option changes its own field; the others keep their values.
+    assert run("sequence", "edit-step", "1", "1", "--subject", "Lesson one, revised") == (
+        0, "changed step 1 of sequence 1\n")
+    assert run("sequence", "edit-step", "1", "2", "--delay", "3")[0] == 0  # still in days
+    assert steps() == ["  1. Lesson one, revised (at once)", "  2. Lesson two (after 3 days, weekdays 09:00-11:00)",
+                       "  3. Lesson three (after 1 day)"]
+    assert run("sequence", "edit-step", "1", "2", "--unit", "hours")[0] == 0
+    assert steps()[1] == "  2. Lesson two (after 3 hours, weekdays 09:00-11:00)"
+    assert run("sequence", "edit-step", "1", "2", "--window", "")[0] == 0
+    assert steps()[1] == "  2. Lesson two (after 3 hours)"
+    assert run("sequence", "edit-step", "1", "1", "--body-file", "-", "--preheader", "Start here",
+               stdin="New text for {{ contact.first_name }}.")[0] == 0
+
+    # Refusals change nothing and say why.
+    assert run("sequence", "edit-step", "1", "2", "--window", "noon") == (
+        1, "Error: Write a window like 'weekdays 09:00-11:00' or 'mon,wed 18:00-20:00'.\n")
+    assert run("sequence", "edit-step", "1", "1", "--body-file", "-", stdin="Hi {{ contact.nickname }}")[0] == 1
+    assert run("sequence", "edit-step", "1", "9", "--subject", "x") == (1, "Error: no step 9 in sequence 1\n")
+    assert run("sequence", "edit-step", "7", "1", "--subject", "x") == (1, "Error: no sequence 7\n")
+    assert run("sequence", "edit-step", "1", "1")[0] == 1  # nothing to change
+    assert steps()[:2] == ["  1. Lesson one, revised (at once)", "  2. Lesson two (after 3 hours)"]
+
+    assert run("sequence", "delete-step", "1", "2") == (0, "deleted step 2 of sequence 1\n")
+    assert steps() == ["  1. Lesson one, revised (at once)", "  3. Lesson three (after 1 day)"]
+    assert run("sequence", "delete-step", "1", "2") == (1, "Error: no step 2 in sequence 1\n")
+    assert run("sequence", "edit-step", "1", "2", "--subject", "x") == (1, "Error: no step 2 in sequence 1\n")
+
+    # What readers get is the steps as edited: the new text, and never the deleted step.
+    run("sequence", "activate", "1")
+    run("sequence", "enrol", "1", "ann@example.com")
+    now = utcnow()
+    for later in (dt.timedelta(seconds=1), dt.timedelta(hours=4), dt.timedelta(days=1, hours=5)):
+        mailer.drain(clock=lambda: now + later)
+    received = mails_to(smtp_server, "ann@example.com")
+    assert [m["Subject"] for m in received] == ["Lesson one, revised", "Lesson three"]
+    assert received[0].get_body(("plain",)).get_content().startswith("New text for Ann.")
