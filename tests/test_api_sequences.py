@@ -9,9 +9,10 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from mailer import privacy
 from mailer.cli import main
 from mailer.db import session_scope, utcnow
-from mailer.models import Subscription
+from mailer.models import Enrolment, Subscription
 from tests.conftest import SECRET
 from tests.test_api_newsletters import Api, error_of
 from tests.test_sequences import mails_to, subscriber
@@ -240,3 +241,35 @@ def test_cli_edits_and_deletes_a_step_by_its_number(database_url, tmp_path, mail
     received = mails_to(smtp_server, "ann@example.com")
     assert [m["Subject"] for m in received] == ["Lesson one, revised", "Lesson three"]
     assert received[0].get_body(("plain",)).get_content().startswith("New text for Ann.")
+
+
+
+def test_the_art_15_export_lists_the_persons_enrolments(api, mailer, smtp_server, db):
+    ann = subscriber(mailer, "ann@example.com", name="Ann Smith")
+    bob = subscriber(mailer, "bob@example.com", name="Bob")
+    welcome = create(api)["id"]  # step one at once, step two three days later
+    course = create(api, name="Course", steps=WELCOME["steps"][:1])["id"]
+    for sequence_id, people in ((welcome, (ann, bob)), (course, (bob,))):
+        api.post(f"/sequences/{sequence_id}/activate")
+        for person in people:
+            assert api.post(f"/sequences/{sequence_id}/enrolments", {"contact_id": person}).status_code == 200
+    db.write(sa.update(Subscription).where(Subscription.contact_id == bob).values(status="unsubscribed"))
+    mailer.drain(clock=lambda: utcnow() + dt.timedelta(seconds=1))  # Ann gets step one; Bob has left
+    assert [m["Subject"] for m in mails_to(smtp_server, "ann@example.com")] == ["Welcome, Ann"]
+
+    exported = api.get(f"/contacts/{bob}/export")
+    assert exported.status_code == 200, exported.json
+    assert [{k: v for k, v in e.items() if k not in ("enrolled_at", "last_at")} for e in exported.json["enrolments"]] \
+        == [{"sequence": "Welcome series", "status": "exited", "last_position": 0, "exited_reason": "unsubscribed"},
+            {"sequence": "Course", "status": "exited", "last_position": 0, "exited_reason": "unsubscribed"}]
+    [enrolment] = api.get(f"/contacts/{ann}/export").json["enrolments"]
+    enrolled_at, last_at = db.execute(sa.select(Enrolment.enrolled_at, Enrolment.last_at).where(
+        Enrolment.contact_id == ann))[0]
+    assert enrolment == {"sequence": "Welcome series", "enrolled_at": enrolment["enrolled_at"], "status": "active",
+                         "last_position": 1, "last_at": enrolment["last_at"], "exited_reason": None}
+    assert (dt.datetime.fromisoformat(enrolment["enrolled_at"]), dt.datetime.fromisoformat(enrolment["last_at"])) \
+        == (enrolled_at, last_at) and last_at > enrolled_at
+    with mailer.read_sessions() as session:  # what `python -m mailer export --contact` prints
+        assert privacy.export_contact(session, "ann@example.com")["enrolments"] == [{
+            "sequence": "Welcome series", "enrolled_at": enrolled_at.isoformat(), "status": "active",
+            "last_position": 1, "last_at": last_at.isoformat(), "exited_reason": None}]
