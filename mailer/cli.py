@@ -19,6 +19,7 @@ from mailer.delivery import outbox
 from mailer.staff import jobs, users
 from mailer.db import migrate as run_migrations, session_scope, utcnow
 from mailer.errors import InvalidInput, NotFound
+from mailer.models import SequenceTrigger
 from mailer.settings import SettingsError, load_settings
 
 log = logging.getLogger("mailer")
@@ -617,10 +618,12 @@ def sequence_list() -> None:
 
 @sequence_group.command("create")
 @click.option("--name", required=True)
-@click.option("--trigger", required=True, type=click.Choice(["confirmed", "registered", "attended", "missed", "manual"]))
+@click.option("--trigger", required=True, type=click.Choice([t.value for t in SequenceTrigger]),
+              help="imported: people a CSV import adds to --trigger-list (confirmed never enrols them).")
 @click.option("--list", "list_slug", default=contacts.DEFAULT_LIST, show_default=True,
               help="The list its mail is sent as.")
-@click.option("--trigger-list", help="For --trigger confirmed: the list whose confirmations enrol people.")
+@click.option("--trigger-list", help="For --trigger confirmed or imported: the list whose confirmations, or imports, "
+                                     "enrol people.")
 @click.option("--trigger-webinar", type=int, help="For the webinar triggers: the webinar (default: any).")
 def sequence_create(name, trigger, list_slug, trigger_list, trigger_webinar) -> None:
     """Create a draft sequence; add steps with add-step, then activate it."""

@@ -152,6 +152,10 @@ def test_cli_lists_shows_starts_enrols_and_reports(database_url, tmp_path, maile
     sequence_id = 1
     assert run("sequence", "create", "--name", "Welcome", "--trigger", "confirmed") == (
         1, "Error: Choose the list whose confirmations start the sequence.\n")
+    assert run("sequence", "create", "--name", "Imported", "--trigger", "imported") == (
+        1, "Error: Choose the list whose imports start the sequence.\n")
+    assert run("sequence", "create", "--name", "Imported", "--trigger", "imported", "--trigger-list",
+               "newsletter") == (0, "created sequence 2 (draft)\n")
     assert run_with("Hello {{ contact.first_name }}.", "sequence", "add-step", "1", "--subject", "Lesson one",
                     "--body-file", "-") == (0, "added step 1 to sequence 1\n")
     assert run_with("Again.", "sequence", "add-step", "1", "--subject", "Lesson two", "--body-file", "-",
@@ -159,8 +163,9 @@ def test_cli_lists_shows_starts_enrols_and_reports(database_url, tmp_path, maile
     assert run_with("x", "sequence", "add-step", "1", "--subject", "x", "--body-file", "-", "--window",
                     "noon")[0] == 1
 
-    assert run("sequence", "list") == (0, f"{sequence_id}\tdraft\tmanual\tnewsletter\t0 enrolled, 0 active, "
-                                          "0 completed\tCourse\n")
+    assert run("sequence", "list") == (0, "2\tdraft\timported\tnewsletter\t0 enrolled, 0 active, 0 completed\t"
+                                          f"Imported\n{sequence_id}\tdraft\tmanual\tnewsletter\t0 enrolled, "
+                                          "0 active, 0 completed\tCourse\n")
     code, shown = run("sequence", "show", str(sequence_id))
     assert code == 0 and shown.splitlines()[1:] == [
         "  1. Lesson one (at once)", "  2. Lesson two (after 2 days, weekdays 09:00-11:00)"]
