@@ -19,6 +19,7 @@ from mailer.delivery import outbox
 from mailer.staff import jobs, users
 from mailer.db import migrate as run_migrations, session_scope, utcnow
 from mailer.errors import InvalidInput, NotFound
+from mailer.models import SequenceTrigger
 from mailer.settings import SettingsError, load_settings
 
 log = logging.getLogger("mailer")
@@ -585,7 +586,8 @@ def webinar_attendance(webinar_id, csv_file):
 
 @main.group("sequence")
 def sequence_group() -> None:
-    """Sequences (automations): create, add steps, list, show, start, pause, resume, archive, enrol, report."""
+    """Sequences (automations): create, add, edit and delete steps, list, show, start, pause, resume,
+    archive, enrol, report."""
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -616,10 +618,12 @@ def sequence_list() -> None:
 
 @sequence_group.command("create")
 @click.option("--name", required=True)
-@click.option("--trigger", required=True, type=click.Choice(["confirmed", "registered", "attended", "missed", "manual"]))
+@click.option("--trigger", required=True, type=click.Choice([t.value for t in SequenceTrigger]),
+              help="imported: people a CSV import adds to --trigger-list (confirmed never enrols them).")
 @click.option("--list", "list_slug", default=contacts.DEFAULT_LIST, show_default=True,
               help="The list its mail is sent as.")
-@click.option("--trigger-list", help="For --trigger confirmed: the list whose confirmations enrol people.")
+@click.option("--trigger-list", help="For --trigger confirmed or imported: the list whose confirmations, or imports, "
+                                     "enrol people.")
 @click.option("--trigger-webinar", type=int, help="For the webinar triggers: the webinar (default: any).")
 def sequence_create(name, trigger, list_slug, trigger_list, trigger_webinar) -> None:
     """Create a draft sequence; add steps with add-step, then activate it."""
@@ -649,6 +653,59 @@ def sequence_add_step(sequence_id, subject, body_file, preheader, layout, delay,
         s, sequence_id, subject=subject, body_md=body_file.read(), preheader=preheader, layout=layout,
         delay=(delay, unit), window=window).position)
     click.echo(f"added step {position} to sequence {sequence_id}")
+
+
+def _step_at(session, sequence_id: int, position: int):
+    """The live step numbered `position` in `sequence show` (positions are never reused)."""
+    sequences.get_sequence(session, sequence_id)  # an unknown sequence is named as such
+    for step in sequences.live_steps(session, sequence_id):
+        if step.position == position:
+            return step
+    raise NotFound(f"no step {position} in sequence {sequence_id}")
+
+
+@sequence_group.command("edit-step")
+@click.argument("sequence_id", type=int)
+@click.argument("step", type=int)
+@click.option("--subject")
+@click.option("--body-file", type=click.File("r", encoding="utf-8"), help="Markdown; - for stdin.")
+@click.option("--preheader")
+@click.option("--layout")
+@click.option("--delay", type=int, help="After the previous step, in --unit (default: the unit `show` gives).")
+@click.option("--unit", type=click.Choice(list(sequences.DELAY_UNITS)))
+@click.option("--window", help="e.g. 'weekdays 09:00-11:00', in the reader's zone; '' for none.")
+def sequence_edit_step(sequence_id, step, subject, body_file, preheader, layout, delay, unit, window) -> None:
+    """Change step STEP (its number in `sequence show`); what is not given keeps its value.
+    Mail not yet sent carries the new text; the delay and window apply to readers not yet past it."""
+    given = dict(subject=subject, body_md=body_file.read() if body_file else None, preheader=preheader,
+                 layout=layout, window=window)
+    if all(v is None for v in (*given.values(), delay, unit)):
+        raise click.ClickException("Nothing to change: give --subject, --body-file, --preheader, --layout, "
+                                   "--delay, --unit or --window.")
+    m = _mailer()
+
+    def edit(session):
+        current = _step_at(session, sequence_id, step)
+        amount, shown_unit = sequences.delay_parts(current.delay_minutes)
+        kept = dict(subject=current.subject, body_md=current.body_md, preheader=current.preheader,
+                    layout=current.layout, window=sequences.window_text(current))
+        return sequences.update_step(
+            session, current.id, **{k: kept[k] if v is None else v for k, v in given.items()},
+            delay=(amount if delay is None else delay, unit or shown_unit),
+            condition=current.condition, condition_ref_id=current.condition_ref_id).position
+
+    click.echo(f"changed step {_run(m, edit)} of sequence {sequence_id}")
+
+
+@sequence_group.command("delete-step")
+@click.argument("sequence_id", type=int)
+@click.argument("step", type=int)
+def sequence_delete_step(sequence_id, step) -> None:
+    """Delete step STEP (its number in `sequence show`): nobody gets it from now on, its queued
+    copies are cancelled, what was sent stays sent, and no earlier step is sent again."""
+    m = _mailer()
+    _run(m, lambda s: sequences.delete_step(s, _step_at(s, sequence_id, step).id, now=utcnow()))
+    click.echo(f"deleted step {step} of sequence {sequence_id}")
 
 
 @sequence_group.command("show")

@@ -590,7 +590,8 @@ class RegistrationRequest(Base):
 
 
 class SequenceTrigger(enum.StrEnum):
-    CONFIRMED = "confirmed"  # confirmed a subscription to trigger_list_id (a welcome series)
+    CONFIRMED = "confirmed"  # confirmed a subscription to trigger_list_id (a welcome series); never an import
+    IMPORTED = "imported"  # added to trigger_list_id by a CSV import (only when staff choose this trigger)
     REGISTERED = "registered"  # took a seat at trigger_webinar_id, or at any webinar when it is NULL
     ATTENDED = "attended"  # marked attended at that webinar (or any)
     MISSED = "missed"  # had a seat, not marked attended, some time after the webinar's end

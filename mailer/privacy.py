@@ -1,6 +1,6 @@
 """Rights of the people we write to (GDPR): Art. 15 export of everything held about one
 person, and Art. 17 erasure. Both reach across the packages: contacts and the consent
-ledger, webinar registrations, the outbox and the dev mailbox."""
+ledger, webinar registrations, sequence enrolments, the outbox and the dev mailbox."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,9 +13,9 @@ from mailer.audience import consent, contacts
 from mailer.campaigns import sequences, webinars
 from mailer.delivery import outbox, suppression
 from mailer.errors import NotFound
-from mailer.models import (ConsentAction, Contact, Delivery, DevMessage, Registration, RegistrationRequest,
-                           RegistrationStatus, SignupRequest, Subscription, SubscriptionStatus, Suppression,
-                           SuppressionReason, Webinar)
+from mailer.models import (ConsentAction, Contact, Delivery, DevMessage, Enrolment, Registration,
+                           RegistrationRequest, RegistrationStatus, Sequence, SignupRequest, Subscription,
+                           SubscriptionStatus, Suppression, SuppressionReason, Webinar)
 from mailer.settings import Settings
 
 ERASURE_NOTE = "Personal data erased on request (GDPR Art. 17)"
@@ -105,6 +105,8 @@ def _export(session: Session, contact: Contact) -> dict:
     deliveries = session.scalars(sa.select(Delivery).where(Delivery.contact_id == contact.id).order_by(Delivery.id)).all()
     registrations = session.scalars(sa.select(Registration).where(Registration.contact_id == contact.id)
                                     .order_by(Registration.id)).all()
+    enrolments = session.execute(sa.select(Enrolment, Sequence.name).join(Sequence).where(
+        Enrolment.contact_id == contact.id).order_by(Enrolment.id)).all()
     return {
         "contact": {"id": contact.id, "email": contact.email, "name": contact.name, "timezone": contact.timezone,
                     "created_at": _iso(contact.created_at), "erased_at": _iso(contact.erased_at)},
@@ -116,6 +118,9 @@ def _export(session: Session, contact: Contact) -> dict:
         "registrations": [{"webinar": r.webinar.slug, "title": r.webinar.title, "status": r.status,
                            "timezone": r.timezone, "created_at": _iso(r.created_at),
                            "cancelled_at": _iso(r.cancelled_at), "attended": r.attended} for r in registrations],
+        "enrolments": [{"sequence": name, "enrolled_at": _iso(e.enrolled_at), "status": e.status,
+                        "last_position": e.last_position, "last_at": _iso(e.last_at),
+                        "exited_reason": e.exited_reason} for e, name in enrolments],
         "consent_events": [
             {"id": e.id, "at": _iso(e.created_at), "purpose": e.purpose, "action": e.action,
              "wording_version": e.wording.version if e.wording else None,

@@ -9,9 +9,10 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from mailer import privacy
 from mailer.cli import main
 from mailer.db import session_scope, utcnow
-from mailer.models import Subscription
+from mailer.models import Enrolment, Subscription
 from tests.conftest import SECRET
 from tests.test_api_newsletters import Api, error_of
 from tests.test_sequences import mails_to, manual_sequence, subscriber
@@ -151,6 +152,10 @@ def test_cli_lists_shows_starts_enrols_and_reports(database_url, tmp_path, maile
     sequence_id = 1
     assert run("sequence", "create", "--name", "Welcome", "--trigger", "confirmed") == (
         1, "Error: Choose the list whose confirmations start the sequence.\n")
+    assert run("sequence", "create", "--name", "Imported", "--trigger", "imported") == (
+        1, "Error: Choose the list whose imports start the sequence.\n")
+    assert run("sequence", "create", "--name", "Imported", "--trigger", "imported", "--trigger-list",
+               "newsletter") == (0, "created sequence 2 (draft)\n")
     assert run_with("Hello {{ contact.first_name }}.", "sequence", "add-step", "1", "--subject", "Lesson one",
                     "--body-file", "-") == (0, "added step 1 to sequence 1\n")
     assert run_with("Again.", "sequence", "add-step", "1", "--subject", "Lesson two", "--body-file", "-",
@@ -158,8 +163,9 @@ def test_cli_lists_shows_starts_enrols_and_reports(database_url, tmp_path, maile
     assert run_with("x", "sequence", "add-step", "1", "--subject", "x", "--body-file", "-", "--window",
                     "noon")[0] == 1
 
-    assert run("sequence", "list") == (0, f"{sequence_id}\tdraft\tmanual\tnewsletter\t0 enrolled, 0 active, "
-                                          "0 completed\tCourse\n")
+    assert run("sequence", "list") == (0, "2\tdraft\timported\tnewsletter\t0 enrolled, 0 active, 0 completed\t"
+                                          f"Imported\n{sequence_id}\tdraft\tmanual\tnewsletter\t0 enrolled, "
+                                          "0 active, 0 completed\tCourse\n")
     code, shown = run("sequence", "show", str(sequence_id))
     assert code == 0 and shown.splitlines()[1:] == [
         "  1. Lesson one (at once)", "  2. Lesson two (after 2 days, weekdays 09:00-11:00)"]
@@ -196,3 +202,93 @@ def test_enrol_many_by_address(api, mailer):
     again = api.post(f"/sequences/{sequence_id}/enrolments/bulk", {"emails": ["ann@example.com"]}).json
     assert (again["enrolled"], again["already"]) == (0, 1)
     assert api.post(f"/sequences/{sequence_id}/enrolments/bulk", {"emails": []}).status_code == 422
+
+
+def test_cli_edits_and_deletes_a_step_by_its_number(database_url, tmp_path, mailer, smtp_server):
+    env = {"MAILER_DATABASE_URL": database_url, "MAILER_SECRET_KEY": SECRET,
+           "MAILER_INSTANCE_PATH": str(tmp_path / "i"), "MAILER_BASE_URL": "https://news.example.org"}
+
+    def run(*args, stdin=None):
+        result = CliRunner().invoke(main, list(args), env=env, input=stdin)
+        return result.exit_code, result.output
+
+    def steps():
+        code, shown = run("sequence", "show", "1")
+        assert code == 0, shown
+        return shown.splitlines()[1:]
+
+    subscriber(mailer, "ann@example.com", name="Ann Smith")
+    run("sequence", "create", "--name", "Course", "--trigger", "manual")
+    for subject, extra in (("Lesson one", ()), ("Lesson two", ("--delay", "2", "--window", "weekdays 09:00-11:00")),
+                           ("Lesson three", ("--delay", "1"))):
+        assert run("sequence", "add-step", "1", "--subject", subject, "--body-file", "-", *extra,
+                   stdin=f"{subject} for {{{{ contact.first_name }}}}.")[0] == 0
+
+    # Each option changes its own field; the others keep their values.
+    assert run("sequence", "edit-step", "1", "1", "--subject", "Lesson one, revised") == (
+        0, "changed step 1 of sequence 1\n")
+    assert run("sequence", "edit-step", "1", "2", "--delay", "3")[0] == 0  # still in days
+    assert steps() == ["  1. Lesson one, revised (at once)", "  2. Lesson two (after 3 days, weekdays 09:00-11:00)",
+                       "  3. Lesson three (after 1 day)"]
+    assert run("sequence", "edit-step", "1", "2", "--unit", "hours")[0] == 0
+    assert steps()[1] == "  2. Lesson two (after 3 hours, weekdays 09:00-11:00)"
+    assert run("sequence", "edit-step", "1", "2", "--window", "")[0] == 0
+    assert steps()[1] == "  2. Lesson two (after 3 hours)"
+    assert run("sequence", "edit-step", "1", "1", "--body-file", "-", "--preheader", "Start here",
+               stdin="New text for {{ contact.first_name }}.")[0] == 0
+
+    # Refusals change nothing and say why.
+    assert run("sequence", "edit-step", "1", "2", "--window", "noon") == (
+        1, "Error: Write a window like 'weekdays 09:00-11:00' or 'mon,wed 18:00-20:00'.\n")
+    assert run("sequence", "edit-step", "1", "1", "--body-file", "-", stdin="Hi {{ contact.nickname }}")[0] == 1
+    assert run("sequence", "edit-step", "1", "9", "--subject", "x") == (1, "Error: no step 9 in sequence 1\n")
+    assert run("sequence", "edit-step", "7", "1", "--subject", "x") == (1, "Error: no sequence 7\n")
+    assert run("sequence", "edit-step", "1", "1")[0] == 1  # nothing to change
+    assert steps()[:2] == ["  1. Lesson one, revised (at once)", "  2. Lesson two (after 3 hours)"]
+
+    assert run("sequence", "delete-step", "1", "2") == (0, "deleted step 2 of sequence 1\n")
+    assert steps() == ["  1. Lesson one, revised (at once)", "  3. Lesson three (after 1 day)"]
+    assert run("sequence", "delete-step", "1", "2") == (1, "Error: no step 2 in sequence 1\n")
+    assert run("sequence", "edit-step", "1", "2", "--subject", "x") == (1, "Error: no step 2 in sequence 1\n")
+
+    # What readers get is the steps as edited: the new text, and never the deleted step.
+    run("sequence", "activate", "1")
+    run("sequence", "enrol", "1", "ann@example.com")
+    now = utcnow()
+    for later in (dt.timedelta(seconds=1), dt.timedelta(hours=4), dt.timedelta(days=1, hours=5)):
+        mailer.drain(clock=lambda: now + later)
+    received = mails_to(smtp_server, "ann@example.com")
+    assert [m["Subject"] for m in received] == ["Lesson one, revised", "Lesson three"]
+    assert received[0].get_body(("plain",)).get_content().startswith("New text for Ann.")
+
+
+
+def test_the_art_15_export_lists_the_persons_enrolments(api, mailer, smtp_server, db):
+    ann = subscriber(mailer, "ann@example.com", name="Ann Smith")
+    bob = subscriber(mailer, "bob@example.com", name="Bob")
+    welcome = create(api)["id"]  # step one at once, step two three days later
+    course = create(api, name="Course", steps=WELCOME["steps"][:1])["id"]
+    for sequence_id, people in ((welcome, (ann, bob)), (course, (bob,))):
+        api.post(f"/sequences/{sequence_id}/activate")
+        for person in people:
+            assert api.post(f"/sequences/{sequence_id}/enrolments", {"contact_id": person}).status_code == 200
+    db.write(sa.update(Subscription).where(Subscription.contact_id == bob).values(status="unsubscribed"))
+    mailer.drain(clock=lambda: utcnow() + dt.timedelta(seconds=1))  # Ann gets step one; Bob has left
+    assert [m["Subject"] for m in mails_to(smtp_server, "ann@example.com")] == ["Welcome, Ann"]
+
+    exported = api.get(f"/contacts/{bob}/export")
+    assert exported.status_code == 200, exported.json
+    assert [{k: v for k, v in e.items() if k not in ("enrolled_at", "last_at")} for e in exported.json["enrolments"]] \
+        == [{"sequence": "Welcome series", "status": "exited", "last_position": 0, "exited_reason": "unsubscribed"},
+            {"sequence": "Course", "status": "exited", "last_position": 0, "exited_reason": "unsubscribed"}]
+    [enrolment] = api.get(f"/contacts/{ann}/export").json["enrolments"]
+    enrolled_at, last_at = db.execute(sa.select(Enrolment.enrolled_at, Enrolment.last_at).where(
+        Enrolment.contact_id == ann))[0]
+    assert enrolment == {"sequence": "Welcome series", "enrolled_at": enrolment["enrolled_at"], "status": "active",
+                         "last_position": 1, "last_at": enrolment["last_at"], "exited_reason": None}
+    assert (dt.datetime.fromisoformat(enrolment["enrolled_at"]), dt.datetime.fromisoformat(enrolment["last_at"])) \
+        == (enrolled_at, last_at) and last_at > enrolled_at
+    with mailer.read_sessions() as session:  # what `python -m mailer export --contact` prints
+        assert privacy.export_contact(session, "ann@example.com")["enrolments"] == [{
+            "sequence": "Welcome series", "enrolled_at": enrolled_at.isoformat(), "status": "active",
+            "last_position": 1, "last_at": last_at.isoformat(), "exited_reason": None}]

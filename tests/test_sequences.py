@@ -70,7 +70,7 @@ def join(client, mailer, smtp_server, email, name, zone, when=ENROL):
     with time_machine.travel(when, tick=False):  # the link's signature carries its time
         signup(client, email=email, name=name, timezone=zone)
         mailer.drain(clock=at(when))
-        [confirmation] = mails_to(smtp_server, email)
+        confirmation = [m for m in mails_to(smtp_server, email) if m["Subject"].startswith("Please confirm")][-1]
         link = [l for l in links_in(confirmation.get_body(("plain",)).get_content()) if "/confirm/" in l][0]
         assert "You are now subscribed" in client.get(link.removeprefix("https://news.example.org")).text
 
@@ -528,3 +528,72 @@ def test_a_seat_taken_after_activation_enrols_and_so_does_one_given_from_the_wai
     mailer.drain(clock=at(before + dt.timedelta(days=2)))
     assert ours("bob@example.com") == ["Before the webinar, Bob"]
     assert ours("early@example.com") == []
+
+
+def import_into(mailer, list_slug, when, *addresses):
+    """A CSV import of these addresses into a list, at `when`, as `python -m mailer import` does it."""
+    from mailer.audience import imports
+
+    lines = ["email,name\n", *(f"{a},{a.split('@')[0].title()}\n" for a in addresses)]
+    return imports.import_csv(mailer.sessions, mailer.settings, lines, list_slug=list_slug,
+                              consent_note="Paper form at the clinic desk, 2026", source="import:test.csv", now=when)
+
+
+def test_an_import_into_the_list_enrols_only_in_a_sequence_that_chose_the_imported_trigger(client, mailer,
+                                                                                          smtp_server, db):
+    from mailer.delivery import suppression
+
+    list_id = default_list(mailer)
+    with session_scope(mailer.sessions) as session:
+        contacts.ensure_list(session, "clinic-news", "Clinic news", "Yes, send me clinic news.")
+        welcome = sequences.create_sequence(session, name="Welcome", trigger="confirmed", trigger_list_id=list_id,
+                                            list_id=list_id)
+        sequences.add_step(session, welcome.id, subject="Welcome, {{ contact.first_name }}", body_md="Hello.")
+        imported = sequences.create_sequence(session, name="Imported", trigger="imported", trigger_list_id=list_id,
+                                             list_id=list_id)
+        sequences.add_step(session, imported.id, subject="Good to have you here, {{ contact.first_name }}",
+                           body_md="We moved our newsletter here.")
+        for sequence in (welcome, imported):
+            sequences.activate(session, sequence.id, now=ACTIVATED)
+        welcome_id, imported_id = welcome.id, imported.id
+        suppression.suppress_address(session, mailer.settings, "bounced@example.com", reason="hard_bounce",
+                                     now=ACTIVATED)
+    import_into(mailer, contacts.DEFAULT_LIST, ACTIVATED - dt.timedelta(days=1), "early@example.com")
+    subscriber(mailer, "old@example.com", "Old")  # on the list for long
+    subscriber(mailer, "gone@example.com", "Gone")
+    db.write(sa.update(Subscription).where(Subscription.contact_id == contact_id(db, "gone@example.com"))
+             .values(status="unsubscribed"))
+    join(client, mailer, smtp_server, "sam@example.com", "Sam", "Europe/London")  # a double opt-in
+
+    report = import_into(mailer, contacts.DEFAULT_LIST, ENROL + dt.timedelta(minutes=1), "ann@example.com",
+                         "bob@example.com", "quick@example.com", "old@example.com", "gone@example.com",
+                         "bounced@example.com", "early@example.com")
+    assert (report.imported, report.duplicate, report.suppressed) == (3, 3, 1)
+    import_into(mailer, "clinic-news", ENROL + dt.timedelta(minutes=1), "cal@example.com", "old@example.com")
+    db.write(sa.update(Subscription).where(Subscription.contact_id == contact_id(db, "quick@example.com"))
+             .values(status="unsubscribed"))  # imported, then gone before the worker looked
+    mailer.drain(clock=at(ENROL + dt.timedelta(minutes=2)))
+    mailer.drain(clock=at(ENROL + dt.timedelta(minutes=3)))
+
+    def enrolled(sequence_id):
+        return set(db.scalars(sa.select(Contact.email).join(Enrolment, Enrolment.contact_id == Contact.id)
+                              .where(Enrolment.sequence_id == sequence_id)))
+
+    assert enrolled(imported_id) == {"ann@example.com", "bob@example.com"}
+    assert enrolled(welcome_id) == {"sam@example.com"}
+    assert subjects_to(smtp_server, "ann@example.com") == ["Good to have you here, Ann"]
+    assert subjects_to(smtp_server, "bob@example.com") == ["Good to have you here, Bob"]
+    assert subjects_to(smtp_server, "sam@example.com")[1:] == ["Welcome, Sam"]
+    assert {r.rcpt_tos[0] for r in smtp_server.received} == {"ann@example.com", "bob@example.com", "sam@example.com"}
+
+    # Imported, unsubscribed, and back by double opt-in: a confirmation, for the welcome series.
+    db.write(sa.update(Subscription).where(Subscription.contact_id == contact_id(db, "ann@example.com"))
+             .values(status="unsubscribed"))
+    join(client, mailer, smtp_server, "ann@example.com", "Ann", "Europe/London", when=ENROL + dt.timedelta(hours=1))
+    mailer.drain(clock=at(ENROL + dt.timedelta(hours=1, minutes=1)))
+    assert enrolled(welcome_id) == {"sam@example.com", "ann@example.com"}
+    assert subjects_to(smtp_server, "ann@example.com")[-1] == "Welcome, Ann"
+
+
+def contact_id(db, email) -> int:
+    return db.scalar(sa.select(Contact.id).where(Contact.email == email))

@@ -18,9 +18,9 @@ from mailer.delivery import outbox
 from mailer.delivery.registry import Kind
 from mailer.errors import InvalidInput, NotFound
 from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, ConsentAction, ConsentEvent, Contact, Delivery,
-                           DeliveryStatus, Enrolment, EnrolmentStatus, MailingList, Priority, Registration, RegistrationStatus, Sequence,
-                           SequenceSkip, SequenceStatus, SequenceStep, SequenceTrigger, StepCondition, Subscription,
-                           SubscriptionStatus, Suppression, Webinar, WebinarStatus)
+                           DeliveryStatus, Enrolment, EnrolmentStatus, MailingList, Priority, Registration,
+                           RegistrationStatus, Sequence, SequenceSkip, SequenceStatus, SequenceStep, SequenceTrigger,
+                           StepCondition, Subscription, SubscriptionStatus, Suppression, Webinar, WebinarStatus)
 
 STEP = "sequence_step"
 STEP_TEST = "sequence_step_test"  # a "[TEST]" copy staff send themselves; never counted
@@ -79,9 +79,10 @@ def _apply(session: Session, sequence: Sequence, *, name, trigger, list_id, trig
         raise InvalidInput("trigger", f"Unknown trigger '{trigger}'; one of: {', '.join(SequenceTrigger)}.")
     if session.get(MailingList, list_id) is None:
         raise InvalidInput("list_id", "Choose the list its mail is sent as (unsubscribing leaves that list).")
-    if trigger == SequenceTrigger.CONFIRMED:
+    if trigger in (SequenceTrigger.CONFIRMED, SequenceTrigger.IMPORTED):
         if trigger_list_id is None or session.get(MailingList, trigger_list_id) is None:
-            raise InvalidInput("trigger_list_id", "Choose the list whose confirmations start the sequence.")
+            what = "confirmations" if trigger == SequenceTrigger.CONFIRMED else "imports"
+            raise InvalidInput("trigger_list_id", f"Choose the list whose {what} start the sequence.")
         trigger_webinar_id = None
     elif trigger in (SequenceTrigger.REGISTERED, SequenceTrigger.ATTENDED, SequenceTrigger.MISSED):
         if trigger_webinar_id is not None and session.get(Webinar, trigger_webinar_id) is None:
@@ -638,10 +639,18 @@ def _triggered(session: Session, sequence: Sequence, since: dt.datetime, now: dt
     planning against an empty enrolments table, re-scan the rows the same INSERT had just
     added (55 s for the first 100,000 enrolments, 1.9 s without it; bench/sequences.py --quick)."""
     eligible = (Contact.email.is_not(None),)
-    if sequence.trigger == SequenceTrigger.CONFIRMED:
+    if sequence.trigger in (SequenceTrigger.CONFIRMED, SequenceTrigger.IMPORTED):
+        # A CSV import makes a subscription active at once, confirmed_at the import's time, with an
+        # `imported` consent event of that same time (audience/imports.py); a later double opt-in
+        # on the same row is a confirmation again. Imports start `imported` sequences only.
+        imported = sa.exists().where(ConsentEvent.contact_id == Subscription.contact_id,
+                                     ConsentEvent.list_id == Subscription.list_id,
+                                     ConsentEvent.action == ConsentAction.IMPORTED,
+                                     ConsentEvent.created_at >= Subscription.confirmed_at)
+        how = imported if sequence.trigger == SequenceTrigger.IMPORTED else ~imported
         yield sa.select(Contact.id).join(Subscription, Subscription.contact_id == Contact.id).where(
             Subscription.list_id == sequence.trigger_list_id, Subscription.status == SubscriptionStatus.ACTIVE,
-            Subscription.confirmed_at >= since, *eligible)
+            Subscription.confirmed_at >= since, how, *eligible)
         return
     webinar = Registration.webinar_id == sequence.trigger_webinar_id if sequence.trigger_webinar_id else sa.true()
     if sequence.trigger == SequenceTrigger.REGISTERED:

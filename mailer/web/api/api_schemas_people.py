@@ -359,6 +359,15 @@ class ExportedRegistration(Response):
     attended: bool | None
 
 
+class ExportedEnrolment(Response):
+    sequence: str = Field(description="The sequence's name.")
+    enrolled_at: UtcDatetime | None
+    status: str = Field(description="`active`, `completed` (past its last step) or `exited`.")
+    last_position: int = Field(description="Position of the last step queued or skipped for them; 0: none yet.")
+    last_at: UtcDatetime | None = Field(description="When that step was queued or skipped (or the enrolment).")
+    exited_reason: str | None = Field(description="Why they left it (`unsubscribed`, `suppressed`, `erased`).")
+
+
 class ExportedConsentEvent(Response):
     id: int
     at: UtcDatetime | None
@@ -380,6 +389,8 @@ class ContactExport(Response):
     subscriptions: list[ExportedSubscription]
     deliveries: list[ExportedDelivery]
     registrations: list[ExportedRegistration]
+    enrolments: list[ExportedEnrolment] = Field(description="Sequences (automations) they are in, or were in "
+                                                            "until they left; erasure deletes these.")
     consent_events: list[ExportedConsentEvent]
 
 

@@ -14,14 +14,16 @@ from mailer.web.api.api_schemas import (BodyMarkdown, Layout, Preheader, Request
 from mailer.web.api.api_schemas_people import Email, Id, ListSlug
 
 Trigger = Annotated[Literal[tuple(SequenceTrigger)], Field(
-    description="Who it starts for: `confirmed` a subscription to `trigger_list`; `registered` at, `attended` or "
-                "`missed` the webinar `trigger_webinar_id` (or any webinar when null); `manual`: enrolled by "
-                "staff only.", examples=["confirmed"])]
+    description="Who it starts for: `confirmed` a subscription to `trigger_list` (double opt-in; never an "
+                "import); `imported`: added to `trigger_list` by a CSV import (active subscribers only; only "
+                "sequences with this trigger enrol imported people); `registered` at, `attended` or `missed` the "
+                "webinar `trigger_webinar_id` (or any webinar when null); `manual`: enrolled by staff only. Only "
+                "what happens after the first activation enrols anyone.", examples=["confirmed"])]
 SequenceName = Annotated[Text(1, 200), Field(examples=["Welcome series"])]
 SequenceList = Annotated[ListSlug, Field(description="The list its mail is sent as: only its subscribers get it, "
                                                      "and unsubscribing leaves it.")]
-TriggerList = Annotated[ListSlug | None, Field(description="For `confirmed`: the list whose confirmations enrol "
-                                                           "people.")]
+TriggerList = Annotated[ListSlug | None, Field(description="For `confirmed` and `imported`: the list whose "
+                                                           "confirmations, or imports, enrol people.")]
 TriggerWebinar = Annotated[Id | None, Field(description="For the webinar triggers: the webinar, or null for any.")]
 Delay = Annotated[int, Field(ge=0, le=366 * 24 * 60, examples=[3],
                              description="After the previous step was queued (after enrolment for the first), in "
