@@ -131,3 +131,35 @@ def test_a_segment_narrows_a_newsletter_and_is_frozen_when_it_starts(mailer, smt
             newsletters.create_newsletter(session, subject="Again", body_md="x", lists=["newsletter"],
                                           segment_id=segment_id)
         assert refused.value.field == "segment"
+
+
+def test_an_automation_enrols_a_segment_and_uses_one_as_a_step_condition(mailer, smtp_server, people):
+    w = people["webinar"]
+    list_id = default_list(mailer)
+    with session_scope(mailer.sessions) as session:
+        londoners = segments.create_segment(session, name="Londoners", now=NOW, rules={
+            "groups": [{"rules": [rule("timezone", "is", value="Europe/London")]}]})
+        seated = segments.create_segment(session, name="Had a seat", now=NOW, rules={
+            "groups": [{"rules": [rule("webinar", "registered", ref_id=w)]}]})
+        sequence = sequences.create_sequence(session, name="Replay", trigger="manual", list_id=list_id)
+        sequences.add_step(session, sequence.id, subject="Hello", body_md="Hello.")
+        sequences.add_step(session, sequence.id, subject="For Londoners", body_md="Tea?", delay=(1, "hours"),
+                           condition="in_segment", condition_ref_id=londoners.id)
+        sequences.activate(session, sequence.id, now=NOW)
+        # Ann, Bob and Dee had seats; Dee left the list, so only Ann and Bob are enrolled.
+        assert sequences.enrol_segment(session, sequence.id, seated.id, NOW) == 2
+        assert sequences.enrol_segment(session, sequence.id, seated.id, NOW) == 0  # nobody twice
+        sequence_id = sequence.id
+    for hours in (0, 1):
+        with session_scope(mailer.sessions) as session:
+            sequences.run(session, mailer.settings, NOW + dt.timedelta(hours=hours))
+        mailer.drain(clock=lambda: NOW + dt.timedelta(hours=hours))
+    got = sorted((r.rcpt_tos[0], r.message["Subject"]) for r in smtp_server.received
+                 if not r.message["Subject"].startswith("Your seat"))
+    assert got == [("ann@example.com", "Hello"), ("bob@example.com", "For Londoners"), ("bob@example.com", "Hello")]
+    with mailer.read_sessions() as session:
+        [_, second] = sequences.report(session, sequence_id)
+        assert second["skipped"] == 1  # Ann: no zone, not a Londoner
+        with pytest.raises(InvalidInput):
+            sequences.add_step(session, sequence_id, subject="x", body_md="x", condition="in_segment",
+                               condition_ref_id=999)

@@ -196,7 +196,9 @@ def _predicate(session: Session, rule: Rule, contact, now: dt.datetime):
             if contact is not Contact.id else Contact.timezone
         if rule.op == "is_empty":
             return zone.is_(None)
-        return zone == rule.value if rule.op == "is" else sa.or_(zone.is_(None), zone != rule.value)
+        # Never NULL (a NOT around a rule must pick those without a zone too).
+        zone = sa.func.coalesce(zone, "")
+        return zone == rule.value if rule.op == "is" else zone != rule.value
     if rule.kind == "webinar":
         seated = [Registration.contact_id == contact, Registration.status == RegistrationStatus.CONFIRMED]
         if rule.ref_id:

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased
 
 from mailer import clock
+from mailer.audience import segments
 from mailer.campaigns import newsletters
 from mailer.db import dialect_insert, take_singleton
 from mailer.delivery import outbox
@@ -20,7 +21,8 @@ from mailer.errors import InvalidInput, NotFound
 from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, ConsentAction, ConsentEvent, Contact, Delivery,
                            DeliveryStatus, Enrolment, EnrolmentStatus, MailingList, Priority, Registration,
                            RegistrationStatus, Sequence, SequenceSkip, SequenceStatus, SequenceStep, SequenceTrigger,
-                           StepCondition, Subscription, SubscriptionStatus, Suppression, Webinar, WebinarStatus)
+                           Segment, StepCondition, Subscription, SubscriptionStatus, Suppression, Webinar,
+                           WebinarStatus)
 
 STEP = "sequence_step"
 STEP_TEST = "sequence_step_test"  # a "[TEST]" copy staff send themselves; never counted
@@ -224,7 +226,8 @@ def _step_values(session: Session, *, subject, preheader, body_md, layout, delay
     if condition is not None:
         if condition not in set(StepCondition):
             raise InvalidInput("condition", f"Unknown condition '{condition}'.")
-        model = MailingList if condition == StepCondition.ON_LIST else Webinar
+        model = {StepCondition.ON_LIST: MailingList, StepCondition.ATTENDED: Webinar,
+                 StepCondition.IN_SEGMENT: Segment}[condition]
         if condition_ref_id is None or session.get(model, condition_ref_id) is None:
             raise InvalidInput("condition_ref_id", "Choose the list or webinar the condition is about.")
     else:
@@ -467,7 +470,7 @@ def plan_for_contact(session: Session, settings, sequence_id: int, contact_id: i
             planned.append(PlannedStep(step, "not coming", note=stopped))
             continue
         at = next_send_time(step, zone, max(base + dt.timedelta(minutes=step.delay_minutes), now))
-        note = _condition_note(session, step, contact.id)
+        note = _condition_note(session, step, contact.id, now)
         if at > base + dt.timedelta(minutes=step.delay_minutes) and step.window_start is not None:
             note = " ".join(filter(None, [f"waits for the window ({window_text(step)})", note]))
         planned.append(PlannedStep(step, "planned", at, note))
@@ -493,9 +496,9 @@ def _stopped(session: Session, sequence: Sequence, contact: Contact, enrolment: 
     return ""
 
 
-def _condition_note(session: Session, step: SequenceStep, contact_id: int) -> str:
+def _condition_note(session: Session, step: SequenceStep, contact_id: int, now: dt.datetime) -> str:
     """'skipped unless …' when the step's condition is false for the reader today."""
-    condition = _condition(step, contact_id)
+    condition = _condition(session, step, now, contact_id)
     if condition is None or session.scalar(sa.select(condition)):
         return ""
     return f"skipped unless {condition_text(session, step)} by then"
@@ -509,6 +512,9 @@ def condition_text(session: Session, step: SequenceStep) -> str:
     if step.condition == StepCondition.ATTENDED:
         webinar = session.get(Webinar, step.condition_ref_id)
         return f"attended {webinar.title if webinar else 'a deleted webinar'}"
+    if step.condition == StepCondition.IN_SEGMENT:
+        segment = session.get(Segment, step.condition_ref_id)
+        return f"in the segment {segment.name if segment else '(deleted)'}"
     return ""
 
 
@@ -599,6 +605,19 @@ def enrol_addresses(session: Session, sequence_id: int, addresses, now: dt.datet
             report.enrolled += added
             report.already += len(subscribed) - added
     return report
+
+
+def enrol_segment(session: Session, sequence_id: int, segment_id: int, now: dt.datetime) -> int:
+    """Enrol everyone in a segment who is subscribed to the sequence's list (a segment never
+    adds anyone a list does not have), in one INSERT … SELECT; returns how many were new."""
+    sequence = get_sequence(session, sequence_id)
+    if sequence.status == SequenceStatus.ARCHIVED:
+        raise InvalidInput("status", "The sequence is archived.")
+    segment = segments.get_segment(session, segment_id)
+    picked = segments.contacts_in(session, segments.rules_of(segment), now).where(sa.exists().where(
+        Subscription.contact_id == Contact.id, Subscription.list_id == sequence.list_id,
+        Subscription.status == SubscriptionStatus.ACTIVE))
+    return _insert_enrolments(session, sequence_id, picked, now)
 
 
 def re_enrol(session: Session, sequence_id: int, contact_id: int, now: dt.datetime) -> bool:
@@ -745,8 +764,13 @@ def _zone(settings):
     return sa.func.coalesce(Contact.timezone, settings.timezone)
 
 
-def _condition(step: SequenceStep, contact=Enrolment.contact_id):
+def _condition(session: Session, step: SequenceStep, now: dt.datetime, contact=Enrolment.contact_id):
     """The step's condition for `contact` (the enrolment's reader in a bulk statement, or one id)."""
+    if step.condition == StepCondition.IN_SEGMENT:
+        segment = session.get(Segment, step.condition_ref_id)
+        if segment is None:
+            return sa.false()
+        return segments.condition(session, segments.rules_of(segment), now, contact=contact)
     if step.condition == StepCondition.ON_LIST:
         return sa.exists().where(Subscription.contact_id == contact,
                                  Subscription.list_id == step.condition_ref_id,
@@ -782,7 +806,7 @@ def _materialise_step(session: Session, settings, sequence: Sequence, step: Sequ
         exited_reason=sa.case((erased, "erased"), (suppressed, "suppressed"), else_="unsubscribed"),
     ).execution_options(synchronize_session=SYNC))
     selected = [*due, _reachable(sequence)]
-    condition = _condition(step)
+    condition = _condition(session, step, now)
     if condition is not None:
         skip = sa.select(Enrolment.id, sa.literal(step.id), sa.literal(f"condition: {step.condition}"),
                          sa.literal(now, SequenceSkip.created_at.type)).where(*selected, ~condition)
