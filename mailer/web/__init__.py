@@ -126,8 +126,8 @@ def _forget_client_ip(_error=None) -> None:
 
 def register(app: Flask) -> None:
     from mailer.audience.contacts import PublicLists
-    from mailer.web.admin import (admin, auth, automations_admin, contacts_admin, newsletters_admin, staff_admin,
-                                  webinars_admin)
+    from mailer.web.admin import (admin, auth, automations_admin, contacts_admin, newsletters_admin, segments_admin,
+                                  staff_admin, webinars_admin)
     from mailer.web.api import api, hooks
     from mailer.web.public import archive, public, tracking, webinar_pages
     from mailer.web.admin import deliveries_admin
@@ -147,7 +147,7 @@ def register(app: Flask) -> None:
     for blueprint in (public.bp, webinar_pages.bp, hooks.bp, api.bp):
         csrf.exempt(blueprint)
     for blueprint in (public.bp, webinar_pages.bp, archive.bp, tracking.bp, auth.bp, admin.bp,
-                      newsletters_admin.bp, automations_admin.bp, webinars_admin.bp, contacts_admin.bp, deliveries_admin.bp, hooks.bp, api.bp,
+                      newsletters_admin.bp, automations_admin.bp, segments_admin.bp, webinars_admin.bp, contacts_admin.bp, deliveries_admin.bp, hooks.bp, api.bp,
                       staff_admin.bp, import_admin.bp):
         app.register_blueprint(blueprint)
     app.after_request(_security_headers)

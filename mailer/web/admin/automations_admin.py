@@ -11,7 +11,7 @@ import re
 import sqlalchemy as sa
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 
-from mailer.audience import contacts, directory, imports
+from mailer.audience import contacts, directory, imports, segments
 from mailer.campaigns import newsletters, sequences
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
@@ -42,7 +42,8 @@ def _choices(session) -> dict:
     return {"mailing_lists": session.execute(sa.select(MailingList.id, MailingList.name).order_by(MailingList.name)).all(),
             "webinar_choices": session.execute(sa.select(Webinar.id, Webinar.title).order_by(Webinar.starts_at.desc())
                                                ).all(),
-            "triggers": list(SequenceTrigger)}
+            "triggers": list(SequenceTrigger),
+            "segment_choices": [(seg.id, seg.name) for seg in segments.list_segments(session)]}
 
 
 def _int(value: str | None, field: str) -> int | None:
@@ -171,7 +172,8 @@ def _render_detail(sequence_id: int, *, error: InvalidInput | None = None, form:
             "admin/automations/detail.html", sequence=sequence, timeline=timeline,
             trigger=sequences.trigger_text(s, sequence), list_name=s.get(MailingList, sequence.list_id).name,
             counts=sequences.enrolment_counts(s, [sequence_id])[sequence_id], report=sequences.report(s, sequence_id),
-            plan=plan, plan_problem=plan_problem, address=address, error=error, form=form or {})
+            plan=plan, plan_problem=plan_problem, address=address, error=error, form=form or {},
+            segment_choices=[(seg.id, seg.name) for seg in segments.list_segments(s)])
     if plan is not None:
         audit("sequence.plan", f"sequence {sequence_id} for contact {plan.contact.id}")
     return page, status
@@ -277,6 +279,24 @@ def enrol_many(sequence_id: int):
     return redirect(url_for(".detail", sequence_id=sequence_id))
 
 
+@bp.post("/<int:sequence_id>/enrol-segment")
+@can_change
+def enrol_segment(sequence_id: int):
+    """Enrol everyone in a segment who is subscribed to the automation's list."""
+    try:
+        segment_id = _int(request.form.get("segment"), "segment")
+        if segment_id is None:
+            raise InvalidInput("segment", "Choose a segment.")
+        with db_session() as s:
+            added = sequences.enrol_segment(s, sequence_id, segment_id, utcnow())
+    except (InvalidInput, NotFound) as exc:
+        return _render_detail(sequence_id, status=400, error=exc if isinstance(exc, InvalidInput)
+                              else InvalidInput("segment", str(exc)))
+    audit("sequence.enrol_segment", f"sequence {sequence_id}, segment {segment_id}: {added} enrolled")
+    flash(f"Enrolled {added} from the segment (subscribers of the list who were not in it yet).")
+    return redirect(url_for(".detail", sequence_id=sequence_id))
+
+
 # Steps ----------------------------------------------------------------------------------------
 
 def _step_input() -> dict:
@@ -284,7 +304,7 @@ def _step_input() -> dict:
     return {key: form.get(key, default) for key, default in (
         ("subject", ""), ("preheader", ""), ("body_md", ""), ("layout", "default"), ("delay", "0"),
         ("delay_unit", "days"), ("window", ""), ("condition", ""), ("condition_list", ""),
-        ("condition_webinar", ""))}
+        ("condition_webinar", ""), ("condition_segment", ""))}
 
 
 def _step_args(values: dict) -> dict:
@@ -298,6 +318,8 @@ def _step_args(values: dict) -> dict:
         ref = _int(values["condition_list"], "condition_ref_id")
     elif condition == StepCondition.ATTENDED:
         ref = _int(values["condition_webinar"], "condition_ref_id")
+    elif condition == StepCondition.IN_SEGMENT:
+        ref = _int(values["condition_segment"], "condition_ref_id")
     return dict(subject=values["subject"], preheader=values["preheader"], body_md=values["body_md"],
                 layout=values["layout"], delay=(delay, values["delay_unit"]), window=values["window"],
                 condition=condition, condition_ref_id=ref)
@@ -309,7 +331,8 @@ def _step_values(step) -> dict:
             "delay": str(delay), "delay_unit": unit, "window": sequences.window_text(step),
             "condition": step.condition or "",
             "condition_list": str(step.condition_ref_id or "") if step.condition == StepCondition.ON_LIST else "",
-            "condition_webinar": str(step.condition_ref_id or "") if step.condition == StepCondition.ATTENDED else ""}
+            "condition_webinar": str(step.condition_ref_id or "") if step.condition == StepCondition.ATTENDED else "",
+            "condition_segment": str(step.condition_ref_id or "") if step.condition == StepCondition.IN_SEGMENT else ""}
 
 
 def _render_step(sequence_id: int, values: dict, step_id: int | None = None, error: InvalidInput | None = None,
@@ -332,7 +355,8 @@ def new_step(sequence_id: int):
         first = not sequences.live_steps(s, sequence_id)
     return _render_step(sequence_id, {"subject": "", "preheader": "", "body_md": "", "layout": "default",
                                       "delay": "0" if first else "3", "delay_unit": "days", "window": "",
-                                      "condition": "", "condition_list": "", "condition_webinar": ""})
+                                      "condition": "", "condition_list": "", "condition_webinar": "",
+                                      "condition_segment": ""})
 
 
 @bp.post("/<int:sequence_id>/steps/new")

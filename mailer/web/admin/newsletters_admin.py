@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
 
-from mailer.audience import contacts
+from mailer.audience import contacts, segments
 from mailer.campaigns import newsletters
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
@@ -56,17 +56,21 @@ def sandboxed(body: str, mimetype: str = "text/html", status: int = 200) -> Resp
 
 def _editor_input() -> dict:
     form = request.form
+    segment = form.get("segment", "").strip()
     return {"subject": form.get("subject", ""), "preheader": form.get("preheader", ""),
             "body_md": form.get("body_md", ""), "layout": form.get("layout", "default"),
-            "lists": form.getlist("lists"), "public": form.get("public") == "yes"}
+            "lists": form.getlist("lists"), "public": form.get("public") == "yes",
+            "segment_id": int(segment) if segment.isdigit() else None}
 
 
 def _render_editor(values: dict, newsletter_id: int | None = None, error: InvalidInput | None = None,
                    status: int = 200):
     with db_reader() as s:
         mailing_lists = s.scalars(sa.select(MailingList).order_by(MailingList.name)).all()
+        segment_choices = [(seg.id, seg.name) for seg in segments.list_segments(s)]
     return render_template("admin/newsletters/edit.html", values=values, newsletter_id=newsletter_id,
-                           mailing_lists=mailing_lists, layouts=newsletters.layouts(), error=error), status
+                           mailing_lists=mailing_lists, segment_choices=segment_choices,
+                           layouts=newsletters.layouts(), error=error), status
 
 
 # The list --------------------------------------------------------------------------
@@ -113,7 +117,7 @@ def create_rhythm():
 @can_change
 def new():
     return _render_editor({"subject": "", "preheader": "", "body_md": "", "layout": "default",
-                           "lists": [contacts.DEFAULT_LIST], "public": False})
+                           "lists": [contacts.DEFAULT_LIST], "public": False, "segment_id": None})
 
 
 @bp.post("/new")
@@ -124,7 +128,7 @@ def create():
         with db_session() as s:
             newsletter = newsletters.create_newsletter(
                 s, subject=values["subject"], preheader=values["preheader"], body_md=values["body_md"],
-                layout=values["layout"], lists=values["lists"])
+                layout=values["layout"], lists=values["lists"], segment_id=values["segment_id"])
             newsletter.public = values["public"]  # create_newsletter takes no `public`
             newsletter_id = newsletter.id
     except InvalidInput as exc:
@@ -139,7 +143,7 @@ def edit(newsletter_id: int):
     with db_reader() as s:
         n = newsletters.get_newsletter(s, newsletter_id)
         values = {"subject": n.subject, "preheader": n.preheader, "body_md": n.body_md, "layout": n.layout,
-                  "lists": [ml.slug for ml in n.lists], "public": n.public}
+                  "lists": [ml.slug for ml in n.lists], "public": n.public, "segment_id": n.segment_id}
     return _render_editor(values, newsletter_id)
 
 
@@ -250,11 +254,21 @@ def _render_detail(newsletter_id: int, *, error: InvalidInput | None = None, for
         page = render_template(
             "admin/newsletters/detail.html", n=newsletter, lists=[ml.name for ml in newsletter.lists],
             changeable=changeable, problems=problems, audience=audience, report=report, sample=sample,
-            reader_time=reader_time, figures=_figures(newsletter),
+            reader_time=reader_time, figures=_figures(newsletter), segment_text=_segment_text(s, newsletter),
             chart=_sent_per_minute_chart(report["sent_per_minute"], m.settings.timezone),
             schedule=form if form and "date" in form else _schedule_defaults(newsletter, m.settings.timezone),
             rhythms=newsletters.list_rhythms(s), error=error, form=form or {})
     return page, status
+
+
+def _segment_text(session, newsletter: Newsletter) -> str | None:
+    """'readers in Came to Spine Health: attended …' (the rules it went out with, once sent)."""
+    if newsletter.segment_id is None:
+        return None
+    segment = segments.get_segment(session, newsletter.segment_id)
+    rules = (segments.parse_stored(newsletter.segment_rules) if newsletter.segment_rules
+             else segments.rules_of(segment))
+    return f"readers in “{segment.name}”: {segments.describe(session, rules)}"
 
 
 @bp.get("/<int:newsletter_id>")
