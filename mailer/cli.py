@@ -324,11 +324,13 @@ def _run(m, action):
 @click.option("--list", "lists", multiple=True, default=[contacts.DEFAULT_LIST], show_default=True)
 @click.option("--preheader", default="")
 @click.option("--layout", default="default", show_default=True)
-def newsletter_create(subject, body_file, lists, preheader, layout) -> None:
+@click.option("--segment", "segment_id", type=int, help="Only the readers of the lists in this segment (segment list).")
+def newsletter_create(subject, body_file, lists, preheader, layout, segment_id) -> None:
     """Create a draft; its templates are checked first."""
     m = _mailer()
     newsletter_id = _run(m, lambda s: newsletters.create_newsletter(
-        s, subject=subject, body_md=body_file.read(), lists=list(lists), preheader=preheader, layout=layout).id)
+        s, subject=subject, body_md=body_file.read(), lists=list(lists), preheader=preheader, layout=layout,
+        segment_id=segment_id).id)
     click.echo(f"created newsletter {newsletter_id} (draft)")
 
 
@@ -765,6 +767,29 @@ def sequence_enrol(sequence_id, email, restart) -> None:
     click.echo(f"{email} {'restarted' if restart else 'enrolled'} in sequence {sequence_id}")
 
 
+@sequence_group.command("enrol-csv")
+@click.argument("sequence_id", type=int)
+@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+def sequence_enrol_csv(sequence_id, file) -> None:
+    """Enrol the subscribers of its list among the addresses in FILE (a CSV with an email
+    column, or one address a line; - for stdin; up to 10,000)."""
+    from mailer.audience import imports
+
+    m = _mailer()
+    report = _run(m, lambda s: sequences.enrol_addresses(s, sequence_id, imports.read_addresses(file), utcnow()))
+    click.echo(report.line())
+
+
+@sequence_group.command("enrol-segment")
+@click.argument("sequence_id", type=int)
+@click.argument("segment_id", type=int)
+def sequence_enrol_segment(sequence_id, segment_id) -> None:
+    """Enrol everyone in a segment who is subscribed to the sequence's list."""
+    m = _mailer()
+    added = _run(m, lambda s: sequences.enrol_segment(s, sequence_id, segment_id, utcnow()))
+    click.echo(f"{added} enrolled in sequence {sequence_id}")
+
+
 @sequence_group.command("report")
 @click.argument("sequence_id", type=int)
 def sequence_report(sequence_id) -> None:
@@ -783,8 +808,67 @@ def sequence_report(sequence_id) -> None:
         outcomes = [f"{key} {n}" for key, n in sorted(row["deliveries"].items())]
         if row["skipped"]:
             outcomes.append(f"skipped {row['skipped']}")
+        if row["unsubscribes"]:
+            outcomes.append(f"unsubscribes {row['unsubscribes']}")
         deleted = " (deleted)" if row["deleted"] else ""
         click.echo(f"  {row['position']}. {row['subject']}{deleted}: {', '.join(outcomes) or 'nothing yet'}")
+
+
+@main.group("segment")
+def segment_group() -> None:
+    """Segments: saved rules that pick contacts (list, show, count, create, archive)."""
+
+
+@segment_group.command("list")
+def segment_list() -> None:
+    """Every segment: id, status, name, its rules in words."""
+    from mailer.audience import segments
+
+    m = _mailer()
+    with m.read_sessions() as session:
+        for row in segments.list_segments(session, archived=True):
+            status = "archived" if row.archived_at else "in use"
+            click.echo(f"{row.id}\t{status}\t{row.name}\t{segments.describe(session, segments.rules_of(row))}")
+
+
+@segment_group.command("create")
+@click.option("--name", required=True)
+@click.option("--rules-file", required=True, type=click.File("r", encoding="utf-8"),
+              help='JSON: {"match": "all", "groups": [{"match": "any", "rules": [{"kind": …, "op": …}]}]}; - for stdin.')
+def segment_create(name, rules_file) -> None:
+    """Create a segment; its rules are checked first."""
+    from mailer.audience import segments
+
+    m = _mailer()
+    segment_id = _run(m, lambda s: segments.create_segment(s, name=name, rules=rules_file.read(), now=utcnow()).id)
+    click.echo(f"created segment {segment_id}")
+
+
+@segment_group.command("count")
+@click.argument("segment_id", type=int)
+def segment_count(segment_id) -> None:
+    """How many contacts the segment picks now, and its rules in words."""
+    from mailer.audience import segments
+
+    m = _mailer()
+
+    def counted(session):
+        rules = segments.rules_of(segments.get_segment(session, segment_id))
+        return segments.count(session, rules, utcnow()), segments.describe(session, rules)
+
+    found, text = _run(m, counted)
+    click.echo(f"{found} contacts: {text}")
+
+
+@segment_group.command("archive")
+@click.argument("segment_id", type=int)
+def segment_archive(segment_id) -> None:
+    """No longer offered for new issues; issues that used it keep it."""
+    from mailer.audience import segments
+
+    m = _mailer()
+    _run(m, lambda s: segments.archive_segment(s, segment_id, now=utcnow()))
+    click.echo(f"archived segment {segment_id}")
 
 
 @main.command("import")

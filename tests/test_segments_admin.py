@@ -11,6 +11,7 @@ from mailer.models import Enrolment, Newsletter, Segment
 from tests.test_automations_admin import create as create_automation, seen, step
 from tests.test_newsletter_admin import log_in
 from tests.test_sequences import subscriber
+from tests.test_api_sequences import api  # noqa: F401 (a pytest fixture)
 
 
 def rows(**fields) -> dict:
@@ -82,3 +83,59 @@ def test_build_count_and_use_a_segment(app, mailer, smtp_server):
     assert viewer.get(f"/admin/segments/{segment_id}").status_code == 200
     assert viewer.post(f"/admin/segments/{segment_id}", rows()).status_code == 403
     assert viewer.post(f"/admin/segments/{segment_id}/archive").status_code == 403
+
+
+def test_segments_through_the_api(api, mailer):
+    subscriber(mailer, "bob@example.com", "Bob", "Europe/London")
+    subscriber(mailer, "cy@example.com", "Cy", "Europe/Berlin")
+    rules = {"match": "all", "groups": [{"match": "any", "rules": [
+        {"kind": "timezone", "op": "is", "value": "Europe/London"}]}]}
+    created = api.post("/segments", {"name": "Londoners", "rules": rules})
+    assert created.status_code == 201, created.json
+    segment = created.json
+    assert segment["description"] == "time zone is Europe/London"
+    assert api.get(f"/segments/{segment['id']}/count").json == {"count": 1, "description": "time zone is Europe/London"}
+    bad = api.post("/segments", {"name": "x", "rules": {"groups": [{"rules": [
+        {"kind": "webinar", "op": "attended", "ref_id": 99}]}]}})
+    assert bad.status_code == 422 and bad.json["error"]["field"] == "groups.0.rules.0.ref_id"
+    changed = api.patch(f"/segments/{segment['id']}", {"rules": {"groups": [{"rules": [
+        {"kind": "timezone", "op": "is_not", "value": "Europe/London"}]}]}}).json
+    assert changed["name"] == "Londoners" and changed["description"] == "time zone is not Europe/London"
+    issue = api.post("/newsletters", {"subject": "Hi", "body_md": "Hello.", "lists": ["newsletter"],
+                                      "segment_id": segment["id"]})
+    assert issue.status_code == 201 and issue.json["segment_id"] == segment["id"]
+    assert api.post(f"/segments/{segment['id']}/archive").json["archived_at"] is not None
+    refused = api.post("/newsletters", {"subject": "Hi", "body_md": "Hello.", "lists": ["newsletter"],
+                                        "segment_id": segment["id"]})
+    assert refused.status_code == 422 and refused.json["error"]["field"] == "segment"
+
+
+def test_segments_and_enrolments_on_the_command_line(database_url, tmp_path, mailer):
+    from click.testing import CliRunner
+
+    from mailer.cli import main
+    from tests.conftest import SECRET
+    from tests.test_sequences import manual_sequence
+
+    env = {"MAILER_DATABASE_URL": database_url, "MAILER_SECRET_KEY": SECRET,
+           "MAILER_INSTANCE_PATH": str(tmp_path / "i"), "MAILER_BASE_URL": "https://news.example.org"}
+
+    def run(*args, stdin=None):
+        result = CliRunner().invoke(main, list(args), env=env, input=stdin)
+        return result.exit_code, result.output
+
+    subscriber(mailer, "bob@example.com", "Bob", "Europe/London")
+    subscriber(mailer, "cy@example.com", "Cy", "Europe/Berlin")
+    rules = '{"groups": [{"rules": [{"kind": "timezone", "op": "is", "value": "Europe/London"}]}]}'
+    assert run("segment", "create", "--name", "Londoners", "--rules-file", "-", stdin=rules) == (
+        0, "created segment 1\n")
+    assert run("segment", "count", "1") == (0, "1 contacts: time zone is Europe/London\n")
+    code, out = run("segment", "create", "--name", "Bad", "--rules-file", "-", stdin='{"groups": []}')
+    assert code == 1 and "Add at least one rule." in out
+    assert run("segment", "list")[1] == "1\tin use\tLondoners\ttime zone is Europe/London\n"
+    sequence_id, _ = manual_sequence(mailer, ("Lesson", 0, {}))
+    assert run("sequence", "enrol-segment", str(sequence_id), "1") == (0, f"1 enrolled in sequence {sequence_id}\n")
+    assert run("sequence", "enrol-csv", str(sequence_id), "-", stdin="email\ncy@example.com\nbob@example.com\nnope\n") \
+        == (0, "1 enrolled, 1 already in it, 0 not subscribed to its list, 0 not a contact, 1 not an address, "
+               "0 repeated\n")
+    assert run("segment", "archive", "1") == (0, "archived segment 1\n")

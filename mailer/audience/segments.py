@@ -121,6 +121,8 @@ def _rule(session: Session, data, where: str) -> Rule:
         raise InvalidInput(f"{where}.ref_id", "Choose one from the menu.")
     else:
         ref_id = int(ref_id)
+        if ref_id > 2**31 - 1:  # ids are 32-bit on PostgreSQL
+            raise InvalidInput(f"{where}.ref_id", "That one does not exist.")
     model = {"list": MailingList, "subscribed": MailingList, "confirmed": MailingList, "webinar": Webinar,
              "automation": Sequence}.get(kind)
     if kind in ("list", "automation") and ref_id is None:

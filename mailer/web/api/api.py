@@ -234,7 +234,7 @@ def create_newsletter(body: schemas.NewsletterCreate):
     with db_session() as session:
         newsletter = newsletters.create_newsletter(session, subject=body.subject, preheader=body.preheader,
                                                    body_md=body.body_md, layout=body.layout, lists=body.lists,
-                                                   public=body.public)
+                                                   public=body.public, segment_id=body.segment_id)
         created = schemas.Newsletter.of(newsletter)
     return created, {"Location": url_for("api.get_newsletter", id=created.id)}
 
@@ -254,7 +254,7 @@ def update_newsletter(id: int, body: schemas.NewsletterPatch):
         current = newsletters.get_newsletter(session, id)
         merged = {"subject": current.subject, "preheader": current.preheader, "body_md": current.body_md,
                   "layout": current.layout, "lists": [ml.slug for ml in current.lists], "public": current.public,
-                  **changes}
+                  "segment_id": current.segment_id, **changes}
         return schemas.Newsletter.of(newsletters.update_newsletter(session, id, **merged))
 
 

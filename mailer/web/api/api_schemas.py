@@ -110,6 +110,8 @@ Layout = Annotated[Text(1, 100, "An email layout, from templates/email/layouts."
 ListSlugs = Annotated[list[Text(1, 64)], Field(min_length=1, max_length=50, examples=[["newsletter"]],
                                                description="Slugs of the mailing lists that receive it.")]
 Public = Annotated[StrictBool, Field(description="Shown in the public archive once sent.")]
+SegmentId = Annotated[int | None, Field(ge=1, le=MAX_ID, description="Only the readers of its lists who are in this "
+                                        "segment (GET /segments); null: all of them. A segment never adds anyone.")]
 Zone = Annotated[Text(1, 64, "An IANA time zone name."), AfterValidator(_known_zone),
                  Field(examples=["Europe/London"])]
 SendAt = Annotated[AwareDatetime, AfterValidator(_in_range),
@@ -169,6 +171,7 @@ class NewsletterCreate(Request):
     layout: Layout = "default"
     lists: ListSlugs
     public: Public = False
+    segment_id: SegmentId = None
 
 
 class NewsletterPatch(Request):
@@ -180,6 +183,7 @@ class NewsletterPatch(Request):
     layout: Layout = omittable()
     lists: ListSlugs = omittable()
     public: Public = omittable()
+    segment_id: SegmentId = omittable()
 
 
 class PreviewRequest(Request):
@@ -336,6 +340,7 @@ class Newsletter(Response):
                                                       "reader's own zone (readers without one: the organisation's).",
                                           examples=["2027-03-10T09:00"])
     audience_count: int | None = Field(description="Recipients queued when sending started.")
+    segment_id: int | None = Field(description="Only the readers of its lists in this segment (none: all of them).")
     created_at: UtcDatetime
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
@@ -344,7 +349,8 @@ class Newsletter(Response):
     def of(cls, row) -> "Newsletter":
         return cls(id=row.id, subject=row.subject, preheader=row.preheader, body_md=row.body_md, layout=row.layout,
                    lists=sorted(ml.slug for ml in row.lists), public=row.public, status=row.status,
-                   send_at=row.send_at, reader_local_time=row.send_local_time, audience_count=row.audience_count, created_at=row.created_at,
+                   send_at=row.send_at, reader_local_time=row.send_local_time, audience_count=row.audience_count,
+                   segment_id=row.segment_id, created_at=row.created_at,
                    started_at=row.started_at, finished_at=row.finished_at)
 
 

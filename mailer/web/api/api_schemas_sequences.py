@@ -95,11 +95,15 @@ class EnrolRequest(Request):
                                                      "step (otherwise 409).")] = False
 
 
+# Up to 2,000 addresses a request, so the largest valid body stays under the 1 MB request limit.
+BULK_ENROL_MAX = 2000
+
+
 class BulkEnrolRequest(Request):
     emails: Annotated[List[Annotated[str, Field(max_length=320)]], Field(
-        min_length=1, max_length=sequences.ENROL_MAX,
-        description="Addresses to enrol. Only active subscribers of the sequence's list are enrolled, each once; "
-                    "the rest are counted in the answer, not refused one by one.")]
+        min_length=1, max_length=BULK_ENROL_MAX,
+        description="Addresses to enrol (up to 2,000 a request). Only active subscribers of the sequence's list are "
+                    "enrolled, each once; the rest are counted in the answer, not refused one by one.")]
 
 
 class StateChange(Request):
