@@ -163,3 +163,28 @@ def test_an_automation_enrols_a_segment_and_uses_one_as_a_step_condition(mailer,
         with pytest.raises(InvalidInput):
             sequences.add_step(session, sequence_id, subject="x", body_md="x", condition="in_segment",
                                condition_ref_id=999)
+
+
+def test_rules_on_the_tables_the_audience_reads_itself(mailer, people):
+    """A newsletter's audience reads subscriptions and a step's condition reads enrolments:
+    rules on those same tables must still be about the reader, not the outer row."""
+    list_id = default_list(mailer)
+    with session_scope(mailer.sessions) as session:
+        sequence = sequences.create_sequence(session, name="Course", trigger="manual", list_id=list_id)
+        sequences.add_step(session, sequence.id, subject="One", body_md="One.")
+        sequences.activate(session, sequence.id, now=NOW)
+        sequences.enrol(session, sequence.id, people["bob"], NOW)
+        on_list = segments.create_segment(session, name="Active", now=NOW, rules={
+            "groups": [{"rules": [rule("list", "active", ref_id=list_id),
+                                  rule("subscribed", "before", value="2027-03-01")]}]})
+        in_course = segments.create_segment(session, name="In the course", now=NOW, rules={
+            "groups": [{"rules": [rule("automation", "enrolled", ref_id=sequence.id)]}]})
+        issues = [newsletters.create_newsletter(session, subject=f"Issue {i}", body_md="x", lists=["newsletter"],
+                                                segment_id=seg.id).id for i, seg in enumerate((on_list, in_course))]
+        sequences.add_step(session, sequence.id, subject="Two", body_md="Two.", condition="in_segment",
+                           condition_ref_id=in_course.id)
+    with mailer.read_sessions() as session:
+        assert newsletters.count_audience(session, issues[0], NOW) == 3  # Ann, Bob, Cy (Dee left)
+        assert newsletters.count_audience(session, issues[1], NOW) == 1  # Bob
+    with session_scope(mailer.sessions) as session:
+        assert sequences.run(session, mailer.settings, NOW) == 2  # Bob: step one, then two (in the course)

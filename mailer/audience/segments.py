@@ -23,7 +23,7 @@ import datetime as dt
 import json
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from mailer import clock
 from mailer.errors import InvalidInput, NotFound
@@ -177,45 +177,53 @@ def contacts_in(session: Session, rules: Rules, now: dt.datetime):
 
 
 def _predicate(session: Session, rule: Rule, contact, now: dt.datetime):
+    """One rule on `contact`. Each subquery reads its own alias of its table, so it never
+    correlates with the same table in the statement around it (a newsletter's audience reads
+    subscriptions, a sequence's step reads enrolments)."""
     if rule.kind == "list":
-        return sa.exists().where(Subscription.contact_id == contact, Subscription.list_id == rule.ref_id,
-                                 Subscription.status == rule.op)
+        sub = aliased(Subscription)
+        return sa.exists().where(sub.contact_id == contact, sub.list_id == rule.ref_id, sub.status == rule.op)
     if rule.kind in ("subscribed", "confirmed"):
-        column = Subscription.created_at if rule.kind == "subscribed" else Subscription.confirmed_at
+        sub = aliased(Subscription)
+        column = sub.created_at if rule.kind == "subscribed" else sub.confirmed_at
         if rule.op == "within_days":
             test = column >= now - dt.timedelta(days=int(rule.value))
         else:
             day = dt.datetime.combine(dt.date.fromisoformat(str(rule.value)), dt.time(), tzinfo=dt.timezone.utc)
             test = column < day if rule.op == "before" else column >= day + dt.timedelta(days=1)
-        on_list = (Subscription.list_id == rule.ref_id,) if rule.ref_id else ()
-        return sa.exists().where(Subscription.contact_id == contact, *on_list, test)
+        on_list = (sub.list_id == rule.ref_id,) if rule.ref_id else ()
+        return sa.exists().where(sub.contact_id == contact, *on_list, test)
     if rule.kind == "source":
+        event = aliased(ConsentEvent)
         pattern = "%" + rule.value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        return sa.exists().where(ConsentEvent.contact_id == contact,
-                                 ConsentEvent.source_url.like(pattern, escape="\\"))
+        return sa.exists().where(event.contact_id == contact, event.source_url.like(pattern, escape="\\"))
     if rule.kind == "timezone":
-        zone = sa.select(Contact.timezone).where(Contact.id == contact).scalar_subquery() \
-            if contact is not Contact.id else Contact.timezone
+        if contact is Contact.id:
+            zone = Contact.timezone
+        else:
+            other = aliased(Contact)
+            zone = sa.select(other.timezone).where(other.id == contact).scalar_subquery()
         if rule.op == "is_empty":
             return zone.is_(None)
         # Never NULL (a NOT around a rule must pick those without a zone too).
         zone = sa.func.coalesce(zone, "")
         return zone == rule.value if rule.op == "is" else zone != rule.value
     if rule.kind == "webinar":
-        seated = [Registration.contact_id == contact, Registration.status == RegistrationStatus.CONFIRMED]
+        seat = aliased(Registration)
+        seated = [seat.contact_id == contact, seat.status == RegistrationStatus.CONFIRMED]
         if rule.ref_id:
-            seated.append(Registration.webinar_id == rule.ref_id)
+            seated.append(seat.webinar_id == rule.ref_id)
         if rule.op == "attended":
-            seated.append(Registration.attended.is_(True))
+            seated.append(seat.attended.is_(True))
         elif rule.op == "missed":
-            # Ended webinars only; their end is computed here, so no date arithmetic in SQL.
-            seated += [sa.or_(Registration.attended.is_(None), Registration.attended.is_(False)),
-                       Registration.webinar_id.in_(_ended_webinars(session, now, rule.ref_id))]
+            seated += [sa.or_(seat.attended.is_(None), seat.attended.is_(False)),
+                       seat.webinar_id.in_(_ended_webinars(session, now, rule.ref_id))]
         return sa.exists().where(*seated)
     if rule.kind == "automation":
+        enrolment = aliased(Enrolment)
         states = (EnrolmentStatus.COMPLETED,) if rule.op == "completed" else tuple(EnrolmentStatus)
-        return sa.exists().where(Enrolment.contact_id == contact, Enrolment.sequence_id == rule.ref_id,
-                                 Enrolment.status.in_(states))
+        return sa.exists().where(enrolment.contact_id == contact, enrolment.sequence_id == rule.ref_id,
+                                 enrolment.status.in_(states))
     raise AssertionError(rule.kind)
 
 
