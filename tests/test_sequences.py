@@ -129,6 +129,9 @@ def test_welcome_series_arrives_step_by_step_in_each_readers_window(client, mail
     assert text.startswith("Hello Sam,") and "Unsubscribe: https://news.example.org/unsubscribe/" in text
     assert "Hello Sam," in html and "Spine Health</strong>" in html and "Your first exercise" in html
     assert "<script" not in html and "onclick" not in html
+    # The footer says what unsubscribing does: it leaves the list, and with it the series.
+    note = "You get this series because you subscribed to Monthly newsletter. Unsubscribing leaves Monthly newsletter, and with it this series."
+    assert note in text and note in " ".join(html.split())
     assert subjects_to(smtp_server, "lee@example.com")[-1] == "Welcome, Lee"
 
     # Three days later it is due, but only inside a weekday 09:00–11:00 where each reader is.

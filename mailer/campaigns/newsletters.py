@@ -493,7 +493,7 @@ SAMPLE_CONTACT = {"first_name": "Alex", "name": "Alex Sample", "email": "alex.sa
 
 def preview(renderer, settings, *, subject: str, preheader: str, body_md: str, layout: str,
             contact: dict | None = None, unsubscribe_url: str | None = None, upcoming=(),
-            checked: bool = True) -> RenderedEmail:
+            checked: bool = True, why: str | None = None) -> RenderedEmail:
     """The issue as one recipient (or a sample one) would get it; links to unsubscribe do
     not work in a preview. InvalidInput lists the template problems (checked=False: an
     issue already sent, shown as it went out, sanitised like every copy)."""
@@ -503,7 +503,7 @@ def preview(renderer, settings, *, subject: str, preheader: str, body_md: str, l
     if layout not in layouts():
         raise InvalidInput("layout", f"Unknown layout '{layout}'; choose one of: {', '.join(layouts())}.")
     static = {"organisation": settings.organisation, "postal_address": settings.postal_address,
-              "base_url": settings.base_url, "logo_url": settings.logo_url}
+              "base_url": settings.base_url, "logo_url": settings.logo_url, **({"why": why} if why else {})}
     try:
         compiled = compile_newsletter(renderer, subject=subject, preheader=preheader, body_markdown=body_md,
                                       layout=layout, context=static)
@@ -559,14 +559,16 @@ class _Issue:
     """A compiled issue and what each recipient's copy adds: the upcoming webinars with
     their start in the reader's own zone; a test copy says "[TEST]" and has dead links."""
 
-    def __init__(self, compiled: CompiledNewsletter, upcoming, base_url: str, test: bool):
-        self.compiled, self.upcoming, self.base_url, self.test = compiled, upcoming, base_url, test
+    def __init__(self, compiled: CompiledNewsletter, upcoming, base_url: str, test: bool, why: str | None = None):
+        self.compiled, self.upcoming, self.base_url, self.test, self.why = compiled, upcoming, base_url, test, why
 
     def render(self, context: dict) -> RenderedEmail:
         zone = (context.get("contact") or {}).get("timezone")
         extra = {"archive_url": f"{self.base_url}/archive", "upcoming_webinars": [
             {"title": title, "starts_local": format_local(starts, zone or organiser_zone), "url": url}
             for title, starts, organiser_zone, url in self.upcoming]}
+        if self.why:
+            extra["why"] = self.why
         if self.test:
             extra.update(unsubscribe_url=f"{self.base_url}/unsubscribe/test-copy",
                          preferences_url=f"{self.base_url}/preferences/test-copy")
@@ -797,21 +799,22 @@ def newsletter_email(batch, delivery: Delivery):
 
 
 def compiled_issue(batch, key: tuple, *, subject: str, preheader: str, body_md: str, layout: str,
-                   tracking: dict | None = None, test: bool = False) -> _Issue:
+                   tracking: dict | None = None, test: bool = False, why: str | None = None) -> _Issue:
     """Staff-written mail in a layout (an issue, a sequence's step), ready to render per
     recipient: compiled once per `key` and text, reused while the text is unchanged;
-    sanitised after rendering like every issue."""
-    key = (*key, subject, preheader, body_md, layout)
+    sanitised after rendering like every issue. `why` replaces the footer's "you get this
+    newsletter because…" (a sequence's step says which list unsubscribing leaves)."""
+    key = (*key, subject, preheader, body_md, layout, why)
     if key not in batch.cache:
         if len(batch.cache) > 32:
             batch.cache.clear()
         batch.cache[key] = compile_newsletter(
             batch.renderer, subject=subject, preheader=preheader, body_markdown=body_md, layout=layout,
-            context=batch.static_context, **(tracking or {}),
+            context=dict(batch.static_context, why=why) if why else batch.static_context, **(tracking or {}),
         )
     if "upcoming_webinars" not in batch.rows:
         batch.rows["upcoming_webinars"] = upcoming_for_issue(batch.session, batch.settings, batch.clock())
-    return _Issue(batch.cache[key], batch.rows["upcoming_webinars"], batch.settings.base_url, test=test)
+    return _Issue(batch.cache[key], batch.rows["upcoming_webinars"], batch.settings.base_url, test=test, why=why)
 
 
 # The kinds of mail this module makes, for the sender (registered by mailer.build).

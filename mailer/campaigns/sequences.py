@@ -843,7 +843,16 @@ def step_email(batch, delivery: Delivery):
     if step.sequence.status != SequenceStatus.ACTIVE and not test:
         return outbox.Skip(DeliveryStatus.CANCELLED, f"sequence {step.sequence.status}")
     return newsletters.compiled_issue(batch, (STEP, step.id), subject=step.subject, preheader=step.preheader,
-                                      body_md=step.body_md, layout=step.layout, test=test)
+                                      body_md=step.body_md, layout=step.layout, test=test,
+                                      why=footer_note(batch.session, step.sequence))
+
+
+def footer_note(session: Session, sequence: Sequence) -> str:
+    """What a step's footer says instead of a newsletter's "why you get this": which list
+    the unsubscribe link leaves (the list, and with it the series)."""
+    name = session.get(MailingList, sequence.list_id).name
+    return (f"You get this series because you subscribed to {name}. Unsubscribing leaves {name}, "
+            "and with it this series.")
 
 
 def send_test(session: Session, settings, sequence_id: int, step_id: int, addresses: list[str], *,

@@ -436,7 +436,7 @@ def _step_preview(sequence_id: int, step_id: int):
         try:
             return newsletters.preview(
                 m.renderer, m.settings, subject=step.subject, preheader=step.preheader, body_md=step.body_md,
-                layout=step.layout, upcoming=upcoming,
+                layout=step.layout, upcoming=upcoming, why=sequences.footer_note(s, step.sequence),
                 contact={"first_name": reader.first_name, "name": reader.name, "email": reader.email,
                          "timezone": reader.timezone} if reader else None)
         except InvalidInput as exc:
