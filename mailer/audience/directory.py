@@ -210,8 +210,9 @@ def contact_detail(session: Session, contact_id: int) -> ContactDetail:
 # Bulk export ---------------------------------------------------------------------------
 
 def export_contacts(session: Session, *, list_id: int | None = None, status: str | None = None,
-                    batch_size: int = 5000, q: str = "") -> Iterator[dict]:
-    """Every (not erased) contact matching the filters (`q` as in search_contacts), oldest first, as plain dicts with
+                    batch_size: int = 5000, q: str = "", within=None) -> Iterator[dict]:
+    """Every (not erased) contact matching the filters (`q` as in search_contacts; `within`: a
+    select of contact ids, e.g. a segment's), oldest first, as plain dicts with
     EXPORT_FIELDS ("subscriptions" is a list of {"list", "status"}). Read in id batches
     with Core rows, so memory stays flat however many there are; the session must stay
     open while the iterator is consumed."""
@@ -219,7 +220,8 @@ def export_contacts(session: Session, *, list_id: int | None = None, status: str
     ids_stmt, id_column, keyset_column = _filtered_ids(session, q=q, list_id=list_id, status=status)
     last_id = 0
     while True:
-        ids_query = ids_stmt.where(keyset_column > last_id, Contact.email.is_not(None)) \
+        ids_query = ids_stmt.where(keyset_column > last_id, Contact.email.is_not(None),
+                                   *((id_column.in_(within),) if within is not None else ())) \
             .order_by(id_column).limit(batch_size).subquery()
         rows = session.execute(
             sa.select(Contact.id, Contact.email, Contact.name, Contact.timezone, Contact.created_at)

@@ -173,7 +173,8 @@ def condition(session: Session, rules: Rules, now: dt.datetime, contact=Contact.
 
 def contacts_in(session: Session, rules: Rules, now: dt.datetime):
     """SELECT contacts.id of everyone the rules pick who still has an address."""
-    return sa.select(Contact.id).where(Contact.email.is_not(None), condition(session, rules, now))
+    # Never correlated with a contacts table around it (Contact.id IN (this)).
+    return sa.select(Contact.id).where(Contact.email.is_not(None), condition(session, rules, now)).correlate(None)
 
 
 def _predicate(session: Session, rule: Rule, contact, now: dt.datetime):

@@ -16,7 +16,7 @@ from typing import BinaryIO, Callable
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.audience import imports
+from mailer.audience import bulk, consent, imports
 from mailer.db import session_scope
 from mailer.db import take_singleton
 from mailer.errors import InvalidInput, NotFound
@@ -190,13 +190,13 @@ def _give_up(session: Session, job_id: int, attempts: int, last_error: str | Non
 def _stopped_unexpectedly(session_factory, job_id: int, owner: str, exc: Exception, now: dt.datetime) -> None:
     """Keep the job for another try a little later; only the error's kind is kept, since its
     text may quote a row of the file (an address)."""
-    log.error("import job %s stopped: %s", job_id, type(exc).__name__)
+    log.error("job %s stopped: %s", job_id, type(exc).__name__)
     try:
         with session_scope(session_factory) as session:
             session.execute(sa.update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(
                 error=f"an unexpected error ({type(exc).__name__})", lease_expires_at=now + RETRY_AFTER))
     except Exception:  # the database itself is away: the lease runs out and the job is retried then
-        log.error("import job %s: could not record the error", job_id)
+        log.error("job %s: could not record the error", job_id)
 
 
 def run_import(session_factory, settings, job_id: int, *, owner: str, clock: Callable[[], dt.datetime]) -> None:
@@ -257,10 +257,95 @@ def run_due(session_factory, settings, *, owner: str, clock: Callable[[], dt.dat
     while True:
         with session_scope(session_factory) as session:
             job_id = claim_next(session, owner=owner, now=clock())
+            kind = session.get(Job, job_id).kind if job_id is not None else None
         if job_id is None:
             return ran
-        run_import(session_factory, settings, job_id, owner=owner, clock=clock)
+        if kind == IMPORT:
+            run_import(session_factory, settings, job_id, owner=owner, clock=clock)
+        else:
+            run_bulk(session_factory, settings, job_id, owner=owner, clock=clock)
         ran += 1
+
+
+# Bulk actions on a segment ---------------------------------------------------------------
+
+BULK = "bulk"
+
+
+def create_bulk(session: Session, action: bulk.Plan, *, user_id: int | None, user_email: str,
+                now: dt.datetime) -> Job:
+    """Queue a bulk action staff confirmed (bulk.plan counted it): the rules and their time
+    are frozen in the job, so it acts on the segment as it was counted."""
+    job = Job(kind=BULK, status=JobStatus.QUEUED, user_id=user_id, total=action.count, done=0, created_at=now,
+              params=json.dumps({"action": action.action, "segment_id": action.segment_id, "rules": action.rules,
+                                 "at": action.at.isoformat(), "list_id": action.list_id,
+                                 "list_name": action.list_name, "by": user_email}),
+              report=json.dumps({"after_id": 0, "changed": 0}))
+    session.add(job)
+    session.flush()
+    return job
+
+
+def run_bulk(session_factory, settings, job_id: int, *, owner: str, clock: Callable[[], dt.datetime]) -> None:
+    """Run a claimed bulk job a chunk of contacts per transaction, saving the last id done
+    in the same transaction, so a re-run after a crash goes on from there."""
+    from mailer import privacy
+
+    with session_scope(session_factory) as session:
+        job = session.get(Job, job_id)
+        params = json.loads(job.params)
+    at = dt.datetime.fromisoformat(params["at"])
+    context = consent.RequestContext(source_url=f"staff:{params['by']}", note=f"bulk job {job_id}")
+    try:
+        while True:
+            with session_scope(session_factory) as session:
+                job = session.get(Job, job_id)
+                report = json.loads(job.report)
+                ids = bulk.members_after(session, params["rules"], at, report["after_id"])
+                if not ids:
+                    break
+                if params["action"] == bulk.UNSUBSCRIBE:
+                    changed = bulk.unsubscribe(session, ids, params["list_id"], context=context, now=clock())
+                else:
+                    for contact_id in ids:
+                        privacy.erase_contact(session, settings, contact_id, now=clock())
+                    changed = len(ids)
+                report = {"after_id": ids[-1], "changed": report["changed"] + changed}
+                renewed = session.execute(sa.update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(
+                    done=Job.done + len(ids), report=json.dumps(report), lease_expires_at=clock() + LEASE)).rowcount
+                if not renewed:
+                    raise LeaseLost(job_id)
+    except LeaseLost:
+        log.warning("bulk job %s: lease lost to another worker; stopped", job_id)
+        return
+    except Exception as exc:
+        _stopped_unexpectedly(session_factory, job_id, owner, exc, clock())
+        return
+    with session_scope(session_factory) as session:
+        session.execute(sa.update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(
+            status=JobStatus.DONE, finished_at=clock(), lease_owner=None, lease_expires_at=None, total=Job.done))
+
+
+def bulk_jobs(session: Session, segment_id: int, limit: int = 10) -> list[dict]:
+    """The latest bulk jobs on a segment, as the segment's page shows them."""
+    rows = session.scalars(sa.select(Job).where(Job.kind == BULK, Job.params.like(f'%"segment_id": {segment_id},%'))
+                           .order_by(Job.id.desc()).limit(limit))
+    return [describe_bulk(job) for job in rows]
+
+
+def describe_bulk(job: Job) -> dict:
+    params, report = json.loads(job.params), json.loads(job.report or "{}")
+    return {"id": job.id, "status": job.status, "done": job.done, "total": job.total, "action": params["action"],
+            "list": params.get("list_name"), "changed": report.get("changed", 0), "error": job.error,
+            "finished": job.status in (JobStatus.DONE, JobStatus.FAILED), "created_at": job.created_at,
+            "finished_at": job.finished_at}
+
+
+def get_bulk_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.kind != BULK:
+        raise NotFound(f"No bulk job {job_id}.")
+    return job
 
 
 REPORT_KEPT = dt.timedelta(days=30)

@@ -3,15 +3,17 @@ condition, what it is about and a value) with the live count and ten sample cont
 Viewers may look; owners and editors change. Every action calls mailer.audience.segments."""
 from __future__ import annotations
 
-from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 import sqlalchemy as sa
+from flask import (Blueprint, Response, abort, flash, g, jsonify, redirect, render_template, request,
+                   stream_with_context, url_for)
 
-from mailer.audience import segments
+from mailer.audience import bulk, directory, segments
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
-from mailer.models import MailingList, Newsletter, Sequence, Webinar
-from mailer.web import db_reader, db_session, error_json
-from mailer.web.admin.auth import audit, login_required
+from mailer.models import MailingList, Newsletter, Role, Sequence, Webinar
+from mailer.staff import jobs
+from mailer.web import db_reader, db_session, error_json, mailer
+from mailer.web.admin.auth import audit, login_required, role_required
 from mailer.web.admin.newsletters_admin import can_change
 
 bp = Blueprint("segments_admin", __name__, url_prefix="/admin/segments")
@@ -141,7 +143,8 @@ def _render_editor(*, segment_id: int | None, name: str, match: str, groups: lis
             except InvalidInput as exc:
                 error = None if not any(r["condition"] for g in groups for r in g["rules"]) else exc
         page = render_template("admin/segments/edit.html", segment=segment, segment_id=segment_id, name=name,
-                               match=match, groups=_padded(groups), error=error, result=result, **choices)
+                               match=match, groups=_padded(groups), error=error, result=result,
+                               bulk_jobs=jobs.bulk_jobs(s, segment_id) if segment_id else [], **choices)
     if result is not None:
         audit("segment.sample", f"segment {segment_id or '(unsaved)'}: {result['count']} contacts")
     return page, status
@@ -228,6 +231,86 @@ def archive(segment_id: int):
     return redirect(url_for(".index"))
 
 
-def segment_choices(session) -> list[tuple[int, str]]:
-    """(id, name) of the segments staff may choose for an issue or an automation."""
-    return [(seg.id, seg.name) for seg in segments.list_segments(session)]
+# Bulk actions -------------------------------------------------------------------------------
+
+def _bulk_request() -> tuple[str, int | None]:
+    list_id = request.form.get("list", "").strip()
+    return request.form.get("action", ""), int(list_id) if list_id.isdigit() else None
+
+
+def _may(action: str) -> None:
+    if action == bulk.ERASE and g.user.role != Role.OWNER:
+        abort(403)
+
+
+@bp.post("/<int:segment_id>/bulk")
+@can_change
+def bulk_confirm(segment_id: int):
+    """The confirmation page: what would happen to how many contacts, counted now."""
+    action, list_id = _bulk_request()
+    _may(action)
+    try:
+        with db_reader() as s:
+            planned = bulk.plan(s, action, segment_id, list_id=list_id, now=utcnow())
+            name = segments.get_segment(s, segment_id).name
+    except InvalidInput as exc:
+        flash(f"Nothing done: {exc.message}", "error")
+        return redirect(url_for(".edit", segment_id=segment_id))
+    return render_template("admin/segments/bulk_confirm.html", planned=planned, name=name, error=None)
+
+
+@bp.post("/<int:segment_id>/bulk/run")
+@can_change
+def bulk_run(segment_id: int):
+    """Queue the confirmed action; refused if the count changed meanwhile or (erasing) the
+    typed confirmation does not match."""
+    action, list_id = _bulk_request()
+    _may(action)
+    with db_session() as s:
+        try:
+            planned = bulk.plan(s, action, segment_id, list_id=list_id, now=utcnow())
+        except InvalidInput as exc:
+            flash(f"Nothing done: {exc.message}", "error")
+            return redirect(url_for(".edit", segment_id=segment_id))
+        name = segments.get_segment(s, segment_id).name
+        problem = None
+        if str(planned.count) != request.form.get("count", ""):
+            problem = f"The segment has {planned.count:,} contacts now, not {request.form.get('count')}: check again."
+        elif action == bulk.ERASE and request.form.get("confirm", "").strip() != f"erase {planned.count}":
+            problem = f"To confirm, type “erase {planned.count}”. Nothing was erased."
+        if problem:
+            return render_template("admin/segments/bulk_confirm.html", planned=planned, name=name,
+                                   error=problem), 400
+        job_id = jobs.create_bulk(s, planned, user_id=g.user.id, user_email=g.user.email, now=utcnow()).id
+    audit(f"segment.bulk_{action}", f"segment {segment_id}: {planned.count} contacts"
+          + (f", list {list_id}" if list_id else "") + f" (job {job_id})")
+    flash(f"Queued: it runs in the background; its progress is below (job {job_id}).")
+    return redirect(url_for(".edit", segment_id=segment_id) + "#bulk")
+
+
+@bp.get("/jobs/<int:job_id>/progress")
+@login_required
+def bulk_progress(job_id: int):
+    with db_reader() as s:
+        job = jobs.describe_bulk(jobs.get_bulk_job(s, job_id))
+    return jsonify(status=job["status"], finished=job["finished"], value=job["done"], max=job["total"] or 0,
+                   figures={"done": job["done"], "changed": job["changed"]})
+
+
+@bp.get("/<int:segment_id>/export.csv")
+@login_required
+@role_required(Role.OWNER)
+def export(segment_id: int):
+    """The segment's contacts as CSV, streamed (owners, as the contacts export)."""
+    with db_reader() as s:
+        rules = segments.rules_of(segments.get_segment(s, segment_id))
+    audit("segment.export", f"segment {segment_id}")
+    session_factory, now = mailer().read_sessions, utcnow()
+
+    def chunks():
+        with session_factory() as s:
+            yield from directory.contacts_csv(directory.export_contacts(
+                s, within=segments.contacts_in(s, rules, now)))
+
+    return Response(stream_with_context(chunks()), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="segment-{segment_id}.csv"'})
