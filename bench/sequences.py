@@ -24,8 +24,8 @@ bench_sequences_<random> at postgresql+psycopg://postgres@127.0.0.1:5432, droppe
    step 2). Targets: step 1 for 1,000,000 < 30 s on SQLite, peak RSS < 150 MB.
 3. A newsletter to the same N readers at 09:00 in each reader's own zone, two days ahead:
    `schedule_in_reader_zones` (reads the audience's zones), then `start_due` at the first
-   instant, which runs `enqueue_in_reader_zones`: one INSERT … SELECT per distinct instant;
-   each statement is timed. For comparison, `enqueue_audience` of a second issue to the same
+   instant, which runs `enqueue_in_reader_zones`: one INSERT … SELECT whose due time is a
+   CASE on each reader's zone (the statement is timed). For comparison, `enqueue_audience` of a second issue to the same
    readers (one INSERT … SELECT, no zones).
 
 It ends with a Markdown table preceded by `nproc`, the load average, the commit and the command.
