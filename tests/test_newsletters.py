@@ -401,3 +401,71 @@ def test_issue_invites_to_upcoming_webinars_in_the_readers_zone_and_links_the_ar
     assert "Past issues: https://news.example.org/archive" in texts[address(0)]
     html = [r for r in smtp_server.received if r.rcpt_tos == [address(0)]][0].message.get_body(("html",)).get_content()
     assert 'class="issue-title"' in html and ">March</h1>" in html
+
+
+LOOP_BODY = """Hello {{ contact.first_name or 'there' }},
+
+Our next webinars:
+
+{% for w in upcoming_webinars %}
+- [{{ w.title }}]({{ w.url }}) — {{ w.starts_local }}
+{% endfor %}
+
+See you soon,
+Anna"""
+
+
+def test_the_readmes_webinar_loop_is_one_list_and_the_sign_off_stays_out(mailer, smtp_server, db):
+    """Markdown used to run over the loop's tags as text: the second webinar came out as a
+    sub-list and the sign-off inside the list. Now each webinar is an item of one list."""
+    from email import message_from_bytes, policy
+    from html.parser import HTMLParser
+
+    from mailer.campaigns import webinars
+
+    make_audience(mailer, 1)
+    with session_scope(mailer.sessions) as session:
+        for slug, title, day in (("spine", "Spine Health", 26), ("sleep", "Sleep Well", 27)):
+            w = webinars.save_webinar(session, slug=slug, title=title, timezone="Europe/London",
+                                      starts_local=dt.datetime(2099, 3, day, 18, 0),
+                                      join_url="https://meet.example.com/s", now=utcnow())
+            webinars.publish(session, w.id)
+        n = newsletters.create_newsletter(session, subject="March", lists=["newsletter"], body_md=LOOP_BODY)
+        newsletters.schedule(session, n.id, utcnow(), now=utcnow())
+        # The preview the editor shows has the same webinars as the mail.
+        preview = newsletters.preview(mailer.renderer, mailer.settings, subject="March", preheader="",
+                                      body_md=LOOP_BODY, layout="default",
+                                      upcoming=newsletters.upcoming_for_issue(session, mailer.settings, utcnow()))
+    mailer.drain()
+    message = message_from_bytes(smtp_server.received[-1].data, policy=policy.default)
+    html = message.get_body(("html",)).get_content()
+
+    class Shape(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.path, self.items, self.paragraphs_in_lists, self.lists = [], [], 0, 0
+
+        def handle_starttag(self, tag, attrs):
+            if tag in ("ul", "ol"):
+                self.lists += 1
+            if tag == "li":
+                self.items.append([p for p in self.path if p in ("ul", "ol", "li")])
+            if tag == "p" and "li" in self.path:
+                self.paragraphs_in_lists += 1
+            self.path.append(tag)
+
+        def handle_endtag(self, tag):
+            while self.path and self.path.pop() != tag:
+                pass
+
+    for page in (html, preview.html):
+        shape = Shape()
+        shape.feed(page)
+        assert shape.lists == 1 and shape.items == [["ul"], ["ul"]] and shape.paragraphs_in_lists == 0
+        assert "Sleep Well</a> — Friday 27 March 2099, 18:00 GMT</li>" in page
+        assert page.index("See you soon") > page.index("</ul>")
+    text = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert ("Our next webinars:\n\n"
+            "- [Spine Health](https://news.example.org/webinars/spine) — Thursday 26 March 2099, 18:00 GMT\n"
+            "- [Sleep Well](https://news.example.org/webinars/sleep) — Friday 27 March 2099, 18:00 GMT\n\n"
+            "See you soon,") in text

@@ -67,7 +67,7 @@ def layouts() -> list[str]:
 def check_template(field: str, source: str) -> list[TemplateProblem]:
     """Syntax errors and unknown names, each with its line, before anything is scheduled."""
     try:
-        tree = staff_environment(html=False).parse(source)
+        tree = staff_environment(html=True).parse(source)  # (the text one trims lines, which moves error lines)
     except jinja2.TemplateSyntaxError as exc:
         return [TemplateProblem(field, exc.lineno, exc.message or "syntax error")]
     problems = []

@@ -79,8 +79,11 @@ RECIPIENT_FIELDS = ("unsubscribe_url", "preferences_url")
 
 
 def staff_environment(*, html: bool) -> jinja2.sandbox.SandboxedEnvironment:
-    """Staff write these templates: run them sandboxed, and fail loudly on unknown names."""
-    return jinja2.sandbox.SandboxedEnvironment(autoescape=html, undefined=jinja2.StrictUndefined)
+    """Staff write these templates: run them sandboxed, and fail loudly on unknown names.
+    In text (the subject, the text part) a statement's line leaves no empty line behind,
+    so a loop over `- item` lines prints one item a line, as it reads in the editor."""
+    return jinja2.sandbox.SandboxedEnvironment(autoescape=html, undefined=jinja2.StrictUndefined,
+                                               trim_blocks=not html)
 
 
 def markdown_to_html(markdown: str) -> str:
@@ -328,8 +331,43 @@ def body_links(body_markdown: str) -> list[str]:
     """The web links of an issue's body that are the same for every reader (those with
     template tags in them are personal, and never tracked)."""
     marks = _Placeholders()
-    html = markdown_to_html(marks.protect(body_markdown))
+    html = markdown_blocks(body_markdown, marks)
     return [html_unescape(url) for url in dict.fromkeys(_BODY_LINK.findall(html)) if "MLRTAG" not in url]
+
+
+# A Jinja statement alone on its line ("{% for w in upcoming_webinars %}", "{% endif %}"):
+# a block of its own, around Markdown blocks, not text inside a paragraph or a list item.
+_BLOCK_STATEMENT = re.compile(r"[ \t]*{%-?\s*(for|endfor|if|elif|else|endif)\b.*?-?%}[ \t]*")
+_ONE_LIST = re.compile(r"\A\s*<(ul|ol)>\n?(.*)</\1>\s*\Z", re.DOTALL)
+
+
+def markdown_blocks(body_markdown: str, marks: "_Placeholders") -> str:
+    """The body's Markdown as HTML, with its template tags as placeholder tokens. A loop or
+    condition written on lines of its own wraps the Markdown blocks between them, rendered
+    apart: so `{% for %}` / `- item` / `{% endfor %}` is one list of items (the list's tags
+    move outside the loop), and the paragraph after `{% endfor %}` stays out of the list.
+    (Rendered as one text, Markdown made the statements text in a paragraph or an item,
+    which nested the second item and pulled the sign-off into the list.)"""
+    segments: list[tuple[bool, str]] = []  # (is a statement, text)
+    lines: list[str] = []
+    for line in body_markdown.split("\n"):
+        if _BLOCK_STATEMENT.fullmatch(line):
+            segments += [(False, "\n".join(lines)), (True, line.strip())]
+            lines = []
+        else:
+            lines.append(line)
+    if not segments:
+        return markdown_to_html(marks.protect(body_markdown))
+    segments.append((False, "\n".join(lines)))
+    html = [marks.token(text) if statement else markdown_to_html(marks.protect(text)) if text.strip() else ""
+            for statement, text in segments]
+    # A list alone between two statements (a loop over items): one list around the loop.
+    for i in range(2, len(html) - 2, 2):
+        match = _ONE_LIST.match(html[i])
+        if match and segments[i - 1][0] and segments[i + 1][0]:
+            tag, items = match.groups()
+            html[i - 1], html[i], html[i + 1] = f"<{tag}>\n{html[i - 1]}", items, f"{html[i + 1]}</{tag}>\n"
+    return "".join(html)
 
 
 def compile_newsletter(renderer: "EmailRenderer", *, subject: str, preheader: str, body_markdown: str,
@@ -339,7 +377,7 @@ def compile_newsletter(renderer: "EmailRenderer", *, subject: str, preheader: st
     With `track_link` (url → tracking url) the body's shared links are rewritten, and
     `open_pixel` adds a counting image: both only when the organisation turned tracking on."""
     marks = _Placeholders()
-    body_html = markdown_to_html(marks.protect(body_markdown))
+    body_html = markdown_blocks(body_markdown, marks)
     if track_link:
         body_html = _BODY_LINK.sub(
             lambda m: m.group(0) if "MLRTAG" in m.group(1)
