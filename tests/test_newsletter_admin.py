@@ -196,6 +196,26 @@ def test_preview_is_personalised_for_a_sample_reader_and_escapes_markup(editor):
     assert bad_frame.headers["Content-Security-Policy"].startswith("sandbox ")
 
 
+def test_every_preview_lists_the_webinars_the_mail_would(editor, mailer):
+    """The editor's preview, the saved preview, its text part and the API's preview render
+    with the same upcoming webinars as the send (they used to show an empty list)."""
+    from mailer.campaigns import webinars
+
+    with session_scope(mailer.sessions) as session:
+        w = webinars.save_webinar(session, slug="spine", title="Spine Health", timezone="Europe/London",
+                                  starts_local=dt.datetime(2099, 3, 26, 18, 0), join_url="https://meet.example.com/s",
+                                  now=utcnow())
+        webinars.publish(session, w.id)
+    body = "Next:\n\n{% for w in upcoming_webinars %}\n- {{ w.title }}, {{ w.starts_local }}\n{% endfor %}\n"
+    live = editor.post("/admin/newsletters/preview", {"subject": "S", "preheader": "", "layout": "default",
+                                                      "body_md": body}, headers={"Accept": "application/json"})
+    assert "- Spine Health, Thursday 26 March 2099, 18:00 GMT" in live.json["text"]
+    assert "<li>Spine Health, Thursday 26 March 2099, 18:00 GMT</li>" in live.json["html"]
+    newsletter_id = compose(editor, subject="S", body=body)
+    assert "<li>Spine Health, Thursday 26 March 2099" in editor.get(f"/admin/newsletters/{newsletter_id}/preview.html").text
+    assert "- Spine Health, Thursday 26 March 2099" in editor.get(f"/admin/newsletters/{newsletter_id}/preview.txt").text
+
+
 def test_preview_as_a_contact_uses_their_name_and_is_audited(app, editor, mailer, db):
     newsletter_id = compose(editor)
     with session_scope(mailer.sessions) as session:

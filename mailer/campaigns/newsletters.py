@@ -594,6 +594,7 @@ def preflight(session: Session, renderer, settings, newsletter_id: int) -> list[
     """Problems to fix before scheduling, in plain words; an empty list means ready."""
     newsletter = get_newsletter(session, newsletter_id)
     problems = content_problems(renderer, settings, subject=newsletter.subject, preheader=newsletter.preheader,
+                                upcoming=upcoming_for_issue(session, settings, utcnow()),
                                 body_md=newsletter.body_md, layout=newsletter.layout)
     templates_render = not template_problems(newsletter.subject, newsletter.preheader or "", newsletter.body_md)
     if templates_render and count_audience(session, newsletter.id) == 0:
@@ -601,7 +602,8 @@ def preflight(session: Session, renderer, settings, newsletter_id: int) -> list[
     return problems
 
 
-def content_problems(renderer, settings, *, subject: str, preheader: str, body_md: str, layout: str) -> list[str]:
+def content_problems(renderer, settings, *, subject: str, preheader: str, body_md: str, layout: str,
+                     upcoming=()) -> list[str]:
     """What to fix in staff-written mail (an issue, a sequence's step) before it goes out,
     in plain words: template problems, links, images without alt text, length, an empty body."""
     problems = [str(p) for p in template_problems(subject, preheader or "", body_md)]
@@ -611,7 +613,8 @@ def content_problems(renderer, settings, *, subject: str, preheader: str, body_m
     if layout in layouts() and "unsubscribe_url" not in layout_source:
         problems.append(f"The layout '{layout}' has no unsubscribe link.")
     try:
-        rendered = preview(renderer, settings, subject=subject, preheader=preheader, body_md=body_md, layout=layout)
+        rendered = preview(renderer, settings, subject=subject, preheader=preheader, body_md=body_md, layout=layout,
+                           upcoming=upcoming)
     except InvalidInput as exc:
         return problems + [exc.message]
     checker = _LinkChecker()

@@ -862,10 +862,10 @@ def send_test(session: Session, settings, sequence_id: int, step_id: int, addres
     return newsletters.queue_test_copies(session, settings, STEP_TEST, step.id, addresses, now=now)
 
 
-def step_problems(renderer, settings, step: SequenceStep) -> list[str]:
+def step_problems(renderer, settings, step: SequenceStep, upcoming=()) -> list[str]:
     """The pre-flight check of a step: what a newsletter's would say of its text."""
     return newsletters.content_problems(renderer, settings, subject=step.subject, preheader=step.preheader,
-                                        body_md=step.body_md, layout=step.layout)
+                                        body_md=step.body_md, layout=step.layout, upcoming=upcoming)
 
 
 # The kinds of mail this module makes, for the sender (registered by mailer.build).

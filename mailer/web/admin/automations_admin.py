@@ -158,9 +158,10 @@ def _render_detail(sequence_id: int, *, error: InvalidInput | None = None, form:
     with db_reader() as s:
         sequence = sequences.get_sequence(s, sequence_id)
         steps = sequences.live_steps(s, sequence_id)
+        upcoming = newsletters.upcoming_for_issue(s, m.settings, now)
         timeline = [{"step": step, "delay": sequences.delay_text(step, i == 0), "window": sequences.window_text(step),
                      "condition": sequences.condition_text(s, step),
-                     "problems": sequences.step_problems(m.renderer, m.settings, step)}
+                     "problems": sequences.step_problems(m.renderer, m.settings, step, upcoming)}
                     for i, step in enumerate(steps)]
         if address:
             reader = _reader(s, address)
@@ -340,7 +341,8 @@ def _render_step(sequence_id: int, values: dict, step_id: int | None = None, err
     m = mailer()
     with db_reader() as s:
         sequence = sequences.get_sequence(s, sequence_id)
-        problems = (sequences.step_problems(m.renderer, m.settings, sequences.get_step(s, sequence_id, step_id))
+        problems = (sequences.step_problems(m.renderer, m.settings, sequences.get_step(s, sequence_id, step_id),
+                                            newsletters.upcoming_for_issue(s, m.settings, utcnow()))
                     if step_id else [])
         page = render_template("admin/automations/step.html", sequence=sequence, values=values, step_id=step_id,
                                layouts=newsletters.layouts(), error=error, problems=problems,

@@ -378,8 +378,10 @@ def newsletter_preflight(id: int):
            description="Nothing is stored.")
 def preview_newsletter(body: schemas.PreviewRequest):
     m = mailer()
+    with db_reader() as session:  # the same webinars a mail sent now would list
+        upcoming = newsletters.upcoming_for_issue(session, m.settings, utcnow())
     rendered = newsletters.preview(m.renderer, m.settings, subject=body.subject, preheader=body.preheader,
-                                   body_md=body.body_md, layout=body.layout)
+                                   body_md=body.body_md, layout=body.layout, upcoming=upcoming)
     return schemas.Preview(subject=rendered.subject, html=rendered.html, text=rendered.text)
 
 
