@@ -112,6 +112,13 @@ def test_compose_with_live_preview_then_schedule(live, page):
     with page.expect_navigation():
         page.get_by_role("button", name="Schedule").click()
     local = f"{dt.date(year, 7, 15):%A} 15 July {year}, 09:00 BST"
+    # Asked first, saying when and to how many.
+    expect(page.locator("p.question")).to_have_text(
+        f"Schedule “Spine Health in July” for {local} to 3 subscribers of Monthly newsletter (counted now; "
+        "counted again when it starts)?")
+    shot(page, "newsletter-3a-confirm-schedule")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Schedule").click()
     expect(page.locator("p.flash")).to_have_text(f"Scheduled for {local}.")
     expect(page.frame_locator("iframe[name=issue-preview]").get_by_text("Hello Alex,")).to_be_visible()
     page.locator("iframe[name=issue-preview]").scroll_into_view_if_needed()  # frames off screen are not painted
@@ -220,6 +227,9 @@ def test_schedule_at_nine_in_each_readers_own_time_zone(live, page):
     page.get_by_label("Time", exact=True).fill("09:00")
     expect(page.get_by_label("In the organisation's time zone, Europe/London")).to_be_checked()
     page.get_by_label("At this time in each reader's own time zone").check()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Schedule").click()
+    expect(page.locator("p.question")).to_contain_text("09:00 in each reader's own time zone")
     with page.expect_navigation():
         page.get_by_role("button", name="Schedule").click()
     # Auckland (NZST, UTC+12) reaches 09:00 first, Los Angeles (PDT, UTC-7) last; reader 2 has no zone: London.

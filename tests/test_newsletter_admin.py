@@ -248,18 +248,27 @@ def next_july_15() -> dt.date:
     return dt.date(today.year + 1, 7, 15)
 
 
-def test_scheduling_for_a_local_time_stores_the_right_utc_instant(editor, db):
+def test_scheduling_for_a_local_time_stores_the_right_utc_instant(editor, mailer, db):
+    make_audience(mailer, 2)
     newsletter_id = compose(editor)
     day = next_july_15()
-    answer = editor.post(f"/admin/newsletters/{newsletter_id}/schedule", {"date": day.isoformat(), "time": "09:00"})
+    local = f"{day:%A} 15 July {day.year}, 09:00 BST"
+    # First the question, with when and to how many; nothing is scheduled yet.
+    asked = editor.post(f"/admin/newsletters/{newsletter_id}/schedule", {"date": day.isoformat(), "time": "09:00"})
+    assert asked.status_code == 200
+    assert (f"Schedule “March news for Alex” for {local} to 2 subscribers of Monthly newsletter (counted now; "
+            "counted again when it starts)?") in text_of(asked.text)
+    assert db.scalar(sa.select(Newsletter.status)) == "draft"
+    answer = editor.post(f"/admin/newsletters/{newsletter_id}/schedule", {"date": day.isoformat(), "time": "09:00",
+                                                                         "confirm": "yes"})
     assert answer.status_code == 302
     # July in Europe/London is summer time (UTC+1): 09:00 there is 08:00 UTC.
     assert db.execute(sa.select(Newsletter.status, Newsletter.send_at)) == [
         ("scheduled", dt.datetime(day.year, 7, 15, 8, 0, tzinfo=UTC))]
-    local = f"{day:%A} 15 July {day.year}, 09:00 BST"
     assert f"Scheduled for {local}." in editor.get(f"/admin/newsletters/{newsletter_id}").text
     listing = editor.get("/admin/newsletters").text
     assert f'<td class="when">{local}</td>' in listing
+    assert "March news for Alex" in listing and "{{" not in listing  # the subject as the sample reader reads it
     assert "Send time (Europe/London)" in listing
     # The form shows the scheduled local time again.
     page = editor.get(f"/admin/newsletters/{newsletter_id}").text
@@ -271,7 +280,8 @@ def test_scheduling_for_a_local_time_stores_the_right_utc_instant(editor, db):
     ("{year}-03-{last_sunday}", "01:30", "does not exist in Europe/London (the clocks go forward)."),
     ("not a date", "09:00", "Give a date and a time"),
 ])
-def test_a_send_time_that_cannot_be_used_is_explained(editor, db, date, time, message):
+def test_a_send_time_that_cannot_be_used_is_explained(editor, mailer, db, date, time, message):
+    make_audience(mailer, 1)
     newsletter_id = compose(editor)
     year = utcnow().year + 1
     last_sunday = max(d for d in range(25, 32) if dt.date(year, 3, d).weekday() == 6)
@@ -289,7 +299,11 @@ def test_send_now_then_the_report_shows_what_was_sent(editor, mailer, smtp_serve
     page = editor.get(f"/admin/newsletters/{newsletter_id}").text
     assert "Ready to send" in page
     assert "<th>Audience</th><td>3 " in page
-    assert editor.post(f"/admin/newsletters/{newsletter_id}/send-now").status_code == 302
+    asked = editor.post(f"/admin/newsletters/{newsletter_id}/send-now")
+    assert "Send “March news for Alex” to 3 subscribers of Monthly newsletter now?" in text_of(asked.text)
+    mailer.drain()
+    assert smtp_server.received == []  # asked, not sent
+    assert editor.post(f"/admin/newsletters/{newsletter_id}/send-now", {"confirm": "yes"}).status_code == 302
     mailer.drain()
     assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == [address(0), address(1), address(2)]
     page = editor.get(f"/admin/newsletters/{newsletter_id}").text
@@ -305,6 +319,16 @@ def test_send_now_then_the_report_shows_what_was_sent(editor, mailer, smtp_serve
     refused = editor.post(f"/admin/newsletters/{newsletter_id}/schedule", {"date": next_july_15().isoformat(),
                                                                           "time": "09:00"})
     assert refused.status_code == 400 and "it can no longer be changed" in refused.text
+
+
+def test_an_issue_nobody_would_receive_is_not_scheduled(editor, db):
+    newsletter_id = compose(editor)
+    refused = editor.post(f"/admin/newsletters/{newsletter_id}/send-now")
+    assert refused.status_code == 400
+    assert "No one would receive it: its lists have no active subscribers. Nothing was scheduled." in text_of(
+        refused.text)
+    assert "Send now" not in text_of(refused.text).split("Nothing was scheduled.")[1]
+    assert db.scalar(sa.select(Newsletter.status)) == "draft"
 
 
 def test_a_test_send_arrives_marked_and_is_not_counted(editor, mailer, smtp_server, db):
@@ -329,8 +353,12 @@ def test_a_test_send_arrives_marked_and_is_not_counted(editor, mailer, smtp_serv
 def test_cancel_a_scheduled_newsletter(editor, mailer, smtp_server, db):
     make_audience(mailer, 2)
     newsletter_id = compose(editor)
-    editor.post(f"/admin/newsletters/{newsletter_id}/schedule", {"date": next_july_15().isoformat(), "time": "09:00"})
-    answer = editor.post(f"/admin/newsletters/{newsletter_id}/cancel")
+    editor.post(f"/admin/newsletters/{newsletter_id}/schedule", {"date": next_july_15().isoformat(), "time": "09:00",
+                                                                  "confirm": "yes"})
+    asked = editor.post(f"/admin/newsletters/{newsletter_id}/cancel")
+    assert ("Cancel “March news for Alex”? It will not be sent to 2 subscribers of Monthly newsletter."
+            in text_of(asked.text))
+    answer = editor.post(f"/admin/newsletters/{newsletter_id}/cancel", {"confirm": "yes"})
     assert answer.status_code == 302
     assert db.scalar(sa.select(Newsletter.status)) == "cancelled"
     assert mailer.drain(clock=lambda: dt.datetime(next_july_15().year, 7, 16, tzinfo=UTC)).sent == 0

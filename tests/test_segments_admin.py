@@ -64,7 +64,7 @@ def test_build_count_and_use_a_segment(app, mailer, smtp_server):
     with mailer.read_sessions() as session:
         issue = session.scalar(sa.select(Newsletter))
         assert issue.segment_id == segment_id
-    send = editor.post(f"/admin/newsletters/{issue.id}/send-now")
+    send = editor.post(f"/admin/newsletters/{issue.id}/send-now", {"confirm": "yes"})
     assert send.status_code == 302
     mailer.drain()
     assert sorted(r.rcpt_tos[0] for r in smtp_server.received if r.message["Subject"] == "Tea in London") == [

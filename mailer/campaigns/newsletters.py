@@ -240,6 +240,7 @@ def schedule(session: Session, newsletter_id: int, send_at: dt.datetime, *, now:
     """Send at `send_at` (aware; use clock.local_to_utc for a wall-clock time). Allowed until sending starts."""
     newsletter = get_newsletter(session, newsletter_id)
     _changeable(newsletter)
+    _refuse_unsendable(session, newsletter)
     if send_at.tzinfo is None:
         raise InvalidInput("send_at", "The send time needs a time zone.")
     if send_at < now - dt.timedelta(minutes=1):
@@ -248,6 +249,15 @@ def schedule(session: Session, newsletter_id: int, send_at: dt.datetime, *, now:
     newsletter.send_local_time = newsletter.send_zone_fallback = None
     newsletter.status = NewsletterStatus.SCHEDULED
     return newsletter
+
+
+def _refuse_unsendable(session: Session, newsletter: Newsletter) -> None:
+    """Scheduling refuses, with the pre-flight's words, an issue whose copies would fail to
+    render (a template problem, e.g. a name that no longer exists), instead of queuing mail
+    that fails. (The console also refuses an empty audience, on its confirmation page.)"""
+    problems = template_problems(newsletter.subject, newsletter.preheader or "", newsletter.body_md)
+    if problems:
+        raise InvalidInput(problems[0].field, "Not scheduled: " + "; ".join(str(p) for p in problems))
 
 
 LOCAL_TIME_FORMAT = "%Y-%m-%dT%H:%M"
@@ -266,6 +276,7 @@ def schedule_in_reader_zones(session: Session, newsletter_id: int, local: dt.dat
     (send_at) and lasts until the last; refused when some readers' time has already passed."""
     newsletter = get_newsletter(session, newsletter_id)
     _changeable(newsletter)
+    _refuse_unsendable(session, newsletter)
     if fallback_zone not in clock.known_zones():
         raise InvalidInput("timezone", f"Unknown time zone '{fallback_zone}'.")
     if not 2000 <= local.year <= 2999:
@@ -545,6 +556,17 @@ def queue_test_copies(session: Session, settings, kind: str, ref_id: int, addres
         outbox.enqueue(session, contact_id=contact.id, kind=kind, ref_id=ref_id,
                        dedupe_key=f"{kind}:{ref_id}:{contact.id}:{stamp}", now=now)
     return len(wanted)
+
+
+def sample_subject(subject: str) -> str:
+    """The subject as the sample reader's copy shows it (for staff lists and questions);
+    the stored text when it cannot be rendered."""
+    try:
+        return one_line(staff_environment(html=False).from_string(subject).render(
+            contact=SAMPLE_CONTACT, organisation="", unsubscribe_url="", preferences_url="", archive_url="",
+            postal_address="", base_url="", upcoming_webinars=[]))
+    except Exception:  # a template problem: the pre-flight names it; show what staff wrote
+        return subject
 
 
 def upcoming_for_issue(session: Session, settings, now: dt.datetime) -> list[tuple[str, dt.datetime, str, str]]:

@@ -126,6 +126,7 @@ def _forget_client_ip(_error=None) -> None:
 
 def register(app: Flask) -> None:
     from mailer.audience.contacts import PublicLists
+    from mailer.campaigns.newsletters import sample_subject
     from mailer.web.admin import (admin, auth, automations_admin, contacts_admin, newsletters_admin, segments_admin,
                                   staff_admin, webinars_admin)
     from mailer.web.api import api, hooks
@@ -156,3 +157,4 @@ def register(app: Flask) -> None:
     app.teardown_request(_forget_client_ip)
     app.context_processor(lambda: {"settings": mailer().settings})
     app.add_template_filter(format_local, "local_time")
+    app.add_template_filter(sample_subject, "sample_subject")  # staff lists: a subject as a reader reads it

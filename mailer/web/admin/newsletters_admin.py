@@ -255,7 +255,7 @@ def _render_detail(newsletter_id: int, *, error: InvalidInput | None = None, for
         except InvalidInput:
             sample = None  # the pre-flight problems say why
         page = render_template(
-            "admin/newsletters/detail.html", n=newsletter, lists=[ml.name for ml in newsletter.lists],
+            "admin/newsletters/detail.html", n=newsletter, lists=sorted(ml.name for ml in newsletter.lists),
             changeable=changeable, problems=problems, audience=audience, report=report, sample=sample,
             reader_time=reader_time, figures=_figures(newsletter), segment_text=_segment_text(s, newsletter),
             chart=_sent_per_minute_chart(report["sent_per_minute"], m.settings.timezone),
@@ -311,6 +311,46 @@ def _action(newsletter_id: int, action, done: str, form: dict | None = None):
     return redirect(url_for(".detail", newsletter_id=newsletter_id))
 
 
+def _dry_run(action) -> InvalidInput | None:
+    """What the domain would refuse, found by running the action in a transaction that is
+    rolled back (so the question is only asked about something that would work)."""
+    with mailer().sessions() as s:
+        try:
+            action(s)
+        except InvalidInput as exc:
+            return exc
+        finally:
+            s.rollback()
+    return None
+
+
+def _confirmed(newsletter_id: int, endpoint: str, form: dict, what: str, button: str, *, action,
+               needs_audience: bool = True):
+    """None when the form carries confirm=yes; else the page that asks, saying what would
+    happen to how many people (counted now), or the issue's page with the refusal the
+    action would meet. An empty audience is refused on the question's page."""
+    if request.form.get("confirm") == "yes":
+        return None
+    refusal = _dry_run(action)
+    if refusal is not None:
+        return _render_detail(newsletter_id, error=refusal, form=form, status=400)
+    with db_reader() as s:
+        n = newsletters.get_newsletter(s, newsletter_id)
+        audience = newsletters.count_audience(s, newsletter_id)
+        lists = sorted(ml.name for ml in n.lists)
+        subject = newsletters.sample_subject(n.subject)
+        segment = segments.get_segment(s, n.segment_id).name if n.segment_id else None
+    who = (f"{audience:,} subscriber{'s' if audience != 1 else ''} of {', '.join(lists)}"
+           + (f" in the segment “{segment}”" if segment else ""))
+    refused = None
+    if needs_audience and audience == 0:
+        refused = "No one would receive it: its lists have no active subscribers" + (
+            " in its segment" if segment else "") + ". Nothing was scheduled."
+    page = render_template("admin/newsletters/confirm.html", n=n, subject=subject, endpoint=endpoint,
+                           question=what.format(subject=subject, who=who), button=button, form=form, refused=refused)
+    return page, 400 if refused else 200
+
+
 @bp.post("/<int:newsletter_id>/schedule")
 @can_change
 def schedule(newsletter_id: int):
@@ -325,28 +365,48 @@ def schedule(newsletter_id: int):
             "send_at", "Give a date and a time, e.g. 2027-03-02 and 09:00."))
     except InvalidInput as exc:
         return _render_detail(newsletter_id, error=exc, form=form, status=400)
+    at = (f"{local:%H:%M} in each reader's own time zone on {local:%A} {local.day} {local:%B %Y}"
+          if form["mode"] == "readers" else format_local(when, zone))
     if form["mode"] == "readers":
-        def in_reader_zones(s):
+        def action(s):
             newsletter = newsletters.schedule_in_reader_zones(s, newsletter_id, local, fallback_zone=zone,
                                                               now=utcnow())
             return describe_reader_local_time(local, newsletters.local_time_span(s, newsletter))
-
-        return _action(newsletter_id, in_reader_zones, "Scheduled for {result}.", form)
-    return _action(newsletter_id, lambda s: newsletters.schedule(s, newsletter_id, when, now=utcnow()),
-                   f"Scheduled for {format_local(when, zone)}.", form)
+        done = "Scheduled for {result}."
+    else:
+        def action(s):
+            return newsletters.schedule(s, newsletter_id, when, now=utcnow())
+        done = f"Scheduled for {format_local(when, zone)}."
+    asked = _confirmed(newsletter_id, "newsletters_admin.schedule", form,
+                       "Schedule “{subject}” for " + at + " to {who} (counted now; counted again when it starts)?",
+                       "Schedule", action=action)
+    return asked or _action(newsletter_id, action, done, form)
 
 
 @bp.post("/<int:newsletter_id>/send-now")
 @can_change
 def send_now(newsletter_id: int):
-    now = utcnow()
-    return _action(newsletter_id, lambda s: newsletters.schedule(s, newsletter_id, now, now=now),
-                   "Sending starts within a few seconds.")
+    def action(s):
+        return newsletters.schedule(s, newsletter_id, utcnow(), now=utcnow())
+
+    asked = _confirmed(newsletter_id, "newsletters_admin.send_now", {}, "Send “{subject}” to {who} now?",
+                       "Send now", action=action)
+    return asked or _action(newsletter_id, action, "Sending starts within a few seconds.")
 
 
 @bp.post("/<int:newsletter_id>/cancel")
 @can_change
 def cancel(newsletter_id: int):
+    with db_reader() as s:
+        report = newsletters.report(s, newsletter_id)
+    left = report["queued"] + report["held"] + report["deferred"]
+    what = ("Cancel “{subject}”? " + (f"The {left:,} copies not sent yet are cancelled; the {report['sent']:,} "
+                                     "sent stay sent." if report["status"] in ("sending", "paused")
+                                     else "It will not be sent to {who}."))
+    asked = _confirmed(newsletter_id, "newsletters_admin.cancel", {}, what, "Cancel the newsletter",
+                       needs_audience=False, action=lambda s: newsletters.cancel(s, newsletter_id))
+    if asked:
+        return asked
     return _action(newsletter_id, lambda s: newsletters.cancel(s, newsletter_id), "Cancelled.")
 
 
