@@ -87,6 +87,61 @@ def get_list(id: int):
         return people.MailingList.of(lists.get_list(session, id))
 
 
+LIST = "/lists/<int:id>"
+
+
+@operation("PATCH", LIST, summary="Change a mailing list's name, description or visibility", body=people.ListPatch,
+           response=people.MailingList, answer="The list as changed.",
+           description="Fields left out keep their values. The slug and the consent wording are not changed "
+                       "here: wording changes are new versions (POST /lists/{id}/wordings).")
+def update_list(id: int, body: people.ListPatch):
+    changes = body.model_dump(exclude_unset=True)
+    with db_session() as session:
+        changed = people.MailingList.of(lists.update_list(session, id, **changes))
+        audit(session, "list_edit", f"list {changed.slug}: {', '.join(sorted(changes)) or 'nothing'}")
+    return changed
+
+
+@operation("POST", LIST + "/archive", summary="Archive a mailing list", body=people.ListArchive, body_required=False,
+           response=people.MailingList, answer="The list, archived.", errors=(409,),
+           description="The list takes no new signups from then on: the public form, the preferences page, "
+                       "POST /subscriptions and imports refuse it. Its subscriptions and consent history stay, "
+                       "and unsubscribe links keep working; no new newsletter can be made or scheduled for it. "
+                       "Refused (409) while mail is still planned for it: a newsletter scheduled, sending or "
+                       "paused, an automation active or paused that sends as it or starts from it. Archiving "
+                       "again changes nothing.")
+def archive_list(id: int, body: people.ListArchive | None):
+    with db_session() as session:
+        archived = people.MailingList.of(lists.archive_list(session, id, now=utcnow()))
+        audit(session, "list_archive", f"list {archived.slug}")
+    return archived
+
+
+@operation("GET", LIST + "/wordings", summary="Every version of a list's consent wording",
+           response=people.ConsentWordingList, answer="The versions, newest first.")
+def list_wordings(id: int):
+    with db_reader() as session:
+        versions = lists.wording_versions(session, id)
+    return people.ConsentWordingList(items=[people.ConsentWordingVersion.of(v, current=i == 0)
+                                            for i, v in enumerate(versions)])
+
+
+@operation("POST", LIST + "/wordings", summary="New version of a list's consent wording", body=people.WordingCreate,
+           response=people.ConsentWordingVersion, status=201, answer="The new version, now current.",
+           errors=(409,),
+           description="Everyone who joins from now on is shown this text, and their consent events point at "
+                       "this version; people who joined earlier keep the version they were shown. A version "
+                       "is never changed. The same text as the current version is refused (422); an archived "
+                       "list, or `replaces_version` that is no longer the current one, is answered 409.")
+def create_wording(id: int, body: people.WordingCreate):
+    with db_session() as session, field_renamed(consent_wording="text"):
+        wording = lists.add_wording(session, id, body.text, now=utcnow(), replaces_version=body.replaces_version)
+        slug = lists.get_list(session, id).mailing_list.slug
+        audit(session, "list_wording", f"list {slug}: consent wording version {wording.version}")
+        created = people.ConsentWordingVersion.of(lists.WordingVersion(wording, 0), current=True)
+    return created
+
+
 # Subscriptions --------------------------------------------------------------------------
 
 @operation("GET", "/subscriptions", summary="Subscriptions, newest first", query=people.SubscriptionQuery,
