@@ -147,9 +147,19 @@ class PublicLists:
         self._read_at: float | None = None
         self._lock = threading.Lock()
 
-    def versions(self, connection) -> dict[str, set[int]]:
+    def forget(self) -> None:
+        """Read again at the next check (this process changed a list: wording, archive)."""
         with self._lock:
-            if self._read_at is None or self.clock() - self._read_at > self.ttl:
+            self._read_at = None
+
+    def versions(self, connection, *, max_age: float | None = None) -> dict[str, set[int]]:
+        return self._snapshot(connection, max_age)[0]
+
+    def _snapshot(self, connection, max_age: float | None = None) -> tuple[dict[str, set[int]], dict[str, str]]:
+        """(versions per slug, archived lists' names per slug), read together."""
+        with self._lock:
+            age = self.ttl if max_age is None else max_age
+            if self._read_at is None or self.clock() - self._read_at > age:
                 versions: dict[str, set[int]] = {}
                 closed: dict[str, str] = {}
                 for slug, version, name, archived_at in connection.execute(_LIST_WORDINGS):
@@ -157,17 +167,22 @@ class PublicLists:
                     if archived_at is not None:
                         closed[slug] = name
                 self._versions, self._closed, self._read_at = versions, closed, self.clock()
-            return self._versions
+            return self._versions, self._closed
 
     def check(self, connection, slugs: list[str], consent_version: int | None) -> None:
-        """A list archived in the last `ttl` seconds may still pass here; the worker
-        (process_signups) then drops the signup."""
-        versions = self.versions(connection)
+        """A list archived in the last `ttl` seconds by another process may still pass
+        here; the worker (process_signups) then drops the signup."""
+        versions, closed = self._snapshot(connection)
+        if not all(slug in versions for slug in slugs) or (
+                consent_version is not None and not all(consent_version in versions[slug] for slug in slugs)):
+            # Perhaps a list or a wording version made since the last read (in another
+            # process): read again, at most once a second, before refusing.
+            versions, closed = self._snapshot(connection, max_age=1.0)
         if not all(slug in versions for slug in slugs):
             raise InvalidInput("lists", "Unknown mailing list.")
         for slug in slugs:
-            if slug in self._closed:
-                raise closed_list(self._closed[slug])
+            if slug in closed:
+                raise closed_list(closed[slug])
         if consent_version is not None and not all(consent_version in versions[slug] for slug in slugs):
             raise InvalidInput("consent_version", "The consent wording on this form is unknown; reload the page.")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import sqlalchemy as sa
-from flask import Response, g, stream_with_context, url_for
+from flask import Response, current_app, g, stream_with_context, url_for
 
 from mailer import privacy
 from mailer.web.api import api_schemas_people as people
@@ -78,6 +78,7 @@ def create_list(body: people.ListCreate):
         created = people.MailingList.of(lists.create_list(
             session, slug=body.slug, name=body.name, description=body.description, wording=body.consent_wording,
             public=body.public, now=utcnow()))
+    _lists_changed()
     return created, {"Location": url_for("api.get_list", id=created.id)}
 
 
@@ -90,6 +91,11 @@ def get_list(id: int):
 LIST = "/lists/<int:id>"
 
 
+def _lists_changed() -> None:
+    """The public form of this process sees the change at once (others within their cache's TTL)."""
+    current_app.extensions["public_lists"].forget()
+
+
 @operation("PATCH", LIST, summary="Change a mailing list's name, description or visibility", body=people.ListPatch,
            response=people.MailingList, answer="The list as changed.",
            description="Fields left out keep their values. The slug and the consent wording are not changed "
@@ -99,6 +105,7 @@ def update_list(id: int, body: people.ListPatch):
     with db_session() as session:
         changed = people.MailingList.of(lists.update_list(session, id, **changes))
         audit(session, "list_edit", f"list {changed.slug}: {', '.join(sorted(changes)) or 'nothing'}")
+    _lists_changed()
     return changed
 
 
@@ -114,6 +121,7 @@ def archive_list(id: int, body: people.ListArchive | None):
     with db_session() as session:
         archived = people.MailingList.of(lists.archive_list(session, id, now=utcnow()))
         audit(session, "list_archive", f"list {archived.slug}")
+    _lists_changed()
     return archived
 
 
@@ -139,6 +147,7 @@ def create_wording(id: int, body: people.WordingCreate):
         slug = lists.get_list(session, id).mailing_list.slug
         audit(session, "list_wording", f"list {slug}: consent wording version {wording.version}")
         created = people.ConsentWordingVersion.of(lists.WordingVersion(wording, 0), current=True)
+    _lists_changed()
     return created
 
 
