@@ -91,10 +91,6 @@ class ListClosed(InvalidInput):
         super().__init__("lists", f"The list '{name}' is closed: it takes no new signups.")
 
 
-def closed_list(name: str) -> ListClosed:
-    return ListClosed(name)
-
-
 def public_lists(session: Session, slugs) -> list[MailingList]:
     wanted = list(dict.fromkeys(slugs or [DEFAULT_LIST]))
     found = session.scalars(sa.select(MailingList).where(MailingList.slug.in_(wanted), MailingList.public)).all()
@@ -102,7 +98,7 @@ def public_lists(session: Session, slugs) -> list[MailingList]:
         raise InvalidInput("lists", "Unknown mailing list.")
     for mailing_list in found:
         if mailing_list.archived_at is not None:
-            raise closed_list(mailing_list.name)
+            raise ListClosed(mailing_list.name)
     return list(found)
 
 
@@ -182,7 +178,7 @@ class PublicLists:
             raise InvalidInput("lists", "Unknown mailing list.")
         for slug in slugs:
             if slug in closed:
-                raise closed_list(closed[slug])
+                raise ListClosed(closed[slug])
         if consent_version is not None and not all(consent_version in versions[slug] for slug in slugs):
             raise InvalidInput("consent_version", "The consent wording on this form is unknown; reload the page.")
 
