@@ -304,6 +304,129 @@ class DrainProgress:
         self.stream.flush()
 
 
+@main.group("list")
+def list_group() -> None:
+    """Mailing lists: list, create, edit, archive, consent wording versions."""
+
+
+def _wording_text(text: str | None, text_file) -> str | None:
+    if text is not None and text_file is not None:
+        raise click.UsageError("give the wording as --wording or --wording-file, not both")
+    return text_file.read() if text_file is not None else text
+
+
+def _list_line(summary) -> str:
+    ml, counts = summary.mailing_list, summary.counts
+    state = "archived" if ml.archived_at else "public" if ml.public else "private"
+    shown = ", ".join(f"{counts[status]} {status}" for status in counts)
+    version = f"wording v{summary.wording.version}" if summary.wording else "no wording"
+    return f"{ml.id}\t{ml.slug}\t{state}\t{shown}\t{version}\t{ml.name}"
+
+
+@list_group.command("list")
+def list_list() -> None:
+    """Every list: id, slug, public/private/archived, subscribers per status, wording version, name."""
+    from mailer.audience import lists
+
+    m = _mailer()
+    with m.read_sessions() as session:
+        for summary in lists.list_lists(session):
+            click.echo(_list_line(summary))
+
+
+@list_group.command("create")
+@click.argument("slug")
+@click.option("--name", required=True)
+@click.option("--description", default="")
+@click.option("--wording", help="The consent wording people agree to when they join (version 1).")
+@click.option("--wording-file", type=click.File("r", encoding="utf-8"), help="The wording from a file; - for stdin.")
+@click.option("--private", is_flag=True, help="Not offered on public forms or the preferences page.")
+def list_create(slug, name, description, wording, wording_file, private) -> None:
+    """Create a list with its consent wording."""
+    from mailer.audience import lists
+
+    m = _mailer()
+    text = _wording_text(wording, wording_file)
+
+    def create(session):
+        summary = lists.create_list(session, slug=slug, name=name, description=description, wording=text or "",
+                                    public=not private, now=utcnow())
+        users.record(session, None, "list_create", f"list {slug}")
+        return _list_line(summary)
+
+    click.echo(f"created: {_run(m, create)}")
+
+
+@list_group.command("edit")
+@click.argument("slug")
+@click.option("--name")
+@click.option("--description")
+@click.option("--public/--private", default=None, help="Offered on public forms or not.")
+def list_edit(slug, name, description, public) -> None:
+    """Change a list's name, description or visibility (what is not given stays)."""
+    from mailer.audience import lists
+
+    m = _mailer()
+
+    def edit(session):
+        summary = lists.update_list(session, lists.list_id_for(session, slug), name=name, description=description,
+                                    public=public)
+        changed = [field for field, value in (("name", name), ("description", description), ("public", public))
+                   if value is not None]
+        users.record(session, None, "list_edit", f"list {slug}: {', '.join(changed) or 'nothing'}")
+        return _list_line(summary)
+
+    click.echo(_run(m, edit))
+
+
+@list_group.command("archive")
+@click.argument("slug")
+def list_archive(slug) -> None:
+    """Close a list to new signups (form, API, imports); its subscribers and their history
+    stay. Refused while a newsletter or automation still plans mail for it."""
+    from mailer.audience import lists
+
+    m = _mailer()
+
+    def archive(session):
+        lists.archive_list(session, lists.list_id_for(session, slug), now=utcnow())
+        users.record(session, None, "list_archive", f"list {slug}")
+
+    _run(m, archive)
+    click.echo(f"list {slug} archived: it takes no new signups")
+
+
+@list_group.command("wording")
+@click.argument("slug")
+@click.option("--wording", help="The new consent wording.")
+@click.option("--wording-file", type=click.File("r", encoding="utf-8"), help="The new wording from a file; - for stdin.")
+def list_wording(slug, wording, wording_file) -> None:
+    """Without --wording: every version of the list's consent wording, newest first, with
+    the consent events that used it. With it: a new version, shown from now on (earlier
+    versions never change)."""
+    from mailer.audience import lists
+
+    m = _mailer()
+    text = _wording_text(wording, wording_file)
+    if text is None:
+        with m.read_sessions() as session:
+            try:
+                versions = lists.wording_versions(session, lists.list_id_for(session, slug))
+            except InvalidInput as exc:
+                raise click.ClickException(exc.message)
+            for v in versions:
+                click.echo(f"version {v.wording.version}\t{v.wording.created_at:%Y-%m-%d %H:%M} UTC\t"
+                           f"{v.events} consent events\n  {v.wording.text}")
+        return
+
+    def add(session):
+        new = lists.add_wording(session, lists.list_id_for(session, slug), text, now=utcnow())
+        users.record(session, None, "list_wording", f"list {slug}: consent wording version {new.version}")
+        return new.version
+
+    click.echo(f"list {slug}: consent wording version {_run(m, add)} is now shown to new signups")
+
+
 @main.group("newsletter")
 def newsletter_group() -> None:
     """Compose, check, schedule and cancel newsletters."""

@@ -129,10 +129,15 @@ class MailingList(Base):
     description: Mapped[str] = mapped_column(sa.Text, default="")
     public: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Set when staff archive the list: no new signups (form, API, imports); its
+    # subscribers, their consent history and unsubscribe links stay (mailer.audience.lists).
+    archived_at: Mapped[Optional[dt.datetime]]
 
 
 class ConsentWording(Base):
-    """The exact text a person is shown when asked for consent, versioned per list."""
+    """The exact text a person is shown when asked for consent, versioned per list. A
+    version is never changed: new wording is a new version (lists.add_wording), and
+    consent events point at the version they showed."""
 
     __tablename__ = "consent_wordings"
     __table_args__ = (sa.UniqueConstraint("list_id", "version"),)
@@ -142,6 +147,12 @@ class ConsentWording(Base):
     version: Mapped[int]
     text: Mapped[str] = mapped_column(sa.Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    @validates("text")
+    def _text_is_immutable(self, _key, text):
+        if self.text is not None and text != self.text:
+            raise ValueError("a consent wording version is never changed: add a new version")
+        return text
 
 
 class SignupRequest(Base):
@@ -203,7 +214,8 @@ class ConsentEvent(Base):
     list_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("mailing_lists.id"))
     purpose: Mapped[str] = mapped_column(sa.String(100))
     action: Mapped[str] = mapped_column(sa.String(20))
-    wording_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("consent_wordings.id"))
+    # Indexed: a list's page counts the events of each wording version.
+    wording_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("consent_wordings.id"), index=True)
     source_url: Mapped[Optional[str]] = mapped_column(sa.Text)
     ip: Mapped[Optional[str]] = mapped_column(sa.String(64))
     user_agent: Mapped[Optional[str]] = mapped_column(sa.Text)

@@ -16,7 +16,7 @@ browser = browser_support.browser  # the shared Chromium (a pytest fixture)
 dev_app = test_admin.dev_app  # the app with one owner and the dev mailbox (a pytest fixture)
 
 PAGES = ("/admin/", "/admin/newsletters", "/admin/newsletters/new", "/admin/webinars", "/admin/webinars/new",
-         "/admin/mailbox")
+         "/admin/mailbox", "/admin/lists", "/admin/lists/1")
 
 
 class _Resources(HTMLParser):

@@ -71,7 +71,8 @@ def test_lists_are_listed_with_counts_and_created_with_their_wording(api, client
         "id": 1, "slug": "newsletter", "name": "Monthly newsletter",
         "description": "Exercises, clinic news and the next free webinar, once a month.", "public": True,
         "consent_wording": NEWSLETTER_WORDING, "consent_version": 1,
-        "subscribers": {"pending": 0, "active": 0, "unsubscribed": 0}, "created_at": created_at}]}
+        "subscribers": {"pending": 0, "active": 0, "unsubscribed": 0}, "created_at": created_at,
+        "archived_at": None}]}
 
     body = {"slug": "practice-news", "name": "  Practice   news ", "description": "Opening hours.",
             "consent_wording": "Yes, tell me when the practice changes its hours.", "public": False}
@@ -82,7 +83,7 @@ def test_lists_are_listed_with_counts_and_created_with_their_wording(api, client
     assert made == {"id": 2, "slug": "practice-news", "name": "Practice news", "description": "Opening hours.",
                     "public": False, "consent_wording": "Yes, tell me when the practice changes its hours.",
                     "consent_version": 1, "subscribers": {"pending": 0, "active": 0, "unsubscribed": 0},
-                    "created_at": made["created_at"]}
+                    "created_at": made["created_at"], "archived_at": None}
     assert api.get("/lists/2", token=staff.viewer_read).json == made
 
     subscribe(api, "ann@example.com")

@@ -19,9 +19,9 @@ import sqlalchemy as sa
 from mailer import privacy
 from mailer.audience import checkpoints, consent
 from mailer.staff import users
-from mailer.db import ROOT, UTCDateTime, make_engine, make_session_factory, migrate, session_scope, utcnow
-from mailer.demo import ensure_default_list
-from mailer.models import ConsentEvent, ConsentWording, Contact, Delivery, Subscription
+from mailer.db import ROOT, UTCDateTime, make_engine, migrate, session_scope, utcnow
+from mailer.demo import NEWSLETTER_WORDING
+from mailer.models import ConsentEvent, ConsentWording, Contact, Delivery, MailingList, Subscription
 from mailer.scheduler import mail_consent_checkpoint
 from tests.conftest import BACKEND, POSTGRES_ADMIN_URL, SECRET, signup
 from tests.test_consent import _cli, _cycle
@@ -204,8 +204,10 @@ def legacy_database_url(tmp_path):
         url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     migrate(url, "0007")
     engine = make_engine(url)
-    with session_scope(make_session_factory(engine)) as session:
-        ensure_default_list(session)
+    with engine.begin() as conn:  # the default list as that release made it (Core: the columns of its schema)
+        list_id = conn.execute(sa.insert(MailingList.__table__).values(
+            slug="newsletter", name="Monthly newsletter", description="").returning(MailingList.id)).scalar_one()
+        conn.execute(sa.insert(ConsentWording.__table__).values(list_id=list_id, version=1, text=NEWSLETTER_WORDING))
     _write_legacy_events(engine)
     engine.dispose()
     yield url

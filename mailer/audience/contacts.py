@@ -66,8 +66,10 @@ def current_wording(session: Session, list_id: int) -> ConsentWording | None:
 
 
 def newsletter_wording(session: Session) -> ConsentWording | None:
-    """The wording shown next to "also send me the newsletter" on other forms."""
-    list_id = session.scalar(sa.select(MailingList.id).where(MailingList.slug == DEFAULT_LIST))
+    """The wording shown next to "also send me the newsletter" on other forms (None, and no
+    box, once the list is archived)."""
+    list_id = session.scalar(sa.select(MailingList.id).where(MailingList.slug == DEFAULT_LIST,
+                                                             MailingList.archived_at.is_(None)))
     return current_wording(session, list_id) if list_id else None
 
 
@@ -82,11 +84,21 @@ def _wording_shown(session: Session, mailing_list: MailingList, version: int | N
     return wording
 
 
+class ListClosed(InvalidInput):
+    """A signup for an archived list."""
+
+    def __init__(self, name: str):
+        super().__init__("lists", f"The list '{name}' is closed: it takes no new signups.")
+
+
 def public_lists(session: Session, slugs) -> list[MailingList]:
     wanted = list(dict.fromkeys(slugs or [DEFAULT_LIST]))
     found = session.scalars(sa.select(MailingList).where(MailingList.slug.in_(wanted), MailingList.public)).all()
     if len(found) != len(wanted):
         raise InvalidInput("lists", "Unknown mailing list.")
+    for mailing_list in found:
+        if mailing_list.archived_at is not None:
+            raise ListClosed(mailing_list.name)
     return list(found)
 
 
@@ -112,7 +124,7 @@ def is_suppressed(session: Session, settings: Settings, address: str) -> bool:
 
 # Built once: the public form runs these on every request.
 _LIST_WORDINGS = (
-    sa.select(MailingList.slug, ConsentWording.version)
+    sa.select(MailingList.slug, ConsentWording.version, MailingList.name, MailingList.archived_at)
     .join(ConsentWording, ConsentWording.list_id == MailingList.id)
     .where(MailingList.public)
 )
@@ -127,22 +139,46 @@ class PublicLists:
         self.ttl = ttl
         self.clock = clock
         self._versions: dict[str, set[int]] = {}
+        self._closed: dict[str, str] = {}  # archived lists: slug → name
         self._read_at: float | None = None
         self._lock = threading.Lock()
 
-    def versions(self, connection) -> dict[str, set[int]]:
+    def forget(self) -> None:
+        """Read again at the next check (this process changed a list: wording, archive)."""
         with self._lock:
-            if self._read_at is None or self.clock() - self._read_at > self.ttl:
+            self._read_at = None
+
+    def versions(self, connection, *, max_age: float | None = None) -> dict[str, set[int]]:
+        return self._snapshot(connection, max_age)[0]
+
+    def _snapshot(self, connection, max_age: float | None = None) -> tuple[dict[str, set[int]], dict[str, str]]:
+        """(versions per slug, archived lists' names per slug), read together."""
+        with self._lock:
+            age = self.ttl if max_age is None else max_age
+            if self._read_at is None or self.clock() - self._read_at > age:
                 versions: dict[str, set[int]] = {}
-                for slug, version in connection.execute(_LIST_WORDINGS):
+                closed: dict[str, str] = {}
+                for slug, version, name, archived_at in connection.execute(_LIST_WORDINGS):
                     versions.setdefault(slug, set()).add(version)
-                self._versions, self._read_at = versions, self.clock()
-            return self._versions
+                    if archived_at is not None:
+                        closed[slug] = name
+                self._versions, self._closed, self._read_at = versions, closed, self.clock()
+            return self._versions, self._closed
 
     def check(self, connection, slugs: list[str], consent_version: int | None) -> None:
-        versions = self.versions(connection)
+        """A list archived in the last `ttl` seconds by another process may still pass
+        here; the worker (process_signups) then drops the signup."""
+        versions, closed = self._snapshot(connection)
+        if not all(slug in versions for slug in slugs) or (
+                consent_version is not None and not all(consent_version in versions[slug] for slug in slugs)):
+            # Perhaps a list or a wording version made since the last read (in another
+            # process): read again, at most once a second, before refusing.
+            versions, closed = self._snapshot(connection, max_age=1.0)
         if not all(slug in versions for slug in slugs):
             raise InvalidInput("lists", "Unknown mailing list.")
+        for slug in slugs:
+            if slug in closed:
+                raise ListClosed(closed[slug])
         if consent_version is not None and not all(consent_version in versions[slug] for slug in slugs):
             raise InvalidInput("consent_version", "The consent wording on this form is unknown; reload the page.")
 
@@ -323,11 +359,15 @@ def contact_for_preferences(session: Session, settings: Settings, token: str) ->
 
 
 def preferences(session: Session, contact: Contact) -> list[tuple[MailingList, str | None, ConsentWording | None]]:
-    """Every public list with this person's status on it and the wording to show."""
+    """Every public list with this person's status on it and the wording to show. An
+    archived list is shown only to people still on it (so they can leave), with no wording
+    (it takes no new signups)."""
     statuses = dict(session.execute(sa.select(Subscription.list_id, Subscription.status)
                                     .where(Subscription.contact_id == contact.id)).all())
-    return [(ml, statuses.get(ml.id), current_wording(session, ml.id))
-            for ml in session.scalars(sa.select(MailingList).where(MailingList.public).order_by(MailingList.id))]
+    on = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING)
+    return [(ml, statuses.get(ml.id), current_wording(session, ml.id) if ml.archived_at is None else None)
+            for ml in session.scalars(sa.select(MailingList).where(MailingList.public).order_by(MailingList.id))
+            if ml.archived_at is None or statuses.get(ml.id) in on]
 
 
 def update_preferences(session: Session, settings: Settings, contact: Contact, *, name: str, wanted: set[str],

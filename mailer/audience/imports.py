@@ -53,6 +53,12 @@ def consent_note_or_refuse(consent_note: str | None) -> str:
     return note
 
 
+def refuse_archived(mailing_list: MailingList) -> None:
+    if mailing_list.archived_at is not None:
+        raise InvalidInput("list", f"The list '{mailing_list.name}' is archived: it takes no new subscribers, "
+                                   "imported ones included.")
+
+
 def columns(fieldnames) -> tuple[str, str | None]:
     """The email column (required) and the name column (optional) of a CSV header."""
     email_column = _column(fieldnames, EMAIL_COLUMNS)
@@ -92,6 +98,7 @@ def import_csv(session_factory, settings, lines: Iterable[str], *, list_slug: st
         mailing_list = session.scalar(sa.select(MailingList).where(MailingList.slug == list_slug))
         if mailing_list is None:
             raise InvalidInput("list", f"No list '{list_slug}'.")
+        refuse_archived(mailing_list)
         list_id, purpose = mailing_list.id, f"list:{mailing_list.slug}"
         wording = contacts.current_wording(session, list_id)
     report = dataclasses.replace(resume, examples={k: list(v) for k, v in resume.examples.items()}) \

@@ -172,7 +172,15 @@ def _validated(session: Session, *, subject: str, preheader: str, body_md: str, 
     found = session.scalars(sa.select(MailingList).where(MailingList.slug.in_(lists or []))).all()
     if not lists or len(found) != len(set(lists)):
         raise InvalidInput("lists", "Choose at least one existing list.")
+    _refuse_archived(found)
     return list(found)
+
+
+def _refuse_archived(mailing_lists) -> None:
+    """An archived list gets no new issues (audience.lists: archiving waits for planned ones)."""
+    archived = [ml.name for ml in mailing_lists if ml.archived_at is not None]
+    if archived:
+        raise InvalidInput("lists", f"Archived, so no new issues: {', '.join(archived)}. Choose open lists.")
 
 
 def create_newsletter(session: Session, *, subject: str, body_md: str, lists: list[str], preheader: str = "",
@@ -241,6 +249,7 @@ def schedule(session: Session, newsletter_id: int, send_at: dt.datetime, *, now:
     newsletter = get_newsletter(session, newsletter_id)
     _changeable(newsletter)
     _refuse_unsendable(session, newsletter)
+    _refuse_archived(newsletter.lists)
     if send_at.tzinfo is None:
         raise InvalidInput("send_at", "The send time needs a time zone.")
     if send_at < now - dt.timedelta(minutes=1):
@@ -277,6 +286,7 @@ def schedule_in_reader_zones(session: Session, newsletter_id: int, local: dt.dat
     newsletter = get_newsletter(session, newsletter_id)
     _changeable(newsletter)
     _refuse_unsendable(session, newsletter)
+    _refuse_archived(newsletter.lists)
     if fallback_zone not in clock.known_zones():
         raise InvalidInput("timezone", f"Unknown time zone '{fallback_zone}'.")
     if not 2000 <= local.year <= 2999:

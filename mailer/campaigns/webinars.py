@@ -278,8 +278,11 @@ def register(session: Session, settings, slug: str, *, email: str, name: str = "
     contact = contacts.get_or_create_contact(session, settings, address, name=contacts.clean_name(name),
                                              timezone=zone, now=now)
     if newsletter:
-        contacts.subscribe(session, settings, email=address, name=name, consent_given=True,
-                           consent_version=newsletter_version, timezone=zone, context=context, now=now)
+        try:
+            contacts.subscribe(session, settings, email=address, name=name, consent_given=True,
+                               consent_version=newsletter_version, timezone=zone, context=context, now=now)
+        except contacts.ListClosed:  # archived since the form was shown: the seat still counts
+            log.info("webinar registration: newsletter box ignored, the list is archived")
     registration = session.scalar(sa.select(Registration).where(
         Registration.webinar_id == webinar.id, Registration.contact_id == contact.id))
     if registration is not None and registration.status != RegistrationStatus.CANCELLED:

@@ -50,6 +50,7 @@ def create_import(session: Session, settings, upload: BinaryIO, *, filename: str
     mailing_list = session.scalar(sa.select(MailingList).where(MailingList.slug == list_slug))
     if mailing_list is None:
         raise InvalidInput("list", "Choose a list to import into.")
+    imports.refuse_archived(mailing_list)
     job = Job(kind=IMPORT, status=JobStatus.QUEUED, user_id=user_id, total=0, done=0, created_at=now,
               params=json.dumps({"list": mailing_list.slug, "list_name": mailing_list.name, "consent_note": note,
                                  "filename": filename[:200]}))

@@ -41,7 +41,8 @@ def _too_large(_exc):
 
 def _render_index(error: InvalidInput | None = None, form: dict | None = None):
     with db_reader() as s:
-        lists = list(s.scalars(sa.select(MailingList).order_by(MailingList.name)))
+        lists = list(s.scalars(sa.select(MailingList).where(MailingList.archived_at.is_(None))
+                               .order_by(MailingList.name)))
         recent = [jobs.describe(job) for job in jobs.recent_imports(s)]
     return render_template("admin/imports/index.html", lists=lists, recent=recent, error=error, form=form or {},
                            max_mb=MAX_UPLOAD_MB)

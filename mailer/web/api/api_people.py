@@ -8,7 +8,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import sqlalchemy as sa
-from flask import Response, g, stream_with_context, url_for
+from flask import Response, current_app, g, stream_with_context, url_for
 
 from mailer import privacy
 from mailer.web.api import api_schemas_people as people
@@ -78,6 +78,7 @@ def create_list(body: people.ListCreate):
         created = people.MailingList.of(lists.create_list(
             session, slug=body.slug, name=body.name, description=body.description, wording=body.consent_wording,
             public=body.public, now=utcnow()))
+    _lists_changed()
     return created, {"Location": url_for("api.get_list", id=created.id)}
 
 
@@ -85,6 +86,69 @@ def create_list(body: people.ListCreate):
 def get_list(id: int):
     with db_reader() as session:
         return people.MailingList.of(lists.get_list(session, id))
+
+
+LIST = "/lists/<int:id>"
+
+
+def _lists_changed() -> None:
+    """The public form of this process sees the change at once (others within their cache's TTL)."""
+    current_app.extensions["public_lists"].forget()
+
+
+@operation("PATCH", LIST, summary="Change a mailing list's name, description or visibility", body=people.ListPatch,
+           response=people.MailingList, answer="The list as changed.",
+           description="Fields left out keep their values. The slug and the consent wording are not changed "
+                       "here: wording changes are new versions (POST /lists/{id}/wordings).")
+def update_list(id: int, body: people.ListPatch):
+    changes = body.model_dump(exclude_unset=True)
+    with db_session() as session:
+        changed = people.MailingList.of(lists.update_list(session, id, **changes))
+        audit(session, "list_edit", f"list {changed.slug}: {', '.join(sorted(changes)) or 'nothing'}")
+    _lists_changed()
+    return changed
+
+
+@operation("POST", LIST + "/archive", summary="Archive a mailing list", body=people.ListArchive, body_required=False,
+           response=people.MailingList, answer="The list, archived.", errors=(409,),
+           description="The list takes no new signups from then on: the public form, the preferences page, "
+                       "POST /subscriptions and imports refuse it. Its subscriptions and consent history stay, "
+                       "and unsubscribe links keep working; no new newsletter can be made or scheduled for it. "
+                       "Refused (409) while mail is still planned for it: a newsletter scheduled, sending or "
+                       "paused, an automation active or paused that sends as it or starts from it. Archiving "
+                       "again changes nothing.")
+def archive_list(id: int, body: people.ListArchive | None):
+    with db_session() as session:
+        archived = people.MailingList.of(lists.archive_list(session, id, now=utcnow()))
+        audit(session, "list_archive", f"list {archived.slug}")
+    _lists_changed()
+    return archived
+
+
+@operation("GET", LIST + "/wordings", summary="Every version of a list's consent wording",
+           response=people.ConsentWordingList, answer="The versions, newest first.")
+def list_wordings(id: int):
+    with db_reader() as session:
+        versions = lists.wording_versions(session, id)
+    return people.ConsentWordingList(items=[people.ConsentWordingVersion.of(v, current=i == 0)
+                                            for i, v in enumerate(versions)])
+
+
+@operation("POST", LIST + "/wordings", summary="New version of a list's consent wording", body=people.WordingCreate,
+           response=people.ConsentWordingVersion, status=201, answer="The new version, now current.",
+           errors=(409,),
+           description="Everyone who joins from now on is shown this text, and their consent events point at "
+                       "this version; people who joined earlier keep the version they were shown. A version "
+                       "is never changed. The same text as the current version is refused (422); an archived "
+                       "list, or `replaces_version` that is no longer the current one, is answered 409.")
+def create_wording(id: int, body: people.WordingCreate):
+    with db_session() as session, field_renamed(consent_wording="text"):
+        wording = lists.add_wording(session, id, body.text, now=utcnow(), replaces_version=body.replaces_version)
+        slug = lists.get_list(session, id).mailing_list.slug
+        audit(session, "list_wording", f"list {slug}: consent wording version {wording.version}")
+        created = people.ConsentWordingVersion.of(lists.WordingVersion(wording, 0), current=True)
+    _lists_changed()
+    return created
 
 
 # Subscriptions --------------------------------------------------------------------------

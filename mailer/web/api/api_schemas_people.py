@@ -43,6 +43,53 @@ class ListCreate(Request):
     public: Annotated[StrictBool, Field(description="Offered on public forms and the preferences page.")] = True
 
 
+ListPublic = Annotated[StrictBool, Field(description="Offered on public forms and the preferences page.")]
+
+
+class ListPatch(Request):
+    """Fields left out keep their values. The slug never changes: forms, links and the
+    consent ledger name the list by it."""
+
+    name: ListName = omittable()
+    description: ListDescription = omittable()
+    public: ListPublic = omittable()
+
+
+class ListArchive(Request):
+    """No fields; the body may be left out."""
+
+
+WordingText = Annotated[Text(1, 5000), Field(
+    description="The new wording: shown to everyone who joins from now on. Earlier versions stay as they were.",
+    examples=["Yes, send me the monthly practice newsletter and news of free webinars. I can unsubscribe at any "
+              "time."])]
+
+
+class WordingCreate(Request):
+    text: WordingText
+    replaces_version: Annotated[int, Field(ge=1, le=MAX_ID, description=(
+        "The version this text was edited from: if another version was added meanwhile, the answer is 409 "
+        "instead of replacing it unseen."))] = omittable()
+
+
+class ConsentWordingVersion(Response):
+    version: int
+    text: str = Field(description="Exactly what people were shown; a version's text never changes.")
+    created_at: UtcDatetime
+    consent_events: int = Field(description="Consent events recorded with this version.")
+    current: bool = Field(description="The version new signups are shown.")
+
+    @classmethod
+    def of(cls, version, *, current: bool) -> "ConsentWordingVersion":
+        w = version.wording
+        return cls(version=w.version, text=w.text, created_at=w.created_at, consent_events=version.events,
+                   current=current)
+
+
+class ConsentWordingList(Response):
+    items: list[ConsentWordingVersion] = Field(description="Newest first.")
+
+
 class SubscriberCounts(Response):
     pending: int
     active: int
@@ -59,6 +106,8 @@ class MailingList(Response):
     consent_version: int | None = Field(description="Its version; consent events refer to it.")
     subscribers: SubscriberCounts
     created_at: UtcDatetime
+    archived_at: UtcDatetime | None = Field(description="Set once archived: the list takes no new signups "
+                                                        "(form, API, imports); its subscribers stay.")
 
     @classmethod
     def of(cls, summary) -> "MailingList":
@@ -67,7 +116,7 @@ class MailingList(Response):
                    consent_wording=wording.text if wording else None,
                    consent_version=wording.version if wording else None,
                    subscribers=SubscriberCounts(**{str(k): v for k, v in summary.counts.items()}),
-                   created_at=ml.created_at)
+                   created_at=ml.created_at, archived_at=ml.archived_at)
 
 
 class MailingListList(Response):

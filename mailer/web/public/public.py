@@ -59,8 +59,13 @@ def _render_form(step: int, values: dict, error: InvalidInput | None = None, sta
     with db_session() as session:
         try:
             choices = _form_lists(session, values.get("lists"))
-        except InvalidInput:
-            choices = _form_lists(session, None)
+        except InvalidInput as exc:
+            if isinstance(exc, contacts.ListClosed):  # say so, rather than offer another list silently
+                error = error or exc
+            try:
+                choices = _form_lists(session, None)
+            except contacts.ListClosed as closed:  # the default list is archived too: nothing to offer
+                return render_template("public/message.html", title="Signups closed", message=closed.message), 410
         page = render_template("public/subscribe.html", step=step, values=values, choices=choices, error=error,
                                honeypot=HONEYPOT_FIELD)
     return page, status
@@ -189,7 +194,8 @@ def livez():
 @bp.get("/")
 def index():
     with db_session() as session:
-        lists = session.scalars(sa.select(MailingList).where(MailingList.public).order_by(MailingList.id)).all()
+        lists = session.scalars(sa.select(MailingList).where(MailingList.public, MailingList.archived_at.is_(None))
+                                .order_by(MailingList.id)).all()
     if not lists:
         abort(404)
     return render_template("public/index.html", lists=lists)
