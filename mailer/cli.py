@@ -994,6 +994,125 @@ def segment_archive(segment_id) -> None:
     click.echo(f"archived segment {segment_id}")
 
 
+@main.group("field")
+def field_group() -> None:
+    """Custom contact fields (list, create, update, archive) and a contact's values (show, set)."""
+
+
+@field_group.command("list")
+def field_list() -> None:
+    """Every field: id, status, key, type, label (and a choice field's choices)."""
+    from mailer.audience import fields
+
+    m = _mailer()
+    with m.read_sessions() as session:
+        for row in fields.list_fields(session, archived=True):
+            choices = fields.choices_of(row)
+            click.echo(f"{row.id}\t{'archived' if row.archived_at else 'in use'}\t{row.key}\t{row.type}\t{row.label}"
+                       + (f"\t{' | '.join(choices)}" if choices else ""))
+
+
+@field_group.command("create")
+@click.option("--key", required=True, help="Used in mail as {{ contact.fields.<key> }}.")
+@click.option("--label", required=True)
+@click.option("--type", "field_type", default="text", show_default=True,
+              type=click.Choice(["text", "number", "date", "yes_no", "choice"]))
+@click.option("--choice", "choices", multiple=True, help="An allowed value of a choice field (repeat).")
+def field_create(key, label, field_type, choices) -> None:
+    """Create a custom field."""
+    from mailer.audience import fields
+    from mailer.staff import users
+
+    m = _mailer()
+
+    def create(session):
+        field = fields.create_field(session, key=key, label=label, type=field_type, choices=choices, now=utcnow())
+        users.record(session, None, "field.create", f"field {field.key}")
+        return field.id
+
+    click.echo(f"created field {_run(m, create)}")
+
+
+@field_group.command("update")
+@click.argument("field_id", type=int)
+@click.option("--label")
+@click.option("--choice", "choices", multiple=True, help="The full new set of a choice field's values (repeat).")
+def field_update(field_id, label, choices) -> None:
+    """Change a field's label or (a choice field) its choices; the key and type stay."""
+    from mailer.audience import fields
+    from mailer.staff import users
+
+    m = _mailer()
+
+    def update(session):
+        field = fields.update_field(session, field_id, label=label, choices=list(choices) or None, now=utcnow())
+        users.record(session, None, "field.update", f"field {field.key}")
+
+    _run(m, update)
+    click.echo(f"updated field {field_id}")
+
+
+@field_group.command("archive")
+@click.argument("field_id", type=int)
+def field_archive(field_id) -> None:
+    """No longer offered for editing or imports; the values stay."""
+    from mailer.audience import fields
+    from mailer.staff import users
+
+    m = _mailer()
+
+    def archive(session):
+        users.record(session, None, "field.archive", f"field {fields.archive_field(session, field_id, now=utcnow()).key}")
+
+    _run(m, archive)
+    click.echo(f"archived field {field_id}")
+
+
+@field_group.command("show")
+@click.argument("email")
+def field_show(email) -> None:
+    """A contact's values, one key=value a line (audited: personal data)."""
+    from mailer.audience import directory, fields
+    from mailer.staff import users
+
+    m = _mailer()
+
+    def show(session):
+        contact_id = directory.contact_id_for_email(session, email)
+        users.record(session, None, "contact.fields.view", f"contact {contact_id}")
+        return fields.values_of(session, contact_id)
+
+    for key, value in _run(m, show).items():
+        click.echo(f"{key}={value}")
+
+
+@field_group.command("set")
+@click.argument("email")
+@click.argument("values", nargs=-1, required=True, metavar="KEY=VALUE...")
+def field_set(email, values) -> None:
+    """Set a contact's values (KEY= clears one); each is checked by its field's type."""
+    from mailer.audience import directory, fields
+    from mailer.staff import users
+
+    pairs = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.ClickException(f"'{item}' is not KEY=VALUE.")
+        pairs[key.strip()] = value
+    m = _mailer()
+
+    def apply(session):
+        contact_id = directory.contact_id_for_email(session, email)
+        changes = fields.set_values(session, contact_id, pairs)
+        if changes:
+            users.record(session, None, "contact.fields", f"contact {contact_id}: {fields.change_text(changes)}")
+        return changes
+
+    changes = _run(m, apply)
+    click.echo(f"{len(changes)} value{'' if len(changes) == 1 else 's'} changed")
+
+
 @main.command("import")
 @click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--list", "list_slug", default=contacts.DEFAULT_LIST, show_default=True)

@@ -722,3 +722,46 @@ class SequenceSkip(Base):
     step_id: Mapped[int] = mapped_column(sa.ForeignKey("sequence_steps.id"))
     reason: Mapped[str] = mapped_column(sa.String(50))
     created_at: Mapped[dt.datetime]
+
+
+class FieldType(enum.StrEnum):
+    TEXT = "text"
+    NUMBER = "number"
+    DATE = "date"  # ISO YYYY-MM-DD, which sorts as it compares
+    YES_NO = "yes_no"  # stored "yes" or "no"
+    CHOICE = "choice"  # one of the field's choices
+
+
+class Field(Base):
+    """A custom contact field staff define (mailer.audience.fields): templates read it as
+    {{ contact.fields.<key> }}; an archived one is no longer offered, its values stay."""
+
+    __tablename__ = "contact_fields"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(40), unique=True)
+    label: Mapped[str] = mapped_column(sa.String(100))
+    type: Mapped[str] = mapped_column(sa.String(10))
+    # JSON list of the allowed values of a choice field; "[]" for the other types.
+    choices: Mapped[str] = mapped_column(sa.Text, default="[]")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    archived_at: Mapped[Optional[dt.datetime]]
+
+
+class ContactFieldValue(Base):
+    """One contact's value of one field, in its canonical text (a number as written
+    without exponent, a date as YYYY-MM-DD, yes/no); `number` repeats a number field's
+    value as a number so segment rules compare it as one."""
+
+    __tablename__ = "contact_field_values"
+    __table_args__ = (
+        # Segment rules and exports look values up by field (and value).
+        sa.Index("ix_contact_field_values_field_value", "field_id", "value"),
+        sa.Index("ix_contact_field_values_field_number", "field_id", "number"),
+    )
+
+    contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id"), primary_key=True)
+    field_id: Mapped[int] = mapped_column(sa.ForeignKey("contact_fields.id"), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.String(500))
+    number: Mapped[Optional[float]] = mapped_column(sa.Float)

@@ -9,7 +9,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.audience import consent, contacts
+from mailer.audience import consent, contacts, fields
 from mailer.campaigns import sequences, webinars
 from mailer.delivery import outbox, suppression
 from mailer.errors import NotFound
@@ -38,7 +38,7 @@ def erase_contact(session: Session, settings: Settings, contact_id: int, *, now:
     """Erase one person (GDPR Art. 17): their address goes on the suppression list as a
     keyed hash (so no later signup or import mails it), unsent mail is cancelled,
     subscriptions end, seats at webinars to come are given back (the waitlist moves up),
-    sequence enrolments are deleted, and every copy of the address, name and time zone is
+    sequence enrolments and custom field values are deleted, and every copy of the address, name and time zone is
     removed, including SMTP error texts, unprocessed signups and the dev mailbox. The consent ledger keeps its events with
     their personal fields redacted, plus an "erased" event; the chain still verifies.
     NotFound for an unknown id; a contact already erased is left as it is."""
@@ -75,6 +75,7 @@ def erase_contact(session: Session, settings: Settings, contact_id: int, *, now:
     # Unprocessed webinar registrations are unprocessed signups too (the report counts both).
     signups += session.execute(sa.delete(RegistrationRequest).where(RegistrationRequest.email == address)).rowcount
     messages = session.execute(sa.delete(DevMessage).where(sa.func.lower(DevMessage.rcpt_to) == address)).rowcount
+    fields.forget_contact(session, contact_id)
     contacts.anonymise_contact(session, contact_id, now)
     # After the redaction, so this event keeps its note; it holds no address.
     consent.record_event(session, contact_id=contact_id, purpose="all", action=ConsentAction.ERASED,
@@ -110,6 +111,7 @@ def _export(session: Session, contact: Contact) -> dict:
     return {
         "contact": {"id": contact.id, "email": contact.email, "name": contact.name, "timezone": contact.timezone,
                     "created_at": _iso(contact.created_at), "erased_at": _iso(contact.erased_at)},
+        "fields": fields.values_of(session, contact.id),
         "subscriptions": [{"list": s.mailing_list.slug, "status": s.status, "created_at": _iso(s.created_at),
                            "confirmed_at": _iso(s.confirmed_at), "unsubscribed_at": _iso(s.unsubscribed_at)}
                           for s in subs],

@@ -194,7 +194,8 @@ def test_json_export_and_personal_data_download(staff, people, db):
     assert json.loads(owner.get("/admin/contacts/export.json?q=Ann&status=pending").get_data(as_text=True)) == [
         {"id": people[1], "email": "annette@example.com", "name": "annette Brown", "timezone": None,
          "created_at": NOW.isoformat(), "subscriptions": [{"list": "newsletter", "status": "pending"},
-                                                          {"list": "clinic-news", "status": "active"}]}]
+                                                          {"list": "clinic-news", "status": "active"}],
+         "fields": {}}]
     mine = owner.get(f"/admin/contacts/{people[1]}/data.json")
     assert mine.headers["Content-Disposition"] == f'attachment; filename="contact-{people[1]}.json"'
     assert mine.json["contact"]["email"] == "annette@example.com"

@@ -190,7 +190,7 @@ def test_preview_is_personalised_for_a_sample_reader_and_escapes_markup(editor):
     bad = editor.post("/admin/newsletters/preview", {**fields, "body_md": "fine\n{{ contact.nickname }}"},
                       headers={"Accept": "application/json"})
     assert bad.status_code == 400
-    assert bad.json["error"]["message"] == "body, line 2: 'contact' has no 'nickname' (it has: email, first_name, name)"
+    assert bad.json["error"]["message"] == "body, line 2: 'contact' has no 'nickname' (it has: email, fields, first_name, name)"
     bad_frame = editor.post("/admin/newsletters/preview", {**fields, "layout": "../confirmation/body"})
     assert bad_frame.status_code == 400 and "Unknown layout" in bad_frame.text
     assert bad_frame.headers["Content-Security-Policy"].startswith("sandbox ")

@@ -37,7 +37,7 @@ def test_template_problems_are_reported_with_their_line_and_nothing_is_created(d
                  input="Hello {{ contact.first_name }},\n\nNews.\n{{ contact.nickname }} and {{ coupon }}\n")
     assert result.exit_code == 1
     assert ("body, line 4: unknown name 'coupon'; "
-            "body, line 4: 'contact' has no 'nickname' (it has: email, first_name, name)") in result.output
+            "body, line 4: 'contact' has no 'nickname' (it has: email, fields, first_name, name)") in result.output
     assert db.scalar(sa.select(sa.func.count()).select_from(Newsletter)) == 0
 
 

@@ -12,7 +12,7 @@ from typing import Iterable, Iterator
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.audience import consent
+from mailer.audience import consent, fields as custom_fields
 from mailer.audience.contacts import normalise_email
 from mailer.db import is_postgres
 from mailer.errors import InvalidInput, NotFound
@@ -209,14 +209,31 @@ def contact_detail(session: Session, contact_id: int) -> ContactDetail:
 
 # Bulk export ---------------------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class ExportRows:
+    """The rows of an export, and the custom fields' keys (contacts_csv's extra columns)."""
+
+    field_keys: tuple[str, ...]
+    rows: Iterator[dict]
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.rows
+
+
 def export_contacts(session: Session, *, list_id: int | None = None, status: str | None = None,
-                    batch_size: int = 5000, q: str = "", within=None) -> Iterator[dict]:
+                    batch_size: int = 5000, q: str = "", within=None) -> ExportRows:
     """Every (not erased) contact matching the filters (`q` as in search_contacts; `within`: a
     select of contact ids, e.g. a segment's), oldest first, as plain dicts with
-    EXPORT_FIELDS ("subscriptions" is a list of {"list", "status"}). Read in id batches
+    EXPORT_FIELDS ("subscriptions" is a list of {"list", "status"}) and "fields" (custom field values by key). Read in id batches
     with Core rows, so memory stays flat however many there are; the session must stay
     open while the iterator is consumed."""
     check_filters(session, list_id, status)
+    return ExportRows(tuple(custom_fields.all_keys(session)),
+                      _export_batches(session, list_id=list_id, status=status, batch_size=batch_size, q=q,
+                                      within=within))
+
+
+def _export_batches(session: Session, *, list_id, status, batch_size, q, within) -> Iterator[dict]:
     ids_stmt, id_column, keyset_column = _filtered_ids(session, q=q, list_id=list_id, status=status)
     last_id = 0
     while True:
@@ -236,9 +253,11 @@ def export_contacts(session: Session, *, list_id: int | None = None, status: str
                 .where(Subscription.contact_id.in_([row.id for row in rows]))
                 .order_by(Subscription.contact_id, MailingList.id)):
             subs.setdefault(cid, []).append({"list": slug, "status": sub_status})
+        values = custom_fields.values_for(session, [row.id for row in rows])
         for row in rows:
             yield {"id": row.id, "email": row.email, "name": row.name, "timezone": row.timezone,
-                   "created_at": row.created_at.isoformat(), "subscriptions": subs.get(row.id, [])}
+                   "created_at": row.created_at.isoformat(), "subscriptions": subs.get(row.id, []),
+                   "fields": values.get(row.id, {})}
 
 
 def spreadsheet_cell(value) -> str:
@@ -247,16 +266,21 @@ def spreadsheet_cell(value) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
-def contacts_csv(rows: Iterable[dict]) -> Iterator[str]:
+def contacts_csv(rows: Iterable[dict], field_keys: Iterable[str] | None = None) -> Iterator[str]:
     """CSV text in chunks of about CHUNK_CHARS. Cells that a spreadsheet would run as a
-    formula get a leading apostrophe; subscriptions read "newsletter:active; …"."""
+    formula get a leading apostrophe; subscriptions read "newsletter:active; …"; then a
+    column per custom field, headed by its key (those of ExportRows unless given), which an
+    import maps back."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(EXPORT_FIELDS)
+    field_keys = list(getattr(rows, "field_keys", ()) if field_keys is None else field_keys)
+    writer.writerow((*EXPORT_FIELDS, *field_keys))
     for row in rows:
         subs = "; ".join(f"{s['list']}:{s['status']}" for s in row["subscriptions"])
+        values = row.get("fields", {})
         writer.writerow([spreadsheet_cell(cell) for cell in (
-            row["id"], row["email"], row["name"], row["timezone"], row["created_at"], subs)])
+            row["id"], row["email"], row["name"], row["timezone"], row["created_at"], subs,
+            *(values.get(key, "") for key in field_keys))])
         if buffer.tell() >= CHUNK_CHARS:
             yield buffer.getvalue()
             buffer.seek(0)

@@ -1,6 +1,8 @@
 """Importing existing subscribers from CSV: streamed in chunks, every row accounted
 for (imported, invalid, duplicate or already on the list, suppressed), consent recorded
-with how it was obtained. A suppressed or unsubscribed address is never re-activated."""
+with how it was obtained. A suppressed or unsubscribed address is never re-activated.
+Other columns named like a custom field (its key or label) fill that field, checked by
+its type (a bad value makes the row invalid); columns naming no field are reported."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +14,7 @@ from typing import Callable, Iterable, Iterator
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.audience import consent, contacts
+from mailer.audience import consent, contacts, fields
 from mailer.db import dialect_insert, session_scope
 from mailer.delivery import suppression
 from mailer.errors import InvalidInput
@@ -32,10 +34,14 @@ class ImportReport:
     duplicate: int = 0  # twice in the file, or already on the list (in any state: unsubscribed stays so)
     suppressed: int = 0
     examples: dict[str, list[str]] = dataclasses.field(default_factory=lambda: {"invalid": []})
+    # Columns of the file that name no custom field (nor the address or name): not imported.
+    unknown_columns: list[str] = dataclasses.field(default_factory=list)
 
     def line(self) -> str:
+        unknown = (f"; columns not imported (no field of that name): {', '.join(self.unknown_columns)}"
+                   if self.unknown_columns else "")
         return (f"{self.rows} rows: {self.imported} imported, {self.invalid} invalid, "
-                f"{self.duplicate} duplicate or already on the list, {self.suppressed} suppressed")
+                f"{self.duplicate} duplicate or already on the list, {self.suppressed} suppressed{unknown}")
 
 
 def _column(fieldnames, candidates) -> str | None:
@@ -101,14 +107,26 @@ def import_csv(session_factory, settings, lines: Iterable[str], *, list_slug: st
         refuse_archived(mailing_list)
         list_id, purpose = mailing_list.id, f"list:{mailing_list.slug}"
         wording = contacts.current_wording(session, list_id)
+        field_columns, unknown = fields.columns_to_fields(
+            session, [h for h in reader.fieldnames or [] if h not in (email_column, name_column) and (h or "").strip()])
     report = dataclasses.replace(resume, examples={k: list(v) for k, v in resume.examples.items()}) \
         if resume else ImportReport()
+    report.unknown_columns = unknown
     chunk: list[tuple[str, str]] = []
+    values: dict[str, dict[int, tuple[str, float | None]]] = {}  # address → field id → value (empty: none)
     for row in itertools.islice(reader, report.rows, None):
         report.rows += 1
         raw = (row.get(email_column) or "").strip()
         try:
-            chunk.append((contacts.normalise_email(raw), contacts.clean_name(row.get(name_column) if name_column else "")))
+            email = contacts.normalise_email(raw)
+            row_values = {}
+            for column, field in field_columns.items():
+                parsed = fields.parse_value(field, row.get(column))
+                if parsed is not None:
+                    row_values[field.id] = parsed
+            chunk.append((email, contacts.clean_name(row.get(name_column) if name_column else "")))
+            if row_values:
+                values[email] = row_values
         except InvalidInput as exc:
             report.invalid += 1
             if len(report.examples["invalid"]) < EXAMPLES:
@@ -116,20 +134,20 @@ def import_csv(session_factory, settings, lines: Iterable[str], *, list_slug: st
                 report.examples["invalid"].append(f"row {report.rows + 1}: {raw[:80]!r} ({why})")
         if len(chunk) >= CHUNK:
             _import_chunk(session_factory, settings, chunk, list_id, purpose, wording, note, source, now, report,
-                          checkpoint)
-            chunk = []
+                          checkpoint, values)
+            chunk, values = [], {}
             if progress:
                 progress(report)
     if chunk:
         _import_chunk(session_factory, settings, chunk, list_id, purpose, wording, note, source, now, report,
-                      checkpoint)
+                      checkpoint, values)
     if progress:
         progress(report)
     return report
 
 
 def _import_chunk(session_factory, settings, chunk, list_id, purpose, wording, note, source, now, report,
-                  checkpoint=None) -> None:
+                  checkpoint=None, values=None) -> None:
     hashes = {email: suppression.email_hash(settings, email) for email, _ in chunk}
     with session_scope(session_factory) as session:
         suppressed = set(session.scalars(sa.select(Suppression.email_hash).where(
@@ -137,12 +155,13 @@ def _import_chunk(session_factory, settings, chunk, list_id, purpose, wording, n
         wanted = [(email, name) for email, name in chunk if hashes[email] not in suppressed]
         report.suppressed += len(chunk) - len(wanted)
         if wanted:
-            _add_subscribers(session, hashes, wanted, list_id, purpose, wording, note, source, now, report)
+            _add_subscribers(session, hashes, wanted, list_id, purpose, wording, note, source, now, report,
+                             values or {})
         if checkpoint:
             checkpoint(session, report)
 
 
-def _add_subscribers(session, hashes, wanted, list_id, purpose, wording, note, source, now, report) -> None:
+def _add_subscribers(session, hashes, wanted, list_id, purpose, wording, note, source, now, report, values) -> None:
     session.execute(dialect_insert(session, Contact).on_conflict_do_nothing(index_elements=["email"]), [
         {"email": email, "email_hash": hashes[email], "name": name, "created_at": now}
         for email, name in dict(wanted).items()])
@@ -156,6 +175,9 @@ def _add_subscribers(session, hashes, wanted, list_id, purpose, wording, note, s
     ).scalars().all()
     report.imported += len(new)
     report.duplicate += len(wanted) - len(new)
+    # The file's values replace those held, for people already known too; empty cells change nothing.
+    fields.store_many(session, [(ids[email], field_id, value) for email, by_field in values.items()
+                                if email in ids for field_id, value in by_field.items()])
     consent.record_events(session, [
         {"contact_id": contact_id, "list_id": list_id, "purpose": purpose, "action": ConsentAction.IMPORTED,
          "wording_id": wording.id if wording else None, "source_url": source, "note": note}

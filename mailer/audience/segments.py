@@ -13,6 +13,9 @@ Each rule is a predicate on one contact (its id IN a subquery, or a column test)
 - timezone: {"op": "is" | "is_not" | "is_empty", "value"}
 - webinar: registered for, attended or missed a webinar, or any ({"op", "webinar_id"?})
 - automation: enrolled in or completed an automation ({"op": "enrolled" | "completed", "sequence_id"})
+- field: a custom field's value ({"ref_id": field id, "op": "eq" | "ne" | "contains" | "lt" | "gt" |
+  "is_empty", "value"}), compared by the field's type (numbers as numbers, dates as dates); "ne"
+  picks those without a value too, like "timezone is_not"
 
 A segment narrows an audience; it never adds anyone: a newsletter goes only to subscribers
 of its lists, an automation's mail only to subscribers of its list."""
@@ -27,10 +30,11 @@ from sqlalchemy.orm import Session, aliased
 
 from mailer import clock
 from mailer.errors import InvalidInput, NotFound
-from mailer.models import (ConsentEvent, Contact, Enrolment, EnrolmentStatus, MailingList, Registration,
+from mailer.audience import fields as custom_fields
+from mailer.models import (ConsentEvent, Contact, ContactFieldValue, Enrolment, Field, FieldType, EnrolmentStatus, MailingList, Registration,
                            RegistrationStatus, Segment, Sequence, Subscription, SubscriptionStatus, Webinar)
 
-KINDS = ("list", "subscribed", "confirmed", "source", "timezone", "webinar", "automation")
+KINDS = ("list", "subscribed", "confirmed", "source", "timezone", "webinar", "automation", "field")
 OPS = {
     "list": tuple(SubscriptionStatus),
     "subscribed": ("before", "after", "within_days"),
@@ -39,7 +43,12 @@ OPS = {
     "timezone": ("is", "is_not", "is_empty"),
     "webinar": ("registered", "attended", "missed"),
     "automation": ("enrolled", "completed"),
+    "field": ("eq", "ne", "contains", "lt", "gt", "is_empty"),
 }
+# Which field ops each type of field allows (contains: text; lt / gt: numbers and dates).
+FIELD_OPS = {FieldType.TEXT: ("eq", "ne", "contains", "is_empty"), FieldType.NUMBER: ("eq", "ne", "lt", "gt", "is_empty"),
+             FieldType.DATE: ("eq", "ne", "lt", "gt", "is_empty"), FieldType.YES_NO: ("eq", "ne", "is_empty"),
+             FieldType.CHOICE: ("eq", "ne", "contains", "is_empty")}
 MATCHES = ("all", "any")
 MAX_GROUPS, MAX_RULES = 5, 10  # per segment, per group
 SAMPLE = 10
@@ -124,9 +133,9 @@ def _rule(session: Session, data, where: str) -> Rule:
         if ref_id > 2**31 - 1:  # ids are 32-bit on PostgreSQL
             raise InvalidInput(f"{where}.ref_id", "That one does not exist.")
     model = {"list": MailingList, "subscribed": MailingList, "confirmed": MailingList, "webinar": Webinar,
-             "automation": Sequence}.get(kind)
-    if kind in ("list", "automation") and ref_id is None:
-        raise InvalidInput(f"{where}.ref_id", f"Choose the {'list' if kind == 'list' else 'automation'}.")
+             "automation": Sequence, "field": Field}.get(kind)
+    if kind in ("list", "automation", "field") and ref_id is None:
+        raise InvalidInput(f"{where}.ref_id", f"Choose the {kind if kind != 'automation' else 'automation'}.")
     if model is not None and ref_id is not None and session.get(model, ref_id) is None:
         raise InvalidInput(f"{where}.ref_id", "That one does not exist (any more).")
     if model is None:
@@ -137,6 +146,8 @@ def _rule(session: Session, data, where: str) -> Rule:
         value = " ".join(str(value or "").split())
         if not value or len(value) > 200:
             raise InvalidInput(f"{where}.value", "Give the text the page address contains, e.g. /webinars/.")
+    elif kind == "field":
+        value = _field_value(session.get(Field, ref_id), op, value, f"{where}.value")
     elif kind == "timezone":
         if op == "is_empty":
             value = None
@@ -145,6 +156,24 @@ def _rule(session: Session, data, where: str) -> Rule:
     else:
         value = None
     return Rule(kind, op, value, ref_id)
+
+
+def _field_value(field: Field, op: str, value, where: str) -> str | None:
+    """The value a field rule compares with, in the field's canonical text."""
+    if op not in FIELD_OPS[field.type]:
+        raise InvalidInput(where.rpartition(".")[0] + ".op", f"A {custom_fields.TYPE_LABELS[field.type]} field "
+                           f"allows: {', '.join(FIELD_OPS[field.type])}.")
+    if op == "is_empty":
+        return None
+    if op == "contains":
+        value = " ".join(str(value if value is not None else "").split())
+        if not value or len(value) > 200:
+            raise InvalidInput(where, f"Give the text {field.label} contains.")
+        return value
+    parsed = custom_fields.parse_value(field, value, where=where)
+    if parsed is None:
+        raise InvalidInput(where, f"Give the value of {field.label} to compare with (or choose 'is empty').")
+    return parsed[0]
 
 
 def _when(op: str, value, field: str) -> str | int:
@@ -234,7 +263,31 @@ def _predicate(session: Session, rule: Rule, contact, now: dt.datetime):
         states = (EnrolmentStatus.COMPLETED,) if rule.op == "completed" else tuple(EnrolmentStatus)
         return _among(contact, enrolment.contact_id, enrolment.sequence_id == rule.ref_id,
                       enrolment.status.in_(states))
+    if rule.kind == "field":
+        return _field_predicate(session, rule, contact)
     raise AssertionError(rule.kind)
+
+
+def _field_predicate(session: Session, rule: Rule, contact):
+    """A rule on a custom field, as `contact IN (values of that field that pass)`: numbers
+    compare by their number column, dates by their ISO text (which sorts as dates do), text
+    case-insensitively for contains. `ne` and `is_empty` also pick those with no value."""
+    held = aliased(ContactFieldValue)
+    field = held.field_id == rule.ref_id
+    if rule.op == "is_empty":
+        return ~_among(contact, held.contact_id, field)
+    field_type = session.scalar(sa.select(Field.type).where(Field.id == rule.ref_id))
+    if rule.op == "contains":
+        escaped = str(rule.value).lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return _among(contact, held.contact_id, field, sa.func.lower(held.value).like(f"%{escaped}%", escape="\\"))
+    if field_type == FieldType.NUMBER:
+        column, value = held.number, float(rule.value)
+    else:
+        column, value = held.value, str(rule.value)
+    if rule.op in ("eq", "ne"):
+        same = _among(contact, held.contact_id, field, column == value)
+        return same if rule.op == "eq" else ~same
+    return _among(contact, held.contact_id, field, column < value if rule.op == "lt" else column > value)
 
 
 def _ended_webinars(session: Session, now: dt.datetime, webinar_id: int | None) -> list[int]:
@@ -318,7 +371,7 @@ def describe(session: Session, rules: Rules) -> str:
         if rule.ref_id:
             model, attr = {"list": (MailingList, "name"), "subscribed": (MailingList, "name"),
                            "confirmed": (MailingList, "name"), "webinar": (Webinar, "title"),
-                           "automation": (Sequence, "name")}[rule.kind]
+                           "automation": (Sequence, "name"), "field": (Field, "label")}[rule.kind]
             row = session.get(model, rule.ref_id)
             ref = f"“{getattr(row, attr)}”" if row else "(deleted)"
         if rule.kind == "list":
@@ -333,6 +386,11 @@ def describe(session: Session, rules: Rules) -> str:
             return "has no time zone" if rule.op == "is_empty" else f"time zone {rule.op.replace('_', ' ')} {rule.value}"
         if rule.kind == "webinar":
             return f"{rule.op} {ref or 'any webinar'}"
+        if rule.kind == "field":
+            if rule.op == "is_empty":
+                return f"{ref} is empty"
+            words = {"eq": "is", "ne": "is not", "contains": "contains", "lt": "is less than", "gt": "is more than"}
+            return f"{ref} {words[rule.op]} “{rule.value}”"
         return f"{rule.op} {ref}"
 
     joiner = {"all": " and ", "any": " or "}

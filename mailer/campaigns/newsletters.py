@@ -17,7 +17,7 @@ from apscheduler.triggers.cron import CronTrigger
 from jinja2 import nodes
 from sqlalchemy.orm import Session, selectinload
 
-from mailer.audience import segments
+from mailer.audience import fields, segments
 from mailer.delivery import outbox
 from mailer.delivery.registry import Kind
 from mailer.db import dialect_insert, is_postgres, newest_first, utcnow
@@ -37,7 +37,7 @@ SUBJECT_MAX = 80
 TEST_MAX = 10
 # What a newsletter's subject and body may use, and the attributes of each (None: a plain value).
 TEMPLATE_NAMES: dict[str, set[str] | None] = {
-    "contact": {"first_name", "name", "email"},
+    "contact": {"first_name", "name", "email", "fields"},  # fields: {{ contact.fields.<key> }}, custom fields
     "unsubscribe_url": None,
     "preferences_url": None,
     "archive_url": None,
@@ -64,8 +64,9 @@ def layouts() -> list[str]:
     return sorted(p.stem for p in (TEMPLATES / "layouts").glob("*.html"))
 
 
-def check_template(field: str, source: str) -> list[TemplateProblem]:
-    """Syntax errors and unknown names, each with its line, before anything is scheduled."""
+def check_template(field: str, source: str, field_keys: set[str] | None = None) -> list[TemplateProblem]:
+    """Syntax errors and unknown names, each with its line, before anything is scheduled.
+    With `field_keys` (the custom fields' keys), contact.fields.<key> must name one of them."""
     try:
         tree = staff_environment(html=True).parse(source)  # (the text one trims lines, which moves error lines)
     except jinja2.TemplateSyntaxError as exc:
@@ -83,6 +84,12 @@ def check_template(field: str, source: str) -> list[TemplateProblem]:
                 problems.append(TemplateProblem(
                     field, attribute.lineno, f"'{attribute.node.name}' has no '{attribute.attr}'"
                     + (f" (it has: {', '.join(sorted(allowed))})" if allowed else "")))
+        elif (field_keys is not None and isinstance(attribute.node, nodes.Getattr) and attribute.node.attr == "fields"
+              and isinstance(attribute.node.node, nodes.Name) and attribute.node.node.name == "contact"
+              and attribute.attr not in field_keys):
+            problems.append(TemplateProblem(
+                field, attribute.lineno, f"there is no custom field '{attribute.attr}' (contact.fields has: "
+                + (", ".join(sorted(field_keys)) or "none yet; add fields under Fields") + ")"))
     problems.extend(_markup_problems(field, tree))
     return sorted(problems, key=lambda p: p.line)
 
@@ -138,14 +145,16 @@ def _markup_problems(field: str, tree) -> list[TemplateProblem]:
     return problems
 
 
-def template_problems(subject: str, preheader: str, body_md: str) -> list[TemplateProblem]:
+def template_problems(subject: str, preheader: str, body_md: str,
+                      field_keys: set[str] | None = None) -> list[TemplateProblem]:
     """The checks every staff-written part of an issue gets: the preheader is a template
     like the subject (one line, the same names, the same refusals)."""
-    return check_template("subject", subject) + check_template("preheader", preheader) + check_template("body", body_md)
+    return (check_template("subject", subject, field_keys) + check_template("preheader", preheader, field_keys)
+            + check_template("body", body_md, field_keys))
 
 
-def check_content(*, subject: str, preheader: str, body_md: str, layout: str, what: str = "A newsletter"
-                  ) -> tuple[str, str]:
+def check_content(*, subject: str, preheader: str, body_md: str, layout: str, what: str = "A newsletter",
+                  field_keys: set[str] | None = None) -> tuple[str, str]:
     """The checks at save of staff-written mail in a layout (a newsletter, a sequence's
     step): lengths, the layout, the template checks. Returns the subject and preheader
     as stored (one line each); InvalidInput names the first field at fault."""
@@ -159,7 +168,7 @@ def check_content(*, subject: str, preheader: str, body_md: str, layout: str, wh
         raise InvalidInput("preheader", "The preheader is limited to 300 characters.")
     if layout not in layouts():
         raise InvalidInput("layout", f"Unknown layout '{layout}'; choose one of: {', '.join(layouts())}.")
-    problems = template_problems(subject, preheader, body_md or "")
+    problems = template_problems(subject, preheader, body_md or "", field_keys)
     if problems:
         first = problems[0]
         raise InvalidInput(first.field, "; ".join(str(p) for p in problems))
@@ -168,7 +177,8 @@ def check_content(*, subject: str, preheader: str, body_md: str, layout: str, wh
 
 def _validated(session: Session, *, subject: str, preheader: str, body_md: str, layout: str,
                lists: list[str]) -> list[MailingList]:
-    check_content(subject=subject, preheader=preheader, body_md=body_md, layout=layout)
+    check_content(subject=subject, preheader=preheader, body_md=body_md, layout=layout,
+                  field_keys=fields.template_keys(session))
     found = session.scalars(sa.select(MailingList).where(MailingList.slug.in_(lists or []))).all()
     if not lists or len(found) != len(set(lists)):
         raise InvalidInput("lists", "Choose at least one existing list.")
@@ -512,12 +522,33 @@ def rhythm_warning_email(batch, delivery: Delivery):
 SAMPLE_CONTACT = {"first_name": "Alex", "name": "Alex Sample", "email": "alex.sample@example.com"}
 
 
+class SampleFields(dict):
+    """contact.fields of a preview: the samples given, "[key]" for any other key (a
+    preview that has no database at hand, or a field added since)."""
+
+    def __missing__(self, key):
+        return f"[{key}]"
+
+
+class NoFields(dict):
+    """contact.fields of a reader who is nobody in particular (the public archive): empty."""
+
+    def __missing__(self, key):
+        return ""
+
+
 def preview(renderer, settings, *, subject: str, preheader: str, body_md: str, layout: str,
             contact: dict | None = None, unsubscribe_url: str | None = None, upcoming=(),
-            checked: bool = True, why: str | None = None) -> RenderedEmail:
+            checked: bool = True, why: str | None = None, field_samples: dict | None = None) -> RenderedEmail:
     """The issue as one recipient (or a sample one) would get it; links to unsubscribe do
     not work in a preview. InvalidInput lists the template problems (checked=False: an
-    issue already sent, shown as it went out, sanitised like every copy)."""
+    issue already sent, shown as it went out, sanitised like every copy). The sample
+    reader's custom fields are `field_samples` (fields.sample_values); a contact given
+    without "fields" has none."""
+    if contact is None:
+        contact = dict(SAMPLE_CONTACT, fields=SampleFields(field_samples or {}))
+    elif "fields" not in contact:
+        contact = dict(contact, fields=NoFields())
     problems = template_problems(subject, preheader or "", body_md) if checked else []
     if problems:
         raise InvalidInput(problems[0].field, "; ".join(str(p) for p in problems))
@@ -625,20 +656,21 @@ class _LinkChecker(HTMLParser):
 def preflight(session: Session, renderer, settings, newsletter_id: int) -> list[str]:
     """Problems to fix before scheduling, in plain words; an empty list means ready."""
     newsletter = get_newsletter(session, newsletter_id)
+    keys = fields.template_keys(session)
     problems = content_problems(renderer, settings, subject=newsletter.subject, preheader=newsletter.preheader,
                                 upcoming=upcoming_for_issue(session, settings, utcnow()),
-                                body_md=newsletter.body_md, layout=newsletter.layout)
-    templates_render = not template_problems(newsletter.subject, newsletter.preheader or "", newsletter.body_md)
+                                body_md=newsletter.body_md, layout=newsletter.layout, field_keys=keys)
+    templates_render = not template_problems(newsletter.subject, newsletter.preheader or "", newsletter.body_md, keys)
     if templates_render and count_audience(session, newsletter.id) == 0:
         problems.append("No one would receive it: its lists have no active subscribers.")
     return problems
 
 
 def content_problems(renderer, settings, *, subject: str, preheader: str, body_md: str, layout: str,
-                     upcoming=()) -> list[str]:
+                     upcoming=(), field_keys: set[str] | None = None) -> list[str]:
     """What to fix in staff-written mail (an issue, a sequence's step) before it goes out,
     in plain words: template problems, links, images without alt text, length, an empty body."""
-    problems = [str(p) for p in template_problems(subject, preheader or "", body_md)]
+    problems = [str(p) for p in template_problems(subject, preheader or "", body_md, field_keys)]
     if problems:
         return problems
     layout_source = (TEMPLATES / "layouts" / f"{layout}.html").read_text() if layout in layouts() else ""

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased
 
 from mailer import clock
-from mailer.audience import segments
+from mailer.audience import fields, segments
 from mailer.campaigns import newsletters
 from mailer.db import dialect_insert, take_singleton
 from mailer.delivery import outbox
@@ -218,7 +218,8 @@ def window_open(step: SequenceStep, zone: str, now: dt.datetime) -> bool:
 def _step_values(session: Session, *, subject, preheader, body_md, layout, delay, window, condition,
                  condition_ref_id) -> dict:
     subject, preheader = newsletters.check_content(subject=subject, preheader=preheader, body_md=body_md,
-                                                   layout=layout, what="A step")
+                                                   layout=layout, what="A step",
+                                                   field_keys=fields.template_keys(session))
     amount, unit = delay if isinstance(delay, tuple) else (delay, "minutes")
     if unit not in DELAY_UNITS or not isinstance(amount, int) or not 0 <= amount * DELAY_UNITS[unit] <= 366 * 1440:
         raise InvalidInput("delay", "The delay is a whole number of minutes, hours or days, up to a year.")

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session, selectinload
 
 from mailer.delivery import outbox, registry, send_budget, suppression
 from mailer.db import session_scope, utcnow
-from mailer.models import (Delivery, DeliveryStatus, ErrorClass, Subscription, SubscriptionStatus,
-                           SuppressionReason)
+from mailer.models import (ContactFieldValue, Delivery, DeliveryStatus, ErrorClass, Field, Subscription,
+                           SubscriptionStatus, SuppressionReason)
 from mailer.delivery.rendering import EmailRenderer, MessageBuilder
 from mailer.settings import Settings
 from mailer.delivery.transports import Transport, TransportError
@@ -198,6 +198,7 @@ class Sender:
                                      .options(selectinload(Delivery.contact))).all()
         suppressed = outbox.suppressed_hashes(session, [d.contact.email_hash for d in deliveries])
         subscriptions = self._subscription_states(session, deliveries)
+        custom = self._field_values(session, deliveries)
         batch = BatchContext(session, self.settings, self.renderer, self.static_context, self.clock, self.compiled)
         builder = MessageBuilder(from_addr=self.settings.from_addr, reply_to=self.settings.reply_to, date=self.clock())
         messages = []
@@ -215,7 +216,7 @@ class Sender:
                 if isinstance(content, outbox.Skip):
                     outcomes.skipped[delivery.id] = (content.status, content.reason)
                     continue
-                data = self._compose(builder, delivery, content)
+                data = self._compose(builder, delivery, content, custom)
             except sa.exc.SQLAlchemyError:
                 raise
             except Exception as exc:  # one broken message must not stop the rest of the batch
@@ -235,6 +236,23 @@ class Sender:
         return {(contact_id, list_id): status for contact_id, list_id, status in rows}
 
     @staticmethod
+    def _field_values(session: Session, deliveries) -> dict[int, dict[str, str]]:
+        """Each recipient's custom fields ({{ contact.fields.<key> }}) in two queries per
+        batch: every key ("" where the reader has no value: templates are strict), then
+        the batch's values."""
+        keys = list(session.scalars(sa.select(Field.key)))
+        if not keys:
+            return {}
+        contact_ids = {d.contact_id for d in deliveries}
+        values: dict[int, dict[str, str]] = {cid: dict.fromkeys(keys, "") for cid in contact_ids}
+        for contact_id, key, value in session.execute(
+                sa.select(ContactFieldValue.contact_id, Field.key, ContactFieldValue.value)
+                .join(Field, Field.id == ContactFieldValue.field_id)
+                .where(ContactFieldValue.contact_id.in_(contact_ids))):
+            values[contact_id][key] = value
+        return values
+
+    @staticmethod
     def _skip_reason(delivery: Delivery, suppressed: set[str], subscriptions) -> tuple[str, str] | None:
         contact = delivery.contact
         if contact.email is None:
@@ -247,12 +265,13 @@ class Sender:
                 return DeliveryStatus.CANCELLED, f"subscription is not {required}"
         return None
 
-    def _compose(self, builder: MessageBuilder, delivery: Delivery, content) -> bytes:
+    def _compose(self, builder: MessageBuilder, delivery: Delivery, content,
+                 custom: dict[int, dict[str, str]] | None = None) -> bytes:
         settings = self.settings
         contact = delivery.contact
         context = dict(self.static_context,
                        contact={"first_name": contact.first_name, "name": contact.name, "email": contact.email,
-                                "timezone": contact.timezone})
+                                "timezone": contact.timezone, "fields": (custom or {}).get(contact.id, {})})
         headers = {}
         if delivery.list_id is not None:
             audience = registry.audience()

@@ -389,4 +389,5 @@ def describe(job: Job) -> dict:
             "consent_note": params.get("consent_note"),
             "figures": {key: report.get(key, 0) for key in ("rows", "imported", "duplicate", "invalid", "suppressed")},
             "invalid_examples": report.get("examples", {}).get("invalid", []),
+            "unknown_columns": report.get("unknown_columns", []),
             "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at}

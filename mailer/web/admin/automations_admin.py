@@ -11,7 +11,7 @@ import re
 import sqlalchemy as sa
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 
-from mailer.audience import contacts, directory, imports, segments
+from mailer.audience import contacts, directory, fields, imports, segments
 from mailer.campaigns import newsletters, sequences
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
@@ -440,7 +440,8 @@ def _step_preview(sequence_id: int, step_id: int):
                 m.renderer, m.settings, subject=step.subject, preheader=step.preheader, body_md=step.body_md,
                 layout=step.layout, upcoming=upcoming, why=sequences.footer_note(s, step.sequence),
                 contact={"first_name": reader.first_name, "name": reader.name, "email": reader.email,
-                         "timezone": reader.timezone} if reader else None)
+                         "timezone": reader.timezone, "fields": fields.template_values(s, reader.id)}
+                if reader else None, field_samples=fields.sample_values(s))
         except InvalidInput as exc:
             return sandboxed(render_template("admin/newsletters/preview_problem.html", message=exc.message),
                              status=400)

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
 
-from mailer.audience import contacts, segments
+from mailer.audience import contacts, fields, segments
 from mailer.campaigns import newsletters
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
@@ -166,12 +166,13 @@ def preview():
     """The editor's current text as a sample reader gets it: JSON for the editor's script,
     or the HTML itself (part=both adds the text part) for a sandboxed iframe."""
     values = _editor_input()
-    with db_reader() as s:  # the same webinars the mail would list
+    with db_reader() as s:  # the same webinars the mail would list, sample field values
         upcoming = newsletters.upcoming_for_issue(s, mailer().settings, utcnow())
+        samples = fields.sample_values(s)
     try:
         rendered = newsletters.preview(mailer().renderer, mailer().settings, subject=values["subject"],
                                        preheader=values["preheader"], body_md=values["body_md"],
-                                       layout=values["layout"], upcoming=upcoming)
+                                       layout=values["layout"], upcoming=upcoming, field_samples=samples)
     except InvalidInput as exc:
         if wants_json():
             return error_json(exc.code, exc.message, exc.field)
@@ -250,7 +251,7 @@ def _render_detail(newsletter_id: int, *, error: InvalidInput | None = None, for
         try:
             sample = newsletters.preview(m.renderer, m.settings, subject=newsletter.subject,
                                          preheader=newsletter.preheader, body_md=newsletter.body_md,
-                                         layout=newsletter.layout,
+                                         layout=newsletter.layout, field_samples=fields.sample_values(s),
                                          upcoming=newsletters.upcoming_for_issue(s, m.settings, utcnow()))
         except InvalidInput:
             sample = None  # the pre-flight problems say why
@@ -470,7 +471,8 @@ def _saved_preview(newsletter_id: int):
             return newsletters.preview(
                 m.renderer, m.settings, subject=n.subject, preheader=n.preheader, body_md=n.body_md, layout=n.layout,
                 contact={"first_name": contact.first_name, "name": contact.name, "email": contact.email,
-                         "timezone": contact.timezone} if contact else None,
+                         "timezone": contact.timezone, "fields": fields.template_values(s, contact.id)}
+                if contact else None, field_samples=fields.sample_values(s),
                 upcoming=newsletters.upcoming_for_issue(s, m.settings, utcnow()))
         except InvalidInput as exc:
             return sandboxed(render_template("admin/newsletters/preview_problem.html", message=exc.message),

@@ -10,7 +10,7 @@ from flask import (Blueprint, Response, abort, flash, g, jsonify, redirect, rend
 from mailer.audience import bulk, directory, segments
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
-from mailer.models import MailingList, Newsletter, Role, Sequence, Webinar
+from mailer.models import Field, MailingList, Newsletter, Role, Sequence, Webinar
 from mailer.staff import jobs
 from mailer.web import db_reader, db_session, error_json, mailer
 from mailer.web.admin.auth import audit, login_required, role_required
@@ -19,7 +19,7 @@ from mailer.web.admin.newsletters_admin import can_change
 bp = Blueprint("segments_admin", __name__, url_prefix="/admin/segments")
 GROUP_SLOTS, RULE_SLOTS = 3, 4  # empty rows the editor offers beyond those in use
 REF_KINDS = {"list": "list", "subscribed": "list", "confirmed": "list", "webinar": "webinar",
-             "automation": "sequence"}
+             "automation": "sequence", "field": "field"}
 CONDITIONS = [  # (value, label) of the editor's condition menu
     *((f"list:{status}", f"is {status} on the list") for status in segments.OPS["list"]),
     ("subscribed:before", "subscribed before (date)"), ("subscribed:after", "subscribed after (date)"),
@@ -31,6 +31,9 @@ CONDITIONS = [  # (value, label) of the editor's condition menu
     ("webinar:registered", "had a seat at the webinar"), ("webinar:attended", "attended the webinar"),
     ("webinar:missed", "missed the webinar"),
     ("automation:enrolled", "is in the automation"), ("automation:completed", "completed the automation"),
+    ("field:eq", "field is"), ("field:ne", "field is not"), ("field:contains", "field contains (text)"),
+    ("field:lt", "field is less than / before"), ("field:gt", "field is more than / after"),
+    ("field:is_empty", "field is empty"),
 ]
 
 
@@ -43,6 +46,7 @@ def _choices(session) -> dict:
     return {"lists": session.execute(sa.select(MailingList.id, MailingList.name).order_by(MailingList.name)).all(),
             "webinars": session.execute(sa.select(Webinar.id, Webinar.title).order_by(Webinar.starts_at.desc())).all(),
             "automations": session.execute(sa.select(Sequence.id, Sequence.name).order_by(Sequence.name)).all(),
+            "fields": session.execute(sa.select(Field.id, Field.label).order_by(Field.label)).all(),
             "conditions": CONDITIONS}
 
 
@@ -73,7 +77,7 @@ def _rules_from_rows(match: str, groups: list[dict]) -> tuple[dict, list[tuple[i
             if ref_id and REF_KINDS.get(kind) != ref_kind:
                 raise InvalidInput(f"groups.{len(data['groups'])}.rules.{len(rules)}.ref_id",
                                    f"Choose a {REF_KINDS.get(kind, 'nothing')} for this rule."
-                                   if kind in REF_KINDS else "This rule is not about a list, webinar or automation.")
+                                   if kind in REF_KINDS else "This rule is not about a list, webinar, automation or field.")
             rules.append({"kind": kind, "op": op, "ref_id": ref_id or None, "value": row["value"]})
             places.append((g, r))
         if rules:

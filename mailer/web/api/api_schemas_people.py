@@ -441,6 +441,7 @@ class ContactExport(Response):
     enrolments: list[ExportedEnrolment] = Field(description="Sequences (automations) they are in, or were in "
                                                             "until they left; erasure deletes these.")
     consent_events: list[ExportedConsentEvent]
+    fields: dict[str, str] = Field(description="Custom field values by key; erasure deletes these.")
 
 
 class ErasureResult(Response):
@@ -478,6 +479,7 @@ class ExportedContact(Response):
     timezone: str | None
     created_at: UtcDatetime
     subscriptions: list[ExportedContactSubscription]
+    fields: dict[str, str] = Field(description="Custom field values by key (a CSV has a column per field).")
 
 
 class ContactExportList(RootModel[list[ExportedContact]]):

@@ -17,14 +17,18 @@ SegmentName = Annotated[Text(1, 200), Field(examples=["Came to Spine Health"])]
 class RuleIn(Request):
     kind: Literal[segments.KINDS] = Field(description="`list` (status on a list), `subscribed` / `confirmed` (when), "
                                                       "`source` (the signup page contains a text), `timezone`, "
-                                                      "`webinar`, `automation`.")
+                                                      "`webinar`, `automation`, `field` (a custom field's value; "
+                                                      "`ref_id` is the field).")
     op: Literal[tuple(sorted({op for ops in segments.OPS.values() for op in ops}))] = Field(
         description="Per kind: list: a subscription status; subscribed / confirmed: before, after (a date), "
                     "within_days (a number); source: contains; timezone: is, is_not, is_empty; webinar: "
-                    "registered, attended, missed; automation: enrolled, completed.")
+                    "registered, attended, missed; automation: enrolled, completed; field: eq, ne, contains "
+                    "(text, choice), lt, gt (number, date), is_empty.")
     value: Annotated[str, Field(max_length=200)] | Annotated[int, Field(ge=1, le=36600)] | None = Field(
-        None, description="A date (YYYY-MM-DD), a number of days, a time zone or a text, as the op needs.")
-    ref_id: Id | None = Field(None, description="The list, webinar or automation it is about (none: any webinar).")
+        None, description="A date (YYYY-MM-DD), a number of days, a time zone or a text, as the op needs; "
+                          "for a field, a value of its type (numbers as text, e.g. \"12.5\").")
+    ref_id: Id | None = Field(None, description="The list, webinar, automation or field it is about (none: any "
+                                                           "webinar).")
 
 
 class GroupIn(Request):
