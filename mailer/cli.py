@@ -505,6 +505,24 @@ def newsletter_cancel(newsletter_id) -> None:
     click.echo(f"newsletter {newsletter_id} cancelled")
 
 
+@newsletter_group.command("duplicate")
+@click.argument("newsletter_id", type=int)
+def newsletter_duplicate(newsletter_id) -> None:
+    """Copy an issue (text, layout, lists, segment) as a new draft."""
+    m = _mailer()
+    copy_id = _run(m, lambda s: newsletters.duplicate_newsletter(s, newsletter_id).id)
+    click.echo(f"created newsletter {copy_id} (draft), a copy of {newsletter_id}")
+
+
+@newsletter_group.command("delete")
+@click.argument("newsletter_id", type=int)
+def newsletter_delete(newsletter_id) -> None:
+    """Delete a draft (other issues are cancelled, and kept)."""
+    m = _mailer()
+    _run(m, lambda s: newsletters.delete_newsletter(s, newsletter_id))
+    click.echo(f"deleted draft {newsletter_id}")
+
+
 @newsletter_group.command("pause")
 @click.argument("newsletter_id", type=int)
 def newsletter_pause(newsletter_id) -> None:

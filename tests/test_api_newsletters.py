@@ -443,3 +443,16 @@ def test_rhythms_and_ready(client, mailer, tokens):
     other = api.post("/newsletters", DRAFT).json
     clash = api.post(f"/newsletters/{other['id']}/ready", {"rhythm_id": made.json["id"], "month": "2099-04"})
     assert clash.status_code == 422 and clash.json["error"]["field"] == "month"
+
+
+def test_duplicate_and_delete_a_draft(api):
+    draft = api.create(subject="May news")
+    copied = api.post(f"/newsletters/{draft['id']}/duplicate")
+    assert copied.status_code == 201 and copied.json["subject"] == "May news" and copied.json["status"] == "draft"
+    assert copied.headers["Location"].endswith(f"/newsletters/{copied.json['id']}")
+    gone = api("DELETE", f"/newsletters/{copied.json['id']}")
+    assert gone.status_code == 200 and gone.json == {"id": copied.json["id"], "subject": "May news"}
+    assert api.get(f"/newsletters/{copied.json['id']}").status_code == 404
+    api.post(f"/newsletters/{draft['id']}/cancel")
+    refused = api("DELETE", f"/newsletters/{draft['id']}")
+    assert error_of(refused, 422)["field"] == "status"

@@ -382,3 +382,24 @@ def test_rhythm_created_and_issue_made_ready_for_a_month(editor, db):
     page = text_of(editor.get(f"/admin/newsletters/{newsletter_id}").text)
     assert "Ready: it goes out at that month's send time." in page
     assert db.scalar(sa.select(Newsletter.send_at)) == dt.datetime(2099, 4, 7, 8, 0, tzinfo=dt.timezone.utc)
+
+
+def test_duplicate_any_issue_and_delete_a_draft(editor, mailer, db):
+    make_audience(mailer, 1)
+    first = compose(editor, subject="April for {{ contact.first_name }}")
+    editor.post(f"/admin/newsletters/{first}/send-now", {"confirm": "yes"})
+    mailer.drain()
+    copied = editor.post(f"/admin/newsletters/{first}/duplicate")
+    assert copied.status_code == 302
+    copy_id = int(copied.headers["Location"].rstrip("/").split("/")[-2])
+    page = editor.get(copied.headers["Location"]).text
+    assert "A copy, as a new draft" in page and 'value="April for {{ contact.first_name }}"' in html.unescape(page)
+    assert db.execute(sa.select(Newsletter.id, Newsletter.status).order_by(Newsletter.id)) == [
+        (first, "sent"), (copy_id, "draft")]
+    asked = editor.post(f"/admin/newsletters/{copy_id}/delete")
+    assert "Delete the draft “April for Alex”? It cannot be undone." in text_of(asked.text)
+    done = editor.post(f"/admin/newsletters/{copy_id}/delete", {"confirm": "yes"}, follow_redirects=True)
+    assert "Deleted the draft “April for Alex”." in text_of(done.text)
+    assert db.scalar(sa.select(sa.func.count()).select_from(Newsletter)) == 1
+    refused = editor.post(f"/admin/newsletters/{first}/delete", {"confirm": "yes"})
+    assert refused.status_code == 400 and "Only a draft can be deleted; this one is sent" in text_of(refused.text)

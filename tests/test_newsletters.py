@@ -469,3 +469,15 @@ def test_the_readmes_webinar_loop_is_one_list_and_the_sign_off_stays_out(mailer,
             "- [Spine Health](https://news.example.org/webinars/spine) — Thursday 26 March 2099, 18:00 GMT\n"
             "- [Sleep Well](https://news.example.org/webinars/sleep) — Friday 27 March 2099, 18:00 GMT\n\n"
             "See you soon,") in text
+
+
+def test_cli_duplicates_and_deletes_drafts(database_url, tmp_path, db):
+    assert cli(database_url, tmp_path, "newsletter", "create", "--subject", "June", "--body-file", "-",
+               input="Hello.").exit_code == 0
+    assert cli(database_url, tmp_path, "newsletter", "duplicate", "1").output == \
+        "created newsletter 2 (draft), a copy of 1\n"
+    assert cli(database_url, tmp_path, "newsletter", "delete", "2").output == "deleted draft 2\n"
+    assert db.scalars(sa.select(Newsletter.id)) == [1]
+    assert cli(database_url, tmp_path, "newsletter", "cancel", "1").exit_code == 0
+    refused = cli(database_url, tmp_path, "newsletter", "delete", "1")
+    assert refused.exit_code == 1 and "Only a draft can be deleted" in refused.output

@@ -252,6 +252,36 @@ def _changeable(newsletter: Newsletter) -> None:
         raise InvalidInput("status", f"The newsletter is {newsletter.status}; it can no longer be changed.")
 
 
+def duplicate_newsletter(session: Session, newsletter_id: int) -> Newsletter:
+    """A new draft with an issue's text, layout, lists and segment (any issue, sent ones too:
+    last month's is the usual start of this month's)."""
+    source = get_newsletter(session, newsletter_id)
+    copy = Newsletter(subject=source.subject, preheader=source.preheader, body_md=source.body_md,
+                      layout=source.layout, lists=list(source.lists), public=source.public,
+                      segment_id=source.segment_id if source.segment_id and session.get(Segment, source.segment_id)
+                      .archived_at is None else None, status=NewsletterStatus.DRAFT)
+    session.add(copy)
+    session.flush()
+    return copy
+
+
+def delete_newsletter(session: Session, newsletter_id: int) -> str:
+    """Delete a draft (nothing of it was sent; its test copies' rows go too). Returns its subject."""
+    newsletter = get_newsletter(session, newsletter_id)
+    if newsletter.status != NewsletterStatus.DRAFT:
+        raise InvalidInput("status", f"Only a draft can be deleted; this one is {newsletter.status} "
+                                     "(cancel it instead, and its record stays).")
+    subject = newsletter.subject
+    session.execute(sa.delete(Delivery).where(Delivery.kind == NEWSLETTER_TEST, Delivery.ref_id == newsletter.id,
+                                              Delivery.status.in_(NOT_YET_SENT)))
+    session.execute(sa.update(Delivery).where(Delivery.kind == NEWSLETTER_TEST, Delivery.ref_id == newsletter.id)
+                    .values(ref_id=None))
+    newsletter.lists = []
+    session.flush()
+    session.delete(newsletter)
+    return subject
+
+
 # Scheduling -----------------------------------------------------------------------
 
 def schedule(session: Session, newsletter_id: int, send_at: dt.datetime, *, now: dt.datetime) -> Newsletter:

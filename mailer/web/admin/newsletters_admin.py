@@ -411,6 +411,32 @@ def cancel(newsletter_id: int):
     return _action(newsletter_id, lambda s: newsletters.cancel(s, newsletter_id), "Cancelled.")
 
 
+@bp.post("/<int:newsletter_id>/duplicate")
+@can_change
+def duplicate(newsletter_id: int):
+    with db_session() as s:
+        copy_id = newsletters.duplicate_newsletter(s, newsletter_id).id
+    flash("A copy, as a new draft: change what you need, then schedule it.")
+    return redirect(url_for(".edit", newsletter_id=copy_id))
+
+
+@bp.post("/<int:newsletter_id>/delete")
+@can_change
+def delete(newsletter_id: int):
+    asked = _confirmed(newsletter_id, "newsletters_admin.delete", {},
+                       "Delete the draft “{subject}”? It cannot be undone.", "Delete the draft",
+                       needs_audience=False, action=lambda s: newsletters.delete_newsletter(s, newsletter_id))
+    if asked:
+        return asked
+    try:
+        with db_session() as s:
+            subject = newsletters.delete_newsletter(s, newsletter_id)
+    except InvalidInput as exc:
+        return _render_detail(newsletter_id, error=exc, status=400)
+    flash(f"Deleted the draft “{newsletters.sample_subject(subject)}”.")
+    return redirect(url_for(".index"))
+
+
 @bp.post("/<int:newsletter_id>/ready")
 @can_change
 def ready(newsletter_id: int):

@@ -294,6 +294,23 @@ def cancel_newsletter(id: int, body: schemas.CancelRequest | None):
         return schemas.Newsletter.of(newsletters.cancel(session, id))
 
 
+@operation("POST", NEWSLETTER + "/duplicate", summary="Copy a newsletter as a new draft", body=schemas.CancelRequest,
+           body_required=False, response=schemas.Newsletter, status=201, answer="The new draft.",
+           headers={"Location": "The new draft's URL."},
+           description="Its text, layout, lists and segment (an archived segment is left out); any issue may be copied.")
+def duplicate_newsletter(id: int, body: schemas.CancelRequest | None):
+    with db_session() as session:
+        created = schemas.Newsletter.of(newsletters.duplicate_newsletter(session, id))
+    return created, {"Location": url_for("api.get_newsletter", id=created.id)}
+
+
+@operation("DELETE", NEWSLETTER, summary="Delete a draft newsletter", response=schemas.Deleted,
+           answer="The draft is gone.", description="Only a draft (422, field `status`, otherwise: cancel it).")
+def delete_newsletter(id: int):
+    with db_session() as session:
+        return schemas.Deleted(id=id, subject=newsletters.delete_newsletter(session, id))
+
+
 @operation("POST", NEWSLETTER + "/pause", summary="Pause a newsletter that is sending", body=schemas.CancelRequest,
            body_required=False, response=schemas.Newsletter, answer="The newsletter, paused.",
            description="What is still queued is held, not dropped, until it is resumed.")

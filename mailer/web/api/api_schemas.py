@@ -450,6 +450,11 @@ class Report(Response):
     clicks: list[LinkClicks] = Field(description="Clicks per link while click tracking is on, most first.")
 
 
+class Deleted(Response):
+    id: int
+    subject: str = Field(description="The deleted draft's subject, as it was written.")
+
+
 class Preflight(Response):
     problems: list[str] = Field(description="What to fix before scheduling, in plain words; empty when ready.")
 
