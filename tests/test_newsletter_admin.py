@@ -368,20 +368,39 @@ def test_cancel_a_scheduled_newsletter(editor, mailer, smtp_server, db):
     assert "Cancel this newsletter" not in page and "Send now" not in page
 
 
-def test_rhythm_created_and_issue_made_ready_for_a_month(editor, db):
-    bad = editor.post("/admin/newsletters/rhythms", {"name": "Monthly", "day": "first tuesday", "time": "09:00",
-                                                     "timezone": "Europe/London"})
-    assert bad.status_code == 400 and "Not a valid rhythm" in bad.text
-    made = editor.post("/admin/newsletters/rhythms", {"name": "Monthly", "day": "1st tue", "time": "09:00",
-                                                      "timezone": "Europe/London"})
+def test_rhythm_created_edited_stopped_and_an_issue_made_ready_for_a_month(editor, db):
+    bad = editor.post("/admin/newsletters/rhythms", {"name": "Monthly", "week": "day", "weekday": "31",
+                                                     "time": "09:00", "timezone": "Europe/London"})
+    assert bad.status_code == 400
+    assert "Choose a day of the month from 1 to 28 (every month has those)." in text_of(bad.text)
+    assert 'value="day" selected' in bad.text  # what was chosen stays chosen
+    bad_zone = editor.post("/admin/newsletters/rhythms", {"name": "Monthly", "week": "1st", "weekday": "tue",
+                                                          "time": "09:00", "timezone": "Mars/Olympus"})
+    assert "Unknown time zone 'Mars/Olympus'; choose one from the list." in text_of(bad_zone.text)
+    made = editor.post("/admin/newsletters/rhythms", {"name": "Monthly", "week": "1st", "weekday": "tue",
+                                                      "time": "09:00", "timezone": "Europe/London"})
     assert made.status_code == 302
-    assert "1st tue" in editor.get("/admin/newsletters").text
+    assert "the first Tuesday of each month" in text_of(editor.get("/admin/newsletters").text)
     newsletter_id = compose(editor)
     ready = editor.post(f"/admin/newsletters/{newsletter_id}/ready", {"rhythm_id": "1", "month": "2099-04"})
     assert ready.status_code == 302
     page = text_of(editor.get(f"/admin/newsletters/{newsletter_id}").text)
     assert "Ready: it goes out at that month's send time." in page
     assert db.scalar(sa.select(Newsletter.send_at)) == dt.datetime(2099, 4, 7, 8, 0, tzinfo=dt.timezone.utc)
+
+    # Edit: the form comes back filled in; the 15th at 10:30 from now on.
+    form = editor.get("/admin/newsletters?rhythm=1").text
+    assert 'value="1st" selected' in form and 'value="tue" selected' in form and "Change the rhythm" in form
+    changed = editor.post("/admin/newsletters/rhythms/1", {"name": "Monthly", "week": "day", "weekday": "15",
+                                                           "time": "10:30", "timezone": "Europe/London"})
+    assert changed.status_code == 302
+    listing = text_of(editor.get("/admin/newsletters").text)
+    assert "the 15th of each month 10:30 Europe/London" in listing
+    # The month made ready keeps its time; stopping the rhythm leaves the issue scheduled.
+    assert db.scalar(sa.select(Newsletter.send_at)) == dt.datetime(2099, 4, 7, 8, 0, tzinfo=dt.timezone.utc)
+    assert editor.post("/admin/newsletters/rhythms/1/delete").status_code == 302
+    assert "the 15th of each month" not in text_of(editor.get("/admin/newsletters").text)
+    assert db.scalar(sa.select(Newsletter.status)) == "scheduled"
 
 
 def test_duplicate_any_issue_and_delete_a_draft(editor, mailer, db):

@@ -458,19 +458,79 @@ def _trigger(rhythm: Rhythm) -> CronTrigger:
     return CronTrigger(day=rhythm.day, hour=rhythm.hour, minute=rhythm.minute, timezone=rhythm.timezone)
 
 
+RHYTHM_WEEKS = {"1st": "first", "2nd": "second", "3rd": "third", "4th": "fourth", "last": "last"}
+RHYTHM_WEEKDAYS = {"mon": "Monday", "tue": "Tuesday", "wed": "Wednesday", "thu": "Thursday", "fri": "Friday",
+                   "sat": "Saturday", "sun": "Sunday"}
+
+
+def rhythm_day(week: str, weekday: str) -> str:
+    """The day of a rhythm from the form's choices: ("1st", "tue") → "1st tue"; ("day", "15")
+    → "15" (the 15th; up to the 28th, which every month has)."""
+    if week == "day":
+        if not weekday.isdigit() or not 1 <= int(weekday) <= 28:
+            raise InvalidInput("day", "Choose a day of the month from 1 to 28 (every month has those).")
+        return str(int(weekday))
+    if week not in RHYTHM_WEEKS or weekday not in RHYTHM_WEEKDAYS:
+        raise InvalidInput("day", "Choose the week (first … last) and the weekday, e.g. the first Tuesday.")
+    return f"{week} {weekday}"
+
+
+def describe_rhythm_day(day: str) -> str:
+    """'the first Tuesday', 'the 15th', or the stored text."""
+    week, _, weekday = day.partition(" ")
+    if week in RHYTHM_WEEKS and weekday in RHYTHM_WEEKDAYS:
+        return f"the {RHYTHM_WEEKS[week]} {RHYTHM_WEEKDAYS[weekday]}"
+    if day.isdigit():
+        n = int(day)
+        return f"the {n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+    return day
+
+
+def _rhythm_values(name: str, day: str, hour: int, minute: int, timezone: str) -> dict:
+    values = dict(name=" ".join((name or "").split()) or "Monthly newsletter", day=(day or "").strip().lower(),
+                  hour=hour, minute=minute, timezone=timezone)
+    if timezone not in clock.known_zones():
+        raise InvalidInput("timezone", f"Unknown time zone '{timezone}'; choose one from the list.")
+    if not (0 <= hour <= 23 and 0 <= minute <= 59):
+        raise InvalidInput("time", "Give the time like 09:00.")
+    try:
+        _trigger(Rhythm(**values))
+    except (ValueError, KeyError):
+        raise InvalidInput("day", f"'{day}' is not a day of the month we can send on: choose the week and the "
+                                  "weekday (e.g. \"1st tue\", \"last fri\") or a day from 1 to 28.") from None
+    return values
+
+
 def create_rhythm(session: Session, *, name: str, day: str, hour: int, minute: int = 0, timezone: str) -> Rhythm:
     """E.g. day="1st tue", hour=9, timezone="Europe/London": the first Tuesday of every month at 09:00."""
-    rhythm = Rhythm(name=" ".join((name or "").split()) or "Monthly newsletter", day=(day or "").strip().lower(),
-                    hour=hour, minute=minute, timezone=timezone)
-    try:
-        ZoneInfo(timezone)
-        _trigger(rhythm)
-    except (ValueError, KeyError) as exc:
-        raise InvalidInput("day", f"Not a valid rhythm: {exc}") from None
-    except Exception:
-        raise InvalidInput("timezone", f"Unknown time zone '{timezone}'.") from None
+    rhythm = Rhythm(**_rhythm_values(name, day, hour, minute, timezone))
     session.add(rhythm)
     session.flush()
+    return rhythm
+
+
+def update_rhythm(session: Session, rhythm_id: int, *, name: str, day: str, hour: int, minute: int = 0,
+                  timezone: str) -> Rhythm:
+    """Change a rhythm: months marked ready keep the send time they were given; later
+    months use the new one."""
+    rhythm = get_rhythm(session, rhythm_id)
+    for key, value in _rhythm_values(name, day, hour, minute, timezone).items():
+        setattr(rhythm, key, value)
+    return rhythm
+
+
+def delete_rhythm(session: Session, rhythm_id: int) -> Rhythm:
+    """Stop a rhythm: no more warnings and no new months; issues it scheduled stay scheduled
+    (cancel them to stop them). Its record stays for the issues that name it."""
+    rhythm = get_rhythm(session, rhythm_id)
+    rhythm.active = False
+    return rhythm
+
+
+def get_rhythm(session: Session, rhythm_id: int) -> Rhythm:
+    rhythm = session.get(Rhythm, rhythm_id)
+    if rhythm is None or not rhythm.active:
+        raise NotFound(f"no rhythm {rhythm_id}")
     return rhythm
 
 

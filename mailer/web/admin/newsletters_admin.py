@@ -15,7 +15,7 @@ from mailer.campaigns import newsletters
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
 from mailer.models import Contact, Delivery, DeliveryStatus, MailingList, Newsletter, NewsletterStatus, Role
-from mailer.clock import format_local, local_to_utc
+from mailer.clock import format_local, known_zones, local_to_utc
 from mailer.web import db_reader, db_session, error_json, mailer, wants_json
 from mailer.web.admin.auth import audit, login_required, role_required
 
@@ -75,9 +75,8 @@ def _render_editor(values: dict, newsletter_id: int | None = None, error: Invali
 
 # The list --------------------------------------------------------------------------
 
-@bp.get("")
-@login_required
-def index():
+def _render_index(*, form: dict | None = None, error: InvalidInput | None = None, editing: int | None = None,
+                  status: int = 200):
     with db_reader() as s:
         issues = s.scalars(sa.select(Newsletter).order_by(Newsletter.send_at.is_(None).desc(),
                                                           Newsletter.send_at.desc(), Newsletter.id.desc())).all()
@@ -86,28 +85,72 @@ def index():
         ).group_by(Delivery.ref_id)).all())
         rhythms = [(r, newsletters.next_occurrence(r, utcnow())) for r in newsletters.list_rhythms(s)]
     return render_template("admin/newsletters/index.html", issues=issues, sent=sent, rhythms=rhythms,
-                           form={}, error=None)
+                           form=form or {}, error=error, editing=editing, weeks=newsletters.RHYTHM_WEEKS,
+                           weekdays=newsletters.RHYTHM_WEEKDAYS, zones=sorted(known_zones()),
+                           describe_day=newsletters.describe_rhythm_day), status
+
+
+@bp.get("")
+@login_required
+def index():
+    editing = request.args.get("rhythm", "")
+    if editing.isdigit():
+        with db_reader() as s:
+            r = newsletters.get_rhythm(s, int(editing))
+            week, _, weekday = r.day.partition(" ")
+            form = {"name": r.name, "week": "day" if r.day.isdigit() else week,
+                    "weekday": r.day if r.day.isdigit() else weekday, "time": f"{r.hour:02d}:{r.minute:02d}",
+                    "timezone": r.timezone}
+        return _render_index(form=form, editing=int(editing))
+    return _render_index()
+
+
+def _rhythm_form() -> tuple[dict, dict]:
+    """The form as typed, and the domain's arguments from it (InvalidInput: which field)."""
+    form = {k: request.form.get(k, "") for k in ("name", "week", "weekday", "time", "timezone")}
+    try:
+        hour, minute = (int(part) for part in form["time"].split(":"))
+    except ValueError:
+        raise InvalidInput("time", "Give the time like 09:00.") from None
+    day = newsletters.rhythm_day(form["week"], form["weekday"])
+    return form, dict(name=form["name"], day=day, hour=hour, minute=minute,
+                      timezone=form["timezone"] or mailer().settings.timezone)
 
 
 @bp.post("/rhythms")
 @can_change
 def create_rhythm():
-    form = {k: request.form.get(k, "") for k in ("name", "day", "time", "timezone")}
+    form = {k: request.form.get(k, "") for k in ("name", "week", "weekday", "time", "timezone")}
     try:
-        try:
-            hour, minute = (int(part) for part in form["time"].split(":"))
-        except ValueError:
-            raise InvalidInput("time", "Give the time like 09:00.") from None
+        form, values = _rhythm_form()
         with db_session() as s:
-            newsletters.create_rhythm(s, name=form["name"], day=form["day"], hour=hour, minute=minute,
-                                      timezone=form["timezone"] or mailer().settings.timezone)
+            newsletters.create_rhythm(s, **values)
     except InvalidInput as exc:
-        with db_reader() as s:
-            issues = s.scalars(sa.select(Newsletter).order_by(Newsletter.id.desc())).all()
-            rhythms = [(r, newsletters.next_occurrence(r, utcnow())) for r in newsletters.list_rhythms(s)]
-        return render_template("admin/newsletters/index.html", issues=issues, sent={}, rhythms=rhythms,
-                               form=form, error=exc), 400
+        return _render_index(form=form, error=exc, status=400)
     flash("Rhythm created.")
+    return redirect(url_for(".index"))
+
+
+@bp.post("/rhythms/<int:rhythm_id>")
+@can_change
+def update_rhythm(rhythm_id: int):
+    form = {k: request.form.get(k, "") for k in ("name", "week", "weekday", "time", "timezone")}
+    try:
+        form, values = _rhythm_form()
+        with db_session() as s:
+            newsletters.update_rhythm(s, rhythm_id, **values)
+    except InvalidInput as exc:
+        return _render_index(form=form, error=exc, editing=rhythm_id, status=400)
+    flash("Rhythm changed: months already made ready keep their send time.")
+    return redirect(url_for(".index"))
+
+
+@bp.post("/rhythms/<int:rhythm_id>/delete")
+@can_change
+def delete_rhythm(rhythm_id: int):
+    with db_session() as s:
+        name = newsletters.delete_rhythm(s, rhythm_id).name
+    flash(f"Rhythm “{name}” stopped: no more warnings or months; issues it scheduled stay scheduled.")
     return redirect(url_for(".index"))
 
 
