@@ -456,3 +456,17 @@ def test_duplicate_and_delete_a_draft(api):
     api.post(f"/newsletters/{draft['id']}/cancel")
     refused = api("DELETE", f"/newsletters/{draft['id']}")
     assert error_of(refused, 422)["field"] == "status"
+
+
+def test_rhythms_are_changed_and_stopped(api):
+    made = api.post("/rhythms", {"name": "Monthly", "day": "1st tue", "hour": 9, "timezone": "Europe/London"})
+    assert made.status_code == 201
+    rhythm_id = made.json["id"]
+    changed = api("PUT", f"/rhythms/{rhythm_id}", {"name": "Mid-month", "day": "15", "hour": 10, "minute": 30,
+                                                   "timezone": "Europe/London"})
+    assert changed.status_code == 200 and changed.json["name"] == "Mid-month"
+    bad = api("PUT", f"/rhythms/{rhythm_id}", {"name": "x", "day": "someday", "hour": 9, "timezone": "Europe/London"})
+    assert error_of(bad, 422)["field"] == "day"
+    assert api("DELETE", f"/rhythms/{rhythm_id}").status_code == 200
+    assert api.get("/rhythms").json["items"] == []
+    assert api("DELETE", f"/rhythms/{rhythm_id}").status_code == 404

@@ -352,6 +352,26 @@ def create_rhythm(body: schemas.RhythmCreate):
         return schemas.Rhythm.of(rhythm, newsletters.next_occurrence(rhythm, utcnow()))
 
 
+@operation("PUT", "/rhythms/<int:id>", summary="Change a monthly send time", body=schemas.RhythmCreate,
+           response=schemas.Rhythm, answer="The rhythm as changed.",
+           description="Months already made ready keep the send time they were given; later months use the new one.")
+def update_rhythm(id: int, body: schemas.RhythmCreate):
+    with db_session() as session:
+        rhythm = newsletters.update_rhythm(session, id, name=body.name, day=body.day, hour=body.hour,
+                                           minute=body.minute, timezone=body.timezone)
+        return schemas.Rhythm.of(rhythm, newsletters.next_occurrence(rhythm, utcnow()))
+
+
+@operation("DELETE", "/rhythms/<int:id>", summary="Stop a monthly send time", response=schemas.Rhythm,
+           answer="The rhythm, stopped.",
+           description="No more warnings and no new months; issues it scheduled stay scheduled (cancel them to "
+                       "stop them).")
+def delete_rhythm(id: int):
+    with db_session() as session:
+        rhythm = newsletters.delete_rhythm(session, id)
+        return schemas.Rhythm.of(rhythm, newsletters.next_occurrence(rhythm, utcnow()))
+
+
 @operation("POST", NEWSLETTER + "/test", summary="Send test copies", body=schemas.TestSendRequest,
            response=schemas.TestSendResult, status=202, answer="The copies are queued.",
            description="Each address gets one copy with \"[TEST]\" in the subject and a dead unsubscribe "
