@@ -93,6 +93,12 @@ class Contact(Base):
     __table_args__ = (
         # Prefix search (LIKE 'ann%') may use it on PostgreSQL whatever the collation.
         sa.Index("ix_contacts_name_key", "name_key", postgresql_ops={"name_key": "varchar_pattern_ops"}),
+        # Substring search (LIKE '%maria%') on PostgreSQL: trigram indexes (pg_trgm). SQLite
+        # has the FTS5 table contacts_fts instead (db.SQLITE_SEARCH_TABLES, migration 0016).
+        sa.Index("ix_contacts_email_trgm", "email", postgresql_using="gin",
+                 postgresql_ops={"email": "gin_trgm_ops"}).ddl_if(dialect="postgresql"),
+        sa.Index("ix_contacts_name_key_trgm", "name_key", postgresql_using="gin",
+                 postgresql_ops={"name_key": "gin_trgm_ops"}).ddl_if(dialect="postgresql"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

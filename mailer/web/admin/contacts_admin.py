@@ -46,7 +46,7 @@ def _before_id() -> int | None:
 
 def _describe(filters: dict) -> str:
     """Audit detail for a filtered view: never the searched text, which may be an address."""
-    mode = "address" if "@" in filters.get("q", "") else "name" if filters.get("q") else "none"
+    mode = directory.search_mode(filters.get("q", ""))
     return f"search={mode} list={filters.get('list_id') or 'any'} status={filters.get('status') or 'any'}"
 
 

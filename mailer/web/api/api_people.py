@@ -167,7 +167,7 @@ OWNERS_ONLY = "Only for tokens of an owner (403 otherwise). Recorded in the audi
 
 def _search_kind(q: str | None) -> str:
     """Audit detail for a search: what was searched by, never the text (it may be an address)."""
-    return "address" if q and "@" in q else "name" if q else "none"
+    return directory.search_mode(q)
 
 
 @contextmanager
@@ -180,7 +180,9 @@ def _no_contact(contact_id: int):
 
 @operation("GET", "/contacts", summary="Search contacts, newest first", query=people.ContactQuery,
            response=people.ContactPage, answer="One page of contacts.",
-           description="`q` is an exact address or the start of a name; `status` is the subscription status on "
+           description="`q`: a whole address is matched exactly; three or more characters are found anywhere "
+                       "in the address or the name (\"maria\", \"example.org\"); one or two are the start of "
+                       "a name. `status` is the subscription status on "
                        "`list` (or on any list). Erased contacts are left out. Every call is recorded in the "
                        "audit log.")
 def list_contacts(query: people.ContactQuery):

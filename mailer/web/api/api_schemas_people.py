@@ -224,8 +224,10 @@ class DeliveryPage(Response):
 
 # Contacts -------------------------------------------------------------------------------
 
-SearchText = Annotated[Text(1, 320), Field(description="An exact email address, or the start of a name (any case).",
-                                           examples=["ann@example.com"])]
+SearchText = Annotated[Text(1, 320), Field(
+    description="A whole email address (matched exactly); three or more characters, found anywhere in the address "
+                "or the name (any case); or one or two characters, the start of a name.",
+    examples=["ann@example.com", "maria", "example.org"])]
 
 
 class ContactQuery(ListQuery):
