@@ -235,7 +235,10 @@ class Delivery(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id"))
+    # NULL only for a test copy staff sent to an address that is nobody's contact (to_email).
+    contact_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("contacts.id"))
+    # A test copy's recipient when it is not a contact (erasure of that address clears it).
+    to_email: Mapped[Optional[str]] = mapped_column(sa.String(320))
     kind: Mapped[str] = mapped_column(sa.String(30))
     list_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("mailing_lists.id"))
     ref_id: Mapped[Optional[int]]
@@ -256,7 +259,7 @@ class Delivery(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[Optional[dt.datetime]]
 
-    contact: Mapped[Contact] = relationship()
+    contact: Mapped[Optional[Contact]] = relationship()
 
 
 class Suppression(Base):

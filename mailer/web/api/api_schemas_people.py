@@ -192,7 +192,7 @@ class DeliveryQuery(ListQuery):
 
 class Delivery(Response):
     id: int
-    contact_id: int
+    contact_id: int | None = Field(description="Null for a test copy sent to an address that is not a contact.")
     email: str | None = Field(description="The recipient; null once the contact has been erased.")
     kind: str
     list_id: int | None
