@@ -25,6 +25,7 @@ class ConsentAction(enum.StrEnum):
     EXPIRED = "expired"
     ERASED = "erased"
     IMPORTED = "imported"  # consent obtained elsewhere; the event's note says how
+    RECORDED = "recorded"  # consent given to staff (a paper form, in person); the note says how, the source who
     REDACTED = "redacted"  # the ledger's record of an erasure: earlier events' personal fields blanked
     REANCHORED = "reanchored"  # the ledger's own: older unkeyed events sealed under the keyed chain
 

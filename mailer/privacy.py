@@ -9,7 +9,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.audience import consent, contacts
+from mailer.audience import consent, contacts, frontdesk
 from mailer.campaigns import sequences, webinars
 from mailer.delivery import outbox, suppression
 from mailer.errors import NotFound
@@ -78,6 +78,7 @@ def erase_contact(session: Session, settings: Settings, contact_id: int, *, now:
     session.execute(sa.update(Delivery).where(Delivery.to_email == address).values(to_email=None))
     messages = session.execute(sa.delete(DevMessage).where(sa.func.lower(DevMessage.rcpt_to) == address)).rowcount
     contacts.anonymise_contact(session, contact_id, now)
+    frontdesk.forget_edits(session, contact_id)  # the audit log kept old and new names
     # After the redaction, so this event keeps its note; it holds no address.
     consent.record_event(session, contact_id=contact_id, purpose="all", action=ConsentAction.ERASED,
                          context=consent.RequestContext(note=ERASURE_NOTE), now=now)
