@@ -182,3 +182,30 @@ def test_the_api_and_the_cli_do_the_same(client, mailer, db, monkeypatch):
     out = runner.invoke(main, ["contact", "invite", str(omar), "--list", "newsletter", "--by", "nobody@x.org"])
     assert out.exit_code != 0 and "No staff user" in out.output
     assert {s for _, _, s, _ in _ledger(db, omar)} == {"staff: desk@clinic.example (command line)"}
+
+
+def test_erasure_blanks_edited_names_in_the_audit_log_and_test_copy_addresses(staff, mailer, db):
+    from mailer import privacy
+    from mailer.audience import frontdesk
+
+    with session_scope(mailer.sessions) as session:  # a test copy to her address before she was a contact
+        issue = newsletters.create_newsletter(session, subject="Draft", body_md="Hi.", lists=["newsletter"])
+        newsletters.send_test(session, mailer.settings, issue.id, ["zoe@example.com"], now=utcnow())
+    editor, csrf = staff("editor")
+    added = editor.post("/admin/contacts/new", data={"csrf_token": csrf, "email": "zoe@example.com", "name": "Zoe"})
+    zoe = int(added.headers["Location"].rsplit("/", 1)[1])
+    editor.post(f"/admin/contacts/{zoe}/edit", data={"csrf_token": csrf, "name": "Zoë Adams", "timezone": ""})
+    assert db.scalar(sa.select(Delivery.to_email).where(Delivery.contact_id.is_(None))) == "zoe@example.com"
+    with session_scope(mailer.sessions) as session:
+        privacy.erase_contact(session, mailer.settings, zoe, now=utcnow())
+    [detail] = db.scalars(sa.select(AuditLog.detail).where(AuditLog.action == frontdesk.EDIT_ACTION))
+    assert detail == f"contact {zoe}: edited (values removed at erasure)"
+    assert db.scalar(sa.select(Delivery.to_email).where(Delivery.contact_id.is_(None))) is None
+    with session_scope(mailer.sessions) as session:
+        try:
+            frontdesk.edit_contact(session, frontdesk.Staff(None, "command line", "command line"), zoe, name="X",
+                                   now=utcnow())
+        except frontdesk.Conflict as exc:
+            assert exc.field == "contact"
+        else:
+            raise AssertionError("an erased contact was edited")
