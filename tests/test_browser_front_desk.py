@@ -24,6 +24,8 @@ def fits_a_phone(page, name: str) -> None:
     size = page.viewport_size
     page.set_viewport_size(PHONE)
     try:
+        # The new size reaches the page's layout a moment later on a busy machine.
+        page.wait_for_function(f"window.innerWidth === {PHONE['width']}")
         width = page.evaluate("document.documentElement.scrollWidth")
         wide = page.evaluate("""() => [...document.querySelectorAll('body *')]
             .filter(e => e.getBoundingClientRect().right > innerWidth + 0.5)
