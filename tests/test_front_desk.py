@@ -57,6 +57,14 @@ def test_front_desk_adds_fixes_and_unsubscribes_by_phone(staff, mailer, smtp_ser
     maria = int(added.headers["Location"].rsplit("/", 1)[1])
     page = editor.get(f"/admin/contacts/{maria}").text
     assert "Contact added, on newsletter, clinic-news with the consent you noted." in page
+    # Found by a part of her name or of her address, not only by the whole address.
+    editor.post("/admin/contacts/new", data={"csrf_token": csrf, "email": "rosa@example.com", "name": "Rosa Mariani"})
+    for text, found in (("maria", ["rosa@example.com", "maria@example.org"]), ("MARIA", None),
+                        ("example.org", ["maria@example.org"]), ("@example.", ["rosa@example.com", "maria@example.org"]),
+                        ("gonzales", ["maria@example.org"]), ("maria@example.org", ["maria@example.org"]),
+                        ("ma", ["maria@example.org"]), ("zzz", [])):
+        listed = re.findall(r'/admin/contacts/\d+">([^<]+)</a>', editor.get(f"/admin/contacts?q={text}").text)
+        assert listed == (found if found is not None else ["rosa@example.com", "maria@example.org"]), text
     again = editor.post("/admin/contacts/new", data={"csrf_token": csrf, "email": "maria@example.org"})
     assert again.status_code == 400 and f"exists already (contact {maria})" in again.text
 
@@ -93,7 +101,8 @@ def test_front_desk_adds_fixes_and_unsubscribes_by_phone(staff, mailer, smtp_ser
 
     # The audit log has old → new for name and zone, and never an address.
     details = dict(db.execute(sa.select(AuditLog.action, AuditLog.detail).where(
-        AuditLog.action.in_(["contact.add", "contact.edit", "contact.unsubscribe"]))))
+        AuditLog.action.in_(["contact.add", "contact.edit", "contact.unsubscribe"]),
+        AuditLog.detail.like(f"contact {maria}: %"))))
     assert details == {
         "contact.add": f"contact {maria}: added, lists newsletter, clinic-news [console]",
         "contact.edit": f'contact {maria}: name: "Maria Gonzales" → "María González"; '
