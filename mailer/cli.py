@@ -1211,6 +1211,106 @@ def erase(email: str, yes: bool) -> None:
                f"cancelled; the address is suppressed")
 
 
+@main.group("contact")
+def contact_group() -> None:
+    """The front desk: add a contact, correct their name or zone, unsubscribe, invite again.
+    CONTACT is a contact's id or address; --by names the staff user acting (their login),
+    the source in the consent ledger and the audit log."""
+
+
+def _contact_id(session, ref: str) -> int:
+    from mailer.audience import directory
+
+    if "@" in ref:
+        return directory.contact_id_for_email(session, ref)
+    try:
+        return directory.get_contact(session, int(ref)).id
+    except ValueError:
+        raise InvalidInput("contact", f"{ref!r} is neither a contact id nor an address.") from None
+
+
+def _staff(session, by: str):
+    from mailer.audience import frontdesk
+
+    return frontdesk.staff_by_email(session, by, "command line")
+
+
+BY = click.option("--by", required=True, help="The login of the staff user who acts (e.g. front@clinic.example).")
+
+
+@contact_group.command("add")
+@click.argument("email")
+@click.option("--name", default="")
+@click.option("--timezone", help="IANA zone, e.g. Europe/Berlin.")
+@click.option("--list", "lists", multiple=True, help="A list to join (slug); repeat for more.")
+@click.option("--consent-note", help="How and when they gave consent, e.g. 'signed the paper form on 3 March'.")
+@click.option("--send-confirmation", is_flag=True, help="Instead of --consent-note: double opt-in by mail.")
+@BY
+def contact_add(email, name, timezone, lists, consent_note, send_confirmation, by) -> None:
+    """Add a person; joining lists needs --consent-note or --send-confirmation."""
+    from mailer.audience import frontdesk
+
+    m = _mailer()
+    added = _run(m, lambda s: frontdesk.add_contact(
+        s, m.settings, _staff(s, by), email=email, name=name, timezone=timezone, lists=list(lists),
+        consent_note=consent_note, send_confirmation=send_confirmation, now=utcnow()))
+    click.echo(f"added contact {added.contact_id}"
+               + (f"; joined {', '.join(added.joined)}" if added.joined else "")
+               + (f"; confirmation mail {'queued' if added.confirmation_queued else 'NOT queued (daily limit)'} "
+                  f"for {', '.join(added.invited)}" if added.invited else ""))
+
+
+@contact_group.command("edit")
+@click.argument("contact")
+@click.option("--name", help="The corrected name ('' for none).")
+@click.option("--timezone", help="IANA zone ('' for none).")
+@BY
+def contact_edit(contact, name, timezone, by) -> None:
+    """Correct a name or time zone (audited with old and new values)."""
+    from mailer.audience import frontdesk
+
+    changes = {key: value for key, value in (("name", name), ("timezone", timezone)) if value is not None}
+    m = _mailer()
+    done = _run(m, lambda s: frontdesk.edit_contact(s, _staff(s, by), _contact_id(s, contact), **changes,
+                                                    now=utcnow()))
+    click.echo("; ".join(done) if done else "nothing changed")
+
+
+@contact_group.command("unsubscribe")
+@click.argument("contact")
+@click.option("--list", "list_slug", help="The list (slug).")
+@click.option("--all", "everything", is_flag=True, help="From every list.")
+@click.option("--note", default="", help="How they asked, e.g. 'phoned the desk'.")
+@BY
+def contact_unsubscribe(contact, list_slug, everything, note, by) -> None:
+    """Unsubscribe from one list or all, as their unsubscribe link would; queued mail is cancelled."""
+    from mailer.audience import frontdesk
+
+    if bool(list_slug) == everything:
+        raise click.UsageError("give either --list or --all")
+    m = _mailer()
+    withdrawn = _run(m, lambda s: frontdesk.unsubscribe_contact(
+        s, m.settings, _staff(s, by), _contact_id(s, contact), list_slug=None if everything else list_slug,
+        note=note, now=utcnow()))
+    click.echo(f"unsubscribed from {', '.join(withdrawn)}" if withdrawn else "nothing to unsubscribe from")
+
+
+@contact_group.command("invite")
+@click.argument("contact")
+@click.option("--list", "list_slug", required=True, help="The list (slug).")
+@BY
+def contact_invite(contact, list_slug, by) -> None:
+    """Send the confirmation mail of double opt-in for a list (or resend a pending one)."""
+    from mailer.audience import frontdesk
+
+    m = _mailer()
+    outcome = _run(m, lambda s: frontdesk.invite(s, m.settings, _staff(s, by), _contact_id(s, contact),
+                                                 list_slug=list_slug, now=utcnow()))
+    click.echo({"sent": "confirmation mail queued", "already_active": "already on the list",
+                "too_soon": "a confirmation went out recently: not resent yet",
+                "capped": "not sent: daily limit of confirmation mails reached"}[outcome])
+
+
 @main.command("export-contacts")
 @click.option("--list", "list_slug", help="Only contacts on this list (slug).")
 @click.option("--status", type=click.Choice(["pending", "active", "unsubscribed"]),

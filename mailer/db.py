@@ -147,6 +147,25 @@ def dialect_insert(session: Session, model):
     return (postgresql if is_postgres(session) else sqlite).insert(getattr(model, "__table__", model))
 
 
+# SQLite's substring search of contacts: an FTS5 trigram table kept in step with contacts by
+# triggers (migration 0019). Not models: Alembic's comparison leaves them out (include_name).
+SQLITE_SEARCH_TABLE = "contacts_fts"
+
+
+def comparison_options(dialect_name: str) -> dict:
+    """Alembic's options for comparing a database with the models (autogenerate, tests):
+    SQLite's FTS5 table and its shadow tables are not models, and indexes declared for
+    PostgreSQL only (Index.ddl_if, which Alembic does not read) are not on SQLite."""
+    def include_name(name, type_, parent_names) -> bool:
+        return not (type_ == "table" and name and name.startswith(SQLITE_SEARCH_TABLE))
+
+    def include_object(obj, name, type_, reflected, compare_to) -> bool:
+        only = getattr(obj, "_ddl_if", None) if type_ == "index" else None
+        return only is None or only.dialect in (None, dialect_name)
+
+    return {"include_name": include_name, "include_object": include_object}
+
+
 def alembic_config(url: str):
     from alembic.config import Config
 

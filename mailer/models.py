@@ -25,6 +25,7 @@ class ConsentAction(enum.StrEnum):
     EXPIRED = "expired"
     ERASED = "erased"
     IMPORTED = "imported"  # consent obtained elsewhere; the event's note says how
+    RECORDED = "recorded"  # consent given to staff (a paper form, in person); the note says how, the source who
     REDACTED = "redacted"  # the ledger's record of an erasure: earlier events' personal fields blanked
     REANCHORED = "reanchored"  # the ledger's own: older unkeyed events sealed under the keyed chain
 
@@ -93,6 +94,12 @@ class Contact(Base):
     __table_args__ = (
         # Prefix search (LIKE 'ann%') may use it on PostgreSQL whatever the collation.
         sa.Index("ix_contacts_name_key", "name_key", postgresql_ops={"name_key": "varchar_pattern_ops"}),
+        # Substring search (LIKE '%maria%') on PostgreSQL: trigram indexes (pg_trgm). SQLite
+        # has the FTS5 table contacts_fts instead (db.SQLITE_SEARCH_TABLES, migration 0019).
+        sa.Index("ix_contacts_email_trgm", "email", postgresql_using="gin",
+                 postgresql_ops={"email": "gin_trgm_ops"}).ddl_if(dialect="postgresql"),
+        sa.Index("ix_contacts_name_key_trgm", "name_key", postgresql_using="gin",
+                 postgresql_ops={"name_key": "gin_trgm_ops"}).ddl_if(dialect="postgresql"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -241,7 +248,10 @@ class Delivery(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id"))
+    # NULL only for a test copy staff sent to an address that is nobody's contact (to_email).
+    contact_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("contacts.id"))
+    # A test copy's recipient when it is not a contact (erasure of that address clears it).
+    to_email: Mapped[Optional[str]] = mapped_column(sa.String(320))
     kind: Mapped[str] = mapped_column(sa.String(30))
     list_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("mailing_lists.id"))
     ref_id: Mapped[Optional[int]]
@@ -262,7 +272,7 @@ class Delivery(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[Optional[dt.datetime]]
 
-    contact: Mapped[Contact] = relationship()
+    contact: Mapped[Optional[Contact]] = relationship()
 
 
 class Suppression(Base):

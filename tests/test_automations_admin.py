@@ -129,6 +129,7 @@ def test_step_previews_test_sends_and_deleting_a_step(app, mailer, smtp_server, 
     assert bad.status_code == 400 and "not an address" in html.unescape(bad.text)
     mailer.drain()
     [test_copy] = [r.message for r in smtp_server.received if r.rcpt_tos == ["me@clinic.example"]]
+    assert db.scalar(sa.select(Contact.id).where(Contact.email == "me@clinic.example")) is None  # not made a contact
     assert test_copy["Subject"].startswith("[TEST] Lesson for")
 
     # Edit keeps the text; delete removes the step from the timeline.

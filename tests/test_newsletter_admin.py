@@ -14,7 +14,7 @@ from mailer.audience import contacts
 from mailer.campaigns import newsletters
 from mailer.staff import users
 from mailer.db import session_scope, utcnow
-from mailer.models import AuditLog, Newsletter
+from mailer.models import AuditLog, Contact, Newsletter
 from tests.audience import address, make_audience
 
 PASSWORD = "correct horse battery staple"
@@ -344,6 +344,9 @@ def test_a_test_send_arrives_marked_and_is_not_counted(editor, mailer, smtp_serv
     with mailer.read_sessions() as session:
         assert newsletters.report(session, newsletter_id)["sent"] == 0
     assert db.scalar(sa.select(Newsletter.status)) == "draft"
+    # Nobody was added to the contacts: the copies went to the addresses as they are.
+    assert not db.scalars(sa.select(Contact.email).where(Contact.email.like("%@clinic.example")))
+    assert editor.get("/admin/deliveries").text.count("(not a contact)") == 2
     too_many = ", ".join(f"p{i}@clinic.example" for i in range(11))
     refused = editor.post(f"/admin/newsletters/{newsletter_id}/test", {"addresses": too_many})
     assert refused.status_code == 400 and "Give between 1 and 10 addresses." in refused.text

@@ -8,14 +8,14 @@ import uuid
 
 import sqlalchemy as sa
 
-from mailer.db import Base, make_engine, migrate
+from mailer.db import Base, comparison_options, make_engine, migrate
 from tests.conftest import BACKEND, POSTGRES_ADMIN_URL
 
 
 def test_migrated_database_matches_the_models(database_url):
     engine = make_engine(database_url)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(conn, opts=comparison_options(conn.dialect.name)), Base.metadata)
     engine.dispose()
     assert diff == []
 
@@ -47,7 +47,7 @@ def test_upgrade_from_the_first_release_keeps_its_data(tmp_path):
             # Queued newsletter mail becomes bulk (0005); the rest stays transactional.
             assert conn.exec_driver_sql("SELECT kind, priority FROM deliveries ORDER BY id").all() == [
                 ("newsletter", 1), ("confirmation", 0)]
-            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+            diff = compare_metadata(MigrationContext.configure(conn, opts=comparison_options(conn.dialect.name)), Base.metadata)
         engine.dispose()
         assert diff == []
     finally:

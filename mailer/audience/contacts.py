@@ -278,12 +278,12 @@ def _request_subscription(session, settings, contact, mailing_list, wording, con
 
 
 def _enqueue_confirmation(session: Session, settings: Settings, contact: Contact, subs: list[Subscription],
-                          now: dt.datetime) -> None:
+                          now: dt.datetime) -> bool:
     """One confirmation mail for everything one signup asked for (its lists share the
     confirmation_sent_at `now`, which is how the mail finds them), and at most
     `confirmations_per_day` such mails to one address in 24 hours, whoever asks from
     wherever: the form cannot be used to flood someone's inbox. The visitor's answer
-    was given before this runs, so it is the same either way."""
+    was given before this runs, so it is the same either way. True when a mail was queued."""
     if is_postgres(session):  # two workers handling signups for one address count one after the other
         session.execute(sa.select(Contact.id).where(Contact.id == contact.id).with_for_update())
     sent_today = session.scalar(sa.select(sa.func.count()).select_from(Delivery).where(
@@ -291,11 +291,11 @@ def _enqueue_confirmation(session: Session, settings: Settings, contact: Contact
         Delivery.created_at > now - dt.timedelta(days=1)))
     if sent_today >= settings.confirmations_per_day:
         log.info("confirmation for contact %s not sent: %s already in 24 hours", contact.id, sent_today)
-        return
+        return False
     first = subs[0]
     sent_at = int(first.confirmation_sent_at.timestamp())
-    outbox.enqueue(session, contact_id=contact.id, kind=CONFIRMATION, list_id=first.list_id,
-                   ref_id=first.id, dedupe_key=f"confirm:{first.id}:{sent_at}", now=now)
+    return outbox.enqueue(session, contact_id=contact.id, kind=CONFIRMATION, list_id=first.list_id,
+                          ref_id=first.id, dedupe_key=f"confirm:{first.id}:{sent_at}", now=now)
 
 
 def _restart_or_resend(session: Session, settings: Settings, sub: Subscription, now: dt.datetime) -> bool:
@@ -452,7 +452,16 @@ def unsubscribe(session: Session, settings: Settings, token: str, *, context: co
     sub = subscription_for_unsubscribe(session, settings, token)
     if sub is None:
         return LinkResult(LinkOutcome.INVALID)
-    list_name = sub.mailing_list.name
+    if not withdraw_subscription(session, sub, context=context, now=now):
+        return LinkResult(LinkOutcome.ALREADY_UNSUBSCRIBED, sub.mailing_list.name)
+    return LinkResult(LinkOutcome.UNSUBSCRIBED, sub.mailing_list.name)
+
+
+def withdraw_subscription(session: Session, sub: Subscription, *, context: consent.RequestContext,
+                          now: dt.datetime) -> bool:
+    """Unsubscribe one active or pending subscription: a withdrawn event (with `context` as
+    the evidence) and the list's queued mail cancelled. False when it had ended already.
+    A compare-and-set, so two withdrawals at once record one event."""
     changed = session.execute(
         sa.update(Subscription).where(
             Subscription.id == sub.id,
@@ -460,12 +469,12 @@ def unsubscribe(session: Session, settings: Settings, token: str, *, context: co
         ).values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=now)
     ).rowcount
     if changed != 1:
-        return LinkResult(LinkOutcome.ALREADY_UNSUBSCRIBED, list_name)
+        return False
     consent.record_event(session, contact_id=sub.contact_id, list_id=sub.list_id,
                          purpose=f"list:{sub.mailing_list.slug}", action=ConsentAction.WITHDRAWN,
                          context=context, now=now)
     outbox.cancel_pending(session, contact_id=sub.contact_id, list_id=sub.list_id, reason="unsubscribed")
-    return LinkResult(LinkOutcome.UNSUBSCRIBED, list_name)
+    return True
 
 
 # Housekeeping and personal data ---------------------------------------------------

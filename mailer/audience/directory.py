@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from mailer.audience import consent, fields as custom_fields
 from mailer.audience.contacts import normalise_email
-from mailer.db import is_postgres
+from mailer.db import SQLITE_SEARCH_TABLE, is_postgres
 from mailer.errors import InvalidInput, NotFound
 from mailer.models import (ConsentEvent, Contact, Delivery, MailingList, Registration, Subscription,
                            SubscriptionStatus, Webinar, name_search_key)
@@ -22,6 +22,10 @@ from mailer.models import (ConsentEvent, Contact, Delivery, MailingList, Registr
 MAX_PAGE = 500
 # A name prefix with at least this many matches is "common" (see _name_prefix).
 COMMON_NAME_MATCHES = 2000
+# Shorter search texts are a name prefix: trigram indexes need three characters, and a
+# substring of one or two would match nearly everyone.
+SUBSTRING_MIN = 3
+_FTS = sa.table(SQLITE_SEARCH_TABLE, sa.column("rowid", sa.Integer))
 RECENT_DELIVERIES = 50
 EXPORT_FIELDS = ("id", "email", "name", "timezone", "created_at", "subscriptions")
 CHUNK_CHARS = 64 * 1024  # what an export hands to the web server at a time
@@ -85,17 +89,43 @@ def _filtered_ids(session: Session, *, q: str, list_id: int | None, status: str 
         id_column = Contact.id
         if status is not None:
             stmt = stmt.where(sa.exists().where(Subscription.contact_id == Contact.id, Subscription.status == status))
-    if "@" in q:
-        try:
-            stmt = stmt.where(Contact.email == normalise_email(q))
-        except InvalidInput as exc:
-            raise InvalidInput("q", exc.message) from None
-    elif q:
+    mode = search_mode(q)
+    if mode == "address":
+        stmt = stmt.where(Contact.email == normalise_email(q))
+    elif mode == "name":
         condition, few = _name_prefix(session, name_search_key(q))
         stmt = stmt.where(condition)
         if few:  # the name index finds them all at once: keep the keyset from luring the planner away
             return stmt, id_column, id_column + 0
+    elif mode == "text":
+        key = name_search_key(q)
+        if is_postgres(session):  # the pg_trgm GIN indexes answer both LIKEs; the planner picks the walk
+            stmt = stmt.where(sa.or_(Contact.email.contains(key, autoescape=True),
+                                     Contact.name_key.contains(key, autoescape=True)))
+        else:
+            # The FTS5 trigram table drives: it hands out matching rowids newest first (ORDER BY
+            # rowid DESC is its own order), so a page of a common text stops after a page.
+            phrase = '"' + key.replace('"', '""') + '"'
+            stmt = stmt.join(_FTS, _FTS.c.rowid == Contact.id).where(
+                sa.literal_column(SQLITE_SEARCH_TABLE).op("MATCH")(phrase))
+            return stmt, _FTS.c.rowid, _FTS.c.rowid
     return stmt, id_column, id_column
+
+
+def search_mode(q: str | None) -> str:
+    """How search_contacts reads `q`: "none"; "address" (a whole address, matched exactly);
+    "name" (one or two characters: the start of a name); "text" (three or more: found
+    anywhere in the address or the name, "maria", "example.org", "@clinic")."""
+    q = (q or "").strip()
+    if not q:
+        return "none"
+    if "@" in q:
+        try:
+            normalise_email(q)
+            return "address"
+        except InvalidInput:
+            pass
+    return "text" if len(q) >= SUBSTRING_MIN else "name"
 
 
 def _name_prefix(session: Session, key: str):
@@ -120,9 +150,10 @@ def _name_prefix(session: Session, key: str):
 
 def search_contacts(session: Session, *, q: str = "", list_id: int | None = None, status: str | None = None,
                     before_id: int | None = None, limit: int = 50, include_erased: bool = False) -> list[ContactRow]:
-    """Contacts newest first (id descending). `q` with an "@" is an exact address (as
-    normalise_email makes it; InvalidInput on field "q" if it is not one); otherwise a
-    case-insensitive prefix of the name (any script). `status` is the subscription status
+    """Contacts newest first (id descending). `q` (see search_mode): a whole address is
+    matched exactly (as normalise_email makes it); three or more characters are found
+    anywhere in the address or the name, case-insensitively (any script); one or two are
+    the start of a name. `status` is the subscription status
     on `list_id`, or on any list when no list is given. Erased contacts are left out
     unless include_erased. Keyset pages: pass the last row's id as `before_id`. Like the
     other paged reads, one more row than asked is returned when there is a next page."""

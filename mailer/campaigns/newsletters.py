@@ -18,7 +18,7 @@ from jinja2 import nodes
 from sqlalchemy.orm import Session, selectinload
 
 from mailer.audience import fields, segments
-from mailer.delivery import outbox
+from mailer.delivery import outbox, suppression
 from mailer.delivery.registry import Kind
 from mailer.db import dialect_insert, is_postgres, newest_first, utcnow
 from mailer.errors import InvalidInput, NotFound
@@ -672,7 +672,9 @@ def send_test(session: Session, settings, newsletter_id: int, addresses: list[st
 def queue_test_copies(session: Session, settings, kind: str, ref_id: int, addresses: list[str], *,
                       now: dt.datetime) -> int:
     """Queue a test copy of staff-written mail (an issue, a sequence's step: `kind` renders
-    it marked "[TEST]") to each of 1 to TEST_MAX addresses; returns how many."""
+    it marked "[TEST]") to each of 1 to TEST_MAX addresses; returns how many. Nobody is
+    added to the contacts: an address that is a contact's gets that person's copy (their
+    name fills the slots); any other is written to as it is (outbox.enqueue_to_address)."""
     from mailer.audience import contacts
 
     try:
@@ -682,10 +684,16 @@ def queue_test_copies(session: Session, settings, kind: str, ref_id: int, addres
     if not wanted or len(wanted) > TEST_MAX:
         raise InvalidInput("addresses", f"Give between 1 and {TEST_MAX} addresses.")
     stamp = int(now.timestamp() * 1000)
+    known = dict(session.execute(sa.select(Contact.email, Contact.id).where(Contact.email.in_(wanted))).all())
     for address in wanted:
-        contact = contacts.get_or_create_contact(session, settings, address, now=now)
-        outbox.enqueue(session, contact_id=contact.id, kind=kind, ref_id=ref_id,
-                       dedupe_key=f"{kind}:{ref_id}:{contact.id}:{stamp}", now=now)
+        if address in known:
+            outbox.enqueue(session, contact_id=known[address], kind=kind, ref_id=ref_id,
+                           dedupe_key=f"{kind}:{ref_id}:{known[address]}:{stamp}", now=now)
+        else:
+            address_hash = suppression.email_hash(settings, address)
+            outbox.enqueue_to_address(session, address=address, address_hash=address_hash, kind=kind,
+                                      ref_id=ref_id, dedupe_key=f"{kind}:{ref_id}:{address_hash[:16]}:{stamp}",
+                                      now=now)
     return len(wanted)
 
 

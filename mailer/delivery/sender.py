@@ -65,6 +65,18 @@ class BatchContext:
 
 
 @dataclasses.dataclass(frozen=True)
+class Recipient:
+    """The person (or, for a test copy, the bare address) a delivery is written to."""
+
+    contact_id: int | None
+    email: str | None
+    email_hash: str | None
+    name: str = ""
+    first_name: str = ""
+    timezone: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class OutgoingMessage:
     delivery_id: int
     rcpt_to: str
@@ -196,14 +208,16 @@ class Sender:
     def _build(self, session: Session, ids: list[int], outcomes: outbox.Outcomes) -> list[OutgoingMessage]:
         deliveries = session.scalars(sa.select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.id)
                                      .options(selectinload(Delivery.contact))).all()
-        suppressed = outbox.suppressed_hashes(session, [d.contact.email_hash for d in deliveries])
+        recipients = {d.id: self._recipient(d) for d in deliveries}
+        suppressed = outbox.suppressed_hashes(session, [r.email_hash for r in recipients.values()])
         subscriptions = self._subscription_states(session, deliveries)
         custom = self._field_values(session, deliveries)
         batch = BatchContext(session, self.settings, self.renderer, self.static_context, self.clock, self.compiled)
         builder = MessageBuilder(from_addr=self.settings.from_addr, reply_to=self.settings.reply_to, date=self.clock())
         messages = []
         for delivery in deliveries:
-            skip = self._skip_reason(delivery, suppressed, subscriptions)
+            recipient = recipients[delivery.id]
+            skip = self._skip_reason(delivery, recipient, suppressed, subscriptions)
             if skip:
                 outcomes.skipped[delivery.id] = skip
                 continue
@@ -216,14 +230,14 @@ class Sender:
                 if isinstance(content, outbox.Skip):
                     outcomes.skipped[delivery.id] = (content.status, content.reason)
                     continue
-                data = self._compose(builder, delivery, content, custom)
+                data = self._compose(builder, delivery, recipient, content, custom)
             except sa.exc.SQLAlchemyError:
                 raise
             except Exception as exc:  # one broken message must not stop the rest of the batch
                 log.exception("cannot render delivery %s", delivery.id)
                 outcomes.failed[delivery.id] = (ErrorClass.RENDERING, f"rendering failed: {exc}")
                 continue
-            messages.append(OutgoingMessage(delivery.id, delivery.contact.email, data))
+            messages.append(OutgoingMessage(delivery.id, recipient.email, data))
         return messages
 
     @staticmethod
@@ -243,21 +257,31 @@ class Sender:
         keys = list(session.scalars(sa.select(Field.key)))
         if not keys:
             return {}
-        contact_ids = {d.contact_id for d in deliveries}
-        values: dict[int, dict[str, str]] = {cid: dict.fromkeys(keys, "") for cid in contact_ids}
+        contact_ids = {d.contact_id for d in deliveries}  # None: a test copy to someone not a contact
+        values: dict[int | None, dict[str, str]] = {cid: dict.fromkeys(keys, "") for cid in contact_ids}
         for contact_id, key, value in session.execute(
                 sa.select(ContactFieldValue.contact_id, Field.key, ContactFieldValue.value)
                 .join(Field, Field.id == ContactFieldValue.field_id)
-                .where(ContactFieldValue.contact_id.in_(contact_ids))):
+                .where(ContactFieldValue.contact_id.in_([c for c in contact_ids if c is not None]))):
             values[contact_id][key] = value
         return values
 
-    @staticmethod
-    def _skip_reason(delivery: Delivery, suppressed: set[str], subscriptions) -> tuple[str, str] | None:
+    def _recipient(self, delivery: Delivery) -> "Recipient":
+        """Who a delivery goes to: its contact, or (a test copy to someone who is not a
+        contact) the address it carries, with the keyed hash suppression is checked by."""
         contact = delivery.contact
-        if contact.email is None:
+        if contact is not None:
+            return Recipient(contact.id, contact.email, contact.email_hash, contact.name, contact.first_name,
+                             contact.timezone)
+        address = delivery.to_email
+        return Recipient(None, address, suppression.email_hash(self.settings, address) if address else None)
+
+    @staticmethod
+    def _skip_reason(delivery: Delivery, recipient: "Recipient", suppressed: set[str],
+                     subscriptions) -> tuple[str, str] | None:
+        if recipient.email is None:
             return DeliveryStatus.CANCELLED, "contact erased"
-        if contact.email_hash in suppressed:
+        if recipient.email_hash in suppressed:
             return DeliveryStatus.SUPPRESSED, "address is suppressed"
         if delivery.list_id is not None:
             required = REQUIRED_SUBSCRIPTION.get(delivery.kind, SubscriptionStatus.ACTIVE)
@@ -265,20 +289,19 @@ class Sender:
                 return DeliveryStatus.CANCELLED, f"subscription is not {required}"
         return None
 
-    def _compose(self, builder: MessageBuilder, delivery: Delivery, content,
-                 custom: dict[int, dict[str, str]] | None = None) -> bytes:
+    def _compose(self, builder: MessageBuilder, delivery: Delivery, recipient: "Recipient", content,
+                 custom: dict[int | None, dict[str, str]] | None = None) -> bytes:
         settings = self.settings
-        contact = delivery.contact
         context = dict(self.static_context,
-                       contact={"first_name": contact.first_name, "name": contact.name, "email": contact.email,
-                                "timezone": contact.timezone, "fields": (custom or {}).get(contact.id, {})})
+                       contact={"first_name": recipient.first_name, "name": recipient.name, "email": recipient.email,
+                                "timezone": recipient.timezone, "fields": (custom or {}).get(recipient.contact_id, {})})
         headers = {}
-        if delivery.list_id is not None:
+        if delivery.list_id is not None and recipient.contact_id is not None:
             audience = registry.audience()
-            url, mailto = audience.unsubscribe_links(settings, contact.id, delivery.list_id)
+            url, mailto = audience.unsubscribe_links(settings, recipient.contact_id, delivery.list_id)
             headers["List-Unsubscribe"] = f"<{url}>, <{mailto}>"
             context["unsubscribe_url"] = url
-            context["preferences_url"] = audience.preferences_url(settings, contact.id)
+            context["preferences_url"] = audience.preferences_url(settings, recipient.contact_id)
         elif isinstance(content, dict) and content.get("unsubscribe_url"):
             # Not list mail (a webinar seat): the builder names what stops it.
             headers["List-Unsubscribe"] = f"<{content['unsubscribe_url']}>"
@@ -290,7 +313,7 @@ class Sender:
                 rendered = dataclasses.replace(rendered, attachments=tuple(content["attachments"]))
         else:
             rendered = content.render(context)
-        return builder.build(rendered, to_email=contact.email, to_name=contact.name,
+        return builder.build(rendered, to_email=recipient.email, to_name=recipient.name,
                              message_id=delivery.message_id, headers=headers)
 
     # Sending -----------------------------------------------------------------------

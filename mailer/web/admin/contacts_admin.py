@@ -1,18 +1,20 @@
-"""Staff pages for contacts: search, detail, per-person data export (Art. 15) and
-erasure (Art. 17), and the streamed bulk export. Exports and erasure are for owners."""
+"""Staff pages for contacts: search, detail, the front desk (add a contact with how their
+consent was obtained, correct name and zone, unsubscribe, invite again by double opt-in),
+per-person data export (Art. 15) and erasure (Art. 17), and the streamed bulk export.
+Exports and erasure are for owners; the front desk for owners and editors."""
 from __future__ import annotations
 
 import json
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, render_template, request, stream_with_context, url_for
+from flask import Blueprint, Response, flash, g, redirect, render_template, request, stream_with_context, url_for
 
 from mailer import privacy
-from mailer.audience import contacts, directory
+from mailer.audience import contacts, directory, frontdesk
 from mailer.campaigns import sequences
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
-from mailer.models import MailingList, Role, SequenceStatus, SubscriptionStatus
+from mailer.models import MailingList, Role, SequenceStatus, Subscription, SubscriptionStatus
 from mailer.web import db_reader, db_session, mailer
 from mailer.web.admin.auth import audit, login_required, role_required
 
@@ -46,7 +48,7 @@ def _before_id() -> int | None:
 
 def _describe(filters: dict) -> str:
     """Audit detail for a filtered view: never the searched text, which may be an address."""
-    mode = "address" if "@" in filters.get("q", "") else "name" if filters.get("q") else "none"
+    mode = directory.search_mode(filters.get("q", ""))
     return f"search={mode} list={filters.get('list_id') or 'any'} status={filters.get('status') or 'any'}"
 
 
@@ -87,9 +89,15 @@ def detail(contact_id: int):
         enrolled = {plan.sequence.id for plan in plans}
         open_sequences = [q for q in sequences.list_sequences(s)
                           if q.status != SequenceStatus.ARCHIVED and q.id not in enrolled]
+        all_lists = _all_lists(s)
     audit("contact.view", f"contact {contact_id}")
+    on = {ml.id: sub.status for sub, ml in info.subscriptions}
+    # Lists the person can be asked (again) to join, or whose confirmation can be resent.
+    invitable = [(ml, on.get(ml.id)) for ml in all_lists if on.get(ml.id) != SubscriptionStatus.ACTIVE]
     return render_template("admin/contacts/detail.html", info=info, contact=info.contact, plans=plans,
-                           open_sequences=open_sequences)
+                           open_sequences=open_sequences, invitable=invitable,
+                           can_unsubscribe=any(st in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING)
+                                               for st in on.values()))
 
 
 @bp.get("/<int:contact_id>/data.json")
@@ -157,3 +165,131 @@ def export(fmt: str):
     headers = {"Content-Disposition": f'attachment; filename="contacts.{fmt}"'}
     mimetype = "text/csv" if fmt == "csv" else "application/json"
     return Response(stream_with_context(chunks()), mimetype=mimetype, headers=headers)
+
+
+# The front desk -------------------------------------------------------------------------
+
+FRONT_DESK = (Role.OWNER, Role.EDITOR)
+ZONES = sorted(contacts._ZONES)
+
+
+def _staff() -> frontdesk.Staff:
+    return frontdesk.Staff(g.user.id, g.user.email, "console")
+
+
+def _all_lists(s):
+    return s.scalars(sa.select(MailingList).order_by(MailingList.id)).all()
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@login_required
+@role_required(*FRONT_DESK)
+def add():
+    """Add one person: on lists at once with a note of how consent was obtained, or by a confirmation mail."""
+    form, error = request.form, None
+    if request.method == "POST":
+        try:
+            with db_session() as s:
+                added = frontdesk.add_contact(
+                    s, mailer().settings, _staff(), email=form.get("email", ""), name=form.get("name", ""),
+                    timezone=form.get("timezone", ""), lists=form.getlist("lists"),
+                    consent_note=form.get("consent_note", ""), send_confirmation=form.get("consent") == "confirm",
+                    now=utcnow())
+        except InvalidInput as exc:
+            error = exc
+        else:
+            if added.joined:
+                flash(f"Contact added, on {', '.join(added.joined)} with the consent you noted.")
+            elif added.invited:
+                flash("Contact added. A confirmation mail is on its way; they join when they click its link."
+                      if added.confirmation_queued else
+                      "Contact added. No confirmation mail went out: the daily limit for this address is reached.")
+            else:
+                flash("Contact added, on no list.")
+            return redirect(url_for(".detail", contact_id=added.contact_id))
+    with db_reader() as s:
+        lists = _all_lists(s)
+    existing = getattr(error, "contact_id", None)
+    return render_template("admin/contacts/new.html", lists=lists, form=form, error=error, existing=existing,
+                           zones=ZONES), 400 if error else 200
+
+
+@bp.route("/<int:contact_id>/edit", methods=["GET", "POST"])
+@login_required
+@role_required(*FRONT_DESK)
+def edit(contact_id: int):
+    error = None
+    if request.method == "POST":
+        try:
+            with db_session() as s:
+                changes = frontdesk.edit_contact(s, _staff(), contact_id, name=request.form.get("name", ""),
+                                                 timezone=request.form.get("timezone", ""), now=utcnow())
+        except InvalidInput as exc:
+            error = exc
+        else:
+            flash("Saved: " + "; ".join(changes) + "." if changes else "Nothing changed.")
+            return redirect(url_for(".detail", contact_id=contact_id))
+    with db_reader() as s:
+        contact = directory.get_contact(s, contact_id)
+    values = request.form if error else {"name": contact.name, "timezone": contact.timezone or ""}
+    return render_template("admin/contacts/edit.html", contact=contact, values=values, error=error,
+                           zones=ZONES), 400 if error else 200
+
+
+def _subscribed_lists(s, contact_id: int):
+    return s.execute(sa.select(MailingList.slug, MailingList.name, Subscription.status)
+                     .join(Subscription, Subscription.list_id == MailingList.id)
+                     .where(Subscription.contact_id == contact_id).order_by(MailingList.id)).all()
+
+
+@bp.route("/<int:contact_id>/unsubscribe", methods=["GET", "POST"])
+@login_required
+@role_required(*FRONT_DESK)
+def unsubscribe(contact_id: int):
+    """For a person who asks staff (a phone call): from one list, or from all."""
+    error = None
+    if request.method == "POST":
+        which = request.form.get("list", "")
+        try:
+            with db_session() as s:
+                withdrawn = frontdesk.unsubscribe_contact(
+                    s, mailer().settings, _staff(), contact_id, list_slug=None if which == "*" else which,
+                    note=request.form.get("note", ""), now=utcnow())
+        except InvalidInput as exc:
+            error = exc
+        else:
+            flash(f"Unsubscribed from {', '.join(withdrawn)}; mail for it not yet sent is cancelled."
+                  if withdrawn else "There was nothing to unsubscribe from.")
+            return redirect(url_for(".detail", contact_id=contact_id))
+    with db_reader() as s:
+        contact = directory.get_contact(s, contact_id)
+        subscribed = [row for row in _subscribed_lists(s, contact_id)
+                      if row.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING)]
+    return render_template("admin/contacts/unsubscribe.html", contact=contact, subscribed=subscribed,
+                           error=error, form=request.form), 400 if error else 200
+
+
+INVITED = {
+    frontdesk.Invitation.SENT: "A confirmation mail is on its way to {email}; they join {list} when they click it.",
+    frontdesk.Invitation.ALREADY_ACTIVE: "{email} is on {list} already.",
+    frontdesk.Invitation.TOO_SOON: "A confirmation mail for {list} went out recently; try again later.",
+    frontdesk.Invitation.CAPPED: "No mail sent: the daily limit of confirmation mails to {email} is reached.",
+}
+
+
+@bp.post("/<int:contact_id>/invite")
+@login_required
+@role_required(*FRONT_DESK)
+def invite(contact_id: int):
+    """(Re)join a list only by double opt-in; also resends a pending confirmation."""
+    slug = request.form.get("list", "")
+    try:
+        with db_session() as s:
+            outcome = frontdesk.invite(s, mailer().settings, _staff(), contact_id, list_slug=slug, now=utcnow())
+            email = directory.get_contact(s, contact_id).email
+    except InvalidInput as exc:
+        flash(exc.message, "error")
+    else:
+        flash(INVITED[outcome].format(email=email, list=slug),
+              "error" if outcome == frontdesk.Invitation.CAPPED else "message")
+    return redirect(url_for(".detail", contact_id=contact_id))

@@ -12,12 +12,12 @@ from flask import Response, current_app, g, stream_with_context, url_for
 
 from mailer import privacy
 from mailer.web.api import api_schemas_people as people
-from mailer.audience import consent, contacts, directory, lists
+from mailer.audience import consent, contacts, directory, frontdesk, lists
 from mailer.staff import users
 from mailer.web.api.api_schemas import encode_cursor
 from mailer.audience.consent import RequestContext
 from mailer.db import utcnow
-from mailer.errors import Conflict, NotFound
+from mailer.errors import Conflict, InvalidInput, NotFound
 from mailer.models import Role, User
 from mailer.web import db_reader, db_session, mailer
 from mailer.web.api.api import ApiError, bp, error_response, field_renamed, operation
@@ -231,7 +231,7 @@ OWNERS_ONLY = "Only for tokens of an owner (403 otherwise). Recorded in the audi
 
 def _search_kind(q: str | None) -> str:
     """Audit detail for a search: what was searched by, never the text (it may be an address)."""
-    return "address" if q and "@" in q else "name" if q else "none"
+    return directory.search_mode(q)
 
 
 @contextmanager
@@ -244,7 +244,9 @@ def _no_contact(contact_id: int):
 
 @operation("GET", "/contacts", summary="Search contacts, newest first", query=people.ContactQuery,
            response=people.ContactPage, answer="One page of contacts.",
-           description="`q` is an exact address or the start of a name; `status` is the subscription status on "
+           description="`q`: a whole address is matched exactly; three or more characters are found anywhere "
+                       "in the address or the name (\"maria\", \"example.org\"); one or two are the start of "
+                       "a name. `status` is the subscription status on "
                        "`list` (or on any list). Erased contacts are left out. Every call is recorded in the "
                        "audit log.")
 def list_contacts(query: people.ContactQuery):
@@ -292,6 +294,66 @@ def get_contact(id: int):
         found = people.ContactDetail.of(directory.contact_detail(session, id))
         audit(session, "api_view_contact", f"contact {id}")
     return found
+
+
+def _staff(session) -> frontdesk.Staff:
+    return frontdesk.staff_member(session, g.api_user_id, f"api token '{g.api_token_name}'")
+
+
+@operation("POST", "/contacts", summary="Add a contact (the front desk)", body=people.ContactCreate,
+           response=people.ContactDetail, status=201, answer="The contact.", errors=(409,),
+           headers={"Location": "The new contact's URL."},
+           description="Joining `lists` needs either `consent_note` (how the person gave consent: recorded in the "
+                       "consent ledger per list, with this token's user as the source, and the lists are active "
+                       "at once) or `send_confirmation` (double opt-in: pending until the person clicks). A known "
+                       "address is answered 409, as is a suppressed one. Recorded in the audit log.")
+def create_contact(body: people.ContactCreate):
+    with db_session() as session:
+        added = frontdesk.add_contact(session, mailer().settings, _staff(session), email=body.email, name=body.name,
+                                      timezone=body.timezone, lists=body.lists, consent_note=body.consent_note,
+                                      send_confirmation=body.send_confirmation, now=utcnow())
+        found = people.ContactDetail.of(directory.contact_detail(session, added.contact_id))
+    return found, {"Location": url_for("api.get_contact", id=found.id)}
+
+
+@operation("PATCH", CONTACT, summary="Correct a contact's name or time zone", body=people.ContactUpdate,
+           response=people.ContactDetail, errors=(409,),
+           description="Each change is recorded in the audit log with its old and new value. The address cannot "
+                       "be changed. An erased contact is answered 409.")
+def update_contact(id: int, body: people.ContactUpdate):
+    changes = body.model_dump(exclude_unset=True)
+    with db_session() as session, _no_contact(id):
+        frontdesk.edit_contact(session, _staff(session), id, **changes, now=utcnow())
+        found = people.ContactDetail.of(directory.contact_detail(session, id))
+    return found
+
+
+@operation("POST", CONTACT + "/unsubscribe", summary="Unsubscribe a contact from one list or all",
+           body=people.ContactUnsubscribe, response=people.Unsubscribed, errors=(409,),
+           description="For a person who asked staff: as their unsubscribe link does, a withdrawal in the consent "
+                       "ledger (with this token's user as the source and `note`) and queued mail for the list "
+                       "cancelled. Give `list`, or `all: true`. Recorded in the audit log.")
+def unsubscribe_contact(id: int, body: people.ContactUnsubscribe):
+    if (body.list is None) == (not body.all):
+        raise InvalidInput("list", "Give either a list or all: true.")
+    with db_session() as session, _no_contact(id):
+        withdrawn = frontdesk.unsubscribe_contact(session, mailer().settings, _staff(session), id,
+                                                  list_slug=None if body.all else body.list, note=body.note,
+                                                  now=utcnow())
+    return people.Unsubscribed(withdrawn=withdrawn)
+
+
+@operation("POST", CONTACT + "/invite", summary="Invite a contact to a list (double opt-in)",
+           body=people.ContactInvite, response=people.Invited, errors=(409,),
+           description="The only way back onto a list: a confirmation mail, as the public form sends; the person "
+                       "joins when they click its link. For a pending subscription, resends it (at most once per "
+                       "resend interval). A suppressed or erased contact is answered 409. Recorded in the audit "
+                       "log.")
+def invite_contact(id: int, body: people.ContactInvite):
+    with db_session() as session, _no_contact(id), field_renamed(lists="list"):
+        outcome = frontdesk.invite(session, mailer().settings, _staff(session), id, list_slug=body.list,
+                                   now=utcnow())
+    return people.Invited(outcome=outcome.value)
 
 
 @operation("GET", CONTACT + "/export", summary="Everything held about one person (GDPR Art. 15)",

@@ -241,7 +241,7 @@ class DeliveryQuery(ListQuery):
 
 class Delivery(Response):
     id: int
-    contact_id: int
+    contact_id: int | None = Field(description="Null for a test copy sent to an address that is not a contact.")
     email: str | None = Field(description="The recipient; null once the contact has been erased.")
     kind: str
     list_id: int | None
@@ -273,14 +273,66 @@ class DeliveryPage(Response):
 
 # Contacts -------------------------------------------------------------------------------
 
-SearchText = Annotated[Text(1, 320), Field(description="An exact email address, or the start of a name (any case).",
-                                           examples=["ann@example.com"])]
+SearchText = Annotated[Text(1, 320), Field(
+    description="A whole email address (matched exactly); three or more characters, found anywhere in the address "
+                "or the name (any case); or one or two characters, the start of a name.",
+    examples=["ann@example.com", "maria", "example.org"])]
 
 
 class ContactQuery(ListQuery):
     q: SearchText = omittable()
     list: ListSlug = omittable()
     status: Annotated[SubscriptionStatus, Field(description="On `list`, or on any list.")] = omittable()
+
+
+ConsentNote = Annotated[Text(0, 1000), Field(
+    description="How and when the person gave their consent, in your words; kept with each list's consent event.",
+    examples=["Signed the paper form at the desk on 3 March"])]
+
+
+class ContactCreate(Request):
+    """A person added by staff (the front desk). Joining a list needs either `consent_note` or
+    `send_confirmation`."""
+
+    email: Email
+    name: PersonName = ""
+    timezone: Zone | None = Field(default=None, description="The person's IANA time zone, for their mails.")
+    lists: Annotated[list[ListSlug], Field(max_length=50, description="Slugs of the lists to join.")] = []
+    consent_note: ConsentNote = ""
+    send_confirmation: Annotated[StrictBool, Field(
+        description="Instead of a consent note: send the confirmation mail of double opt-in; the person joins "
+                    "the lists when they click its link.")] = False
+
+
+class ContactUpdate(Request):
+    """Fields left out stay as they are. The address cannot be changed."""
+
+    name: PersonName = omittable()
+    timezone: Annotated[Zone | Literal[""], Field(description="An IANA time zone, or \"\" for none.")] = omittable()
+
+
+class ContactUnsubscribe(Request):
+    """Exactly one of `list` and `all`."""
+
+    list: ListSlug = omittable()
+    all: Annotated[StrictBool, Field(description="true: from every list.")] = False
+    note: Annotated[Text(0, 1000), Field(description="How the person asked, e.g. \"phoned the desk\".")] = ""
+
+
+class Unsubscribed(Response):
+    withdrawn: list[str] = Field(description="Slugs of the lists they were unsubscribed from now (empty: none "
+                                             "was active or pending).")
+
+
+class ContactInvite(Request):
+    list: ListSlug
+
+
+class Invited(Response):
+    outcome: Literal["sent", "already_active", "too_soon", "capped"] = Field(
+        description="sent: a confirmation mail is queued; already_active: nothing to do; too_soon: one went out "
+                    "within the resend interval; capped: the daily limit of confirmation mails to the address "
+                    "is reached.")
 
 
 class ListStatus(Response):
