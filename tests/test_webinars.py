@@ -37,10 +37,10 @@ def at(when):
     return lambda: when
 
 
-def register(client, email, name="Ann", zone="America/New_York", **extra):
+def register(client, email, name="Ann", zone="America/New_York", when=BEFORE, **extra):
     import time_machine
 
-    with time_machine.travel(BEFORE, tick=False):
+    with time_machine.travel(when, tick=False):
         return client.post("/webinars/spine-health/register",
                            data={"email": email, "name": name, "timezone": zone, **extra})
 
@@ -313,3 +313,42 @@ def test_cancelling_one_seat_keeps_the_mail_about_another_webinar(client, mailer
         webinars.cancel_registration(session, spine.token, now=BEFORE)
     rows = db.execute(sa.select(Delivery.ref_id, Delivery.status).order_by(Delivery.ref_id))
     assert [status for _, status in rows] == ["cancelled", "queued"]
+
+
+def test_a_late_registrant_gets_only_true_reminders(client, mailer, smtp_server, webinar):
+    """Reminders whose time had passed when someone registered are not theirs (the
+    confirmation serves); a reminder's subject says the time actually left when it leaves."""
+    register(client, "early@example.com", "Eve")
+    mailer.drain(clock=at(BEFORE))
+    two_hours_before = START - dt.timedelta(hours=2)
+    register(client, "late@example.com", "Lee", when=two_hours_before)
+    mailer.drain(clock=at(two_hours_before))  # no worker ran since BEFORE: the 24-hour reminder is overdue
+    assert [m["Subject"] for m in mails_to(smtp_server, "late@example.com")] == [
+        "Your seat: Spine Health, Thursday 25 March 2027, 14:00 EDT"]
+    assert [m["Subject"] for m in mails_to(smtp_server, "early@example.com")][1:] == [
+        "Starting in 2 hours: Spine Health"]  # late, and it says so
+
+    # The worker is down over the one-hour mark and back 45 minutes before the start.
+    mailer.drain(clock=at(START - dt.timedelta(minutes=45)))
+    for address in ("early@example.com", "late@example.com"):
+        subject = mails_to(smtp_server, address)[-1]["Subject"]
+        assert subject == "Starting in 45 minutes: Spine Health"
+        assert "A reminder: starting in 45 minutes." in mails_to(smtp_server, address)[-1].get_body(
+            ("plain",)).get_content()
+
+    # Registering half an hour before: the confirmation, and no reminder about a time gone by.
+    register(client, "last@example.com", "Lou", when=START - dt.timedelta(minutes=30))
+    for clock in (START - dt.timedelta(minutes=30), START - dt.timedelta(minutes=5)):
+        mailer.drain(clock=at(clock))
+    assert [m["Subject"].split(":")[0] for m in mails_to(smtp_server, "last@example.com")] == ["Your seat"]
+    assert len(mails_to(smtp_server, "early@example.com")) == 3 and len(mails_to(smtp_server, "late@example.com")) == 2
+
+
+@pytest.mark.parametrize("minutes, text", [(0, "Starting now"), (1, "Starting in 1 minute"),
+                                           (45, "Starting in 45 minutes"), (60, "Starting in 60 minutes"),
+                                           (119, "Starting in 119 minutes"), (120, "Starting in 2 hours"),
+                                           (1440, "Starting in 24 hours"), (2880, "Starting in 48 hours"),
+                                           (7 * 1440, "Starting in 7 days")])
+def test_a_reminder_says_the_time_left(minutes, text):
+    assert webinars.starts_in(minutes) == text
+    assert webinars.minutes_left(START, START - dt.timedelta(minutes=minutes, seconds=-25)) == minutes

@@ -292,6 +292,7 @@ def register(session: Session, settings, slug: str, *, email: str, name: str = "
                                     created_at=now)
         session.add(registration)
     registration.status, registration.timezone, registration.cancelled_at = status, zone, None
+    registration.promoted_at = None
     registration.created_at, registration.confirmation_sent_at = now, now
     session.flush()
     kind = WAITLISTED if full else CONFIRMATION
@@ -377,24 +378,37 @@ def materialise(session: Session, now: dt.datetime) -> int:
     webinars = session.scalars(sa.select(Webinar).where(
         Webinar.status == WebinarStatus.PUBLISHED, Webinar.starts_at > now - dt.timedelta(days=7))).all()
     for webinar in webinars:
-        for offset in [int(o) for o in webinar.reminder_offsets.split(",") if o != ""]:
+        offsets = reminder_offsets(webinar)
+        for offset, later in zip(offsets, offsets[1:] + [None]):
             due = webinar.starts_at - dt.timedelta(minutes=offset)
+            if later is not None and webinar.starts_at - dt.timedelta(minutes=later) <= now:
+                continue  # overdue and overtaken (no worker ran): the later reminder says it all
             if due <= now + MATERIALISE_AHEAD and webinar.starts_at > now - dt.timedelta(days=1):
-                queued += _queue_for_confirmed(session, webinar, REMINDER, str(offset), due, now)
+                queued += _queue_for_confirmed(session, webinar, REMINDER, str(offset), due, now, seated_before=due)
         ends = webinar.starts_at + dt.timedelta(minutes=webinar.duration_minutes)
         if webinar.replay_url and ends <= now:
             queued += _queue_for_confirmed(session, webinar, FOLLOW_UP, "", now, now)
     return queued
 
 
+def reminder_offsets(webinar: Webinar) -> list[int]:
+    """The webinar's reminders, minutes before the start, earliest reminder first."""
+    return sorted({int(o) for o in webinar.reminder_offsets.split(",") if o != ""}, reverse=True)
+
+
 def _queue_for_confirmed(session: Session, webinar: Webinar, kind: str, variant: str, due: dt.datetime,
-                         now: dt.datetime) -> int:
+                         now: dt.datetime, *, seated_before: dt.datetime | None = None) -> int:
     """One mail of `kind` to every confirmed registrant, in one statement; the dedupe key
-    per registration and variant makes running it again (every worker tick) add nothing."""
+    per registration and variant makes running it again (every worker tick) add nothing.
+    `seated_before`: only those who had their seat by then (a reminder whose time had
+    passed when someone registered or was promoted is not theirs: their confirmation
+    was sent after it and serves)."""
     rows = sa.select(
         Registration.contact_id, sa.literal(None, sa.Integer).label("list_id"), Registration.id.label("ref_id"),
         (sa.literal(f"{kind}:") + sa.cast(Registration.id, sa.String) + sa.literal(f":{variant}")).label("dedupe_key"),
     ).where(Registration.webinar_id == webinar.id, Registration.status == RegistrationStatus.CONFIRMED)
+    if seated_before is not None:
+        rows = rows.where(sa.func.coalesce(Registration.promoted_at, Registration.created_at) < seated_before)
     return outbox.enqueue_many(session, rows, kind=kind, variant=variant or None, due_at=due, now=now)
 
 
@@ -487,6 +501,25 @@ def calendar_links(webinar: Webinar) -> dict[str, str]:
     return {"google": google, "outlook": outlook}
 
 
+def minutes_left(starts_at: dt.datetime, now: dt.datetime) -> int:
+    """Whole minutes until the start, to the nearest (a reminder leaves a few seconds late)."""
+    return max(round((starts_at - now).total_seconds() / 60), 0)
+
+
+def starts_in(minutes: int) -> str:
+    """A reminder's headline for the time left: 'Starting in 45 minutes', '… 24 hours'."""
+    if minutes <= 0:
+        return "Starting now"
+    if minutes == 1:
+        return "Starting in 1 minute"
+    if minutes < 120:
+        return f"Starting in {minutes} minutes"
+    hours = round(minutes / 60)
+    if hours < 72:
+        return f"Starting in {hours} hours"
+    return f"Starting in {round(hours / 24)} days"
+
+
 def webinar_email(batch, delivery: Delivery):
     """Context for every webinar mail; the join link only for a confirmed seat."""
     key = (Registration, delivery.ref_id)
@@ -521,6 +554,8 @@ def webinar_email(batch, delivery: Delivery):
         "replay_url": webinar.replay_url or None,
         "calendar": calendar_links(webinar) if seated else None,
         "minutes_before": int(delivery.variant) if kind == REMINDER else None,
+        # What a reminder says is the time actually left when it leaves, not its nominal offset.
+        "starts_in": starts_in(minutes_left(webinar.starts_at, now)) if kind == REMINDER else None,
         "attended": bool(registration.attended),
         "attachments": (),
     }
