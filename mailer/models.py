@@ -541,6 +541,9 @@ class Webinar(Base):
     status: Mapped[str] = mapped_column(sa.String(20), default=WebinarStatus.DRAFT)
     # iCalendar SEQUENCE: goes up with every change sent to registrants.
     sequence: Mapped[int] = mapped_column(default=0)
+    # The invites' ORGANIZER, fixed by the first one sent: calendars ignore an update or a
+    # cancellation from another organiser, and staff may change the sender meanwhile.
+    organizer_email: Mapped[Optional[str]] = mapped_column(sa.String(320))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -563,6 +566,8 @@ class Registration(Base):
     cancelled_at: Mapped[Optional[dt.datetime]]
     attended: Mapped[Optional[bool]]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # The invites' UID, fixed by the first one sent: every update and cancellation repeats it.
+    calendar_uid: Mapped[Optional[str]] = mapped_column(sa.String(255))
 
     webinar: Mapped[Webinar] = relationship()
     contact: Mapped[Contact] = relationship()

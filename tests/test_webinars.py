@@ -352,3 +352,52 @@ def test_a_late_registrant_gets_only_true_reminders(client, mailer, smtp_server,
 def test_a_reminder_says_the_time_left(minutes, text):
     assert webinars.starts_in(minutes) == text
     assert webinars.minutes_left(START, START - dt.timedelta(minutes=minutes, seconds=-25)) == minutes
+
+
+def test_calendar_updates_keep_their_uid_and_organiser_after_the_sender_changes(
+        database_url, smtp_server, tmp_path, monkeypatch):
+    """Staff change the From address on the settings page; the reschedule and the
+    cancellation still carry the UID and ORGANIZER of the invite in the calendar."""
+    from mailer import create_app
+    from mailer.staff import site_settings
+    from tests.conftest import SECRET
+
+    for field in site_settings.FIELDS:
+        monkeypatch.delenv(site_settings.env_name(field.key), raising=False)
+    app = create_app(dict(database_url=database_url, instance_path=str(tmp_path / "instance"), secret_key=SECRET,
+                          base_url="https://news.example.org", signup_rate_limit=1000, smtp_url=smtp_server.url))
+    m = app.extensions["mailer"]
+    try:
+        with session_scope(m.sessions) as session:
+            w = webinars.save_webinar(session, slug="spine-health", title="Spine Health", starts_local=START_LOCAL,
+                                      timezone="Europe/London", join_url=JOIN, now=BEFORE)
+            webinars.publish(session, w.id)
+            webinar_id = w.id
+        register(app.test_client(), "ann@example.com")
+        m.drain(clock=at(BEFORE))
+        [first] = mails_to(smtp_server, "ann@example.com")
+        original = event(invite(first))
+        assert str(original["ORGANIZER"]) == f"mailto:{m.settings.from_email}"
+
+        with session_scope(m.sessions) as session:
+            site_settings.save(session, {"from_addr": "Spine Clinic <hello@spine.example>"}, base=m.base_settings,
+                               actor_id=None, now=BEFORE)
+        with session_scope(m.sessions) as session:
+            w = webinars.get_webinar(session, webinar_id)
+            webinars.save_webinar(session, w, slug=w.slug, title=w.title, starts_local=dt.datetime(2027, 4, 1, 18),
+                                  timezone=w.timezone, join_url=JOIN, now=BEFORE)
+        m.drain(clock=at(BEFORE))
+        update = mails_to(smtp_server, "ann@example.com")[-1]
+        assert update["From"] == "Spine Clinic <hello@spine.example>"  # the new sender sends it…
+        moved = event(invite(update))
+        assert str(moved["UID"]) == str(original["UID"])  # …about the same event
+        assert str(moved["ORGANIZER"]) == str(original["ORGANIZER"]) and moved["SEQUENCE"] == 1
+
+        with session_scope(m.sessions) as session:
+            webinars.cancel_webinar(session, webinar_id, now=BEFORE)
+        m.drain(clock=at(BEFORE))
+        gone = event(invite(mails_to(smtp_server, "ann@example.com")[-1]))
+        assert (str(gone["UID"]), str(gone["ORGANIZER"]), gone["SEQUENCE"]) == (
+            str(original["UID"]), str(original["ORGANIZER"]), 2)
+    finally:
+        m.engine.dispose()

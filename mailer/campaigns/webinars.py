@@ -293,6 +293,8 @@ def register(session: Session, settings, slug: str, *, email: str, name: str = "
         session.add(registration)
     registration.status, registration.timezone, registration.cancelled_at = status, zone, None
     registration.promoted_at = None
+    if registration.calendar_uid is not None:  # a seat taken again after cancelling: a new event
+        registration.calendar_uid = f"registration-{registration.id}-{secrets.token_hex(6)}@{settings.from_domain}"
     registration.created_at, registration.confirmation_sent_at = now, now
     session.flush()
     kind = WAITLISTED if full else CONFIRMATION
@@ -449,23 +451,45 @@ def cancel_url(settings, registration: Registration) -> str:
     return f"{settings.base_url}/webinars/{registration.webinar.slug}/cancel/{registration.token}"
 
 
-def calendar_invite(settings, webinar: Webinar, registration: Registration, *, cancelled: bool = False) -> Attachment:
-    """An iCalendar invitation: one UID per registration, SEQUENCE raised by every
-    change, METHOD:CANCEL when the webinar is off, times in the organiser's zone."""
+def _legacy_uid(settings, registration: Registration) -> str:
+    # What invites carried before the UID was stored; still the first UID of a registration.
+    return f"registration-{registration.id}-{registration.token[:8]}@{settings.from_domain}"
+
+
+def keep_calendar_identity(session: Session, settings, webinar: Webinar, registration: Registration) -> None:
+    """Store the registration's UID and the webinar's organiser with the first invite sent
+    (writes; a concurrent worker's value wins if it stored one first), so a later change of
+    the sender leaves updates and cancellations matching the event already in calendars."""
+    if registration.calendar_uid is None:
+        session.execute(sa.update(Registration).where(
+            Registration.id == registration.id, Registration.calendar_uid.is_(None),
+        ).values(calendar_uid=_legacy_uid(settings, registration)))
+        session.refresh(registration, ["calendar_uid"])
+    if webinar.organizer_email is None:
+        session.execute(sa.update(Webinar).where(Webinar.id == webinar.id, Webinar.organizer_email.is_(None))
+                        .values(organizer_email=settings.from_email))
+        session.refresh(webinar, ["organizer_email"])
+
+
+def calendar_invite(settings, webinar: Webinar, registration: Registration, *, cancelled: bool = False,
+                    sequence: int | None = None) -> Attachment:
+    """An iCalendar invitation: one UID per registration (stored, see keep_calendar_identity),
+    SEQUENCE raised by every change, METHOD:CANCEL when the webinar or the seat is off,
+    times in the organiser's zone."""
     cal = icalendar.Calendar()
     cal.add("prodid", "-//mailer//webinars//EN")
     cal.add("version", "2.0")
     cal.add("method", "CANCEL" if cancelled else "REQUEST")
     event = icalendar.Event()
-    event.add("uid", f"registration-{registration.id}-{registration.token[:8]}@{settings.from_domain}")
-    event.add("sequence", webinar.sequence)
+    event.add("uid", registration.calendar_uid or _legacy_uid(settings, registration))
+    event.add("sequence", webinar.sequence if sequence is None else sequence)
     event.add("dtstamp", dt.datetime.now(dt.timezone.utc))
     zone = ZoneInfo(webinar.timezone)
     event.add("dtstart", webinar.starts_at.astimezone(zone))
     event.add("dtend", (webinar.starts_at + dt.timedelta(minutes=webinar.duration_minutes)).astimezone(zone))
     event.add("summary", webinar.title)
     event.add("status", "CANCELLED" if cancelled else "CONFIRMED")
-    organizer = icalendar.vCalAddress(f"mailto:{settings.from_email}")
+    organizer = icalendar.vCalAddress(f"mailto:{webinar.organizer_email or settings.from_email}")
     organizer.params["cn"] = icalendar.vText(settings.organisation)
     event.add("organizer", organizer)
     attendee = icalendar.vCalAddress(f"mailto:{registration.contact.email}")
@@ -559,6 +583,8 @@ def webinar_email(batch, delivery: Delivery):
         "attended": bool(registration.attended),
         "attachments": (),
     }
+    if kind in (CONFIRMATION, PROMOTED, UPDATED, CANCELLED):
+        keep_calendar_identity(batch.session, batch.settings, webinar, registration)
     if kind in (CONFIRMATION, PROMOTED, UPDATED):
         context["attachments"] = (calendar_invite(batch.settings, webinar, registration),)
     elif kind == CANCELLED:

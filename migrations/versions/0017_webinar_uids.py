@@ -1,0 +1,29 @@
+"""webinar calendar identity: webinars.organizer_email and registrations.calendar_uid,
+each stored by the first invite sent, so updates match the event in the attendee's calendar
+
+Revision ID: 0017
+Revises: 0016
+Create Date: 2026-12-07 10:00:00
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0017'
+down_revision = '0016'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('webinars') as batch_op:
+        batch_op.add_column(sa.Column('organizer_email', sa.String(length=320), nullable=True))
+    with op.batch_alter_table('registrations') as batch_op:
+        batch_op.add_column(sa.Column('calendar_uid', sa.String(length=255), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('registrations') as batch_op:
+        batch_op.drop_column('calendar_uid')
+    with op.batch_alter_table('webinars') as batch_op:
+        batch_op.drop_column('organizer_email')
