@@ -568,6 +568,9 @@ class Registration(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # The invites' UID, fixed by the first one sent: every update and cancellation repeats it.
     calendar_uid: Mapped[Optional[str]] = mapped_column(sa.String(255))
+    # Set by the List-Unsubscribe link of this registration's mail: no more reminders or
+    # follow-ups (the seat is kept, and changes to the webinar are still sent).
+    mail_stopped_at: Mapped[Optional[dt.datetime]]
 
     webinar: Mapped[Webinar] = relationship()
     contact: Mapped[Contact] = relationship()

@@ -51,8 +51,9 @@ def visitor(browser):
     """Opens a page in a fresh browser profile in the given zone (one person's browser)."""
     contexts = []
 
-    def open_page(zone: str = "America/New_York", locale: str = "en-US"):
-        ctx = browser.new_context(timezone_id=zone, locale=locale, viewport={"width": 1000, "height": 800})
+    def open_page(zone: str = "America/New_York", locale: str = "en-US", phone: bool = False):
+        viewport = browser_support.PHONE if phone else {"width": 1000, "height": 800}
+        ctx = browser.new_context(timezone_id=zone, locale=locale, viewport=viewport)
         ctx.set_default_timeout(TIMEOUT_MS)
         contexts.append(ctx)
         return ctx.new_page()
@@ -230,6 +231,13 @@ def test_the_third_visitor_is_waitlisted_and_promoted_when_a_seat_is_cancelled(l
     expect(ada.get_by_text("Your place for Spine Health is already released.")).to_be_visible()
 
     m.drain()
+    [_, released] = mails_to(smtp_server, "ada@example.com")
+    assert released["Subject"] == "Your seat is released: Spine Health"
+    assert icalendar.Calendar.from_ical(
+        [p for p in released.iter_attachments()][0].get_payload(decode=True))["METHOD"] == "CANCEL"
+    assert str(invite_event(confirmation)["UID"]) == str(
+        icalendar.Calendar.from_ical([p for p in released.iter_attachments()][0].get_payload(decode=True))
+        .walk("VEVENT")[0]["UID"])
     [_, promoted] = mails_to(smtp_server, "chiyo@example.com")
     assert promoted["Subject"] == f"A seat is yours: Spine Health, {tokyo_time}"
     assert "Good news: a seat freed up and it is yours." in text_of(promoted)
@@ -299,3 +307,44 @@ def test_a_reserved_seat_is_mailed_by_the_running_worker_within_seconds(live, vi
         [(zone, status)] = session.execute(sa.select(Registration.timezone, Registration.status)).all()
     assert (zone, status) == ("America/New_York", "confirmed")  # the zone the browser sent with the form
     assert waited < 5  # about a second on an idle machine; generous for a busy one
+
+
+def fits_width(page) -> bool:
+    """Nothing sticks out sideways: the page scrolls only down."""
+    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+@pytest.mark.parametrize("phone", [False, True], ids=["desktop", "phone"])
+def test_the_unsubscribe_link_of_webinar_mail_stops_reminders_and_keeps_the_seat(live, visitor, smtp_server, phone):
+    app, base = live
+    m = app.extensions["mailer"]
+    with session_scope(m.sessions) as session:
+        w = webinars.save_webinar(session, slug="spine-health", title="Spine Health",
+                                  starts_local=dt.datetime(YEAR, 7, 15, 18, 0), timezone="Europe/London",
+                                  capacity=2, join_url=JOIN, now=utcnow())
+        webinars.publish(session, w.id)
+    ada = visitor("America/New_York", phone=phone)
+    reserve(ada, base, "ada@example.com", "Ada")
+    m.drain()
+    [mail] = mails_to(smtp_server, "ada@example.com")
+    stop_url = mail["List-Unsubscribe"].strip("<>")
+    assert f"No more reminders about this webinar (you keep your seat): {stop_url}" in text_of(mail)
+
+    ada.goto(stop_url)  # where a mail client's "unsubscribe" leads
+    expect(ada.get_by_role("heading", level=1)).to_have_text("Stop reminders")
+    expect(ada.get_by_text(f"Stop the reminders and the follow-up about Spine Health ({NEW_YORK_TIME})?")).to_be_visible()
+    expect(ada.get_by_text("Your seat is kept. To give it to someone else, use the cancel link instead.")).to_be_visible()
+    expect(ada.get_by_role("link", name="Cancel my seat instead")).to_be_visible()
+    assert fits_width(ada)
+    shot(ada, "stop-mail-1-ask", phone=phone)
+    with ada.expect_navigation():
+        ada.get_by_role("button", name="Stop reminders").click()
+    expect(ada.get_by_role("heading", level=1)).to_have_text("Reminders stopped")
+    expect(ada.get_by_role("status")).to_have_text("You will get no more reminders or follow-ups about Spine Health.")
+    expect(ada.get_by_text("Your seat is kept: we still write if the webinar moves")).to_be_visible()
+    expect(ada.get_by_role("link", name="Give your seat to someone else")).to_be_visible()
+    assert fits_width(ada)
+    shot(ada, "stop-mail-2-done", phone=phone)
+    with m.read_sessions() as session:
+        registration = session.scalar(sa.select(Registration))
+        assert registration.status == "confirmed" and registration.mail_stopped_at is not None

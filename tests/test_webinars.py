@@ -74,7 +74,7 @@ def test_register_confirmation_with_invite_reminders_and_follow_up(client, maile
     assert "Thursday 25 March 2027, 14:00 EDT (Thursday 25 March 2027, 18:00 GMT for the organiser)" in text
     assert f"Join: {JOIN}" in text and "calendar.google.com" in text
     cancel = [l for l in links_in(text) if "/cancel/" in l][0]
-    assert confirmation["List-Unsubscribe"] == f"<{cancel}>"
+    assert confirmation["List-Unsubscribe"] == f"<{cancel.replace('/cancel/', '/stop-mail/')}>"
     cal = invite(confirmation)
     assert cal["METHOD"] == "REQUEST"
     vevent = event(cal)
@@ -311,8 +311,9 @@ def test_cancelling_one_seat_keeps_the_mail_about_another_webinar(client, mailer
     with session_scope(mailer.sessions) as session:  # both confirmations still queued
         spine = session.scalar(sa.select(Registration).where(Registration.webinar_id == webinar))
         webinars.cancel_registration(session, spine.token, now=BEFORE)
-    rows = db.execute(sa.select(Delivery.ref_id, Delivery.status).order_by(Delivery.ref_id))
-    assert [status for _, status in rows] == ["cancelled", "queued"]
+    rows = db.execute(sa.select(Delivery.ref_id, Delivery.kind, Delivery.status).order_by(Delivery.id))
+    assert rows == [(1, "webinar_confirmation", "cancelled"), (2, "webinar_confirmation", "queued"),
+                    (1, "webinar_seat_cancelled", "queued")]  # the acknowledgement of the cancel
 
 
 def test_a_late_registrant_gets_only_true_reminders(client, mailer, smtp_server, webinar):
@@ -401,3 +402,66 @@ def test_calendar_updates_keep_their_uid_and_organiser_after_the_sender_changes(
             str(original["UID"]), str(original["ORGANIZER"]), 2)
     finally:
         m.engine.dispose()
+
+
+def test_cancelling_a_seat_is_acknowledged_with_a_calendar_cancellation(client, mailer, smtp_server, webinar, db):
+    with session_scope(mailer.sessions) as session:
+        webinars.get_webinar(session, webinar).capacity = 1
+    register(client, "ann@example.com")
+    register(client, "bob@example.com", "Bob")
+    mailer.drain(clock=at(BEFORE))
+    [confirmation] = mails_to(smtp_server, "ann@example.com")
+    text = confirmation.get_body(("plain",)).get_content()
+    cancel = [l for l in links_in(text) if "/cancel/" in l][0]
+    assert f"Can't come? Give your seat to someone else: {cancel}" in text  # the seat's own, labelled link
+    import time_machine
+    with time_machine.travel(BEFORE + dt.timedelta(hours=1), tick=False):
+        assert "is released" in client.post(cancel.removeprefix("https://news.example.org")).text
+    mailer.drain(clock=at(BEFORE + dt.timedelta(hours=1)))
+    ack = mails_to(smtp_server, "ann@example.com")[-1]
+    assert ack["Subject"] == "Your seat is released: Spine Health"
+    assert "List-Unsubscribe" not in ack and JOIN not in ack.as_string()
+    assert "The attached invite removes the webinar from your calendar." in ack.get_body(("plain",)).get_content()
+    cal, original = invite(ack), event(invite(confirmation))
+    assert cal["METHOD"] == "CANCEL" and str(event(cal)["STATUS"]) == "CANCELLED"
+    assert str(event(cal)["UID"]) == str(original["UID"]) and event(cal)["SEQUENCE"] > original["SEQUENCE"]
+    assert mails_to(smtp_server, "bob@example.com")[-1]["Subject"].startswith("A seat is yours")
+
+    # Bob leaves the waitlist's seat too: acknowledged; Ann, who comes back, is a new calendar event.
+    bob_cancel = [l for l in links_in(mails_to(smtp_server, "bob@example.com")[-1].get_body(("plain",)).get_content())
+                  if "/cancel/" in l][0]
+    with time_machine.travel(BEFORE + dt.timedelta(hours=2), tick=False):
+        client.post(bob_cancel.removeprefix("https://news.example.org"))
+    register(client, "ann@example.com", when=BEFORE + dt.timedelta(hours=3))
+    mailer.drain(clock=at(BEFORE + dt.timedelta(hours=3)))
+    again = mails_to(smtp_server, "ann@example.com")[-1]
+    assert again["Subject"].startswith("Your seat:") and str(event(invite(again))["UID"]) != str(original["UID"])
+
+
+def test_list_unsubscribe_stops_reminders_and_keeps_the_seat(client, mailer, smtp_server, webinar, db):
+    register(client, "ann@example.com")
+    register(client, "bob@example.com", "Bob")
+    mailer.drain(clock=at(BEFORE))
+    [confirmation] = mails_to(smtp_server, "ann@example.com")
+    target = confirmation["List-Unsubscribe"].strip("<>")
+    assert confirmation["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    path = target.removeprefix("https://news.example.org")
+    page = client.get(path)  # a mail scanner following the link changes nothing
+    assert page.status_code == 200 and "Stop reminders" in page.text and "Your seat is kept" in page.text
+    import time_machine
+    with time_machine.travel(BEFORE, tick=False):
+        done = client.post(path, data={"List-Unsubscribe": "One-Click"})  # what a mail client sends (RFC 8058)
+    assert done.status_code == 200 and "no more reminders or follow-ups about Spine Health" in done.text
+    assert set(db.scalars(sa.select(Registration.status))) == {"confirmed"}  # the seat is not given away
+
+    for clock in (START - dt.timedelta(hours=24), START - dt.timedelta(hours=1)):
+        mailer.drain(clock=at(clock))
+    assert len(mails_to(smtp_server, "ann@example.com")) == 1  # no reminders for Ann…
+    assert [m["Subject"].split(":")[0] for m in mails_to(smtp_server, "bob@example.com")] == [
+        "Your seat", "Starting in 24 hours", "Starting in 60 minutes"]  # …Bob still gets his
+    with session_scope(mailer.sessions) as session:  # a new time still reaches her: the seat is hers
+        w = webinars.get_webinar(session, webinar)
+        webinars.save_webinar(session, w, slug=w.slug, title=w.title, starts_local=dt.datetime(2027, 3, 26, 18),
+                              timezone=w.timezone, join_url=JOIN, now=BEFORE)
+    mailer.drain(clock=at(START))
+    assert mails_to(smtp_server, "ann@example.com")[-1]["Subject"].startswith("New time")

@@ -36,7 +36,11 @@ REMINDER = "webinar_reminder"
 UPDATED = "webinar_updated"
 CANCELLED = "webinar_cancelled"
 FOLLOW_UP = "webinar_follow_up"
-KINDS = (CONFIRMATION, WAITLISTED, PROMOTED, REMINDER, UPDATED, CANCELLED, FOLLOW_UP)
+SEAT_CANCELLED = "webinar_seat_cancelled"  # the acknowledgement of a seat (or waitlist place) given back
+KINDS = (CONFIRMATION, WAITLISTED, PROMOTED, REMINDER, UPDATED, CANCELLED, FOLLOW_UP, SEAT_CANCELLED)
+# What the List-Unsubscribe link of webinar mail stops (the seat stays, and with it the
+# mail that changes what the seat means: a new time, a cancellation).
+STOPPABLE = (REMINDER, FOLLOW_UP)
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,98}[a-z0-9]$")
 _ZONES = available_timezones()
 # How far ahead reminders and follow-ups are queued; their send time is exact.
@@ -336,8 +340,11 @@ def get_registration(session: Session, registration_id: int) -> Registration:
     return registration
 
 
-def cancel_registration(session: Session, token: str, *, now: dt.datetime) -> Registration | None:
-    """Give the seat back; the first person on the waitlist gets it and is told."""
+def cancel_registration(session: Session, token: str, *, now: dt.datetime,
+                        acknowledge: bool = True) -> Registration | None:
+    """Give the seat back; the first person on the waitlist gets it and is told. The
+    person gets an acknowledgement (acknowledge=False: not, as when they are erased),
+    with a calendar cancellation of the invite they had."""
     registration = registration_by_token(session, token)
     if registration is None or registration.status == RegistrationStatus.CANCELLED:
         return registration
@@ -346,9 +353,26 @@ def cancel_registration(session: Session, token: str, *, now: dt.datetime) -> Re
     registration.status, registration.cancelled_at = RegistrationStatus.CANCELLED, now
     outbox.cancel_pending(session, contact_id=registration.contact_id, kinds=KINDS, ref_id=registration.id,
                           reason="registration cancelled")
+    if acknowledge and webinar.starts_at > now:
+        outbox.enqueue(session, contact_id=registration.contact_id, kind=SEAT_CANCELLED, ref_id=registration.id,
+                       variant="seat" if had_seat else "waitlist",
+                       dedupe_key=f"{SEAT_CANCELLED}:{registration.id}:{int(now.timestamp())}", now=now)
     session.flush()
     if had_seat and webinar.starts_at > now:
         _promote_next(session, webinar, now)
+    return registration
+
+
+def stop_mail(session: Session, token: str, *, now: dt.datetime) -> Registration | None:
+    """The List-Unsubscribe target of webinar mail: no more reminders or follow-ups for this
+    registration. The seat is kept (releasing it is the cancel link's job, in the body)."""
+    registration = registration_by_token(session, token)
+    if registration is None or registration.mail_stopped_at is not None:
+        return registration
+    registration.mail_stopped_at = now
+    outbox.cancel_pending(session, contact_id=registration.contact_id, kinds=STOPPABLE, ref_id=registration.id,
+                          reason="webinar mail stopped by the registrant")
+    session.flush()
     return registration
 
 
@@ -411,6 +435,8 @@ def _queue_for_confirmed(session: Session, webinar: Webinar, kind: str, variant:
     ).where(Registration.webinar_id == webinar.id, Registration.status == RegistrationStatus.CONFIRMED)
     if seated_before is not None:
         rows = rows.where(sa.func.coalesce(Registration.promoted_at, Registration.created_at) < seated_before)
+    if kind in STOPPABLE:
+        rows = rows.where(Registration.mail_stopped_at.is_(None))
     return outbox.enqueue_many(session, rows, kind=kind, variant=variant or None, due_at=due, now=now)
 
 
@@ -449,6 +475,10 @@ def import_attendance(session: Session, webinar_id: int, csv_text: str) -> tuple
 
 def cancel_url(settings, registration: Registration) -> str:
     return f"{settings.base_url}/webinars/{registration.webinar.slug}/cancel/{registration.token}"
+
+
+def stop_mail_url(settings, registration: Registration) -> str:
+    return f"{settings.base_url}/webinars/{registration.webinar.slug}/stop-mail/{registration.token}"
 
 
 def _legacy_uid(settings, registration: Registration) -> str:
@@ -562,6 +592,10 @@ def webinar_email(batch, delivery: Delivery):
         return outbox.Skip(DeliveryStatus.CANCELLED, f"registration is {registration.status}")
     if kind == WAITLISTED and registration.status != RegistrationStatus.WAITLISTED:
         return outbox.Skip(DeliveryStatus.CANCELLED, f"registration is {registration.status}")
+    if kind == SEAT_CANCELLED and registration.status != RegistrationStatus.CANCELLED:
+        return outbox.Skip(DeliveryStatus.CANCELLED, "registration was taken up again")
+    if kind in STOPPABLE and registration.mail_stopped_at is not None:
+        return outbox.Skip(DeliveryStatus.CANCELLED, "webinar mail stopped by the registrant")
     if kind == REMINDER and now >= webinar.starts_at:
         return outbox.Skip(DeliveryStatus.CANCELLED, "skipped: the webinar had started")
     zone = registration.timezone or webinar.timezone
@@ -572,8 +606,12 @@ def webinar_email(batch, delivery: Delivery):
         "starts_organiser": format_local(webinar.starts_at, webinar.timezone),
         "reader_zone": zone, "organiser_zone": webinar.timezone,
         "cancel_url": cancel_url(batch.settings, registration),
-        # The header's one-click target for these mails: cancelling the seat stops them.
-        "unsubscribe_url": cancel_url(batch.settings, registration),
+        # The header's one-click target: stops reminders and follow-ups, keeps the seat
+        # (a mail client's "unsubscribe" button must not give a seat away unasked).
+        "unsubscribe_url": stop_mail_url(batch.settings, registration),
+        "stop_mail_url": stop_mail_url(batch.settings, registration),
+        "had_seat": delivery.variant == "seat",
+        "page_url": f"{batch.settings.base_url}/webinars/{webinar.slug}",
         "join_url": webinar.join_url if seated and kind != CANCELLED else None,
         "replay_url": webinar.replay_url or None,
         "calendar": calendar_links(webinar) if seated else None,
@@ -589,6 +627,13 @@ def webinar_email(batch, delivery: Delivery):
         context["attachments"] = (calendar_invite(batch.settings, webinar, registration),)
     elif kind == CANCELLED:
         context["attachments"] = (calendar_invite(batch.settings, webinar, registration, cancelled=True),)
+    if kind == SEAT_CANCELLED:
+        del context["unsubscribe_url"]  # the last mail about this registration: nothing to stop
+    if kind == SEAT_CANCELLED and delivery.variant == "seat":
+        # Above every SEQUENCE the webinar sent this registration, so calendars take it.
+        keep_calendar_identity(batch.session, batch.settings, webinar, registration)
+        context["attachments"] = (calendar_invite(batch.settings, webinar, registration, cancelled=True,
+                                                  sequence=webinar.sequence + 1),)
     return context
 
 

@@ -1,5 +1,6 @@
 """webinar calendar identity: webinars.organizer_email and registrations.calendar_uid,
-each stored by the first invite sent, so updates match the event in the attendee's calendar
+each stored by the first invite sent, so updates match the event in the attendee's calendar;
+registrations.mail_stopped_at (List-Unsubscribe stops reminders, keeps the seat)
 
 Revision ID: 0017
 Revises: 0016
@@ -20,10 +21,12 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('organizer_email', sa.String(length=320), nullable=True))
     with op.batch_alter_table('registrations') as batch_op:
         batch_op.add_column(sa.Column('calendar_uid', sa.String(length=255), nullable=True))
+        batch_op.add_column(sa.Column('mail_stopped_at', sa.DateTime(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('registrations') as batch_op:
+        batch_op.drop_column('mail_stopped_at')
         batch_op.drop_column('calendar_uid')
     with op.batch_alter_table('webinars') as batch_op:
         batch_op.drop_column('organizer_email')

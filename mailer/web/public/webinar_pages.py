@@ -127,7 +127,35 @@ def cancel(slug: str, token: str):
             abort(404)
         webinars.cancel_registration(session, token, now=utcnow())
         title = registration.webinar.title
-    message = f"Your place for {title} is released. Thank you for letting us know."
+    message = (f"Your place for {title} is released. Thank you for letting us know. We are emailing you a"
+               " confirmation (it takes the webinar out of your calendar).")
     if wants_json():
         return jsonify(status="cancelled", message=message), 200
     return render_template("public/message.html", title="Seat released", message=message), 200
+
+
+@bp.get("/webinars/<slug>/stop-mail/<token>")
+def stop_mail_page(slug: str, token: str):
+    """Where the List-Unsubscribe link of webinar mail leads: a button, not an action on
+    GET (mail scanners follow links). It stops reminders; the seat is kept."""
+    with db_reader() as session:
+        registration = webinars.registration_by_token(session, token)
+        if registration is None or registration.webinar.slug != slug:
+            abort(404)
+        return render_template("public/webinar_stop_mail.html", registration=registration,
+                               webinar=registration.webinar, token=token,
+                               title="Reminders stopped" if registration.mail_stopped_at else "Stop reminders")
+
+
+@bp.post("/webinars/<slug>/stop-mail/<token>")
+def stop_mail(slug: str, token: str):
+    """The button above, and the RFC 8058 one-click target of webinar mail."""
+    with db_session() as session:
+        registration = webinars.registration_by_token(session, token)
+        if registration is None or registration.webinar.slug != slug:
+            abort(404)
+        webinars.stop_mail(session, token, now=utcnow())
+        if wants_json():
+            return jsonify(status="stopped", message="No more reminders about this webinar; the seat is kept."), 200
+        return render_template("public/webinar_stop_mail.html", registration=registration,
+                               webinar=registration.webinar, token=token, title="Reminders stopped")
