@@ -348,3 +348,31 @@ def test_the_unsubscribe_link_of_webinar_mail_stops_reminders_and_keeps_the_seat
     with m.read_sessions() as session:
         registration = session.scalar(sa.select(Registration))
         assert registration.status == "confirmed" and registration.mail_stopped_at is not None
+
+
+@pytest.mark.parametrize("phone", [False, True], ids=["desktop", "phone"])
+def test_registering_again_gets_the_same_answer_and_the_details_again(live, visitor, smtp_server, phone):
+    """Someone who lost the join link fills the form again: the page says what it says to
+    anyone, and the details arrive again."""
+    app, base = live
+    m = app.extensions["mailer"]
+    with session_scope(m.sessions) as session:
+        w = webinars.save_webinar(session, slug="spine-health", title="Spine Health",
+                                  starts_local=dt.datetime(YEAR, 7, 15, 18, 0), timezone="Europe/London",
+                                  join_url=JOIN, now=utcnow())
+        webinars.publish(session, w.id)
+    ada = visitor("America/New_York", phone=phone)
+    reserve(ada, base, "ada@example.com", "Ada")
+    first_answer = ada.locator("main").inner_text() if ada.locator("main").count() else ada.content()
+    m.drain()
+    with session_scope(m.sessions) as session:  # the first mail went out over an hour ago
+        session.execute(sa.update(Registration).values(confirmation_sent_at=utcnow() - dt.timedelta(hours=2)))
+    reserve(ada, base, "ada@example.com", "Ada")  # same heading and message (asserted in reserve)
+    assert (ada.locator("main").inner_text() if ada.locator("main").count() else ada.content()) == first_answer
+    assert fits_width(ada)
+    shot(ada, "registered-again", phone=phone)
+    m.drain()
+    first, again = mails_to(smtp_server, "ada@example.com")
+    assert text_of(again).startswith("Hello Ada,\n\nHere are the details of your seat again.")
+    assert f"Join: {JOIN}\n" in text_of(again)
+    assert invite_event(again)["UID"] == invite_event(first)["UID"]

@@ -465,3 +465,31 @@ def test_list_unsubscribe_stops_reminders_and_keeps_the_seat(client, mailer, smt
                               timezone=w.timezone, join_url=JOIN, now=BEFORE)
     mailer.drain(clock=at(START))
     assert mails_to(smtp_server, "ann@example.com")[-1]["Subject"].startswith("New time")
+
+
+def test_registering_again_resends_the_details_at_most_hourly_with_the_same_answer(
+        client, mailer, smtp_server, webinar, db):
+    """Someone who lost the join link registers again: the details come again (not more
+    than once an hour), and the page answers exactly as it does to a new address."""
+    with session_scope(mailer.sessions) as session:
+        webinars.get_webinar(session, webinar).capacity = 1
+    first = register(client, "ann@example.com").text
+    register(client, "wait@example.com", "Walt")
+    mailer.drain(clock=at(BEFORE))
+    later = BEFORE + dt.timedelta(hours=2)
+    again = register(client, "ann@example.com", when=later).text
+    stranger = register(client, "new@example.com", "Neo", when=later).text
+    assert first == again == stranger
+    register(client, "wait@example.com", "Walt", when=later)
+    register(client, "ann@example.com", when=later + dt.timedelta(minutes=30))  # within the hour: nothing more
+    mailer.drain(clock=at(later + dt.timedelta(minutes=30)))
+    ann = mails_to(smtp_server, "ann@example.com")
+    assert [m["Subject"] for m in ann] == ["Your seat: Spine Health, Thursday 25 March 2027, 14:00 EDT"] * 2
+    assert "Here are the details of your seat again." in ann[1].get_body(("plain",)).get_content()
+    assert f"Join: {JOIN}" in ann[1].get_body(("plain",)).get_content()
+    assert str(event(invite(ann[1]))["UID"]) == str(event(invite(ann[0]))["UID"])  # the same calendar event
+    assert [m["Subject"] for m in mails_to(smtp_server, "wait@example.com")] == [
+        "You're on the waitlist: Spine Health"] * 2  # a waitlisted person is told where they stand
+    assert "You are still on the waitlist" in mails_to(smtp_server, "wait@example.com")[1].get_body(
+        ("plain",)).get_content()
+    assert db.scalar(sa.select(sa.func.count()).select_from(Registration)) == 3

@@ -322,9 +322,18 @@ def _resend_confirmation(session: Session, settings, registration: Registration,
         Registration.id == registration.id, Registration.confirmation_sent_at <= resend_after,
     ).values(confirmation_sent_at=now)).rowcount
     if claimed:
-        kind = CONFIRMATION if registration.status == RegistrationStatus.CONFIRMED else WAITLISTED
-        outbox.enqueue(session, contact_id=registration.contact_id, kind=kind, ref_id=registration.id,
-                       dedupe_key=f"{kind}:{registration.id}:{int(now.timestamp())}", now=now)
+        send_details_again(session, registration, now)
+
+
+def send_details_again(session: Session, registration: Registration, now: dt.datetime) -> bool:
+    """Queue the seat's details (join link, invite) or the waitlist note again, worded as a
+    repeat. False for a cancelled registration."""
+    if registration.status == RegistrationStatus.CANCELLED:
+        return False
+    kind = CONFIRMATION if registration.status == RegistrationStatus.CONFIRMED else WAITLISTED
+    return outbox.enqueue(session, contact_id=registration.contact_id, kind=kind, ref_id=registration.id,
+                          variant="again", dedupe_key=f"{kind}:{registration.id}:again:{int(now.timestamp())}",
+                          now=now)
 
 
 def registration_by_token(session: Session, token: str) -> Registration | None:
@@ -611,6 +620,7 @@ def webinar_email(batch, delivery: Delivery):
         "unsubscribe_url": stop_mail_url(batch.settings, registration),
         "stop_mail_url": stop_mail_url(batch.settings, registration),
         "had_seat": delivery.variant == "seat",
+        "again": delivery.variant == "again",  # details sent again (registered again, or by staff)
         "page_url": f"{batch.settings.base_url}/webinars/{webinar.slug}",
         "join_url": webinar.join_url if seated and kind != CANCELLED else None,
         "replay_url": webinar.replay_url or None,
