@@ -14,6 +14,7 @@ import icalendar
 import pytest
 import sqlalchemy as sa
 
+from mailer.audience.consent import RequestContext
 from mailer.campaigns import webinars
 from mailer.staff import users
 from mailer.db import session_scope, utcnow
@@ -72,12 +73,12 @@ def log_in(page, base: str, path: str) -> None:
         page.get_by_role("button", name="Log in").click()
 
 
-def reserve(page, base: str, email: str, name: str) -> None:
+def reserve(page, base: str, email: str, name: str, button: str = "Reserve my seat") -> None:
     page.goto(f"{base}/webinars/spine-health")
     page.get_by_label("Email address").fill(email)
     page.get_by_label("First name").fill(name)
     with page.expect_navigation():
-        page.get_by_role("button", name="Reserve my seat").click()
+        page.get_by_role("button", name=button).click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Check your inbox")
     expect(page.get_by_text(REGISTERED)).to_be_visible()
 
@@ -203,9 +204,9 @@ def test_the_third_visitor_is_waitlisted_and_promoted_when_a_seat_is_cancelled(l
     m.process_signups()  # the worker's step: the two requests become seats
     chiyo.goto(f"{base}/webinars/spine-health")
     expect(seats_line(chiyo)).to_have_text("Full — join the waitlist")
-    expect(chiyo.get_by_role("button", name="Reserve my seat")).to_be_visible()
+    expect(chiyo.get_by_role("button", name="Join the waitlist")).to_be_visible()
     shot(chiyo, "waitlist-1-full-page")
-    reserve(chiyo, base, "chiyo@example.com", "Chiyo")  # the same answer, seat or waitlist
+    reserve(chiyo, base, "chiyo@example.com", "Chiyo", "Join the waitlist")  # the same answer, seat or waitlist
     m.drain()
 
     [waitlisted] = mails_to(smtp_server, "chiyo@example.com")
@@ -376,3 +377,47 @@ def test_registering_again_gets_the_same_answer_and_the_details_again(live, visi
     assert text_of(again).startswith("Hello Ada,\n\nHere are the details of your seat again.")
     assert f"Join: {JOIN}\n" in text_of(again)
     assert invite_event(again)["UID"] == invite_event(first)["UID"]
+
+
+@pytest.mark.parametrize("phone", [False, True], ids=["desktop", "phone"])
+def test_a_full_webinar_offers_the_waitlist_and_more_seats_promote_it(live, visitor, smtp_server, phone):
+    app, base = live
+    m = app.extensions["mailer"]
+    with session_scope(m.sessions) as session:
+        w = webinars.save_webinar(session, slug="spine-health", title="Spine Health",
+                                  starts_local=dt.datetime(YEAR, 7, 15, 18, 0), timezone="Europe/London",
+                                  capacity=1, join_url=JOIN, now=utcnow())
+        webinars.publish(session, w.id)
+        webinars.register(session, m.settings, "spine-health", email="bob@example.com", name="Bob",
+                          context=RequestContext(), now=utcnow())
+    chiyo = visitor("Asia/Tokyo", phone=phone)
+    chiyo.goto(f"{base}/webinars")
+    item = chiyo.get_by_role("listitem").filter(has_text="Spine Health")
+    expect(item.locator(".seats")).to_have_text("Waitlist")
+    assert fits_width(chiyo)
+    shot(chiyo, "full-1-list", phone=phone)
+    chiyo.get_by_role("link", name="Spine Health").click()
+    expect(chiyo.get_by_role("heading", level=1)).to_have_text("Spine Health")
+    expect(seats_line(chiyo)).to_have_text("Full — join the waitlist")
+    expect(chiyo.get_by_text("All seats are taken. Join the waitlist and you are in line for the next free seat: "
+                             "if someone gives theirs back, it is yours and we email you the join link at once."
+                             )).to_be_visible()
+    expect(chiyo.get_by_role("button", name="Reserve my seat")).to_have_count(0)
+    assert fits_width(chiyo)
+    shot(chiyo, "full-2-page", phone=phone)
+    reserve(chiyo, base, "chiyo@example.com", "Chiyo", "Join the waitlist")
+    m.drain()
+    assert [mail["Subject"] for mail in mails_to(smtp_server, "chiyo@example.com")] == [
+        "You're on the waitlist: Spine Health"]
+
+    with session_scope(m.sessions) as session:  # staff make room for two more
+        w = webinars.get_webinar(session, w.id)
+        webinars.save_webinar(session, w, slug=w.slug, title=w.title, starts_local=dt.datetime(YEAR, 7, 15, 18, 0),
+                              timezone=w.timezone, capacity=3, join_url=JOIN, now=utcnow())
+    m.drain()
+    promoted = mails_to(smtp_server, "chiyo@example.com")[-1]
+    assert promoted["Subject"].startswith("A seat is yours: Spine Health")
+    assert f"Join: {JOIN}\n" in text_of(promoted)
+    chiyo.goto(f"{base}/webinars/spine-health")
+    expect(seats_line(chiyo)).to_have_text("A few seats left")
+    expect(chiyo.get_by_role("button", name="Reserve my seat")).to_be_visible()

@@ -493,3 +493,26 @@ def test_registering_again_resends_the_details_at_most_hourly_with_the_same_answ
     assert "You are still on the waitlist" in mails_to(smtp_server, "wait@example.com")[1].get_body(
         ("plain",)).get_content()
     assert db.scalar(sa.select(sa.func.count()).select_from(Registration)) == 3
+
+
+def test_raising_capacity_promotes_the_waitlist_in_order(client, mailer, smtp_server, webinar, db):
+    with session_scope(mailer.sessions) as session:
+        webinars.get_webinar(session, webinar).capacity = 1
+    for n, address in enumerate(("a@example.com", "b@example.com", "c@example.com", "d@example.com")):
+        register(client, address, when=BEFORE + dt.timedelta(minutes=n))
+    mailer.drain(clock=at(BEFORE + dt.timedelta(minutes=5)))
+    assert "Waitlist" in client.get("/webinars").text and "0 seats" not in client.get("/webinars").text
+    page = client.get("/webinars/spine-health").text
+    assert "Join the waitlist</button>" in page and "All seats are taken." in page
+    later = BEFORE + dt.timedelta(days=1)
+    with session_scope(mailer.sessions) as session:
+        w = webinars.get_webinar(session, webinar)
+        webinars.save_webinar(session, w, slug=w.slug, title=w.title, starts_local=START_LOCAL, timezone=w.timezone,
+                              capacity=3, join_url=JOIN, now=later)
+    mailer.drain(clock=at(later))
+    for address in ("b@example.com", "c@example.com"):
+        assert mails_to(smtp_server, address)[-1]["Subject"].startswith("A seat is yours: Spine Health")
+    assert [m["Subject"] for m in mails_to(smtp_server, "d@example.com")] == ["You're on the waitlist: Spine Health"]
+    statuses = dict(db.execute(sa.select(Registration.status, sa.func.count()).group_by(Registration.status)))
+    assert statuses == {"confirmed": 3, "waitlisted": 1}
+    assert "Reserve my seat</button>" not in client.get("/webinars/spine-health").text

@@ -105,10 +105,13 @@ def save_webinar(session: Session, webinar: Webinar | None = None, *, slug: str,
         return webinar
     if webinar.status == WebinarStatus.CANCELLED:
         raise InvalidInput("status", "A cancelled webinar cannot be changed.")
+    old_capacity = webinar.capacity
     for name, value in values.items():
         setattr(webinar, name, value)
     if starts_at != webinar.starts_at:
         reschedule(session, webinar, starts_at, now=now)
+    if capacity != old_capacity and webinar.status == WebinarStatus.PUBLISHED and webinar.starts_at > now:
+        promote_waitlisted(session, webinar, now)  # more seats: the waitlist moves up, in order
     return webinar
 
 
@@ -385,17 +388,30 @@ def stop_mail(session: Session, token: str, *, now: dt.datetime) -> Registration
     return registration
 
 
-def _promote_next(session: Session, webinar: Webinar, now: dt.datetime) -> None:
+def _promote_next(session: Session, webinar: Webinar, now: dt.datetime) -> bool:
     if webinar.capacity is not None and seats_taken(session, webinar.id) >= webinar.capacity:
-        return
+        return False
     first = session.scalar(sa.select(Registration).where(
         Registration.webinar_id == webinar.id, Registration.status == RegistrationStatus.WAITLISTED,
     ).order_by(Registration.created_at, Registration.id).limit(1))
     if first is None:
-        return
+        return False
     first.status, first.promoted_at = RegistrationStatus.CONFIRMED, now
     outbox.enqueue(session, contact_id=first.contact_id, kind=PROMOTED, ref_id=first.id,
-                   dedupe_key=f"{PROMOTED}:{first.id}", now=now)
+                   dedupe_key=f"{PROMOTED}:{first.id}:{int(now.timestamp())}", now=now)
+    session.flush()
+    return True
+
+
+def promote_waitlisted(session: Session, webinar: Webinar, now: dt.datetime) -> int:
+    """Give every free seat to the waitlist, first come first served (after capacity was
+    raised); each person promoted is told. Returns how many were promoted."""
+    if is_postgres(session):  # count seats under the same lock as registrations do
+        session.execute(sa.select(Webinar.id).where(Webinar.id == webinar.id).with_for_update())
+    promoted = 0
+    while _promote_next(session, webinar, now):
+        promoted += 1
+    return promoted
 
 
 # Reminders, follow-ups, attendance ---------------------------------------------------------

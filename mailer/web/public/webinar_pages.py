@@ -27,12 +27,17 @@ SEATS = {
     webinars.SeatBand.FEW: "A few seats left",
     webinars.SeatBand.FULL: "Full — join the waitlist",
 }
+# The list of webinars says it in one word.
+LISTED_SEATS = dict(SEATS, **{webinars.SeatBand.FULL: "Waitlist"})
+WAITLIST_NOTE = ("All seats are taken. Join the waitlist and you are in line for the next free seat: if someone "
+                 "gives theirs back, it is yours and we email you the join link at once. Until then you do not get "
+                 "the join link.")
 
 
 @bp.get("/webinars")
 def listing():
     with db_reader() as session:
-        items = [(w, SEATS[webinars.public_seats(session, w)]) for w in webinars.upcoming(session, utcnow())]
+        items = [(w, LISTED_SEATS[webinars.public_seats(session, w)]) for w in webinars.upcoming(session, utcnow())]
     return render_template("public/webinars.html", items=items, title="Free webinars")
 
 
@@ -42,9 +47,11 @@ def _page(slug: str, values: dict, error: InvalidInput | None = None, status: in
         if webinar is None:
             abort(404)
         wording = contacts.newsletter_wording(session)
+        band = webinars.public_seats(session, webinar)
         page = render_template(
             "public/webinar.html", webinar=webinar, values=values, error=error, wording=wording,
-            honeypot=HONEYPOT_FIELD, seats=SEATS[webinars.public_seats(session, webinar)],
+            honeypot=HONEYPOT_FIELD, seats=SEATS[band], full=band == webinars.SeatBand.FULL,
+            waitlist_note=WAITLIST_NOTE,
             description=markdown_to_html(webinar.description_md),
             starts_organiser=format_local(webinar.starts_at, webinar.timezone), starts_iso=_iso(webinar.starts_at),
             started=webinar.starts_at <= utcnow(), title=webinar.title)
