@@ -544,6 +544,8 @@ class Webinar(Base):
     # The invites' ORGANIZER, fixed by the first one sent: calendars ignore an update or a
     # cancellation from another organiser, and staff may change the sender meanwhile.
     organizer_email: Mapped[Optional[str]] = mapped_column(sa.String(320))
+    # Staff's own words added to every reminder (plain text), e.g. what to have at hand.
+    reminder_text: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

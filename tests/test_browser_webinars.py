@@ -119,18 +119,24 @@ def test_staff_create_and_publish_a_webinar_then_a_visitor_reserves_a_seat(live,
     action(staff, "New webinar").click()
     expect(staff.get_by_role("heading", level=1)).to_have_text("New webinar")
     expect(staff.get_by_label("Time zone")).to_have_value("Europe/London")  # the organisation's zone
-    staff.get_by_label("Title").fill("Spine Health")
-    staff.get_by_label("Address: /webinars/…").fill("spine-health")
+    expect(staff.get_by_text("registrants get an update", exact=False)).to_have_count(0)
+    staff.get_by_label("Title").press_sequentially("Spine Health")
+    expect(staff.get_by_label("Address: /webinars/…")).to_have_value("spine-health")  # filled from the title
+    expect(staff.get_by_role("checkbox", name="24 hours before")).to_be_checked()
+    expect(staff.get_by_role("checkbox", name="1 hour before")).to_be_checked()
+    staff.get_by_role("checkbox", name="10 minutes before").check()
+    staff.get_by_label("Time zone").select_option("Europe/Paris")
+    staff.get_by_label("Time zone").select_option("Europe/London")
     staff.get_by_label("Starts (local time)").fill(f"{YEAR}-07-15T18:00")
     staff.get_by_label("Capacity (empty: no limit)").fill("2")
     staff.get_by_label("Join link (sent only to confirmed registrants)").fill(JOIN)
     staff.get_by_label("Description (Markdown)").fill("Five exercises **for your desk**.")
     shot(staff, "webinar-1-editor")
     with staff.expect_navigation():
-        staff.get_by_role("button", name="Save").click()
+        staff.get_by_role("button", name="Create draft").click()
 
     expect(staff.get_by_role("heading", level=1)).to_have_text("Spine Health")
-    expect(staff.get_by_role("status")).to_have_text("Saved. Registrants get an update if the start time changed.")
+    expect(staff.get_by_role("status")).to_have_text("Created as a draft. Publish it to open registration.")
     expect(staff.get_by_text(f"draft · {ORGANISER_TIME} · 60 min")).to_be_visible()
     with staff.expect_navigation():
         staff.get_by_role("button", name="Publish").click()
@@ -140,6 +146,7 @@ def test_staff_create_and_publish_a_webinar_then_a_visitor_reserves_a_seat(live,
     with app.extensions["mailer"].read_sessions() as session:
         stored = session.scalar(sa.select(Webinar))
         assert (stored.status, stored.starts_at, stored.capacity) == ("published", START_UTC, 2)
+        assert (stored.slug, stored.reminder_offsets) == ("spine-health", "1440,60,10")
 
     # The visitor, in New York, sees the time in their zone and the organiser's.
     ada = visitor("America/New_York")
@@ -182,11 +189,29 @@ def test_staff_create_and_publish_a_webinar_then_a_visitor_reserves_a_seat(live,
     staff.reload()
     expect(staff.get_by_text("Confirmed 1 of 2, waitlisted 0, cancelled 0.")).to_be_visible()
     row = staff.get_by_role("row", name=re.compile("ada@example.com"))
-    expect(row.get_by_role("cell").nth(0)).to_have_text("ada@example.com")
+    expect(row.get_by_role("cell").nth(0)).to_have_text(re.compile(r"^ada@example\.com\s*Send details again$"))
     expect(row.get_by_role("cell").nth(1)).to_have_text("Ada")
     expect(row.get_by_role("cell").nth(2)).to_have_text("confirmed")
     expect(row.get_by_role("checkbox", name="ada@example.com attended")).not_to_be_checked()
     shot(staff, "webinar-4-registrants")
+
+    # Ada lost the join link: staff send it again. Bob phoned: staff register him, saying so.
+    resend = row.get_by_role("button", name="Send the details again to ada@example.com")
+    expect(resend).to_be_in_viewport()
+    with staff.expect_navigation():
+        resend.click()
+    expect(staff.get_by_role("status")).to_have_text("Details sent again.")
+    staff.get_by_label("Email address").fill("bob@example.com")
+    staff.get_by_label("First name").fill("Bob")
+    staff.get_by_label("How did they agree to be registered?").fill("Asked by phone to be registered")
+    with staff.expect_navigation():
+        staff.get_by_role("button", name="Register and send the details").click()
+    expect(staff.get_by_role("status")).to_have_text("Registered: they get the confirmation with the join link.")
+    expect(staff.get_by_text("Confirmed 2 of 2, waitlisted 0, cancelled 0.")).to_be_visible()
+    shot(staff, "webinar-5-added-by-hand")
+    app.extensions["mailer"].drain()
+    assert "Here are the details of your seat again." in text_of(mails_to(smtp_server, "ada@example.com")[-1])
+    assert mails_to(smtp_server, "bob@example.com")[0]["Subject"] == f"Your seat: Spine Health, {ORGANISER_TIME}"
 
 
 def test_the_third_visitor_is_waitlisted_and_promoted_when_a_seat_is_cancelled(live, visitor, smtp_server):

@@ -24,8 +24,8 @@ from mailer.db import is_postgres, newest_first
 from mailer.db import take_singleton
 from mailer.errors import InvalidInput, NotFound
 from mailer.logtext import loggable
-from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, Contact, Delivery, DeliveryStatus, Registration,
-                           RegistrationRequest, RegistrationStatus, Webinar, WebinarStatus)
+from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, ConsentAction, Contact, Delivery, DeliveryStatus,
+                           Registration, RegistrationRequest, RegistrationStatus, Webinar, WebinarStatus)
 from mailer.clock import format_local, local_to_utc
 from mailer.delivery.rendering import Attachment, markdown_to_html
 
@@ -74,8 +74,8 @@ def _https(field: str, url: str, *, required: bool = False) -> str:
 
 def save_webinar(session: Session, webinar: Webinar | None = None, *, slug: str, title: str, starts_local: dt.datetime,
                  timezone: str, duration_minutes: int = 60, capacity: int | None = None, description_md: str = "",
-                 join_url: str = "", replay_url: str = "", reminder_offsets: str = "1440,60", now: dt.datetime
-                 ) -> Webinar:
+                 join_url: str = "", replay_url: str = "", reminder_offsets: str = "1440,60",
+                 reminder_text: str | None = None, now: dt.datetime) -> Webinar:
     """Create a draft webinar, or change one (a change of start time is a reschedule)."""
     slug = (slug or "").strip().lower()
     if not _SLUG.match(slug):
@@ -96,6 +96,10 @@ def save_webinar(session: Session, webinar: Webinar | None = None, *, slug: str,
                   duration_minutes=int(duration_minutes), capacity=capacity,
                   join_url=_https("join_url", join_url), replay_url=_https("replay_url", replay_url),
                   reminder_offsets=_offsets(reminder_offsets))
+    if reminder_text is not None:  # None: keep it (the API and the CLI do not set it)
+        if len(reminder_text) > 2000:
+            raise InvalidInput("reminder_text", "Keep the reminder text under 2,000 characters.")
+        values["reminder_text"] = reminder_text.strip().replace("\r\n", "\n")
     if webinar is None:
         if starts_at <= now:
             raise InvalidInput("starts_at", "The start must be in the future.")
@@ -375,6 +379,36 @@ def cancel_registration(session: Session, token: str, *, now: dt.datetime,
     return registration
 
 
+def add_registrant(session: Session, settings, webinar_id: int, *, email: str, name: str = "",
+                   consent_note: str, staff_email: str, now: dt.datetime) -> str:
+    """Staff register someone by hand (asked by phone, at the front desk…). How they agreed
+    is required, and recorded as a consent event with the staff member as its source; the
+    person then gets the usual confirmation or waitlist mail. Returns what happened, for
+    staff: "registered", "waitlisted", "already" (details sent again) or "suppressed"."""
+    note = " ".join((consent_note or "").split())
+    if len(note) < 5:
+        raise InvalidInput("consent_note", "Say how this person agreed to be registered, e.g. 'asked by phone'.")
+    address = contacts.normalise_email(email)
+    webinar = get_webinar(session, webinar_id)
+    if webinar.status != WebinarStatus.PUBLISHED or webinar.starts_at <= now:
+        raise InvalidInput("status", "Only a published webinar that has not started takes registrants.")
+    if contacts.is_suppressed(session, settings, address):
+        return "suppressed"
+    existing = session.scalar(sa.select(Registration).join(Contact, Contact.id == Registration.contact_id).where(
+        Registration.webinar_id == webinar.id, Contact.email == address,
+        Registration.status != RegistrationStatus.CANCELLED))
+    if existing is not None:
+        send_details_again(session, existing, now)
+        return "already"
+    context = consent.RequestContext(source_url=f"staff:{staff_email}", note=note)
+    register(session, settings, webinar.slug, email=address, name=name, context=context, now=now)
+    registration = session.scalar(sa.select(Registration).join(Contact, Contact.id == Registration.contact_id).where(
+        Registration.webinar_id == webinar.id, Contact.email == address))
+    consent.record_event(session, contact_id=registration.contact_id, purpose=f"webinar:{webinar.slug}",
+                         action=ConsentAction.IMPORTED, context=context, now=now)
+    return "registered" if registration.status == RegistrationStatus.CONFIRMED else "waitlisted"
+
+
 def stop_mail(session: Session, token: str, *, now: dt.datetime) -> Registration | None:
     """The List-Unsubscribe target of webinar mail: no more reminders or follow-ups for this
     registration. The seat is kept (releasing it is the cancel link's job, in the body)."""
@@ -645,6 +679,7 @@ def webinar_email(batch, delivery: Delivery):
         # What a reminder says is the time actually left when it leaves, not its nominal offset.
         "starts_in": starts_in(minutes_left(webinar.starts_at, now)) if kind == REMINDER else None,
         "attended": bool(registration.attended),
+        "reminder_text": webinar.reminder_text if kind == REMINDER else "",
         "attachments": (),
     }
     if kind in (CONFIRMATION, PROMOTED, UPDATED, CANCELLED):
