@@ -446,3 +446,30 @@ def test_a_full_webinar_offers_the_waitlist_and_more_seats_promote_it(live, visi
     chiyo.goto(f"{base}/webinars/spine-health")
     expect(seats_line(chiyo)).to_have_text("A few seats left")
     expect(chiyo.get_by_role("button", name="Reserve my seat")).to_be_visible()
+
+
+@pytest.mark.parametrize("phone", [False, True], ids=["desktop", "phone"])
+def test_a_cancelled_webinar_says_so_and_points_to_the_next_ones(live, visitor, phone):
+    app, base = live
+    m = app.extensions["mailer"]
+    with session_scope(m.sessions) as session:
+        for slug, title, month in (("spine-health", "Spine Health", 7), ("knee-care", "Knee Care", 8)):
+            w = webinars.save_webinar(session, slug=slug, title=title, starts_local=dt.datetime(YEAR, month, 15, 18, 0),
+                                      timezone="Europe/London", join_url=JOIN, now=utcnow())
+            webinars.publish(session, w.id)
+        webinars.cancel_webinar(session, webinars.published_by_slug(session, "spine-health").id, now=utcnow())
+    ada = visitor("America/New_York", phone=phone)
+    answer = ada.goto(f"{base}/webinars/spine-health")  # the address in her mail and calendar
+    assert answer.status == 410
+    expect(ada).to_have_title(re.compile(r"^Cancelled: Spine Health"))
+    expect(ada.get_by_role("heading", level=1)).to_have_text("This webinar was cancelled")
+    expect(ada.get_by_text("was cancelled. We are sorry.", exact=False)).to_be_visible()
+    expect(ada.get_by_role("heading", name="Coming up")).to_be_visible()
+    expect(ada.get_by_role("link", name="Knee Care")).to_be_visible()
+    expect(ada.get_by_role("link", name="Spine Health")).to_have_count(0)
+    assert JOIN not in ada.content()
+    assert fits_width(ada)
+    shot(ada, "cancelled-webinar", phone=phone)
+    with ada.expect_navigation():
+        ada.get_by_role("link", name="Knee Care").click()
+    expect(ada.get_by_role("heading", level=1)).to_have_text("Knee Care")

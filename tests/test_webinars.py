@@ -206,7 +206,10 @@ def test_cancelling_the_webinar_sends_a_calendar_cancellation(client, mailer, sm
     cal = invite(cancelled)
     assert cal["METHOD"] == "CANCEL" and event(cal)["SEQUENCE"] == 1 and str(event(cal)["STATUS"]) == "CANCELLED"
     assert JOIN not in cancelled.get_body(("plain",)).get_content()
-    assert client.get("/webinars/spine-health").status_code == 404
+    gone = client.get("/webinars/spine-health")
+    assert gone.status_code == 410 and "This webinar was cancelled" in gone.text and JOIN not in gone.text
+    assert client.post("/webinars/spine-health/register", data={"email": "late@example.com"}).status_code == 410
+    assert client.get("/webinars/never-was").status_code == 404
 
 
 def test_registering_twice_books_once_and_resends_at_most_hourly(client, mailer, smtp_server, webinar, db):

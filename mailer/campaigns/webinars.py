@@ -140,6 +140,10 @@ def published_by_slug(session: Session, slug: str) -> Webinar | None:
     return session.scalar(sa.select(Webinar).where(Webinar.slug == slug, Webinar.status == WebinarStatus.PUBLISHED))
 
 
+def cancelled_by_slug(session: Session, slug: str) -> Webinar | None:
+    return session.scalar(sa.select(Webinar).where(Webinar.slug == slug, Webinar.status == WebinarStatus.CANCELLED))
+
+
 def upcoming(session: Session, now: dt.datetime, limit: int = 20) -> list[Webinar]:
     return list(session.scalars(sa.select(Webinar).where(
         Webinar.status == WebinarStatus.PUBLISHED, Webinar.starts_at > now).order_by(Webinar.starts_at).limit(limit)))

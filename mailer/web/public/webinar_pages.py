@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import Blueprint, abort, current_app, jsonify, render_template, request
+from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 
 from mailer.audience import contacts
 from mailer.campaigns import webinars
@@ -41,11 +41,23 @@ def listing():
     return render_template("public/webinars.html", items=items, title="Free webinars")
 
 
+def _not_here(session, slug: str):
+    """410 with a page of its own for a cancelled webinar (its address is in mails and
+    calendars), with the webinars to come; 404 for anything else."""
+    cancelled = webinars.cancelled_by_slug(session, slug)
+    if cancelled is None:
+        abort(404)
+    page = render_template("public/webinar_cancelled.html", webinar=cancelled, items=[
+        (w, LISTED_SEATS[webinars.public_seats(session, w)]) for w in webinars.upcoming(session, utcnow())],
+        title=f"Cancelled: {cancelled.title}")
+    abort(Response(page, 410, mimetype="text/html"))
+
+
 def _page(slug: str, values: dict, error: InvalidInput | None = None, status: int = 200):
     with db_reader() as session:
         webinar = webinars.published_by_slug(session, slug)
         if webinar is None:
-            abort(404)
+            _not_here(session, slug)
         wording = contacts.newsletter_wording(session)
         band = webinars.public_seats(session, webinar)
         page = render_template(
@@ -93,7 +105,10 @@ def register(slug: str):
     except ValueError:
         return _answer_error(slug, InvalidInput("newsletter_version", "Reload the page and try again."), values)
     except NotFound:
-        abort(404)
+        if wants_json():
+            abort(404)
+        with db_reader() as session:
+            _not_here(session, slug)
     except InvalidInput as exc:
         return _answer_error(slug, exc, values)
     return _registered(webinar)
