@@ -563,6 +563,11 @@ class Webinar(Base):
     status: Mapped[str] = mapped_column(sa.String(20), default=WebinarStatus.DRAFT)
     # iCalendar SEQUENCE: goes up with every change sent to registrants.
     sequence: Mapped[int] = mapped_column(default=0)
+    # The invites' ORGANIZER, fixed by the first one sent: calendars ignore an update or a
+    # cancellation from another organiser, and staff may change the sender meanwhile.
+    organizer_email: Mapped[Optional[str]] = mapped_column(sa.String(320))
+    # Staff's own words added to every reminder (plain text), e.g. what to have at hand.
+    reminder_text: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -585,6 +590,11 @@ class Registration(Base):
     cancelled_at: Mapped[Optional[dt.datetime]]
     attended: Mapped[Optional[bool]]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # The invites' UID, fixed by the first one sent: every update and cancellation repeats it.
+    calendar_uid: Mapped[Optional[str]] = mapped_column(sa.String(255))
+    # Set by the List-Unsubscribe link of this registration's mail: no more reminders or
+    # follow-ups (the seat is kept, and changes to the webinar are still sent).
+    mail_stopped_at: Mapped[Optional[dt.datetime]]
 
     webinar: Mapped[Webinar] = relationship()
     contact: Mapped[Contact] = relationship()

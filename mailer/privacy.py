@@ -64,7 +64,7 @@ def erase_contact(session: Session, settings: Settings, contact_id: int, *, now:
         Registration.contact_id == contact_id, Registration.status != RegistrationStatus.CANCELLED,
         Webinar.starts_at > now)).all()
     for registration in registrations:
-        webinars.cancel_registration(session, registration.token, now=now)
+        webinars.cancel_registration(session, registration.token, now=now, acknowledge=False)
     session.execute(sa.update(Registration).where(Registration.contact_id == contact_id).values(timezone=None))
     sequences.forget_contact(session, contact_id)  # nothing more from any sequence
     ended = session.execute(sa.update(Subscription).where(

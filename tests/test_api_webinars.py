@@ -110,7 +110,9 @@ def test_a_webinar_from_draft_to_cancelled(client, tokens, mailer, db):
     assert renamed["sequence"] == 1 and renamed["capacity"] is None and renamed["title"] == "Spine Health, live"
 
     listed = api.get("/webinars").json
-    assert [w["id"] for w in listed["items"]] == [webinar_id] and listed["items"][0]["seats_taken"] == 2
+    # No limit any more: Cat, who was waiting, has a seat now (and is told).
+    assert [w["id"] for w in listed["items"]] == [webinar_id] and listed["items"][0]["seats_taken"] == 3
+    assert db.scalar(sa.select(sa.func.count()).select_from(Delivery).where(Delivery.kind == webinars.PROMOTED)) == 1
 
     cancelled = api.post(f"/webinars/{webinar_id}/cancel")
     assert cancelled.status_code == 200 and cancelled.json["status"] == "cancelled"

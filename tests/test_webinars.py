@@ -37,10 +37,10 @@ def at(when):
     return lambda: when
 
 
-def register(client, email, name="Ann", zone="America/New_York", **extra):
+def register(client, email, name="Ann", zone="America/New_York", when=BEFORE, **extra):
     import time_machine
 
-    with time_machine.travel(BEFORE, tick=False):
+    with time_machine.travel(when, tick=False):
         return client.post("/webinars/spine-health/register",
                            data={"email": email, "name": name, "timezone": zone, **extra})
 
@@ -74,7 +74,7 @@ def test_register_confirmation_with_invite_reminders_and_follow_up(client, maile
     assert "Thursday 25 March 2027, 14:00 EDT (Thursday 25 March 2027, 18:00 GMT for the organiser)" in text
     assert f"Join: {JOIN}" in text and "calendar.google.com" in text
     cancel = [l for l in links_in(text) if "/cancel/" in l][0]
-    assert confirmation["List-Unsubscribe"] == f"<{cancel}>"
+    assert confirmation["List-Unsubscribe"] == f"<{cancel.replace('/cancel/', '/stop-mail/')}>"
     cal = invite(confirmation)
     assert cal["METHOD"] == "REQUEST"
     vevent = event(cal)
@@ -206,7 +206,10 @@ def test_cancelling_the_webinar_sends_a_calendar_cancellation(client, mailer, sm
     cal = invite(cancelled)
     assert cal["METHOD"] == "CANCEL" and event(cal)["SEQUENCE"] == 1 and str(event(cal)["STATUS"]) == "CANCELLED"
     assert JOIN not in cancelled.get_body(("plain",)).get_content()
-    assert client.get("/webinars/spine-health").status_code == 404
+    gone = client.get("/webinars/spine-health")
+    assert gone.status_code == 410 and "This webinar was cancelled" in gone.text and JOIN not in gone.text
+    assert client.post("/webinars/spine-health/register", data={"email": "late@example.com"}).status_code == 410
+    assert client.get("/webinars/never-was").status_code == 404
 
 
 def test_registering_twice_books_once_and_resends_at_most_hourly(client, mailer, smtp_server, webinar, db):
@@ -311,5 +314,208 @@ def test_cancelling_one_seat_keeps_the_mail_about_another_webinar(client, mailer
     with session_scope(mailer.sessions) as session:  # both confirmations still queued
         spine = session.scalar(sa.select(Registration).where(Registration.webinar_id == webinar))
         webinars.cancel_registration(session, spine.token, now=BEFORE)
-    rows = db.execute(sa.select(Delivery.ref_id, Delivery.status).order_by(Delivery.ref_id))
-    assert [status for _, status in rows] == ["cancelled", "queued"]
+    rows = db.execute(sa.select(Delivery.ref_id, Delivery.kind, Delivery.status).order_by(Delivery.id))
+    assert rows == [(1, "webinar_confirmation", "cancelled"), (2, "webinar_confirmation", "queued"),
+                    (1, "webinar_seat_cancelled", "queued")]  # the acknowledgement of the cancel
+
+
+def test_a_late_registrant_gets_only_true_reminders(client, mailer, smtp_server, webinar):
+    """Reminders whose time had passed when someone registered are not theirs (the
+    confirmation serves); a reminder's subject says the time actually left when it leaves."""
+    register(client, "early@example.com", "Eve")
+    mailer.drain(clock=at(BEFORE))
+    two_hours_before = START - dt.timedelta(hours=2)
+    register(client, "late@example.com", "Lee", when=two_hours_before)
+    mailer.drain(clock=at(two_hours_before))  # no worker ran since BEFORE: the 24-hour reminder is overdue
+    assert [m["Subject"] for m in mails_to(smtp_server, "late@example.com")] == [
+        "Your seat: Spine Health, Thursday 25 March 2027, 14:00 EDT"]
+    assert [m["Subject"] for m in mails_to(smtp_server, "early@example.com")][1:] == [
+        "Starting in 2 hours: Spine Health"]  # late, and it says so
+
+    # The worker is down over the one-hour mark and back 45 minutes before the start.
+    mailer.drain(clock=at(START - dt.timedelta(minutes=45)))
+    for address in ("early@example.com", "late@example.com"):
+        subject = mails_to(smtp_server, address)[-1]["Subject"]
+        assert subject == "Starting in 45 minutes: Spine Health"
+        assert "A reminder: starting in 45 minutes." in mails_to(smtp_server, address)[-1].get_body(
+            ("plain",)).get_content()
+
+    # Registering half an hour before: the confirmation, and no reminder about a time gone by.
+    register(client, "last@example.com", "Lou", when=START - dt.timedelta(minutes=30))
+    for clock in (START - dt.timedelta(minutes=30), START - dt.timedelta(minutes=5)):
+        mailer.drain(clock=at(clock))
+    assert [m["Subject"].split(":")[0] for m in mails_to(smtp_server, "last@example.com")] == ["Your seat"]
+    assert len(mails_to(smtp_server, "early@example.com")) == 3 and len(mails_to(smtp_server, "late@example.com")) == 2
+
+
+@pytest.mark.parametrize("minutes, text", [(0, "Starting now"), (1, "Starting in 1 minute"),
+                                           (45, "Starting in 45 minutes"), (60, "Starting in 60 minutes"),
+                                           (119, "Starting in 119 minutes"), (120, "Starting in 2 hours"),
+                                           (1440, "Starting in 24 hours"), (2880, "Starting in 48 hours"),
+                                           (7 * 1440, "Starting in 7 days")])
+def test_a_reminder_says_the_time_left(minutes, text):
+    assert webinars.starts_in(minutes) == text
+    assert webinars.minutes_left(START, START - dt.timedelta(minutes=minutes, seconds=-25)) == minutes
+
+
+def test_calendar_updates_keep_their_uid_and_organiser_after_the_sender_changes(
+        database_url, smtp_server, tmp_path, monkeypatch):
+    """Staff change the From address on the settings page; the reschedule and the
+    cancellation still carry the UID and ORGANIZER of the invite in the calendar."""
+    from mailer import create_app
+    from mailer.staff import site_settings
+    from tests.conftest import SECRET
+
+    for field in site_settings.FIELDS:
+        monkeypatch.delenv(site_settings.env_name(field.key), raising=False)
+    app = create_app(dict(database_url=database_url, instance_path=str(tmp_path / "instance"), secret_key=SECRET,
+                          base_url="https://news.example.org", signup_rate_limit=1000, smtp_url=smtp_server.url))
+    m = app.extensions["mailer"]
+    try:
+        with session_scope(m.sessions) as session:
+            w = webinars.save_webinar(session, slug="spine-health", title="Spine Health", starts_local=START_LOCAL,
+                                      timezone="Europe/London", join_url=JOIN, now=BEFORE)
+            webinars.publish(session, w.id)
+            webinar_id = w.id
+        register(app.test_client(), "ann@example.com")
+        m.drain(clock=at(BEFORE))
+        [first] = mails_to(smtp_server, "ann@example.com")
+        original = event(invite(first))
+        assert str(original["ORGANIZER"]) == f"mailto:{m.settings.from_email}"
+
+        with session_scope(m.sessions) as session:
+            site_settings.save(session, {"from_addr": "Spine Clinic <hello@spine.example>"}, base=m.base_settings,
+                               actor_id=None, now=BEFORE)
+        with session_scope(m.sessions) as session:
+            w = webinars.get_webinar(session, webinar_id)
+            webinars.save_webinar(session, w, slug=w.slug, title=w.title, starts_local=dt.datetime(2027, 4, 1, 18),
+                                  timezone=w.timezone, join_url=JOIN, now=BEFORE)
+        m.drain(clock=at(BEFORE))
+        update = mails_to(smtp_server, "ann@example.com")[-1]
+        assert update["From"] == "Spine Clinic <hello@spine.example>"  # the new sender sends it…
+        moved = event(invite(update))
+        assert str(moved["UID"]) == str(original["UID"])  # …about the same event
+        assert str(moved["ORGANIZER"]) == str(original["ORGANIZER"]) and moved["SEQUENCE"] == 1
+
+        with session_scope(m.sessions) as session:
+            webinars.cancel_webinar(session, webinar_id, now=BEFORE)
+        m.drain(clock=at(BEFORE))
+        gone = event(invite(mails_to(smtp_server, "ann@example.com")[-1]))
+        assert (str(gone["UID"]), str(gone["ORGANIZER"]), gone["SEQUENCE"]) == (
+            str(original["UID"]), str(original["ORGANIZER"]), 2)
+    finally:
+        m.engine.dispose()
+
+
+def test_cancelling_a_seat_is_acknowledged_with_a_calendar_cancellation(client, mailer, smtp_server, webinar, db):
+    with session_scope(mailer.sessions) as session:
+        webinars.get_webinar(session, webinar).capacity = 1
+    register(client, "ann@example.com")
+    register(client, "bob@example.com", "Bob")
+    mailer.drain(clock=at(BEFORE))
+    [confirmation] = mails_to(smtp_server, "ann@example.com")
+    text = confirmation.get_body(("plain",)).get_content()
+    cancel = [l for l in links_in(text) if "/cancel/" in l][0]
+    assert f"Can't come? Give your seat to someone else: {cancel}" in text  # the seat's own, labelled link
+    import time_machine
+    with time_machine.travel(BEFORE + dt.timedelta(hours=1), tick=False):
+        assert "is released" in client.post(cancel.removeprefix("https://news.example.org")).text
+    mailer.drain(clock=at(BEFORE + dt.timedelta(hours=1)))
+    ack = mails_to(smtp_server, "ann@example.com")[-1]
+    assert ack["Subject"] == "Your seat is released: Spine Health"
+    assert "List-Unsubscribe" not in ack and JOIN not in ack.as_string()
+    assert "The attached invite removes the webinar from your calendar." in ack.get_body(("plain",)).get_content()
+    cal, original = invite(ack), event(invite(confirmation))
+    assert cal["METHOD"] == "CANCEL" and str(event(cal)["STATUS"]) == "CANCELLED"
+    assert str(event(cal)["UID"]) == str(original["UID"]) and event(cal)["SEQUENCE"] > original["SEQUENCE"]
+    assert mails_to(smtp_server, "bob@example.com")[-1]["Subject"].startswith("A seat is yours")
+
+    # Bob leaves the waitlist's seat too: acknowledged; Ann, who comes back, is a new calendar event.
+    bob_cancel = [l for l in links_in(mails_to(smtp_server, "bob@example.com")[-1].get_body(("plain",)).get_content())
+                  if "/cancel/" in l][0]
+    with time_machine.travel(BEFORE + dt.timedelta(hours=2), tick=False):
+        client.post(bob_cancel.removeprefix("https://news.example.org"))
+    register(client, "ann@example.com", when=BEFORE + dt.timedelta(hours=3))
+    mailer.drain(clock=at(BEFORE + dt.timedelta(hours=3)))
+    again = mails_to(smtp_server, "ann@example.com")[-1]
+    assert again["Subject"].startswith("Your seat:") and str(event(invite(again))["UID"]) != str(original["UID"])
+
+
+def test_list_unsubscribe_stops_reminders_and_keeps_the_seat(client, mailer, smtp_server, webinar, db):
+    register(client, "ann@example.com")
+    register(client, "bob@example.com", "Bob")
+    mailer.drain(clock=at(BEFORE))
+    [confirmation] = mails_to(smtp_server, "ann@example.com")
+    target = confirmation["List-Unsubscribe"].strip("<>")
+    assert confirmation["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    path = target.removeprefix("https://news.example.org")
+    page = client.get(path)  # a mail scanner following the link changes nothing
+    assert page.status_code == 200 and "Stop reminders" in page.text and "Your seat is kept" in page.text
+    import time_machine
+    with time_machine.travel(BEFORE, tick=False):
+        done = client.post(path, data={"List-Unsubscribe": "One-Click"})  # what a mail client sends (RFC 8058)
+    assert done.status_code == 200 and "no more reminders or follow-ups about Spine Health" in done.text
+    assert set(db.scalars(sa.select(Registration.status))) == {"confirmed"}  # the seat is not given away
+
+    for clock in (START - dt.timedelta(hours=24), START - dt.timedelta(hours=1)):
+        mailer.drain(clock=at(clock))
+    assert len(mails_to(smtp_server, "ann@example.com")) == 1  # no reminders for Ann…
+    assert [m["Subject"].split(":")[0] for m in mails_to(smtp_server, "bob@example.com")] == [
+        "Your seat", "Starting in 24 hours", "Starting in 60 minutes"]  # …Bob still gets his
+    with session_scope(mailer.sessions) as session:  # a new time still reaches her: the seat is hers
+        w = webinars.get_webinar(session, webinar)
+        webinars.save_webinar(session, w, slug=w.slug, title=w.title, starts_local=dt.datetime(2027, 3, 26, 18),
+                              timezone=w.timezone, join_url=JOIN, now=BEFORE)
+    mailer.drain(clock=at(START))
+    assert mails_to(smtp_server, "ann@example.com")[-1]["Subject"].startswith("New time")
+
+
+def test_registering_again_resends_the_details_at_most_hourly_with_the_same_answer(
+        client, mailer, smtp_server, webinar, db):
+    """Someone who lost the join link registers again: the details come again (not more
+    than once an hour), and the page answers exactly as it does to a new address."""
+    with session_scope(mailer.sessions) as session:
+        webinars.get_webinar(session, webinar).capacity = 1
+    first = register(client, "ann@example.com").text
+    register(client, "wait@example.com", "Walt")
+    mailer.drain(clock=at(BEFORE))
+    later = BEFORE + dt.timedelta(hours=2)
+    again = register(client, "ann@example.com", when=later).text
+    stranger = register(client, "new@example.com", "Neo", when=later).text
+    assert first == again == stranger
+    register(client, "wait@example.com", "Walt", when=later)
+    register(client, "ann@example.com", when=later + dt.timedelta(minutes=30))  # within the hour: nothing more
+    mailer.drain(clock=at(later + dt.timedelta(minutes=30)))
+    ann = mails_to(smtp_server, "ann@example.com")
+    assert [m["Subject"] for m in ann] == ["Your seat: Spine Health, Thursday 25 March 2027, 14:00 EDT"] * 2
+    assert "Here are the details of your seat again." in ann[1].get_body(("plain",)).get_content()
+    assert f"Join: {JOIN}" in ann[1].get_body(("plain",)).get_content()
+    assert str(event(invite(ann[1]))["UID"]) == str(event(invite(ann[0]))["UID"])  # the same calendar event
+    assert [m["Subject"] for m in mails_to(smtp_server, "wait@example.com")] == [
+        "You're on the waitlist: Spine Health"] * 2  # a waitlisted person is told where they stand
+    assert "You are still on the waitlist" in mails_to(smtp_server, "wait@example.com")[1].get_body(
+        ("plain",)).get_content()
+    assert db.scalar(sa.select(sa.func.count()).select_from(Registration)) == 3
+
+
+def test_raising_capacity_promotes_the_waitlist_in_order(client, mailer, smtp_server, webinar, db):
+    with session_scope(mailer.sessions) as session:
+        webinars.get_webinar(session, webinar).capacity = 1
+    for n, address in enumerate(("a@example.com", "b@example.com", "c@example.com", "d@example.com")):
+        register(client, address, when=BEFORE + dt.timedelta(minutes=n))
+    mailer.drain(clock=at(BEFORE + dt.timedelta(minutes=5)))
+    assert "Waitlist" in client.get("/webinars").text and "0 seats" not in client.get("/webinars").text
+    page = client.get("/webinars/spine-health").text
+    assert "Join the waitlist</button>" in page and "All seats are taken." in page
+    later = BEFORE + dt.timedelta(days=1)
+    with session_scope(mailer.sessions) as session:
+        w = webinars.get_webinar(session, webinar)
+        webinars.save_webinar(session, w, slug=w.slug, title=w.title, starts_local=START_LOCAL, timezone=w.timezone,
+                              capacity=3, join_url=JOIN, now=later)
+    mailer.drain(clock=at(later))
+    for address in ("b@example.com", "c@example.com"):
+        assert mails_to(smtp_server, address)[-1]["Subject"].startswith("A seat is yours: Spine Health")
+    assert [m["Subject"] for m in mails_to(smtp_server, "d@example.com")] == ["You're on the waitlist: Spine Health"]
+    statuses = dict(db.execute(sa.select(Registration.status, sa.func.count()).group_by(Registration.status)))
+    assert statuses == {"confirmed": 3, "waitlisted": 1}
+    assert "Reserve my seat</button>" not in client.get("/webinars/spine-health").text

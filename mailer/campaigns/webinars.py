@@ -24,8 +24,8 @@ from mailer.db import is_postgres, newest_first
 from mailer.db import take_singleton
 from mailer.errors import InvalidInput, NotFound
 from mailer.logtext import loggable
-from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, Contact, Delivery, DeliveryStatus, Registration,
-                           RegistrationRequest, RegistrationStatus, Webinar, WebinarStatus)
+from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, ConsentAction, Contact, Delivery, DeliveryStatus,
+                           Registration, RegistrationRequest, RegistrationStatus, Webinar, WebinarStatus)
 from mailer.clock import format_local, local_to_utc
 from mailer.delivery.rendering import Attachment, markdown_to_html
 
@@ -36,7 +36,11 @@ REMINDER = "webinar_reminder"
 UPDATED = "webinar_updated"
 CANCELLED = "webinar_cancelled"
 FOLLOW_UP = "webinar_follow_up"
-KINDS = (CONFIRMATION, WAITLISTED, PROMOTED, REMINDER, UPDATED, CANCELLED, FOLLOW_UP)
+SEAT_CANCELLED = "webinar_seat_cancelled"  # the acknowledgement of a seat (or waitlist place) given back
+KINDS = (CONFIRMATION, WAITLISTED, PROMOTED, REMINDER, UPDATED, CANCELLED, FOLLOW_UP, SEAT_CANCELLED)
+# What the List-Unsubscribe link of webinar mail stops (the seat stays, and with it the
+# mail that changes what the seat means: a new time, a cancellation).
+STOPPABLE = (REMINDER, FOLLOW_UP)
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,98}[a-z0-9]$")
 _ZONES = available_timezones()
 # How far ahead reminders and follow-ups are queued; their send time is exact.
@@ -70,8 +74,8 @@ def _https(field: str, url: str, *, required: bool = False) -> str:
 
 def save_webinar(session: Session, webinar: Webinar | None = None, *, slug: str, title: str, starts_local: dt.datetime,
                  timezone: str, duration_minutes: int = 60, capacity: int | None = None, description_md: str = "",
-                 join_url: str = "", replay_url: str = "", reminder_offsets: str = "1440,60", now: dt.datetime
-                 ) -> Webinar:
+                 join_url: str = "", replay_url: str = "", reminder_offsets: str = "1440,60",
+                 reminder_text: str | None = None, now: dt.datetime) -> Webinar:
     """Create a draft webinar, or change one (a change of start time is a reschedule)."""
     slug = (slug or "").strip().lower()
     if not _SLUG.match(slug):
@@ -92,6 +96,10 @@ def save_webinar(session: Session, webinar: Webinar | None = None, *, slug: str,
                   duration_minutes=int(duration_minutes), capacity=capacity,
                   join_url=_https("join_url", join_url), replay_url=_https("replay_url", replay_url),
                   reminder_offsets=_offsets(reminder_offsets))
+    if reminder_text is not None:  # None: keep it (the API and the CLI do not set it)
+        if len(reminder_text) > 2000:
+            raise InvalidInput("reminder_text", "Keep the reminder text under 2,000 characters.")
+        values["reminder_text"] = reminder_text.strip().replace("\r\n", "\n")
     if webinar is None:
         if starts_at <= now:
             raise InvalidInput("starts_at", "The start must be in the future.")
@@ -101,10 +109,13 @@ def save_webinar(session: Session, webinar: Webinar | None = None, *, slug: str,
         return webinar
     if webinar.status == WebinarStatus.CANCELLED:
         raise InvalidInput("status", "A cancelled webinar cannot be changed.")
+    old_capacity = webinar.capacity
     for name, value in values.items():
         setattr(webinar, name, value)
     if starts_at != webinar.starts_at:
         reschedule(session, webinar, starts_at, now=now)
+    if capacity != old_capacity and webinar.status == WebinarStatus.PUBLISHED and webinar.starts_at > now:
+        promote_waitlisted(session, webinar, now)  # more seats: the waitlist moves up, in order
     return webinar
 
 
@@ -127,6 +138,10 @@ def get_webinar(session: Session, webinar_id: int) -> Webinar:
 
 def published_by_slug(session: Session, slug: str) -> Webinar | None:
     return session.scalar(sa.select(Webinar).where(Webinar.slug == slug, Webinar.status == WebinarStatus.PUBLISHED))
+
+
+def cancelled_by_slug(session: Session, slug: str) -> Webinar | None:
+    return session.scalar(sa.select(Webinar).where(Webinar.slug == slug, Webinar.status == WebinarStatus.CANCELLED))
 
 
 def upcoming(session: Session, now: dt.datetime, limit: int = 20) -> list[Webinar]:
@@ -295,6 +310,9 @@ def register(session: Session, settings, slug: str, *, email: str, name: str = "
                                     created_at=now)
         session.add(registration)
     registration.status, registration.timezone, registration.cancelled_at = status, zone, None
+    registration.promoted_at = None
+    if registration.calendar_uid is not None:  # a seat taken again after cancelling: a new event
+        registration.calendar_uid = f"registration-{registration.id}-{secrets.token_hex(6)}@{settings.from_domain}"
     registration.created_at, registration.confirmation_sent_at = now, now
     session.flush()
     kind = WAITLISTED if full else CONFIRMATION
@@ -318,9 +336,18 @@ def _resend_confirmation(session: Session, settings, registration: Registration,
         Registration.id == registration.id, Registration.confirmation_sent_at <= resend_after,
     ).values(confirmation_sent_at=now)).rowcount
     if claimed:
-        kind = CONFIRMATION if registration.status == RegistrationStatus.CONFIRMED else WAITLISTED
-        outbox.enqueue(session, contact_id=registration.contact_id, kind=kind, ref_id=registration.id,
-                       dedupe_key=f"{kind}:{registration.id}:{int(now.timestamp())}", now=now)
+        send_details_again(session, registration, now)
+
+
+def send_details_again(session: Session, registration: Registration, now: dt.datetime) -> bool:
+    """Queue the seat's details (join link, invite) or the waitlist note again, worded as a
+    repeat. False for a cancelled registration."""
+    if registration.status == RegistrationStatus.CANCELLED:
+        return False
+    kind = CONFIRMATION if registration.status == RegistrationStatus.CONFIRMED else WAITLISTED
+    return outbox.enqueue(session, contact_id=registration.contact_id, kind=kind, ref_id=registration.id,
+                          variant="again", dedupe_key=f"{kind}:{registration.id}:again:{int(now.timestamp())}",
+                          now=now)
 
 
 def registration_by_token(session: Session, token: str) -> Registration | None:
@@ -336,8 +363,11 @@ def get_registration(session: Session, registration_id: int) -> Registration:
     return registration
 
 
-def cancel_registration(session: Session, token: str, *, now: dt.datetime) -> Registration | None:
-    """Give the seat back; the first person on the waitlist gets it and is told."""
+def cancel_registration(session: Session, token: str, *, now: dt.datetime,
+                        acknowledge: bool = True) -> Registration | None:
+    """Give the seat back; the first person on the waitlist gets it and is told. The
+    person gets an acknowledgement (acknowledge=False: not, as when they are erased),
+    with a calendar cancellation of the invite they had."""
     registration = registration_by_token(session, token)
     if registration is None or registration.status == RegistrationStatus.CANCELLED:
         return registration
@@ -346,23 +376,83 @@ def cancel_registration(session: Session, token: str, *, now: dt.datetime) -> Re
     registration.status, registration.cancelled_at = RegistrationStatus.CANCELLED, now
     outbox.cancel_pending(session, contact_id=registration.contact_id, kinds=KINDS, ref_id=registration.id,
                           reason="registration cancelled")
+    if acknowledge and webinar.starts_at > now:
+        outbox.enqueue(session, contact_id=registration.contact_id, kind=SEAT_CANCELLED, ref_id=registration.id,
+                       variant="seat" if had_seat else "waitlist",
+                       dedupe_key=f"{SEAT_CANCELLED}:{registration.id}:{int(now.timestamp())}", now=now)
     session.flush()
     if had_seat and webinar.starts_at > now:
         _promote_next(session, webinar, now)
     return registration
 
 
-def _promote_next(session: Session, webinar: Webinar, now: dt.datetime) -> None:
+def add_registrant(session: Session, settings, webinar_id: int, *, email: str, name: str = "",
+                   consent_note: str, staff_email: str, now: dt.datetime) -> str:
+    """Staff register someone by hand (asked by phone, at the front desk…). How they agreed
+    is required, and recorded as a consent event with the staff member as its source; the
+    person then gets the usual confirmation or waitlist mail. Returns what happened, for
+    staff: "registered", "waitlisted", "already" (details sent again) or "suppressed"."""
+    note = " ".join((consent_note or "").split())
+    if len(note) < 5:
+        raise InvalidInput("consent_note", "Say how this person agreed to be registered, e.g. 'asked by phone'.")
+    address = contacts.normalise_email(email)
+    webinar = get_webinar(session, webinar_id)
+    if webinar.status != WebinarStatus.PUBLISHED or webinar.starts_at <= now:
+        raise InvalidInput("status", "Only a published webinar that has not started takes registrants.")
+    if contacts.is_suppressed(session, settings, address):
+        return "suppressed"
+    existing = session.scalar(sa.select(Registration).join(Contact, Contact.id == Registration.contact_id).where(
+        Registration.webinar_id == webinar.id, Contact.email == address,
+        Registration.status != RegistrationStatus.CANCELLED))
+    if existing is not None:
+        send_details_again(session, existing, now)
+        return "already"
+    context = consent.RequestContext(source_url=f"staff:{staff_email}", note=note)
+    register(session, settings, webinar.slug, email=address, name=name, context=context, now=now)
+    registration = session.scalar(sa.select(Registration).join(Contact, Contact.id == Registration.contact_id).where(
+        Registration.webinar_id == webinar.id, Contact.email == address))
+    consent.record_event(session, contact_id=registration.contact_id, purpose=f"webinar:{webinar.slug}",
+                         action=ConsentAction.IMPORTED, context=context, now=now)
+    return "registered" if registration.status == RegistrationStatus.CONFIRMED else "waitlisted"
+
+
+def stop_mail(session: Session, token: str, *, now: dt.datetime) -> Registration | None:
+    """The List-Unsubscribe target of webinar mail: no more reminders or follow-ups for this
+    registration. The seat is kept (releasing it is the cancel link's job, in the body)."""
+    registration = registration_by_token(session, token)
+    if registration is None or registration.mail_stopped_at is not None:
+        return registration
+    registration.mail_stopped_at = now
+    outbox.cancel_pending(session, contact_id=registration.contact_id, kinds=STOPPABLE, ref_id=registration.id,
+                          reason="webinar mail stopped by the registrant")
+    session.flush()
+    return registration
+
+
+def _promote_next(session: Session, webinar: Webinar, now: dt.datetime) -> bool:
     if webinar.capacity is not None and seats_taken(session, webinar.id) >= webinar.capacity:
-        return
+        return False
     first = session.scalar(sa.select(Registration).where(
         Registration.webinar_id == webinar.id, Registration.status == RegistrationStatus.WAITLISTED,
     ).order_by(Registration.created_at, Registration.id).limit(1))
     if first is None:
-        return
+        return False
     first.status, first.promoted_at = RegistrationStatus.CONFIRMED, now
     outbox.enqueue(session, contact_id=first.contact_id, kind=PROMOTED, ref_id=first.id,
-                   dedupe_key=f"{PROMOTED}:{first.id}", now=now)
+                   dedupe_key=f"{PROMOTED}:{first.id}:{int(now.timestamp())}", now=now)
+    session.flush()
+    return True
+
+
+def promote_waitlisted(session: Session, webinar: Webinar, now: dt.datetime) -> int:
+    """Give every free seat to the waitlist, first come first served (after capacity was
+    raised); each person promoted is told. Returns how many were promoted."""
+    if is_postgres(session):  # count seats under the same lock as registrations do
+        session.execute(sa.select(Webinar.id).where(Webinar.id == webinar.id).with_for_update())
+    promoted = 0
+    while _promote_next(session, webinar, now):
+        promoted += 1
+    return promoted
 
 
 # Reminders, follow-ups, attendance ---------------------------------------------------------
@@ -380,24 +470,39 @@ def materialise(session: Session, now: dt.datetime) -> int:
     webinars = session.scalars(sa.select(Webinar).where(
         Webinar.status == WebinarStatus.PUBLISHED, Webinar.starts_at > now - dt.timedelta(days=7))).all()
     for webinar in webinars:
-        for offset in [int(o) for o in webinar.reminder_offsets.split(",") if o != ""]:
+        offsets = reminder_offsets(webinar)
+        for offset, later in zip(offsets, offsets[1:] + [None]):
             due = webinar.starts_at - dt.timedelta(minutes=offset)
+            if later is not None and webinar.starts_at - dt.timedelta(minutes=later) <= now:
+                continue  # overdue and overtaken (no worker ran): the later reminder says it all
             if due <= now + MATERIALISE_AHEAD and webinar.starts_at > now - dt.timedelta(days=1):
-                queued += _queue_for_confirmed(session, webinar, REMINDER, str(offset), due, now)
+                queued += _queue_for_confirmed(session, webinar, REMINDER, str(offset), due, now, seated_before=due)
         ends = webinar.starts_at + dt.timedelta(minutes=webinar.duration_minutes)
         if webinar.replay_url and ends <= now:
             queued += _queue_for_confirmed(session, webinar, FOLLOW_UP, "", now, now)
     return queued
 
 
+def reminder_offsets(webinar: Webinar) -> list[int]:
+    """The webinar's reminders, minutes before the start, earliest reminder first."""
+    return sorted({int(o) for o in webinar.reminder_offsets.split(",") if o != ""}, reverse=True)
+
+
 def _queue_for_confirmed(session: Session, webinar: Webinar, kind: str, variant: str, due: dt.datetime,
-                         now: dt.datetime) -> int:
+                         now: dt.datetime, *, seated_before: dt.datetime | None = None) -> int:
     """One mail of `kind` to every confirmed registrant, in one statement; the dedupe key
-    per registration and variant makes running it again (every worker tick) add nothing."""
+    per registration and variant makes running it again (every worker tick) add nothing.
+    `seated_before`: only those who had their seat by then (a reminder whose time had
+    passed when someone registered or was promoted is not theirs: their confirmation
+    was sent after it and serves)."""
     rows = sa.select(
         Registration.contact_id, sa.literal(None, sa.Integer).label("list_id"), Registration.id.label("ref_id"),
         (sa.literal(f"{kind}:") + sa.cast(Registration.id, sa.String) + sa.literal(f":{variant}")).label("dedupe_key"),
     ).where(Registration.webinar_id == webinar.id, Registration.status == RegistrationStatus.CONFIRMED)
+    if seated_before is not None:
+        rows = rows.where(sa.func.coalesce(Registration.promoted_at, Registration.created_at) < seated_before)
+    if kind in STOPPABLE:
+        rows = rows.where(Registration.mail_stopped_at.is_(None))
     return outbox.enqueue_many(session, rows, kind=kind, variant=variant or None, due_at=due, now=now)
 
 
@@ -438,23 +543,49 @@ def cancel_url(settings, registration: Registration) -> str:
     return f"{settings.base_url}/webinars/{registration.webinar.slug}/cancel/{registration.token}"
 
 
-def calendar_invite(settings, webinar: Webinar, registration: Registration, *, cancelled: bool = False) -> Attachment:
-    """An iCalendar invitation: one UID per registration, SEQUENCE raised by every
-    change, METHOD:CANCEL when the webinar is off, times in the organiser's zone."""
+def stop_mail_url(settings, registration: Registration) -> str:
+    return f"{settings.base_url}/webinars/{registration.webinar.slug}/stop-mail/{registration.token}"
+
+
+def _legacy_uid(settings, registration: Registration) -> str:
+    # What invites carried before the UID was stored; still the first UID of a registration.
+    return f"registration-{registration.id}-{registration.token[:8]}@{settings.from_domain}"
+
+
+def keep_calendar_identity(session: Session, settings, webinar: Webinar, registration: Registration) -> None:
+    """Store the registration's UID and the webinar's organiser with the first invite sent
+    (writes; a concurrent worker's value wins if it stored one first), so a later change of
+    the sender leaves updates and cancellations matching the event already in calendars."""
+    if registration.calendar_uid is None:
+        session.execute(sa.update(Registration).where(
+            Registration.id == registration.id, Registration.calendar_uid.is_(None),
+        ).values(calendar_uid=_legacy_uid(settings, registration)))
+        session.refresh(registration, ["calendar_uid"])
+    if webinar.organizer_email is None:
+        session.execute(sa.update(Webinar).where(Webinar.id == webinar.id, Webinar.organizer_email.is_(None))
+                        .values(organizer_email=settings.from_email))
+        session.refresh(webinar, ["organizer_email"])
+
+
+def calendar_invite(settings, webinar: Webinar, registration: Registration, *, cancelled: bool = False,
+                    sequence: int | None = None) -> Attachment:
+    """An iCalendar invitation: one UID per registration (stored, see keep_calendar_identity),
+    SEQUENCE raised by every change, METHOD:CANCEL when the webinar or the seat is off,
+    times in the organiser's zone."""
     cal = icalendar.Calendar()
     cal.add("prodid", "-//mailer//webinars//EN")
     cal.add("version", "2.0")
     cal.add("method", "CANCEL" if cancelled else "REQUEST")
     event = icalendar.Event()
-    event.add("uid", f"registration-{registration.id}-{registration.token[:8]}@{settings.from_domain}")
-    event.add("sequence", webinar.sequence)
+    event.add("uid", registration.calendar_uid or _legacy_uid(settings, registration))
+    event.add("sequence", webinar.sequence if sequence is None else sequence)
     event.add("dtstamp", dt.datetime.now(dt.timezone.utc))
     zone = ZoneInfo(webinar.timezone)
     event.add("dtstart", webinar.starts_at.astimezone(zone))
     event.add("dtend", (webinar.starts_at + dt.timedelta(minutes=webinar.duration_minutes)).astimezone(zone))
     event.add("summary", webinar.title)
     event.add("status", "CANCELLED" if cancelled else "CONFIRMED")
-    organizer = icalendar.vCalAddress(f"mailto:{settings.from_email}")
+    organizer = icalendar.vCalAddress(f"mailto:{webinar.organizer_email or settings.from_email}")
     organizer.params["cn"] = icalendar.vText(settings.organisation)
     event.add("organizer", organizer)
     attendee = icalendar.vCalAddress(f"mailto:{registration.contact.email}")
@@ -490,6 +621,25 @@ def calendar_links(webinar: Webinar) -> dict[str, str]:
     return {"google": google, "outlook": outlook}
 
 
+def minutes_left(starts_at: dt.datetime, now: dt.datetime) -> int:
+    """Whole minutes until the start, to the nearest (a reminder leaves a few seconds late)."""
+    return max(round((starts_at - now).total_seconds() / 60), 0)
+
+
+def starts_in(minutes: int) -> str:
+    """A reminder's headline for the time left: 'Starting in 45 minutes', '… 24 hours'."""
+    if minutes <= 0:
+        return "Starting now"
+    if minutes == 1:
+        return "Starting in 1 minute"
+    if minutes < 120:
+        return f"Starting in {minutes} minutes"
+    hours = round(minutes / 60)
+    if hours < 72:
+        return f"Starting in {hours} hours"
+    return f"Starting in {round(hours / 24)} days"
+
+
 def webinar_email(batch, delivery: Delivery):
     """Context for every webinar mail; the join link only for a confirmed seat."""
     key = (Registration, delivery.ref_id)
@@ -508,6 +658,10 @@ def webinar_email(batch, delivery: Delivery):
         return outbox.Skip(DeliveryStatus.CANCELLED, f"registration is {registration.status}")
     if kind == WAITLISTED and registration.status != RegistrationStatus.WAITLISTED:
         return outbox.Skip(DeliveryStatus.CANCELLED, f"registration is {registration.status}")
+    if kind == SEAT_CANCELLED and registration.status != RegistrationStatus.CANCELLED:
+        return outbox.Skip(DeliveryStatus.CANCELLED, "registration was taken up again")
+    if kind in STOPPABLE and registration.mail_stopped_at is not None:
+        return outbox.Skip(DeliveryStatus.CANCELLED, "webinar mail stopped by the registrant")
     if kind == REMINDER and now >= webinar.starts_at:
         return outbox.Skip(DeliveryStatus.CANCELLED, "skipped: the webinar had started")
     zone = registration.timezone or webinar.timezone
@@ -518,19 +672,36 @@ def webinar_email(batch, delivery: Delivery):
         "starts_organiser": format_local(webinar.starts_at, webinar.timezone),
         "reader_zone": zone, "organiser_zone": webinar.timezone,
         "cancel_url": cancel_url(batch.settings, registration),
-        # The header's one-click target for these mails: cancelling the seat stops them.
-        "unsubscribe_url": cancel_url(batch.settings, registration),
+        # The header's one-click target: stops reminders and follow-ups, keeps the seat
+        # (a mail client's "unsubscribe" button must not give a seat away unasked).
+        "unsubscribe_url": stop_mail_url(batch.settings, registration),
+        "stop_mail_url": stop_mail_url(batch.settings, registration),
+        "had_seat": delivery.variant == "seat",
+        "again": delivery.variant == "again",  # details sent again (registered again, or by staff)
+        "page_url": f"{batch.settings.base_url}/webinars/{webinar.slug}",
         "join_url": webinar.join_url if seated and kind != CANCELLED else None,
         "replay_url": webinar.replay_url or None,
         "calendar": calendar_links(webinar) if seated else None,
         "minutes_before": int(delivery.variant) if kind == REMINDER else None,
+        # What a reminder says is the time actually left when it leaves, not its nominal offset.
+        "starts_in": starts_in(minutes_left(webinar.starts_at, now)) if kind == REMINDER else None,
         "attended": bool(registration.attended),
+        "reminder_text": webinar.reminder_text if kind == REMINDER else "",
         "attachments": (),
     }
+    if kind in (CONFIRMATION, PROMOTED, UPDATED, CANCELLED):
+        keep_calendar_identity(batch.session, batch.settings, webinar, registration)
     if kind in (CONFIRMATION, PROMOTED, UPDATED):
         context["attachments"] = (calendar_invite(batch.settings, webinar, registration),)
     elif kind == CANCELLED:
         context["attachments"] = (calendar_invite(batch.settings, webinar, registration, cancelled=True),)
+    if kind == SEAT_CANCELLED:
+        del context["unsubscribe_url"]  # the last mail about this registration: nothing to stop
+    if kind == SEAT_CANCELLED and delivery.variant == "seat":
+        # Above every SEQUENCE the webinar sent this registration, so calendars take it.
+        keep_calendar_identity(batch.session, batch.settings, webinar, registration)
+        context["attachments"] = (calendar_invite(batch.settings, webinar, registration, cancelled=True,
+                                                  sequence=webinar.sequence + 1),)
     return context
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import Blueprint, abort, current_app, jsonify, render_template, request
+from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 
 from mailer.audience import contacts
 from mailer.campaigns import webinars
@@ -27,24 +27,43 @@ SEATS = {
     webinars.SeatBand.FEW: "A few seats left",
     webinars.SeatBand.FULL: "Full — join the waitlist",
 }
+# The list of webinars says it in one word.
+LISTED_SEATS = dict(SEATS, **{webinars.SeatBand.FULL: "Waitlist"})
+WAITLIST_NOTE = ("All seats are taken. Join the waitlist and you are in line for the next free seat: if someone "
+                 "gives theirs back, it is yours and we email you the join link at once. Until then you do not get "
+                 "the join link.")
 
 
 @bp.get("/webinars")
 def listing():
     with db_reader() as session:
-        items = [(w, SEATS[webinars.public_seats(session, w)]) for w in webinars.upcoming(session, utcnow())]
+        items = [(w, LISTED_SEATS[webinars.public_seats(session, w)]) for w in webinars.upcoming(session, utcnow())]
     return render_template("public/webinars.html", items=items, title="Free webinars")
+
+
+def _not_here(session, slug: str):
+    """410 with a page of its own for a cancelled webinar (its address is in mails and
+    calendars), with the webinars to come; 404 for anything else."""
+    cancelled = webinars.cancelled_by_slug(session, slug)
+    if cancelled is None:
+        abort(404)
+    page = render_template("public/webinar_cancelled.html", webinar=cancelled, items=[
+        (w, LISTED_SEATS[webinars.public_seats(session, w)]) for w in webinars.upcoming(session, utcnow())],
+        title=f"Cancelled: {cancelled.title}")
+    abort(Response(page, 410, mimetype="text/html"))
 
 
 def _page(slug: str, values: dict, error: InvalidInput | None = None, status: int = 200):
     with db_reader() as session:
         webinar = webinars.published_by_slug(session, slug)
         if webinar is None:
-            abort(404)
+            _not_here(session, slug)
         wording = contacts.newsletter_wording(session)
+        band = webinars.public_seats(session, webinar)
         page = render_template(
             "public/webinar.html", webinar=webinar, values=values, error=error, wording=wording,
-            honeypot=HONEYPOT_FIELD, seats=SEATS[webinars.public_seats(session, webinar)],
+            honeypot=HONEYPOT_FIELD, seats=SEATS[band], full=band == webinars.SeatBand.FULL,
+            waitlist_note=WAITLIST_NOTE,
             description=markdown_to_html(webinar.description_md),
             starts_organiser=format_local(webinar.starts_at, webinar.timezone), starts_iso=_iso(webinar.starts_at),
             started=webinar.starts_at <= utcnow(), title=webinar.title)
@@ -86,7 +105,10 @@ def register(slug: str):
     except ValueError:
         return _answer_error(slug, InvalidInput("newsletter_version", "Reload the page and try again."), values)
     except NotFound:
-        abort(404)
+        if wants_json():
+            abort(404)
+        with db_reader() as session:
+            _not_here(session, slug)
     except InvalidInput as exc:
         return _answer_error(slug, exc, values)
     return _registered(webinar)
@@ -127,7 +149,35 @@ def cancel(slug: str, token: str):
             abort(404)
         webinars.cancel_registration(session, token, now=utcnow())
         title = registration.webinar.title
-    message = f"Your place for {title} is released. Thank you for letting us know."
+    message = (f"Your place for {title} is released. Thank you for letting us know. We are emailing you a"
+               " confirmation (it takes the webinar out of your calendar).")
     if wants_json():
         return jsonify(status="cancelled", message=message), 200
     return render_template("public/message.html", title="Seat released", message=message), 200
+
+
+@bp.get("/webinars/<slug>/stop-mail/<token>")
+def stop_mail_page(slug: str, token: str):
+    """Where the List-Unsubscribe link of webinar mail leads: a button, not an action on
+    GET (mail scanners follow links). It stops reminders; the seat is kept."""
+    with db_reader() as session:
+        registration = webinars.registration_by_token(session, token)
+        if registration is None or registration.webinar.slug != slug:
+            abort(404)
+        return render_template("public/webinar_stop_mail.html", registration=registration,
+                               webinar=registration.webinar, token=token,
+                               title="Reminders stopped" if registration.mail_stopped_at else "Stop reminders")
+
+
+@bp.post("/webinars/<slug>/stop-mail/<token>")
+def stop_mail(slug: str, token: str):
+    """The button above, and the RFC 8058 one-click target of webinar mail."""
+    with db_session() as session:
+        registration = webinars.registration_by_token(session, token)
+        if registration is None or registration.webinar.slug != slug:
+            abort(404)
+        webinars.stop_mail(session, token, now=utcnow())
+        if wants_json():
+            return jsonify(status="stopped", message="No more reminders about this webinar; the seat is kept."), 200
+        return render_template("public/webinar_stop_mail.html", registration=registration,
+                               webinar=registration.webinar, token=token, title="Reminders stopped")
