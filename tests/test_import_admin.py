@@ -235,7 +235,7 @@ def test_viewers_may_not_import(app, editor, db):
 def test_a_sending_newsletter_shows_its_progress(editor, mailer, smtp_server):
     make_audience(mailer, 3)
     newsletter_id = compose(editor)
-    editor.post(f"/admin/newsletters/{newsletter_id}/send-now")
+    editor.post(f"/admin/newsletters/{newsletter_id}/send-now", {"confirm": "yes"})
     with session_scope(mailer.sessions) as session:
         newsletters.start_due(session, utcnow())
     page = editor.get(f"/admin/newsletters/{newsletter_id}").text
