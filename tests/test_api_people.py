@@ -304,9 +304,13 @@ def test_a_seat_reserved_through_the_api_gets_its_invitation_and_cancelling_prom
         (1, "cancelled"), (2, "confirmed")]
     smtp_server.handler.received.clear()
     mailer.drain()
-    [promoted] = smtp_server.received
-    assert promoted.rcpt_tos == ["bob@example.com"]
-    assert promoted.message["Subject"].startswith("A seat is yours: Spine Health, ")
+    # Ann's seat is given up (her calendar gets METHOD:CANCEL); Bob, next in line, gets it.
+    by_recipient = {r.rcpt_tos[0]: r for r in smtp_server.received}
+    assert sorted(by_recipient) == ["ann@example.com", "bob@example.com"]
+    assert by_recipient["bob@example.com"].message["Subject"].startswith("A seat is yours: Spine Health, ")
+    [invite] = [part for part in by_recipient["ann@example.com"].message.walk()
+                if part.get_content_type() in ("text/calendar", "application/ics")]
+    assert "METHOD:CANCEL" in invite.get_payload(decode=True).decode()
     assert api("DELETE", "/registrations/1").json == cancelled.json  # again: nothing changes
     assert error_of(api("DELETE", "/registrations/9"), 404)["message"] == "No registration 9."
     assert ("api_cancel_registration", "registration 1") in [(a, d) for _, a, d in audit_rows(db)]
