@@ -106,8 +106,10 @@ def due_work_for_every_job(mailer, client) -> dict[str, int]:
                                             now=now)
             webinars.publish(session, webinar.id)
             for i in range(REGISTRANTS):
+                # Registered two hours ago: a reminder whose time passed before someone registered
+                # is not sent to them, and this one's time (30 minutes ago) came after.
                 webinars.register(session, mailer.settings, slug, email=f"{slug}{i}@example.com",
-                                  context=RequestContext(), now=now)
+                                  context=RequestContext(), now=now - dt.timedelta(hours=2))
                 expected[f"{slug}{i}@example.com"] = 2
         session.execute(sa.update(Webinar).where(Webinar.slug == "reminder-due").values(
             starts_at=now + dt.timedelta(minutes=30), replay_url=""))
