@@ -56,6 +56,7 @@ def seed_demo(session: Session, timezone: str, now: dt.datetime) -> str:
             status="draft", lists=[newsletter_list],
         ))
     seed_sequences(session, newsletter_list, webinar, now)
+    seed_audience(session, webinar, now)
     password = secrets.token_urlsafe(12)
     user = session.scalar(sa.select(User).where(User.email == DEMO_USER))
     if user is None:
@@ -63,6 +64,22 @@ def seed_demo(session: Session, timezone: str, now: dt.datetime) -> str:
     else:
         users.set_password(session, user, password)
     return password
+
+
+DEMO_SEGMENT = "Had a seat at Spine Health"
+
+
+def seed_audience(session: Session, webinar: Webinar | None, now: dt.datetime) -> None:
+    """A custom field (which clinic a reader goes to) and a segment (everyone who took a
+    seat at the demo webinar), each made once, so the demo shows both."""
+    from mailer.audience import fields, segments
+    from mailer.models import Field, Segment
+
+    if session.scalar(sa.select(Field.id).where(Field.key == "clinic")) is None:
+        fields.create_field(session, key="clinic", label="Clinic", type="choice", choices=["North", "South"], now=now)
+    if webinar is not None and session.scalar(sa.select(Segment.id).where(Segment.name == DEMO_SEGMENT)) is None:
+        segments.create_segment(session, name=DEMO_SEGMENT, now=now, rules={
+            "groups": [{"rules": [{"kind": "webinar", "op": "registered", "ref_id": webinar.id}]}]})
 
 
 def seed_sequences(session: Session, newsletter_list: MailingList, webinar: Webinar, now: dt.datetime) -> None:

@@ -182,6 +182,10 @@ def test_demo_seeds_a_welcome_series_and_a_replay_sequence_once_and_a_confirmati
             (0, ""), (2 * 1440, "weekdays 09:00-11:00"), (3 * 1440, "weekdays 09:00-11:00")]
         first_step = steps[0].id
         assert len(sequences.live_steps(session, replay.id)) == 1
+        # A custom field and a segment, each once.
+        from mailer.models import Field, Segment
+        assert session.scalars(sa.select(Field.key)).all() == ["clinic"]
+        assert session.scalars(sa.select(Segment.name)).all() == [demo.DEMO_SEGMENT]
 
     signup(client, email="nia@example.com", name="Nia")
     mailer.drain()
