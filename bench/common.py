@@ -29,3 +29,50 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def load_average() -> str:
+    """The machine's 1, 5 and 15 minute load averages, for the report."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def git_state() -> str:
+    """The commit measured, and whether mailer/ had uncommitted changes."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return f"{head}{' + uncommitted changes in mailer/' if git('status', '--porcelain', '--', 'mailer') else ''}"
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+PG_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432"
+
+
+def on_scratch_postgres(prefix: str, measure):
+    """measure(database_url) on a fresh PostgreSQL database <prefix>_<random>, dropped after;
+    a sentence instead of figures when no server answers."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(f"{PG_SERVER_URL}/postgres", isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    try:
+        try:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        except Exception as exc:  # no server here: say so instead of a figure
+            return f"PostgreSQL at {PG_SERVER_URL} is not reachable ({type(exc).__name__})"
+        try:
+            return measure(f"{PG_SERVER_URL}/{name}")
+        finally:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            print(f"  dropped database {name}", flush=True)
+    finally:
+        admin.dispose()

@@ -35,11 +35,10 @@ import sys
 import tempfile
 import time
 import traceback
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH_SECRET_KEY, use_project_python  # noqa: E402
+from common import git_state, load_average, on_scratch_postgres, use_project_python, verdict  # noqa: E402
 
 use_project_python()
 import sqlalchemy as sa  # noqa: E402
@@ -50,7 +49,6 @@ from mailer.db import make_engine, migrate, session_scope, utcnow  # noqa: E402
 from mailer.demo import ensure_default_list  # noqa: E402
 from mailer.models import Contact, Newsletter, Sequence, Webinar  # noqa: E402
 
-PG_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432"
 TARGET_COUNT_S = {"SQLite": 3.0, "PostgreSQL": 1.0}
 TARGET_AUDIENCE_S = 30.0
 ZONES = ("Pacific/Honolulu", "America/Los_Angeles", "America/Denver", "America/Chicago", "America/New_York",
@@ -58,17 +56,6 @@ ZONES = ("Pacific/Honolulu", "America/Los_Angeles", "America/Denver", "America/C
          "Europe/Athens", "Europe/Moscow", "Asia/Dubai", "Asia/Karachi", "Asia/Dhaka", "Asia/Bangkok",
          "Asia/Shanghai", "Asia/Tokyo", "Australia/Brisbane", "Australia/Sydney", "Pacific/Noumea",
          "Pacific/Auckland", "America/Anchorage", "Africa/Lagos")
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def git_state() -> str:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True).stdout.strip()
-    return head + (" (with uncommitted changes)" if dirty else "")
 
 
 def build_data(database_url: str, contacts: int, now: dt.datetime) -> dict:
@@ -207,25 +194,7 @@ def measure(backend: str, database_url: str, contacts: int) -> dict:
 
 
 def measure_postgres(contacts: int) -> dict | str:
-    name = f"bench_segments_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(f"{PG_SERVER_URL}/postgres")
-    try:
-        with admin.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # no server here: say so instead of a figure
-        admin.dispose()
-        return f"PostgreSQL at {PG_SERVER_URL} is not reachable ({type(exc).__name__})"
-    try:
-        return measure("PostgreSQL", f"{PG_SERVER_URL}/{name}", contacts)
-    finally:
-        with admin.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT").execute(
-                sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "**missed**"
+    return on_scratch_postgres("bench_segments", lambda url: measure("PostgreSQL", url, contacts))
 
 
 def markdown_table(results: list[dict]) -> str:

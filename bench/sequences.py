@@ -44,11 +44,11 @@ import sys
 import tempfile
 import time
 import traceback
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH_SECRET_KEY, ROOT, VENV_PYTHON, use_project_python  # noqa: E402
+from common import (BENCH_SECRET_KEY, ROOT, VENV_PYTHON, git_state, load_average, on_scratch_postgres,  # noqa: E402
+                    use_project_python, verdict)
 
 use_project_python()
 import sqlalchemy as sa  # noqa: E402
@@ -59,7 +59,6 @@ from mailer.demo import ensure_default_list  # noqa: E402
 from mailer.models import Contact, Delivery, MailingList, Newsletter, Subscription  # noqa: E402
 from mailer.settings import load_settings  # noqa: E402
 
-PG_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432"
 TARGET_STEP_S = 30.0
 TARGET_RSS_MB = 150
 # 24 zones with 24 different offsets from UTC (in winter and in summer).
@@ -271,41 +270,7 @@ def measure(backend: str, database_url: str, workdir: Path, readers: int) -> dic
 
 
 def measure_postgres(workdir: Path, readers: int) -> dict | str:
-    admin = sa.create_engine(f"{PG_SERVER_URL}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except Exception:
-        admin.dispose()
-        return f"{PG_SERVER_URL} unreachable"
-    name = f"bench_sequences_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        try:
-            return measure("PostgreSQL", f"{PG_SERVER_URL}/{name}", workdir, readers)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            print(f"  dropped database {name}", flush=True)
-    finally:
-        admin.dispose()
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def git_state() -> str:
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "mailer")
-    return f"{head}{' + uncommitted changes in mailer/' if dirty else ''}"
-
-
-def verdict(met: bool) -> str:
-    return "met" if met else "MISSED"
+    return on_scratch_postgres("bench_sequences", lambda url: measure("PostgreSQL", url, workdir, readers))
 
 
 def markdown_table(results: list[dict]) -> str:

@@ -343,6 +343,11 @@ def list_segments(session: Session, *, archived: bool = False) -> list[Segment]:
     return list(session.scalars(query))
 
 
+def choices(session: Session) -> list[tuple[int, str]]:
+    """(id, name) of the segments staff may choose (for an issue, an enrolment, a condition)."""
+    return [(segment.id, segment.name) for segment in list_segments(session)]
+
+
 def rules_of(segment: Segment) -> Rules:
     """A stored segment's rules (checked when saved; read back without the database)."""
     return parse_stored(segment.rules)

@@ -843,9 +843,11 @@ def step_email(batch, delivery: Delivery):
         return outbox.Skip(DeliveryStatus.CANCELLED, "step deleted")
     if step.sequence.status != SequenceStatus.ACTIVE and not test:
         return outbox.Skip(DeliveryStatus.CANCELLED, f"sequence {step.sequence.status}")
+    note_key = ("footer_note", step.sequence_id)  # once per batch, not per recipient
+    if note_key not in batch.rows:
+        batch.rows[note_key] = footer_note(batch.session, step.sequence)
     return newsletters.compiled_issue(batch, (STEP, step.id), subject=step.subject, preheader=step.preheader,
-                                      body_md=step.body_md, layout=step.layout, test=test,
-                                      why=footer_note(batch.session, step.sequence))
+                                      body_md=step.body_md, layout=step.layout, test=test, why=batch.rows[note_key])
 
 
 def footer_note(session: Session, sequence: Sequence) -> str:

@@ -43,7 +43,7 @@ def _choices(session) -> dict:
             "webinar_choices": session.execute(sa.select(Webinar.id, Webinar.title).order_by(Webinar.starts_at.desc())
                                                ).all(),
             "triggers": list(SequenceTrigger),
-            "segment_choices": [(seg.id, seg.name) for seg in segments.list_segments(session)]}
+            "segment_choices": segments.choices(session)}
 
 
 def _int(value: str | None, field: str) -> int | None:
@@ -174,7 +174,7 @@ def _render_detail(sequence_id: int, *, error: InvalidInput | None = None, form:
             trigger=sequences.trigger_text(s, sequence), list_name=s.get(MailingList, sequence.list_id).name,
             counts=sequences.enrolment_counts(s, [sequence_id])[sequence_id], report=sequences.report(s, sequence_id),
             plan=plan, plan_problem=plan_problem, address=address, error=error, form=form or {},
-            segment_choices=[(seg.id, seg.name) for seg in segments.list_segments(s)])
+            segment_choices=segments.choices(s))
     if plan is not None:
         audit("sequence.plan", f"sequence {sequence_id} for contact {plan.contact.id}")
     return page, status

@@ -67,7 +67,7 @@ def _render_editor(values: dict, newsletter_id: int | None = None, error: Invali
                    status: int = 200):
     with db_reader() as s:
         mailing_lists = s.scalars(sa.select(MailingList).order_by(MailingList.name)).all()
-        segment_choices = [(seg.id, seg.name) for seg in segments.list_segments(s)]
+        segment_choices = segments.choices(s)
     return render_template("admin/newsletters/edit.html", values=values, newsletter_id=newsletter_id,
                            mailing_lists=mailing_lists, segment_choices=segment_choices,
                            layouts=newsletters.layouts(), error=error), status
