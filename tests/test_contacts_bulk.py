@@ -8,9 +8,12 @@ import json
 
 import sqlalchemy as sa
 
-from mailer.db import session_scope
+from mailer.audience import segments
+from mailer.db import session_scope, utcnow
 from mailer.models import AuditLog, ConsentEvent, Contact, Enrolment, Job, Subscription
+from tests.test_api_newsletters import Api
 from tests.test_automations_admin import seen
+from tests.test_lists import api_tokens  # noqa: F401  (fixture)
 from tests.test_newsletter_admin import log_in
 from tests.test_sequences import default_list, manual_sequence, subscriber
 
@@ -108,3 +111,45 @@ def test_only_owners_erase_a_search_result_and_a_bare_list_of_everyone_is_refuse
         left = sorted(session.scalars(sa.select(Contact.email).where(Contact.email.is_not(None))))
         erased = session.get(Contact, ids["cy"])
     assert left == ["ann@north.example", "bo@north.example"] and erased.erased_at is not None
+
+
+def test_the_api_counts_first_then_queues_with_the_count_and_reports_progress(client, mailer, api_tokens):
+    ids = people(mailer)
+    list_id = default_list(mailer)
+    sequence_id, _ = manual_sequence(mailer, ("Lesson one", 0, {}), name="Back care course")
+    editor, owner = Api(client, api_tokens.editor), Api(client, api_tokens.owner)
+    ask = {"action": "unsubscribe", "list_id": list_id, "search": {"q": "north.example"}}
+    counted = editor.post("/contacts/bulk", ask)
+    assert counted.status_code == 200, counted.json
+    assert counted.json["count"] == 2 and counted.json["job_id"] is None
+    with mailer.read_sessions() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Job)) == 0  # counting changes nothing
+    wrong = editor.post("/contacts/bulk", {**ask, "expected_count": 3, "up_to_id": counted.json["up_to_id"]})
+    assert wrong.status_code == 409 and "2 contacts now, not 3" in wrong.json["error"]["message"]
+    queued = editor.post("/contacts/bulk", {**ask, "expected_count": 2, "up_to_id": counted.json["up_to_id"]})
+    assert queued.status_code == 200 and queued.json["job_id"]
+    mailer.drain()
+    job = editor.get(f"/bulk-jobs/{queued.json['job_id']}").json
+    assert (job["status"], job["done"], job["changed"], job["what"]) == (
+        "done", 2, 2, "unsubscribe from Monthly newsletter")
+    assert statuses(mailer)[ids["ann"]] == "unsubscribed" and statuses(mailer)[ids["cy"]] == "active"
+
+    # A segment's members into an automation; erasing needs an owner's token.
+    with session_scope(mailer.sessions) as session:
+        segment_id = segments.create_segment(session, name="Still subscribed", now=utcnow(), rules={
+            "groups": [{"rules": [{"kind": "list", "op": "active", "ref_id": list_id}]}]}).id
+    enrol = editor.post(f"/segments/{segment_id}/bulk", {"action": "enrol", "sequence_id": sequence_id,
+                                                         "expected_count": 1})
+    assert enrol.status_code == 200 and enrol.json["count"] == 1
+    assert editor.post(f"/segments/{segment_id}/bulk", {"action": "erase"}).status_code == 403
+    assert owner.post(f"/segments/{segment_id}/bulk", {"action": "erase"}).json["count"] == 1
+    assert editor.post("/contacts/bulk", {"action": "unsubscribe", "list_id": list_id}).status_code == 422
+    assert editor.post("/contacts/bulk", {"action": "unsubscribe", "list_id": list_id,
+                                          "search": {}}).status_code == 422
+    mailer.drain()
+    with mailer.read_sessions() as session:
+        assert session.scalars(sa.select(Enrolment.contact_id)).all() == [ids["cy"]]
+        audit = session.scalars(sa.select(AuditLog.detail).where(AuditLog.action.like("api_bulk_%"))
+                                .order_by(AuditLog.id)).all()
+    assert audit == [f"search=text list=any status=any: 2 contacts, list {list_id} (job {queued.json['job_id']})",
+                     f"segment {segment_id}: 1 contacts, automation {sequence_id} (job {enrol.json['job_id']})"]

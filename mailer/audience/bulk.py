@@ -40,6 +40,11 @@ class Plan:
     sequence_id: int | None = None
     sequence_name: str | None = None
 
+    def summary(self) -> str:
+        """For the audit log: how many, and the list or automation it names (ids only)."""
+        return f"{self.count} contacts" + (f", list {self.list_id}" if self.list_id else "") + (
+            f", automation {self.sequence_id}" if self.sequence_id else "")
+
     def as_params(self) -> dict:
         """What a job keeps of the plan (JSON-able; "at" as ISO text)."""
         params = dataclasses.asdict(self)

@@ -128,6 +128,11 @@ def search_mode(q: str | None) -> str:
     return "text" if len(q) >= SUBSTRING_MIN else "name"
 
 
+def describe_search(*, q: str = "", list_id: int | None = None, status: str | None = None) -> str:
+    """A search in the audit log: its kind and filters, never the searched text (which may be an address)."""
+    return f"search={search_mode(q)} list={list_id or 'any'} status={status or 'any'}"
+
+
 def _name_prefix(session: Session, key: str):
     """(condition, few): contacts.name_key starts with `key`; few when the index alone should be used. PostgreSQL: LIKE on the varchar_pattern_ops
     index, and its statistics choose the plan. SQLite (no statistics) would always read

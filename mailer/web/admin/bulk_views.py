@@ -59,9 +59,7 @@ def queue(session, planned: bulk.Plan, *, about: str, back_url: str, run_url: st
 
 def audited(planned: bulk.Plan, job_id: int, *, action: str, subject: str) -> None:
     """The audit entry of a queued bulk job: who it is about (never a searched text), how many."""
-    named = (f", list {planned.list_id}" if planned.list_id else "") + (
-        f", automation {planned.sequence_id}" if planned.sequence_id else "")
-    audit(action, f"{subject}: {planned.count} contacts{named} (job {job_id})")
+    audit(action, f"{subject}: {planned.summary()} (job {job_id})")
 
 
 def refused(message: str, back_url: str):

@@ -49,9 +49,7 @@ def _before_id() -> int | None:
 
 
 def _describe(filters: dict) -> str:
-    """Audit detail for a filtered view: never the searched text, which may be an address."""
-    mode = directory.search_mode(filters.get("q", ""))
-    return f"search={mode} list={filters.get('list_id') or 'any'} status={filters.get('status') or 'any'}"
+    return directory.describe_search(**filters)
 
 
 @bp.get("")
