@@ -12,10 +12,9 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.audience import consent, directory, segments
+from mailer.audience import consent, contacts, directory, segments
 from mailer.errors import InvalidInput
-from mailer.models import (NOT_YET_SENT, ConsentAction, Contact, Delivery, DeliveryStatus, MailingList, Sequence,
-                           SequenceStatus, Subscription, SubscriptionStatus)
+from mailer.models import Contact, MailingList, Sequence, SequenceStatus, Subscription
 
 UNSUBSCRIBE, ENROL, ERASE = "unsubscribe", "enrol", "erase"
 ACTIONS = (UNSUBSCRIBE, ENROL, ERASE)
@@ -99,22 +98,8 @@ def members_after(session: Session, params: dict, after_id: int, limit: int = CH
 
 def unsubscribe(session: Session, contact_ids: list[int], list_id: int, *, context: consent.RequestContext,
                 now: dt.datetime) -> int:
-    """Unsubscribe these contacts from one list (those subscribed or waiting to confirm):
-    one UPDATE, a `withdrawn` consent event each with the staff member as its source, and
-    their mail for that list not yet sent cancelled. Returns how many were unsubscribed."""
-    mailing_list = session.get(MailingList, list_id)
-    changed = list(session.scalars(sa.update(Subscription).where(
-        Subscription.contact_id.in_(contact_ids), Subscription.list_id == list_id,
-        Subscription.status.in_([SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING]),
-    ).values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=now).returning(Subscription.contact_id)))
-    if not changed:
-        return 0
-    consent.record_events(session, [
-        {"contact_id": contact_id, "list_id": list_id, "purpose": f"list:{mailing_list.slug}",
-         "action": ConsentAction.WITHDRAWN, "source_url": context.source_url, "ip": context.ip,
-         "user_agent": context.user_agent, "note": context.note} for contact_id in sorted(changed)], now=now)
-    session.execute(sa.update(Delivery).where(
-        Delivery.contact_id.in_(changed), Delivery.list_id == list_id, Delivery.status.in_(NOT_YET_SENT),
-    ).values(status=DeliveryStatus.CANCELLED, last_error="unsubscribed"))
-    return len(changed)
-
+    """Unsubscribe these contacts from one list (those subscribed or waiting to confirm), as
+    every withdrawal is made (contacts.end_subscriptions), with the staff member as the
+    source. Returns how many were unsubscribed."""
+    return len(contacts.end_subscriptions(session, Subscription.contact_id.in_(contact_ids),
+                                          Subscription.list_id == list_id, context=context, now=now))

@@ -459,22 +459,35 @@ def unsubscribe(session: Session, settings: Settings, token: str, *, context: co
 
 def withdraw_subscription(session: Session, sub: Subscription, *, context: consent.RequestContext,
                           now: dt.datetime) -> bool:
-    """Unsubscribe one active or pending subscription: a withdrawn event (with `context` as
-    the evidence) and the list's queued mail cancelled. False when it had ended already.
-    A compare-and-set, so two withdrawals at once record one event."""
-    changed = session.execute(
-        sa.update(Subscription).where(
-            Subscription.id == sub.id,
-            Subscription.status.in_([SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING]),
-        ).values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=now)
-    ).rowcount
-    if changed != 1:
-        return False
-    consent.record_event(session, contact_id=sub.contact_id, list_id=sub.list_id,
-                         purpose=f"list:{sub.mailing_list.slug}", action=ConsentAction.WITHDRAWN,
-                         context=context, now=now)
-    outbox.cancel_pending(session, contact_id=sub.contact_id, list_id=sub.list_id, reason="unsubscribed")
-    return True
+    """Unsubscribe one active or pending subscription (see end_subscriptions). False when
+    it had ended already."""
+    return bool(end_subscriptions(session, Subscription.id == sub.id, context=context, now=now))
+
+
+def end_subscriptions(session: Session, *where, context: consent.RequestContext,
+                      now: dt.datetime) -> list[tuple[int, int]]:
+    """Unsubscribe every active or pending subscription matching `where` (one person's,
+    one list's among some people…): one UPDATE, a compare-and-set, so two withdrawals at
+    once record one event; a `withdrawn` consent event each, with `context` as the
+    evidence; and their list's mail not yet sent cancelled. Every way out of a list (the
+    link, the front desk, a complaint, a bulk action) comes here. Returns the
+    (contact id, list id) pairs it ended."""
+    ended = sorted(tuple(row) for row in session.execute(sa.update(Subscription).where(
+        *where, Subscription.status.in_([SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING]),
+    ).values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=now).returning(
+        Subscription.contact_id, Subscription.list_id)))
+    if not ended:
+        return []
+    slugs = dict(session.execute(sa.select(MailingList.id, MailingList.slug).where(
+        MailingList.id.in_({list_id for _, list_id in ended}))).all())
+    consent.record_events(session, [
+        {"contact_id": contact_id, "list_id": list_id, "purpose": f"list:{slugs[list_id]}",
+         "action": ConsentAction.WITHDRAWN, "source_url": context.source_url, "ip": context.ip,
+         "user_agent": context.user_agent, "note": context.note} for contact_id, list_id in ended], now=now)
+    for list_id in sorted(slugs):
+        outbox.cancel_many(session, contact_ids=[c for c, on in ended if on == list_id], list_id=list_id,
+                           reason="unsubscribed")
+    return ended
 
 
 # Housekeeping and personal data ---------------------------------------------------
@@ -509,19 +522,10 @@ def _has_other_ties(session: Session, contact_id: int) -> bool:
 def unsubscribe_everywhere(session: Session, address: str, *, context: consent.RequestContext,
                            now: dt.datetime) -> int:
     """Withdraw every list subscription of an address (a spam complaint); returns how many."""
-    contact = session.scalar(sa.select(Contact).where(Contact.email == address.strip().lower()))
-    if contact is None:
+    contact_id = session.scalar(sa.select(Contact.id).where(Contact.email == address.strip().lower()))
+    if contact_id is None:
         return 0
-    subs = session.scalars(sa.select(Subscription).where(
-        Subscription.contact_id == contact.id,
-        Subscription.status.in_([SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING]))).all()
-    for sub in subs:
-        sub.status, sub.unsubscribed_at = SubscriptionStatus.UNSUBSCRIBED, now
-        consent.record_event(session, contact_id=contact.id, list_id=sub.list_id,
-                             purpose=f"list:{sub.mailing_list.slug}", action=ConsentAction.WITHDRAWN,
-                             context=context, now=now)
-        outbox.cancel_pending(session, contact_id=contact.id, list_id=sub.list_id, reason="unsubscribed")
-    return len(subs)
+    return len(end_subscriptions(session, Subscription.contact_id == contact_id, context=context, now=now))
 
 
 def anonymise_contact(session: Session, contact_id: int, now: dt.datetime) -> None:
