@@ -33,7 +33,7 @@ DEFAULT_LIST = "newsletter"
 NAME_MAX = 100
 EMAIL_MAX = 254
 CONFIRMATION = "confirmation"
-_ZONES = zoneinfo.available_timezones()
+ZONES = zoneinfo.available_timezones()
 
 
 def normalise_email(raw: str | None) -> str:
@@ -57,7 +57,7 @@ def clean_name(raw: str | None) -> str:
 
 
 def clean_timezone(raw: str | None) -> str | None:
-    return raw if raw in _ZONES else None
+    return raw if raw in ZONES else None
 
 
 def current_wording(session: Session, list_id: int) -> ConsentWording | None:
@@ -253,12 +253,12 @@ def _subscribe_resolved(session: Session, settings: Settings, address: str, name
     contact = get_or_create_contact(session, settings, address, name=clean_name(name),
                                     timezone=clean_timezone(timezone), now=now)
     requested = [sub for mailing_list, wording in zip(mailing_lists, wordings)
-                 if (sub := _request_subscription(session, settings, contact, mailing_list, wording, context, now))]
+                 if (sub := request_subscription(session, settings, contact, mailing_list, wording, context, now))]
     if requested:
-        _enqueue_confirmation(session, settings, contact, requested, now)
+        enqueue_confirmation(session, settings, contact, requested, now)
 
 
-def _request_subscription(session, settings, contact, mailing_list, wording, context,
+def request_subscription(session, settings, contact, mailing_list, wording, context,
                           now) -> Subscription | None:
     """Pending subscription and its consent event; the subscription when it needs a confirmation mail."""
     inserted = session.execute(
@@ -277,7 +277,7 @@ def _request_subscription(session, settings, contact, mailing_list, wording, con
     return sub
 
 
-def _enqueue_confirmation(session: Session, settings: Settings, contact: Contact, subs: list[Subscription],
+def enqueue_confirmation(session: Session, settings: Settings, contact: Contact, subs: list[Subscription],
                           now: dt.datetime) -> bool:
     """One confirmation mail for everything one signup asked for (its lists share the
     confirmation_sent_at `now`, which is how the mail finds them), and at most

@@ -171,7 +171,7 @@ def export(fmt: str):
 # The front desk -------------------------------------------------------------------------
 
 FRONT_DESK = (Role.OWNER, Role.EDITOR)
-ZONES = sorted(contacts._ZONES)
+ZONES = sorted(contacts.ZONES)
 
 
 def _staff() -> frontdesk.Staff:
