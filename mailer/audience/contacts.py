@@ -209,6 +209,8 @@ def process_signups(session: Session, settings: Settings, *, limit: int = 500) -
     if is_postgres(session):
         query = query.with_for_update(skip_locked=True)
     requests = session.scalars(query).all()
+    if requests:  # before the first new contact: see consent.lock_chain
+        consent.lock_chain(session)
     resolved: dict[tuple, tuple] = {}  # lists and wordings, looked up once per batch
     for request in requests:
         key = (request.lists, request.consent_version)
