@@ -58,7 +58,7 @@ class Settings:
     redis_url: str = ""
     # The clinic's blog (campaigns.blog): its RSS or Atom feed, and the limits of reading it.
     blog_feed_url: str = ""
-    feed_allow_private: bool = False
+    feed_allow_private: str = ""
     feed_max_bytes: int = 2_000_000
     feed_timeout_seconds: int = 10
     instance_path: str = ""

@@ -100,14 +100,34 @@ def check_url(url: str) -> str:
     return url
 
 
-def _refused(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_private: bool) -> str | None:
+def allowed_private(setting: str) -> bool | tuple:
+    """MAILER_FEED_ALLOW_PRIVATE: "" none, "1" (true, yes, all) any non-public address, or a
+    comma-separated list of addresses and networks ("127.0.0.1, 10.0.0.0/8")."""
+    text = (setting or "").strip().lower()
+    if text in ("", "0", "false", "no"):
+        return False
+    if text in ("1", "true", "yes", "all"):
+        return True
+    networks = []
+    for part in text.replace(" ", ",").split(","):
+        if part:
+            try:
+                networks.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise FeedError(f"MAILER_FEED_ALLOW_PRIVATE holds {part!r}, which is not an address or "
+                                "network; give e.g. 127.0.0.1 or 10.0.0.0/8, or 1 for any.") from None
+    return tuple(networks)
+
+
+def _refused(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_private: bool | tuple) -> str | None:
     """Why this address may not be connected to (None: it may). IPv4-mapped IPv6
-    (::ffff:127.0.0.1) is judged as the IPv4 address it is."""
+    (::ffff:127.0.0.1) is judged as the IPv4 address it is. `allow_private`: True allows
+    every non-public address, a tuple of networks those in them."""
     if ip.version == 6 and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     if ip.is_unspecified or ip.is_multicast:
         return "an unspecified or multicast address"
-    if allow_private:
+    if allow_private is True or (allow_private and any(ip in net for net in allow_private if net.version == ip.version)):
         return None
     for test, what in ((ip.is_loopback, "a loopback address"), (ip.is_link_local, "a link-local address"),
                        (ip.is_private, "a private address"), (ip.is_reserved, "a reserved address")):
@@ -118,7 +138,7 @@ def _refused(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_private: b
     return None
 
 
-def resolve(host: str, port: int, *, allow_private: bool) -> str:
+def resolve(host: str, port: int, *, allow_private: bool | tuple) -> str:
     """The address to connect to for `host`: one of its addresses that is public (or, with
     allow_private, any usable one). FeedError names the refused address."""
     try:
@@ -135,7 +155,8 @@ def resolve(host: str, port: int, *, allow_private: bool) -> str:
             return address
         refusals.append(f"{address} is {why}")
     raise FeedError(f"The feed is not read from {host}: {'; '.join(dict.fromkeys(refusals))}. Feeds are read "
-                    "only from public addresses (MAILER_FEED_ALLOW_PRIVATE=1 allows a private one).")
+                    "only from public addresses (MAILER_FEED_ALLOW_PRIVATE allows private ones: 1 for any, "
+                    "or the addresses allowed).")
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -161,7 +182,8 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
-def fetch_feed(url: str, *, allow_private: bool = False, max_bytes: int = 2_000_000, timeout: float = 10.0) -> bytes:
+def fetch_feed(url: str, *, allow_private: bool | tuple = False, max_bytes: int = 2_000_000,
+               timeout: float = 10.0) -> bytes:
     """The feed's bytes (does network I/O). Every hop (at most MAX_REDIRECTS redirects) is
     checked like the first: http or https, a public address, connected to as resolved.
     The whole read, redirects included, takes at most `timeout` seconds and `max_bytes`."""
@@ -343,8 +365,8 @@ def read_feed(settings, url: str | None = None, *, now: dt.datetime) -> FeedChec
     if not url:
         return FeedCheck(error="No blog feed is set: give its address on the settings page.")
     try:
-        data = fetch_feed(url, allow_private=settings.feed_allow_private, max_bytes=settings.feed_max_bytes,
-                          timeout=settings.feed_timeout_seconds)
+        data = fetch_feed(url, allow_private=allowed_private(settings.feed_allow_private),
+                          max_bytes=settings.feed_max_bytes, timeout=settings.feed_timeout_seconds)
         return FeedCheck(posts=tuple(parse_feed(data, url, now=now)))
     except FeedError as exc:
         return FeedCheck(error=exc.message)
