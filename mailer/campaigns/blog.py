@@ -48,6 +48,7 @@ BLOG_POSTS_BLOCK = """{% for post in new_posts %}
 {{ post.summary }}
 
 [Read the post]({{ post.link }}) · {{ post.published }}
+
 {% endfor %}"""
 
 
