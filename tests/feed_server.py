@@ -63,8 +63,15 @@ class FeedServer:
     """routes: path → a function of the request handler that writes the answer; helpers
     below make the usual ones."""
 
-    def __init__(self):
+    def __init__(self, tls: tuple[str, str] | None = None):
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.scheme = "http"
+        if tls is not None:  # (certificate file, key file): serve https
+            import ssl
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.server.daemon_threads = True
         self.server.routes = {}
         self.server.requests = []
@@ -75,7 +82,7 @@ class FeedServer:
         return self.server.server_address[1]
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     @property
     def requests(self) -> list[str]:

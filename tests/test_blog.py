@@ -182,6 +182,27 @@ def test_a_slow_server_is_given_up_on_at_the_time_limit(mailer, feed_server):
         assert time.monotonic() - started < 2
 
 
+def test_https_checks_the_certificate_of_the_host_while_connecting_to_the_checked_address(mailer, tmp_path):
+    """The connection goes to the resolved address, but TLS still verifies the certificate
+    (here self-signed, so untrusted) for the host name."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server = FeedServer(tls=(str(cert), str(key))).start()
+    try:
+        server.serve("/rss", rss(POSTS))
+        error = read(mailer, server.url("/rss")).error
+        assert error.startswith("The secure connection to 127.0.0.1 failed: CERTIFICATE_VERIFY_FAILED"), error
+    finally:
+        server.stop()
+
+
 def test_the_feed_is_cached_and_read_again_only_when_due(mailer, feed_server, db):
     now = utcnow()
     assert len(blog.refresh(mailer.sessions, mailer.settings, now=now).posts) == 3
