@@ -284,8 +284,8 @@ def _image(entry, feed_url: str, link: str) -> str | None:
     """The post's picture (media:content, media:thumbnail, an image enclosure, or the
     first <img> of its content) when it is https and on the blog's own site (the feed's
     host or the post's): readers' mail loads no image from elsewhere."""
-    candidates = [m.get("url") for m in entry.get("media_content", []) if "image" in (m.get("medium", "") +
-                                                                                       m.get("type", "image"))]
+    candidates = [m.get("url") for m in entry.get("media_content", [])
+                  if m.get("medium", "image") == "image" and m.get("type", "image/").startswith("image/")]
     candidates += [m.get("url") for m in entry.get("media_thumbnail", [])]
     candidates += [e.get("href") for e in entry.get("enclosures", []) if (e.get("type") or "").startswith("image/")]
     for content in [*entry.get("content", []), {"value": entry.get("summary", "")}]:

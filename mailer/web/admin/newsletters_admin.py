@@ -43,7 +43,8 @@ def _template_names() -> dict:
     """The names a subject or body may use, as staff write them (help text in the editor)."""
     names = newsletters.TEMPLATE_NAMES
     return {"template_names": [f"{name}.{attr}" for name, attrs in names.items() if attrs for attr in sorted(attrs)]
-            + [name for name, attrs in names.items() if not attrs]}
+            + [name for name, attrs in names.items() if not attrs]
+            + [f"{block}()" for block in newsletters.BLOCKS]}  # a ready block: alone on a line of the body
 
 
 def sandboxed(body: str, mimetype: str = "text/html", status: int = 200) -> Response:
