@@ -425,3 +425,37 @@ def test_the_rhythm_flag_is_kept_by_the_console_and_the_api(mailer, staff):
     assert "(fills from the blog)" in page
     with mailer.read_sessions() as session:
         assert [r.fill_from_blog for r in newsletters.list_rhythms(session)] == [True]
+
+
+def test_the_api_keeps_the_rhythm_flag(client, tokens):
+    answer = client.post("/api/v1/rhythms", headers={"Authorization": f"Bearer {tokens.write}"},
+                         json={"name": "Monthly", "day": "1st tue", "hour": 9, "timezone": "Europe/London",
+                               "fill_from_blog": True})
+    assert answer.status_code == 201 and answer.json["fill_from_blog"] is True
+    listed = client.get("/api/v1/rhythms", headers={"Authorization": f"Bearer {tokens.read}"}).json
+    assert [r["fill_from_blog"] for r in listed["items"]] == [True]
+
+
+def test_the_worker_job_and_the_cli_read_the_feed(mailer, feed_server, database_url, tmp_path, db):
+    from click.testing import CliRunner
+
+    from mailer import scheduler
+    from mailer.cli import main
+    from tests.conftest import SECRET
+
+    scheduler.refresh_blog_feed(mailer)
+    assert db.scalar(sa.select(sa.func.count()).select_from(BlogPost)) == 3
+    env = {"MAILER_DATABASE_URL": database_url, "MAILER_SECRET_KEY": SECRET,
+           "MAILER_INSTANCE_PATH": str(tmp_path / "instance"), "MAILER_FEED_ALLOW_PRIVATE": "127.0.0.1",
+           "MAILER_BLOG_FEED_URL": feed_server.url("/rss")}
+    result = CliRunner().invoke(main, ["settings", "check-feed"], env=env)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[:2] == [
+        "3 post(s)", "2026-11-25\tDesk stretches that work\thttps://clinic.example/blog/desk-stretches"]
+    result = CliRunner().invoke(main, ["settings", "check-feed"], env=dict(env, MAILER_FEED_ALLOW_PRIVATE=""))
+    assert result.exit_code == 1 and "127.0.0.1 is a loopback address" in result.output
+    result = CliRunner().invoke(main, ["newsletter", "rhythm", "--day", "1st tue", "--at", "09:00",
+                                       "--fill-from-blog"], env=env)
+    assert result.output.strip() == "created rhythm 1"
+    with mailer.read_sessions() as session:
+        assert newsletters.get_rhythm(session, 1).fill_from_blog is True
