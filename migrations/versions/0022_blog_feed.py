@@ -1,7 +1,7 @@
 """the clinic's blog in each issue: blog_feed (the feed's state), blog_posts (the posts
 read from it, the cache newsletters use), rhythms.fill_from_blog
 
-Revision ID: 0023
+Revision ID: 0022
 Revises: 0021
 Create Date: 2026-12-07 02:00:00
 """
@@ -9,7 +9,7 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0023'
+revision = '0022'
 # Rechain onto 0022 (the media library) when both are merged.
 down_revision = '0021'
 branch_labels = None
