@@ -57,6 +57,10 @@ class Settings:
     proxy_count: int = 0
     redis_url: str = ""
     instance_path: str = ""
+    dkim_selector: str = ""
+    dkim_domain: str = ""
+    dkim_key_file: str = ""
+    dns_resolver: str = ""
     # Names set by the environment or by create_app's overrides: the settings page cannot change them.
     fixed: frozenset[str] = frozenset()
 
