@@ -1453,3 +1453,19 @@ def dkim_record() -> None:
     if signer is None:
         raise click.ClickException("MAILER_DKIM_SELECTOR is not set: mail is not signed here")
     _echo_record(signer.selector.decode(), signer.domain.decode(), signer.private_pem)
+
+
+@main.command("read-bounces")
+def read_bounces() -> None:
+    """Read the bounce mailbox (MAILER_BOUNCE_MAILBOX_URL) once, as the worker does every minute."""
+    from mailer.delivery import bounce_mailbox
+
+    m = _mailer()
+    if not m.settings.bounce_mailbox_url:
+        raise click.ClickException("MAILER_BOUNCE_MAILBOX_URL is not set")
+    try:
+        counts = bounce_mailbox.read_bounce_mailbox(m.sessions, m.settings, clock=utcnow)
+    except bounce_mailbox.MailboxError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"read {counts.read}: hard bounces {counts.hard} (suppressed), soft {counts.soft}, "
+               f"policy {counts.policy}, matching no delivery {counts.unmatched}, not bounces {counts.not_bounces}")

@@ -18,7 +18,7 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
 
-from mailer.delivery import dkim, outbox, registry, send_budget, suppression
+from mailer.delivery import bounces, dkim, outbox, registry, send_budget, suppression
 from mailer.db import session_scope, utcnow
 from mailer.models import (ContactFieldValue, Delivery, DeliveryStatus, ErrorClass, Field, Subscription,
                            SubscriptionStatus, SuppressionReason)
@@ -81,6 +81,7 @@ class OutgoingMessage:
     delivery_id: int
     rcpt_to: str
     data: bytes
+    mail_from: str = ""  # the envelope sender (VERP return path); empty: the From address
 
     @property
     def domain(self) -> str:
@@ -243,7 +244,8 @@ class Sender:
                 log.exception("cannot render delivery %s", delivery.id)
                 outcomes.failed[delivery.id] = (ErrorClass.RENDERING, f"rendering failed: {exc}")
                 continue
-            messages.append(OutgoingMessage(delivery.id, recipient.email, data))
+            messages.append(OutgoingMessage(delivery.id, recipient.email, data,
+                                            bounces.return_path(self.settings, delivery.id)))
         return messages
 
     @staticmethod
@@ -359,7 +361,7 @@ class Sender:
                 if not self._wait_for_this_second():  # stopping while waiting for a slot
                     outcomes.released.append(message.delivery_id)
                     return
-                connection.send(self.settings.from_email, message.rcpt_to, message.data)
+                connection.send(message.mail_from or self.settings.from_email, message.rcpt_to, message.data)
             except TransportError as exc:
                 error_class = _error_class(exc)
                 if exc.temporary:
