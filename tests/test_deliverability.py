@@ -115,3 +115,10 @@ def test_editors_and_viewers_may_not_see_the_page(app, staff):
         assert client.post("/admin/deliverability/check", data={"csrf_token": token}).status_code == 403
     anonymous = app.test_client()
     assert anonymous.get("/admin/deliverability").status_code in (302, 303)
+
+
+def test_spf_is_asked_of_the_bounce_domain_when_verp_is_on(tmp_path):
+    settings = load_settings({**settings_for(f"sqlite:///{tmp_path / 'x.db'}", tmp_path),
+                              "bounce_address": "bounce@bounces.clinic.example"})
+    spf = next(r for r in dns_records.records_to_publish(settings) if r.kind == "SPF")
+    assert spf.name == "bounces.clinic.example"

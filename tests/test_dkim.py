@@ -93,10 +93,9 @@ def test_generate_refuses_bad_input_and_never_overwrites_a_key(generated, tmp_pa
 
 def test_record_prints_the_configured_keys_record(generated):
     instance, output = generated
-    env_instance = instance
     shown = subprocess.run([sys.executable, "-m", "mailer", "dkim", "record"], cwd=ROOT, capture_output=True, text=True,
                            timeout=120, env={**{k: v for k, v in os.environ.items() if not k.startswith("MAILER_")},
-                                             "MAILER_INSTANCE_PATH": str(env_instance), "MAILER_SECRET_KEY": SECRET,
+                                             "MAILER_INSTANCE_PATH": str(instance), "MAILER_SECRET_KEY": SECRET,
                                              "MAILER_FROM": "Clinic <news@clinic.example>",
                                              "MAILER_DKIM_SELECTOR": SELECTOR})
     assert shown.returncode == 0, shown.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from email.utils import parseaddr
 
 import dns.exception
 import dns.resolver
@@ -37,8 +38,10 @@ class Finding:
 def records_to_publish(settings: Settings) -> list[Record]:
     """SPF and DMARC for the From domain, and the DKIM key's record when this install signs."""
     domain = dkim.check_domain(settings.from_domain)
+    # SPF is checked against the envelope sender: the VERP bounce address's domain when set.
+    envelope = parseaddr(settings.bounce_address)[1].rpartition("@")[2] if settings.bounce_address else ""
     records = [Record(
-        "SPF", domain, "v=spf1 mx ~all",
+        "SPF", dkim.check_domain(envelope) if envelope else domain, "v=spf1 mx ~all",
         "Lists the servers allowed to send mail for the domain. Receivers check the envelope sender "
         "(the bounce address) against it.",
         "Replace mx with what really sends: your relay's include: (its documentation names it, e.g. "
