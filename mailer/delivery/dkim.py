@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 
 import dkim
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils as asym_utils
 from dkim.crypto import UnparsableKeyError, parse_pem_private_key
 
 from mailer.settings import Settings
@@ -112,6 +114,29 @@ def zone_line(selector: str, domain: str, value: str) -> str:
     return f"{record_name(selector, domain)}. IN TXT ( {chunks} )"
 
 
+class _OpenSSLSigner(dkim.DKIM):
+    """dkimpy's signer (parsing, canonicalisation, the header's tags and folding), with the
+    RSA private-key operation done by OpenSSL through `cryptography`: 0.7 ms instead of
+    dkimpy's pure-Python 13 ms per message on the project's machine. Only gen_header differs
+    from dkimpy 1.1.8's (the digest is signed by `key`); tests/test_dkim.py verifies every
+    kind of mail with dkimpy's own verifier, so a dkimpy upgrade that changes this is caught."""
+
+    def __init__(self, message: bytes, key: rsa.RSAPrivateKey):
+        super().__init__(message, linesep=b"\r\n")
+        self.key = key
+
+    def gen_header(self, fields, include_headers, canon_policy, header_name, pk, standardize=False):
+        value = dkim.fold(b"; ".join(b"=".join(x) for x in fields), namelen=len(header_name), linesep=b"\r\n")
+        header = (header_name, b" " + dkim.RE_BTAG.sub(b"\\1", value))
+        hashed = dkim.HashThrough(self.hasher(), self.debug_content)
+        self.signed_headers = dkim.hash_headers(hashed, canon_policy, canon_policy.canonicalize_headers(self.headers),
+                                                include_headers, header, dict(fields))
+        signature = self.key.sign(hashed.digest(), padding.PKCS1v15(), asym_utils.Prehashed(hashes.SHA256()))
+        fields = [(b"b", base64.b64encode(signature)) if name == b"b" else (name, v) for name, v in fields]
+        return dkim.fold(b"; ".join(b"=".join(x) for x in fields) + self.linesep, namelen=len(header_name),
+                         linesep=self.linesep)
+
+
 @dataclasses.dataclass(frozen=True)
 class Signer:
     """Signs finished messages with one key: the key file is read and checked once."""
@@ -119,10 +144,11 @@ class Signer:
     selector: bytes
     domain: bytes
     private_pem: bytes
+    key: rsa.RSAPrivateKey = dataclasses.field(repr=False, compare=False, default=None)
 
     def sign(self, message: bytes) -> bytes:
         """`message` with a DKIM-Signature field in front (relaxed/relaxed, rsa-sha256)."""
-        signature = dkim.DKIM(message, linesep=b"\r\n").sign(
+        signature = _OpenSSLSigner(message, self.key).sign(
             self.selector, self.domain, self.private_pem, canonicalize=CANONICALIZE,
             include_headers=list(SIGNED_HEADERS))
         return signature + message
@@ -152,9 +178,12 @@ def signer_for(settings: Settings) -> Signer | None:
             pem = path.read_bytes()
             try:
                 parse_pem_private_key(pem)
-            except UnparsableKeyError as exc:
+                key = serialization.load_pem_private_key(pem, password=None)
+            except (UnparsableKeyError, ValueError, TypeError) as exc:
                 raise DkimError(f"the DKIM key {path} is not a PEM RSA private key (PKCS#1): {exc}") from None
-            signer = Signer(selector.encode(), domain.encode(), pem)
+            if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 1024:
+                raise DkimError(f"the DKIM key {path} is not an RSA key of at least 1024 bits")
+            signer = Signer(selector.encode(), domain.encode(), pem, key)
             _cache.clear()
             _cache[key] = signer
     return signer
