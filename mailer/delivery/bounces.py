@@ -381,7 +381,8 @@ def _dsn_failures(message) -> list[FailedRecipient] | None:
             if action == "failed":
                 failures.append(FailedRecipient(address, classify(status, diagnostic), status[:20], clean_detail(said)))
             elif action == "delayed":
-                failures.append(FailedRecipient(address, BounceKind.SOFT, status[:20], clean_detail(f"delayed: {said}")))
+                failures.append(FailedRecipient(address, BounceKind.SOFT, status[:20],
+                                                clean_detail(f"delayed: {said}")))
         return failures
     return None
 
