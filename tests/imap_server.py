@@ -1,5 +1,5 @@
-"""A real IMAP server for tests: Debian's dovecot (dovecot-imapd), started with a config of
-its own on a free loopback port, one user with a static password, mail in a Maildir under
+"""A real IMAP (and, if asked, POP3) server for tests: Debian's dovecot (dovecot-imapd,
+dovecot-pop3d), started with a config of its own on free loopback ports, one user with a static password, mail in a Maildir under
 the test's folder. Stopped (and its processes gone) when the block ends."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ USER, PASSWORD = "bounces", "imap-test-password"
 MAIL_UID = MAIL_GID = 65534  # nobody / nogroup
 
 CONFIG = """\
-protocols = imap
+protocols = {protocols}
 listen = 127.0.0.1
 base_dir = {root}/run
 state_dir = {root}/state
@@ -50,6 +50,7 @@ service imap-login {{
     port = 0
   }}
 }}
+{pop3_service}
 service stats {{
   unix_listener stats-reader {{
     mode = 0666
@@ -61,7 +62,24 @@ service stats {{
 """
 
 
-def require_dovecot() -> None:
+POP3_SERVICE = """\
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+"""
+
+
+def require_dovecot(pop3: bool = False) -> None:
+    if pop3 and not os.path.exists("/usr/lib/dovecot/pop3"):
+        if os.environ.get("CI"):
+            pytest.fail("dovecot's POP3 server is not installed (Debian package dovecot-pop3d; .ci/run installs it)")
+        pytest.skip("dovecot's POP3 server is not installed (apt-get install dovecot-pop3d)")
     if not os.path.exists(DOVECOT):
         if os.environ.get("CI"):
             pytest.fail("dovecot is not installed (Debian package dovecot-imapd; .ci/run installs it)")
@@ -72,22 +90,26 @@ class IMAPServer:
     """Mail is stored as `nobody` (dovecot refuses to run a mailbox as root), so it lives in a
     folder of its own that user can reach (pytest's tmp_path is private to root)."""
 
-    def __init__(self):
+    def __init__(self, *, pop3: bool = False):
         self.root = Path(tempfile.mkdtemp(prefix="mailer-dovecot-"))
         self.port = free_port()
         self.url = f"imap://{USER}:{PASSWORD}@127.0.0.1:{self.port}/INBOX"
+        # pop3=True: the same mailbox over POP3 too (Debian's dovecot-pop3d).
+        self.pop3_port = free_port() if pop3 else None
+        self.pop3_url = f"pop3://{USER}:{PASSWORD}@127.0.0.1:{self.pop3_port}" if pop3 else None
         self.config = self.root / "dovecot.conf"
 
     def __enter__(self) -> "IMAPServer":
-        require_dovecot()
+        require_dovecot(pop3=self.pop3_port is not None)
         os.chmod(self.root, 0o755)
         for folder in ("run", "state", "mail", "home"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         for folder in ("mail", "home"):
             os.chown(self.root / folder, MAIL_UID, MAIL_GID)
         users = {name for name in ("dovenull", "dovecot") if _exists(name)}
+        pop3_service = POP3_SERVICE.format(port=self.pop3_port) if self.pop3_port else ""
         self.config.write_text(CONFIG.format(
-            root=self.root, port=self.port, password=PASSWORD, uid=MAIL_UID, gid=MAIL_GID,
+            protocols="imap pop3" if self.pop3_port else "imap", pop3_service=pop3_service, root=self.root, port=self.port, password=PASSWORD, uid=MAIL_UID, gid=MAIL_GID,
             login_user="dovenull" if "dovenull" in users else "nobody",
             internal_user="dovecot" if "dovecot" in users else "nobody",
             internal_group="dovecot" if "dovecot" in users else "nogroup"))
@@ -97,15 +119,18 @@ class IMAPServer:
                                      stderr=subprocess.STDOUT, timeout=30)
         if started.returncode != 0:
             raise RuntimeError(f"dovecot did not start: {(self.root / 'start.log').read_text()}{self._log()}")
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 1).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        self.__exit__()
-        raise RuntimeError(f"dovecot is not listening on 127.0.0.1:{self.port}{self._log()}")
+        for port in filter(None, (self.port, self.pop3_port)):
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), 1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        self.__exit__()
+                        raise RuntimeError(f"dovecot is not listening on 127.0.0.1:{port}{self._log()}") from None
+                    time.sleep(0.1)
+        return self
 
     def _log(self) -> str:
         log = self.root / "dovecot.log"

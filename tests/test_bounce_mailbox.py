@@ -194,3 +194,24 @@ def _now():
     from mailer.db import utcnow
 
     return utcnow()
+
+
+def test_a_pop3_mailbox_is_read_and_emptied_too(database_url, smtp_server, tmp_path):
+    require_dovecot(pop3=True)
+    with IMAPServer(pop3=True) as server:
+        app = create_app(settings_for(database_url, tmp_path, smtp_url=smtp_server.url,
+                                      bounce_address="bounce@clinic.example", bounce_mailbox_url=server.pop3_url))
+        m = app.extensions["mailer"]
+        sent = sent_newsletter(m, smtp_server, 2)
+        client = imap_client(server)
+        (first, (first_id, first_verp, first_mid)), (second, (second_id, second_verp, second_mid)) = sent.items()
+        deliver(client, sample("gmail_no_such_user", verp=first_verp, rcpt=first, message_id=first_mid))
+        deliver(client, sample("postfix_delayed", verp=second_verp, rcpt=second, message_id=second_mid))
+        counts = bounce_mailbox.read_bounce_mailbox(m.sessions, m.settings, clock=_now)
+        assert (counts.read, counts.hard, counts.soft) == (2, 1, 1)
+        assert count(client) == 0  # POP3 DELE, committed at QUIT
+        with m.read_sessions() as session:
+            kinds = dict(session.execute(sa.select(Bounce.delivery_id, Bounce.kind)).all())
+        assert kinds == {first_id: "hard", second_id: "soft"}
+        client.logout()
+        m.engine.dispose()
