@@ -275,6 +275,25 @@ class Delivery(Base):
     contact: Mapped[Optional[Contact]] = relationship()
 
 
+class Bounce(Base):
+    """A delivery status notification read from the bounce mailbox, matched to the delivery it
+    is about: a hard bounce (the address was suppressed), a soft one (recorded only), or a
+    refusal of the message rather than the mailbox (policy: recorded, nobody suppressed)."""
+
+    __tablename__ = "bounces"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("deliveries.id", ondelete="SET NULL"),
+                                                       index=True)
+    kind: Mapped[str] = mapped_column(sa.String(20))
+    status: Mapped[str] = mapped_column(sa.String(20), default="")
+    # The MTA's diagnostic, addresses masked (clean_detail).
+    detail: Mapped[str] = mapped_column(sa.Text, default="")
+    # One row per notification and recipient, so reading a message twice records it once.
+    notice_key: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class Suppression(Base):
     """Addresses never to be mailed again, kept as a keyed hash so the list
     survives erasure without holding the address itself."""

@@ -134,6 +134,7 @@ def register(app: Flask) -> None:
     from mailer.web.admin import deliveries_admin
     from mailer.web.admin import import_admin
     from mailer.web.admin import fields_admin, lists_admin
+    from mailer.web.admin import deliverability_admin
     from mailer.web.ratelimit import Limiter, storage_for
 
     for module in ("api_people", "api_outbox", "api_sequences", "api_segments", "api_fields", "api_bulk"):  # importing them adds their routes to api.bp
@@ -151,7 +152,7 @@ def register(app: Flask) -> None:
     for blueprint in (public.bp, webinar_pages.bp, archive.bp, tracking.bp, auth.bp, admin.bp,
                       newsletters_admin.bp, automations_admin.bp, segments_admin.bp, webinars_admin.bp,
                       contacts_admin.bp, deliveries_admin.bp, hooks.bp, api.bp, staff_admin.bp, import_admin.bp,
-                      lists_admin.bp, fields_admin.bp):
+                      lists_admin.bp, fields_admin.bp, deliverability_admin.bp):
         app.register_blueprint(blueprint)
     app.after_request(_security_headers)
     app.before_request(_fresh_settings)
