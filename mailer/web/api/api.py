@@ -74,6 +74,16 @@ def parse_body(model: type[BaseModel], *, required: bool):
         raise _validation_error(exc, tagged=issubclass(model, RootModel)) from None
 
 
+def parse_form(model: type[BaseModel]):
+    """A multipart/form-data body: its fields as text, its files as bytes."""
+    values: dict[str, object] = request.form.to_dict()
+    values.update({name: upload.read() for name, upload in request.files.items()})
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise _validation_error(exc, tagged=False) from None
+
+
 def parse_query(model: type[BaseModel]):
     try:
         return model.model_validate(request.args.to_dict())
@@ -98,13 +108,14 @@ def operation(method: str, rule: str, *, summary: str, response: type[BaseModel]
               body: type[BaseModel] | None = None, body_required: bool = True,
               query: type[BaseModel] | None = None, scope: str | None = None, description: str = "",
               answer: str = "Success.", headers: dict[str, str] | None = None, errors: tuple[int, ...] = (),
-              content: dict[str, dict] | None = None):
+              content: dict[str, dict] | None = None, form: type[BaseModel] | None = None):
     """Register a view at `rule` (Flask syntax) and describe it in the OpenAPI document.
     The view gets `body` and `query` as validated models and returns a response model
     (or the model and extra headers); GET needs any token, everything else a write token.
     `errors` names answers beyond those every operation of its kind may give (403, 409);
     `content` documents other media types of the success answer, which the view then
-    returns as a ready Response (e.g. a streamed CSV)."""
+    returns as a ready Response (e.g. a streamed CSV). `form` takes a multipart/form-data
+    body (an upload) instead of JSON, given to the view as `form`."""
     scope = scope or ("read" if method == "GET" else "write")
 
     def register(view):
@@ -112,7 +123,7 @@ def operation(method: str, rule: str, *, summary: str, response: type[BaseModel]
             method=method, path=re.sub(r"<(?:[^:<>]+:)?(\w+)>", r"{\1}", rule), operation_id=view.__name__,
             summary=summary, response=response, status=status, body=body, body_required=body_required,
             query=query, scope=scope, description=description or (view.__doc__ or "").strip(), answer=answer,
-            response_headers=headers or {}, errors=errors, content=content or {}))
+            response_headers=headers or {}, errors=errors, content=content or {}, form=form))
 
         @functools.wraps(view)
         def handle(**path):
@@ -128,6 +139,8 @@ def operation(method: str, rule: str, *, summary: str, response: type[BaseModel]
                 kwargs["body"] = parse_body(body, required=body_required)
             if query is not None:
                 kwargs["query"] = parse_query(query)
+            if form is not None:
+                kwargs["form"] = parse_form(form)
             result = view(**kwargs)
             if isinstance(result, Response):  # a streamed download (see `content`)
                 return result
