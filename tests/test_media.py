@@ -361,3 +361,16 @@ def test_cli_add_list_delete(database_url, tmp_path, db):
     assert "no image" in cli(database_url, tmp_path, "media", "delete", str(image_id)).output
     assert [a for a in db.scalars(sa.select(AuditLog.action).order_by(AuditLog.id)) if a.startswith("media.")] == \
         ["media.upload", "media.alt", "media.delete"]
+
+
+def test_api_upload_over_the_limit_is_a_clear_413(app, client, tokens, mailer):
+    import dataclasses
+
+    mailer.settings = mailer.base_settings = dataclasses.replace(mailer.settings, media_max_bytes=100_000)
+    mailer.settings_read_at = float("inf")
+    answer = client.post("/api/v1/media", data={"file": (io.BytesIO(b"\xff" * 300_000), "big.jpg")},
+                         headers={"Authorization": f"Bearer {tokens.write}"}, content_type="multipart/form-data")
+    assert error_of(answer, 413)["message"] == "The body is larger than 0.2 MB, the most this operation accepts."
+    answer = client.post("/api/v1/media", data={"file": (io.BytesIO(b"\xff" * 120_000), "big.jpg")},
+                         headers={"Authorization": f"Bearer {tokens.write}"}, content_type="multipart/form-data")
+    assert "the largest accepted is 0.1 MB" in error_of(answer, 422)["message"]

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Response, g, jsonify, request, url_for
 from pydantic import BaseModel, RootModel, ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from mailer import clock
 from mailer.web.api import api_schemas as schemas
@@ -76,8 +76,13 @@ def parse_body(model: type[BaseModel], *, required: bool):
 
 def parse_form(model: type[BaseModel]):
     """A multipart/form-data body: its fields as text, its files as bytes."""
-    values: dict[str, object] = request.form.to_dict()
-    values.update({name: upload.read() for name, upload in request.files.items()})
+    try:
+        values: dict[str, object] = request.form.to_dict()
+        values.update({name: upload.read() for name, upload in request.files.items()})
+    except RequestEntityTooLarge:
+        limit = request.max_content_length or 0
+        raise ApiError(413, "too_large", f"The body is larger than {limit / (1024 * 1024):.1f} MB, the most "
+                                         "this operation accepts.") from None
     try:
         return model.model_validate(values)
     except ValidationError as exc:

@@ -531,7 +531,7 @@ ERROR_DESCRIPTIONS = {
     401: "No token, or not a valid one.",
     403: "The token's scope, or its user's role, does not allow this.",
     404: "No such resource.",
-    413: "The body is larger than 1 MiB.",
+    413: "The body is larger than 1 MiB (an upload: MAILER_MEDIA_MAX_BYTES and a little more).",
     409: "It clashes with what exists (a slug taken); `field` names it.",
     422: "A field is missing, of the wrong type, out of range or not acceptable; `field` names it.",
 }
