@@ -374,3 +374,13 @@ def test_api_upload_over_the_limit_is_a_clear_413(app, client, tokens, mailer):
     answer = client.post("/api/v1/media", data={"file": (io.BytesIO(b"\xff" * 120_000), "big.jpg")},
                          headers={"Authorization": f"Bearer {tokens.write}"}, content_type="multipart/form-data")
     assert "the largest accepted is 0.1 MB" in error_of(answer, 422)["message"]
+
+
+def test_alt_text_with_brackets_and_braces_shows_as_written(mailer):
+    image_id, *_ = add(mailer, image_bytes("PNG"), alt="Exercise [1] {{ not a tag }} \\ done")
+    with session_scope(mailer.sessions) as session:
+        snippet = media.markdown_snippet(mailer.settings.base_url, media.get_image(session, image_id))
+    assert not newsletters.template_problems("S", "", snippet)
+    rendered = newsletters.preview(mailer.renderer, mailer.settings, subject="S", preheader="", body_md=snippet,
+                                   layout="default")
+    assert 'alt="Exercise [1] { { not a tag }} \\ done"' in rendered.html

@@ -268,7 +268,9 @@ def image_url(base_url: str, image: MediaImage) -> str:
 
 
 def markdown_snippet(base_url: str, image: MediaImage) -> str:
-    alt = re.sub(r"([\[\]\\])", r"\\\1", image.alt)
+    """`![alt](url)`, brackets in the alt text escaped for Markdown. The body is a template
+    too: a `{{`, `{%` or `{#` in the alt text gets a space (`{ {`) so it is not read as one."""
+    alt = re.sub(r"\{(?=[{%#])", "{ ", re.sub(r"([\[\]\\])", r"\\\1", image.alt))
     return f"![{alt}]({image_url(base_url, image)})"
 
 
