@@ -78,9 +78,11 @@ def test_exif_gps_and_comments_are_gone_and_a_wide_photo_is_narrowed():
 def test_an_animated_gif_stays_animated():
     frames = [Image.new("RGB", (80, 60), (i * 50, 0, 0)) for i in range(4)]
     out = io.BytesIO()
-    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=120, loop=0)
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=120, loop=0, comment=b"home address")
     processed = media.process_image(out.getvalue(), **LIMITS)
-    assert processed.mime == "image/gif" and opened(processed.data).n_frames == 4
+    stored = opened(processed.data)
+    assert processed.mime == "image/gif" and stored.n_frames == 4 and stored.info["duration"] == 120
+    assert b"home address" not in processed.data and "comment" not in stored.info
 
 
 @pytest.mark.parametrize("data, words", [
