@@ -231,17 +231,17 @@ def set_alt(session: Session, image_id: int, alt: str) -> MediaImage:
 def users_of(session: Session, image: MediaImage) -> tuple[list[str], list[str]]:
     """(what unsent mail uses the image, what sent issues show it), as names staff know:
     newsletters by subject, automation steps by automation name."""
-    pattern = f"%/media/{image.key}.%"
+    pattern = f"%/media/{image.key.replace('_', '#_')}.%"  # keys may hold "_", a LIKE wildcard
     unsent, sent = [], []
     for subject, status in session.execute(sa.select(Newsletter.subject, Newsletter.status)
-                                           .where(Newsletter.body_md.like(pattern)).order_by(Newsletter.id)):
+                                           .where(Newsletter.body_md.like(pattern, escape="#")).order_by(Newsletter.id)):
         if status in UNSENT:
             unsent.append(f"newsletter “{subject}” ({status})")
         elif status == NewsletterStatus.SENT:
             sent.append(f"newsletter “{subject}”")
     for name, position in session.execute(
             sa.select(Sequence.name, SequenceStep.position).join(Sequence, SequenceStep.sequence_id == Sequence.id)
-            .where(SequenceStep.body_md.like(pattern), SequenceStep.deleted_at.is_(None),
+            .where(SequenceStep.body_md.like(pattern, escape="#"), SequenceStep.deleted_at.is_(None),
                    Sequence.status != SequenceStatus.ARCHIVED)
             .order_by(Sequence.id, SequenceStep.position)):
         unsent.append(f"automation “{name}”, step {position + 1}")
