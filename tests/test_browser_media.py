@@ -83,7 +83,10 @@ def test_upload_then_insert_into_a_newsletter_and_preview(live, browser, screen)
         snippet = page.locator("li.media-item input.snippet").input_value()
         assert snippet.startswith(f"![Our new treatment room]({base}/media/") and snippet.endswith(".png)")
         expect(page.locator("li.media-item")).to_contain_text("1200 × 400 px")
-        expect(page.get_by_role("button", name="Copy")).to_be_visible()  # JavaScript shows it
+        ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+        page.get_by_role("button", name="Copy").click()  # shown by JavaScript
+        expect(page.get_by_role("button", name="Copied")).to_be_visible()
+        assert page.evaluate("navigator.clipboard.readText()") == snippet
         no_sideways_scroll(page)
         shot(page, f"media-1-library-{screen}")
 
