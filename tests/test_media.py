@@ -198,6 +198,8 @@ def test_a_newsletter_with_a_library_image_points_at_our_origin(app, client, mai
     sources = re.findall(r'<img[^>]* src="([^"]+)"', html)
     assert sources == [f"https://news.example.org/media/{key}.{ext}"]
     assert 'alt="Our new treatment room"' in html
+    # Outlook for Windows reads the width attribute, not CSS: the 900-pixel image gets the column's 600.
+    assert re.search(r'<img [^>]*width="600"[^>]*style="[^"]*max-width: ?100%', html)
     fetched = client.get(sources[0].removeprefix("https://news.example.org"))
     assert fetched.status_code == 200 and opened(fetched.data).size == (900, 300)
 
@@ -391,3 +393,19 @@ def test_alt_text_with_brackets_and_braces_shows_as_written(mailer):
     rendered = newsletters.preview(mailer.renderer, mailer.settings, subject="S", preheader="", body_md=snippet,
                                    layout="default")
     assert 'alt="Exercise [1] { { not a tag }} \\ done"' in rendered.html
+
+
+def test_email_widths_are_the_images_own_at_most_the_column(mailer):
+    wide = add(mailer, image_bytes("PNG", size=(1000, 500)))
+    narrow = add(mailer, image_bytes("JPEG", size=(320, 200)))
+    base = "https://news.example.org"
+    body = (f"![a]({base}/media/{wide[1]}.png) ![b]({base}/media/{narrow[1]}.jpg) "
+            f"![c](https://elsewhere.example/media/{narrow[1]}.jpg) ![d]({base}/media/unknown.png)")
+    with mailer.read_sessions() as session:
+        assert media.email_widths(session, base, body) == {f"{base}/media/{wide[1]}.png": 600,
+                                                          f"{base}/media/{narrow[1]}.jpg": 320}
+    from mailer.delivery.rendering import with_image_widths
+
+    html = f'<p><img src="{base}/media/{wide[1]}.png" alt="a"><img width="50" src="{base}/media/{wide[1]}.png"></p>'
+    assert with_image_widths(html, {f"{base}/media/{wide[1]}.png": 600}) == (
+        f'<p><img src="{base}/media/{wide[1]}.png" width="600" alt="a"><img width="50" src="{base}/media/{wide[1]}.png"></p>')

@@ -267,6 +267,17 @@ def image_url(base_url: str, image: MediaImage) -> str:
     return f"{base_url}/media/{image.key}.{EXTENSION[image.mime]}"
 
 
+def email_widths(session: Session, base_url: str, body_md: str) -> dict[str, int]:
+    """The width mail gives each library image `body_md` shows (address → pixels): its
+    own, at most the 600-pixel column (one query, only when the body has any)."""
+    keys = set(re.findall(re.escape(f"{base_url}/media/") + r"([A-Za-z0-9_-]{1,32})\.(?:png|jpg|gif)\b", body_md))
+    if not keys:
+        return {}
+    found = session.execute(sa.select(MediaImage.key, MediaImage.mime, MediaImage.width)
+                            .where(MediaImage.key.in_(keys)))
+    return {f"{base_url}/media/{key}.{EXTENSION[mime]}": min(width, EMAIL_WIDTH) for key, mime, width in found}
+
+
 def markdown_snippet(base_url: str, image: MediaImage) -> str:
     """`![alt](url)`, brackets in the alt text escaped for Markdown. The body is a template
     too: a `{{`, `{%` or `{#` in the alt text gets a space (`{ {`) so it is not read as one."""
