@@ -137,7 +137,7 @@ def register(app: Flask) -> None:
     from mailer.web.admin import media_admin
     from mailer.web.ratelimit import Limiter, storage_for
 
-    for module in ("api_people", "api_outbox", "api_sequences", "api_segments", "api_fields", "api_media"):  # importing them adds their routes to api.bp
+    for module in ("api_people", "api_outbox", "api_sequences", "api_segments", "api_fields", "api_bulk", "api_media"):  # importing them adds their routes to api.bp
         importlib.import_module(f"mailer.web.api.{module}")
     settings = app.extensions["mailer"].settings
     app.json = JSONProvider(app)
