@@ -1489,3 +1489,76 @@ def read_bounces() -> None:
         raise click.ClickException(str(exc))
     click.echo(f"read {counts.read}: hard bounces {counts.hard} (suppressed), soft {counts.soft}, "
                f"policy {counts.policy}, matching no delivery {counts.unmatched}, not bounces {counts.not_bounces}")
+
+
+@main.group("media")
+def media_group() -> None:
+    """The media library: images for newsletters (add, list, alt, delete)."""
+
+
+@media_group.command("add")
+@click.argument("file", type=click.File("rb"))
+@click.option("--alt", default="", help="What the image shows, for readers who cannot see it.")
+def media_add(file, alt) -> None:
+    """Add an image (PNG, JPEG, GIF or WebP); prints its id and the Markdown that shows it."""
+    from mailer.campaigns import media
+
+    m = _mailer()
+    limit = m.settings.media_max_bytes
+
+    def add(session):
+        image, created = media.add_image(session, file.read(limit + 1), alt=alt, filename=os.path.basename(file.name),
+                                         user_id=None, max_bytes=limit, max_pixels=m.settings.media_max_pixels,
+                                         now=utcnow())
+        if created:
+            users.record(session, None, "media.upload", f"image {image.id} ({image.width} × {image.height})")
+        return (f"{'added' if created else 'already in the library:'} image {image.id} "
+                f"({image.width} × {image.height}, {image.mime})\n{media.markdown_snippet(m.settings.base_url, image)}")
+
+    click.echo(_run(m, add))
+
+
+@media_group.command("list")
+def media_list() -> None:
+    """Every image, newest first: id, size, type, alt text, address."""
+    from mailer.campaigns import media
+
+    m = _mailer()
+    with m.read_sessions() as session:
+        for image in media.list_images(session):
+            click.echo(f"{image.id}\t{image.width}x{image.height}\t{image.mime}\t{image.alt or '(no alt text)'}\t"
+                       f"{media.image_url(m.settings.base_url, image)}")
+
+
+@media_group.command("alt")
+@click.argument("image_id", type=int)
+@click.argument("alt")
+def media_alt(image_id, alt) -> None:
+    """Change an image's alt text."""
+    from mailer.campaigns import media
+
+    m = _mailer()
+
+    def change(session):
+        media.set_alt(session, image_id, alt)
+        users.record(session, None, "media.alt", f"image {image_id}")
+
+    _run(m, change)
+    click.echo(f"alt text of image {image_id} saved")
+
+
+@media_group.command("delete")
+@click.argument("image_id", type=int)
+def media_delete(image_id) -> None:
+    """Delete an image no unsent newsletter or automation uses."""
+    from mailer.campaigns import media
+
+    m = _mailer()
+
+    def delete(session):
+        _, sent = media.delete_image(session, image_id)
+        users.record(session, None, "media.delete", f"image {image_id}")
+        return sent
+
+    sent = _run(m, delete)
+    click.echo(f"deleted image {image_id}" + (f"; sent mail no longer shows it: {'; '.join(sent)}" if sent else ""))

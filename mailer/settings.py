@@ -54,6 +54,9 @@ class Settings:
     login_max_failures: int
     login_lockout_seconds: int
     confirmations_per_day: int = 3
+    # Media library: largest upload accepted, and most pixels an image may decode to.
+    media_max_bytes: int = 10 * 1024 * 1024
+    media_max_pixels: int = 40_000_000
     proxy_count: int = 0
     redis_url: str = ""
     # The clinic's blog (campaigns.blog): its RSS or Atom feed, and the limits of reading it.
