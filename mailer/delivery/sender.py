@@ -1,18 +1,17 @@
-"""The send loop: claim due deliveries, render each, hand them to a pool of SMTP
-connections within the rate limits, record what happened. No database
-transaction is open while mail is on the wire."""
+"""The send loop: claim due deliveries, render each, hand them to the SMTP connections
+(smtp_client.Pipeline: all of them driven from this thread) within the rate limits, and
+record what happened as it happens, a group of outcomes at a time (OutcomeLog). No
+database transaction is open while mail is on the wire."""
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import logging
 import os
-import queue
 import socket
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import sqlalchemy as sa
@@ -24,7 +23,8 @@ from mailer.models import (ContactFieldValue, Delivery, DeliveryStatus, ErrorCla
                            SubscriptionStatus, SuppressionReason)
 from mailer.delivery.rendering import EmailRenderer, MessageBuilder
 from mailer.settings import Settings
-from mailer.delivery.transports import Transport, TransportError
+from mailer.delivery.smtp_client import Pipeline
+from mailer.delivery.transports import SMTPTransport, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -91,42 +91,58 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class ConnectionPool:
-    """`size` transport connections, handed out one at a time and kept open between
-    messages and batches; each opens at its first use."""
+class OutcomeLog:
+    """Outcomes recorded as they come, in groups: one transaction every `every` messages
+    or `seconds`, whichever comes first. A worker killed mid-send has left unrecorded only
+    the messages on the wire and those finished since the last group (at most `every`):
+    those are what a new worker sends again once the lease runs out."""
 
-    def __init__(self, transport: Transport, size: int):
-        self.connections = [transport.connection() for _ in range(size)]
-        self.idle: queue.LifoQueue = queue.LifoQueue()
-        for connection in self.connections:
-            self.idle.put(connection)
+    def __init__(self, sender: "Sender", every: int = 32, seconds: float = 0.025):
+        self.sender = sender
+        self.every = every
+        self.seconds = seconds
+        self.totals = BatchResult()
+        self.release_until: dt.datetime | None = None
+        self._new_group()
 
-    def acquire(self):
-        return self.idle.get()
+    def _new_group(self) -> None:
+        self.group = outbox.Outcomes(release_until=self.release_until)
+        self.addresses: dict[int, str] = {}  # delivery id -> address, for a hard bounce's suppression
+        self.count = 0
+        self.started = time.monotonic()
 
-    def release(self, connection) -> None:
-        self.idle.put(connection)
+    def report(self, message: "OutgoingMessage", outcome: str, error: TransportError | None) -> None:
+        """What the transport did with one message (sent, deferred, failed or released)."""
+        group = self.group
+        if outcome == "sent":
+            group.sent.append(message.delivery_id)
+        elif outcome == "released":
+            group.released.append(message.delivery_id)
+        elif outcome == "deferred":
+            group.deferred[message.delivery_id] = (_error_class(error), str(error))
+        else:
+            group.failed[message.delivery_id] = (_error_class(error), str(error))
+            self.addresses[message.delivery_id] = message.rcpt_to
+        self.added()
 
-    def close(self) -> None:
-        """Close every connection; the next use opens it again."""
-        for connection in self.connections:
-            try:
-                connection.close()
-            except Exception:  # closing is best effort
-                log.debug("error closing a connection", exc_info=True)
+    def added(self, n: int = 1) -> None:
+        self.count += n
+        if self.count >= self.every or time.monotonic() - self.started >= self.seconds:
+            self.flush()
 
-
-class DomainGate:
-    """At most `cap` messages in flight to one recipient domain."""
-
-    def __init__(self, cap: int):
-        self.cap = cap
-        self.lock = threading.Lock()
-        self.gates: dict[str, threading.Semaphore] = {}
-
-    def gate(self, domain: str) -> threading.Semaphore:
-        with self.lock:
-            return self.gates.setdefault(domain, threading.Semaphore(self.cap))
+    def flush(self) -> None:
+        group = self.group
+        if not self.count:
+            return
+        self.group.release_until = self.release_until
+        self.sender._record(group, self.addresses)
+        totals = self.totals
+        totals.sent += len(group.sent)
+        totals.deferred += len(group.deferred)
+        totals.failed += len(group.failed)
+        totals.skipped += len(group.skipped)
+        totals.released += len(group.released)
+        self._new_group()
 
 
 class Sender:
@@ -145,10 +161,13 @@ class Sender:
         self._source_seen = settings  # what the source gave last: a change there replaces ours
         self.compiled: dict = {}
         self._adopt(settings)
-        self.pool = ConnectionPool(transport, max(1, settings.smtp_connections))
-        self.executor = ThreadPoolExecutor(max(1, settings.smtp_connections), thread_name_prefix="smtp")
-        self.domains = DomainGate(max(1, settings.per_domain_concurrency))
         self.stopping = threading.Event()
+        self.pipeline: Pipeline | None = None  # SMTP: every connection, driven from one thread
+        self.connection = None  # another transport (dev mailbox, memory): one connection
+        if isinstance(transport, SMTPTransport):
+            self.pipeline = Pipeline(transport, connections=settings.smtp_connections,
+                                     per_domain=settings.per_domain_concurrency, mail_from=settings.from_email,
+                                     before_each=self._before_each, stopping=self.stopping.is_set)
 
     def _adopt(self, settings: Settings) -> None:
         """Use these settings from the next batch on (rate limits, sender, footer)."""
@@ -175,31 +194,32 @@ class Sender:
                                    message_domain=settings.from_domain)
         if not ids:
             return BatchResult()
-        outcomes = outbox.Outcomes()
+        log = OutcomeLog(self)
         try:
             with session_scope(self.session_factory) as session:
-                messages = self._build(session, ids, outcomes)
+                messages = self._build(session, ids, log.group)
         except sa.exc.SQLAlchemyError:
             # The database failed us, not the messages: give the rows back untried.
             with session_scope(self.session_factory) as session:
                 outbox.release_claims(session, worker_id=self.worker_id)
             raise
-        self._transmit(messages, outcomes)
-        self._record(messages, outcomes)
-        return BatchResult(claimed=len(ids), sent=len(outcomes.sent), deferred=len(outcomes.deferred),
-                           failed=len(outcomes.failed), skipped=len(outcomes.skipped),
-                           released=len(outcomes.released))
+        group = log.group
+        log.added(len(group.skipped) + len(group.failed))
+        self._transmit(messages, log)
+        log.flush()
+        log.totals.claimed = len(ids)
+        return log.totals
 
-    def _record(self, messages: list[OutgoingMessage], outcomes: outbox.Outcomes) -> None:
+    def _record(self, outcomes: outbox.Outcomes, addresses: dict[int, str]) -> None:
+        """Write one group of outcomes; a hard bounce suppresses the address."""
         settings = self.settings
         now = self.clock()
-        addresses = {m.delivery_id: m.rcpt_to for m in messages}
         with session_scope(self.session_factory) as session:
             outbox.record_outcomes(session, outcomes, worker_id=self.worker_id, now=now,
                                    base_seconds=settings.retry_base_seconds, cap_seconds=settings.retry_cap_seconds,
                                    deadline=dt.timedelta(hours=settings.retry_deadline_hours))
             for delivery_id, (error_class, reply) in outcomes.failed.items():
-                if error_class == ErrorClass.PERMANENT:
+                if error_class == ErrorClass.PERMANENT and addresses.get(delivery_id):
                     suppression.suppress_address(session, settings, addresses[delivery_id],
                                                  reason=SuppressionReason.HARD_BOUNCE, detail=reply, now=now)
 
@@ -318,10 +338,9 @@ class Sender:
 
     # Sending -----------------------------------------------------------------------
 
-    def _transmit(self, messages: list[OutgoingMessage], outcomes: outbox.Outcomes) -> None:
+    def _transmit(self, messages: list[OutgoingMessage], log: OutcomeLog) -> None:
         """Send within the budget; what may not go now is released, not attempted."""
-        pending = list(messages)
-        server_down = ServerDown()
+        pending = messages
         while pending:
             if self.stopping.is_set():
                 break
@@ -330,51 +349,50 @@ class Sender:
             if not grant.count:
                 wait = (grant.retry_at - self.clock()).total_seconds()
                 if wait > 5:  # an hourly or daily budget is spent: give the rows back until then
-                    outcomes.release_until = grant.retry_at
+                    log.release_until = grant.retry_at
                     break
                 self.sleep(max(wait, 0.01))
                 continue
             chunk, pending = pending[:grant.count], pending[grant.count:]
-            for future in [self.executor.submit(self._send_one, m, outcomes, server_down) for m in chunk]:
-                future.result()
-        outcomes.released.extend(m.delivery_id for m in pending)
-
-    def _send_one(self, message: OutgoingMessage, outcomes: outbox.Outcomes, server_down: "ServerDown") -> None:
-        if server_down.is_set():
-            outcomes.deferred[message.delivery_id] = (ErrorClass.CONNECTION, server_down.reason)
-            return
-        if self.stopping.is_set():
-            outcomes.released.append(message.delivery_id)
-            return
-        gate = self.domains.gate(message.domain)
-        with gate:
-            connection = self.pool.acquire()
-            try:
-                if not self._wait_for_this_second():  # stopping while waiting for a slot
-                    outcomes.released.append(message.delivery_id)
-                    return
-                connection.send(self.settings.from_email, message.rcpt_to, message.data)
-            except TransportError as exc:
-                error_class = _error_class(exc)
-                if exc.temporary:
-                    outcomes.deferred[message.delivery_id] = (error_class, str(exc))
-                else:
-                    outcomes.failed[message.delivery_id] = (error_class, str(exc))
-                if exc.connection_lost:
-                    self._reopen(connection, server_down)
-            except Exception as exc:  # never lose a row to an unexpected error: retry it later
-                log.exception("unexpected error sending delivery %s", message.delivery_id)
-                outcomes.deferred[message.delivery_id] = (ErrorClass.CONNECTION, f"unexpected error: {exc}")
+            if self.pipeline is not None:
+                self.pipeline.run(chunk, log.report)
             else:
-                outcomes.sent.append(message.delivery_id)
-            finally:
-                self.pool.release(connection)
+                self._send_each(chunk, log)
+        for message in pending:
+            log.report(message, "released", None)
 
-    def _wait_for_this_second(self) -> bool:
+    def _send_each(self, messages: list[OutgoingMessage], log: OutcomeLog) -> None:
+        """A transport that is not SMTP (the dev mailbox, memory): one message after another."""
+        if self.connection is None:
+            self.connection = self.transport.connection()
+        down: TransportError | None = None
+        for message in messages:
+            if down is not None:
+                log.report(message, "deferred", down)
+                continue
+            if self.stopping.is_set() or not self._before_each():
+                log.report(message, "released", None)
+                continue
+            try:
+                self.connection.send(self.settings.from_email, message.rcpt_to, message.data)
+            except TransportError as exc:
+                log.report(message, "deferred" if exc.temporary else "failed", exc)
+                if exc.connection_lost:
+                    try:
+                        self.connection.reopen()
+                    except TransportError as gone:
+                        down = gone  # the server is gone: defer the rest instead of trying each one
+            except Exception as exc:  # never lose a row to an unexpected error: retry it later
+                log.report(message, "deferred", TransportError(f"unexpected error: {exc}", temporary=True,
+                                                               error_class=ErrorClass.CONNECTION))
+            else:
+                log.report(message, "sent", None)
+
+    def _before_each(self) -> bool:
         """Under a per-second limit each message claims its place right before it goes
-        out, so messages held up on the wire cannot bunch into one second."""
+        out, so messages held up on the wire cannot bunch into one second. False: stopping."""
         if not self.limits.per_second:
-            return True
+            return not self.stopping.is_set()
         while not self.stopping.is_set():
             with session_scope(self.session_factory) as session:
                 retry_at = send_budget.take_one_this_second(session, self.limits.per_second, self.clock())
@@ -383,13 +401,15 @@ class Sender:
             self.sleep(max((retry_at - self.clock()).total_seconds(), 0.005))
         return False
 
-    @staticmethod
-    def _reopen(connection, server_down: "ServerDown") -> None:
+    def _close_connections(self) -> None:
+        """Close every connection (QUIT); the next send opens them again."""
         try:
-            connection.reopen()
-        except TransportError as down:
-            # The server is gone: defer the rest of the batch instead of trying each one.
-            server_down.set(str(down))
+            if self.pipeline is not None:
+                self.pipeline.close()
+            if self.connection is not None:
+                self.connection.close()
+        except Exception:  # closing is best effort
+            log.debug("error closing a connection", exc_info=True)
 
     # Loops -------------------------------------------------------------------------
 
@@ -405,7 +425,7 @@ class Sender:
                 progress(total)
             if not result.claimed or (result.released and not result.sent):
                 break
-        self.pool.close()  # do not hold idle connections open until the next run
+        self._close_connections()  # do not hold idle connections open until the next run
         return total
 
     def request_stop(self) -> None:
@@ -419,25 +439,9 @@ class Sender:
         self.close()
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True)
-        self.pool.close()
+        self._close_connections()
         with session_scope(self.session_factory) as session:
             outbox.release_claims(session, worker_id=self.worker_id)
-
-
-class ServerDown:
-    """Set once, by the first connection that cannot reach the server again."""
-
-    def __init__(self):
-        self.event = threading.Event()
-        self.reason = ""
-
-    def set(self, reason: str) -> None:
-        self.reason = reason
-        self.event.set()
-
-    def is_set(self) -> bool:
-        return self.event.is_set()
 
 
 def _error_class(exc: TransportError) -> str:
