@@ -1,12 +1,16 @@
 """Signed tokens for links in mail: confirm a signup, unsubscribe from a list."""
 from __future__ import annotations
 
+import functools
+
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 
 __all__ = ["BadSignature", "SignatureExpired", "dumps", "loads"]
 
 
+@functools.lru_cache(maxsize=64)
 def _serializer(secret_key: str, purpose: str, timed: bool):
+    """One serializer per key and purpose, made once (a send batch signs two tokens per message)."""
     cls = URLSafeTimedSerializer if timed else URLSafeSerializer
     return cls(secret_key, salt=f"mailer.{purpose}")
 

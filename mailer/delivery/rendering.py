@@ -432,6 +432,8 @@ def encode_address(display_name: str, email: str) -> str:
 
 def _encode_header(value: str) -> str:
     text = one_line(value)
+    if len(text) <= 70 and text.isascii() and text.isprintable():
+        return text  # what Header would give: ASCII that fits one line is not folded or encoded
     charset = "us-ascii" if text.isascii() else "utf-8"
     return Header(text, charset, maxlinelen=78).encode(linesep="\r\n")
 

@@ -77,6 +77,53 @@ class Recipient:
 
 
 @dataclasses.dataclass(frozen=True)
+class Planned:
+    """A claimed row to send: its builder's content, to be composed when its turn comes."""
+
+    delivery: Delivery
+    recipient: Recipient
+    content: object
+    builder: MessageBuilder
+    custom: dict
+
+
+class Composing:
+    """A batch's messages, each composed when the transport asks for the next one and
+    dropped once sent, so a large batch holds a few messages' bytes at a time. A message
+    that cannot be composed is recorded as a rendering failure and skipped."""
+
+    def __init__(self, sender: "Sender", planned: list[Planned], log: "OutcomeLog"):
+        self.sender = sender
+        self.planned = planned
+        self.log = log
+        self.index = 0
+
+    def __iter__(self) -> "Composing":
+        return self
+
+    def __next__(self) -> "OutgoingMessage":
+        while self.index < len(self.planned):
+            plan = self.planned[self.index]
+            self.index += 1
+            delivery, recipient = plan.delivery, plan.recipient
+            try:
+                data = self.sender._compose(plan.builder, delivery, recipient, plan.content, plan.custom)
+            except Exception as exc:  # one broken message must not stop the rest of the batch
+                log.exception("cannot render delivery %s", delivery.id)
+                self.log.group.failed[delivery.id] = (ErrorClass.RENDERING, f"rendering failed: {exc}")
+                self.log.added()
+                continue
+            return OutgoingMessage(delivery.id, recipient.email, data)
+        raise StopIteration
+
+    def rest(self) -> list["OutgoingMessage"]:
+        """Those not composed yet (stopping, the server down, the budget spent): stand-ins
+        without content, to be released or deferred."""
+        rest, self.index = self.planned[self.index:], len(self.planned)
+        return [OutgoingMessage(p.delivery.id, p.recipient.email, b"") for p in rest]
+
+
+@dataclasses.dataclass(frozen=True)
 class OutgoingMessage:
     delivery_id: int
     rcpt_to: str
@@ -197,7 +244,7 @@ class Sender:
         log = OutcomeLog(self)
         try:
             with session_scope(self.session_factory) as session:
-                messages = self._build(session, ids, log.group)
+                planned = self._plan(session, ids, log.group)
         except sa.exc.SQLAlchemyError:
             # The database failed us, not the messages: give the rows back untried.
             with session_scope(self.session_factory) as session:
@@ -205,7 +252,7 @@ class Sender:
             raise
         group = log.group
         log.added(len(group.skipped) + len(group.failed))
-        self._transmit(messages, log)
+        self._transmit(planned, log)
         log.flush()
         log.totals.claimed = len(ids)
         return log.totals
@@ -225,7 +272,10 @@ class Sender:
 
     # Building ----------------------------------------------------------------------
 
-    def _build(self, session: Session, ids: list[int], outcomes: outbox.Outcomes) -> list[OutgoingMessage]:
+    def _plan(self, session: Session, ids: list[int], outcomes: outbox.Outcomes) -> list["Planned"]:
+        """What each claimed row becomes (its builder runs here, with the database), or why
+        it is skipped; the message itself is composed later, when a connection has room
+        for it (Composing)."""
         deliveries = session.scalars(sa.select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.id)
                                      .options(selectinload(Delivery.contact))).all()
         recipients = {d.id: self._recipient(d) for d in deliveries}
@@ -234,7 +284,7 @@ class Sender:
         custom = self._field_values(session, deliveries)
         batch = BatchContext(session, self.settings, self.renderer, self.static_context, self.clock, self.compiled)
         builder = MessageBuilder(from_addr=self.settings.from_addr, reply_to=self.settings.reply_to, date=self.clock())
-        messages = []
+        planned = []
         for delivery in deliveries:
             recipient = recipients[delivery.id]
             skip = self._skip_reason(delivery, recipient, suppressed, subscriptions)
@@ -250,15 +300,14 @@ class Sender:
                 if isinstance(content, outbox.Skip):
                     outcomes.skipped[delivery.id] = (content.status, content.reason)
                     continue
-                data = self._compose(builder, delivery, recipient, content, custom)
             except sa.exc.SQLAlchemyError:
                 raise
             except Exception as exc:  # one broken message must not stop the rest of the batch
                 log.exception("cannot render delivery %s", delivery.id)
                 outcomes.failed[delivery.id] = (ErrorClass.RENDERING, f"rendering failed: {exc}")
                 continue
-            messages.append(OutgoingMessage(delivery.id, recipient.email, data))
-        return messages
+            planned.append(Planned(delivery, recipient, content, builder, custom))
+        return planned
 
     @staticmethod
     def _subscription_states(session: Session, deliveries) -> dict[tuple[int, int], str]:
@@ -338,9 +387,9 @@ class Sender:
 
     # Sending -----------------------------------------------------------------------
 
-    def _transmit(self, messages: list[OutgoingMessage], log: OutcomeLog) -> None:
+    def _transmit(self, planned: list["Planned"], log: OutcomeLog) -> None:
         """Send within the budget; what may not go now is released, not attempted."""
-        pending = messages
+        pending = planned
         while pending:
             if self.stopping.is_set():
                 break
@@ -354,25 +403,23 @@ class Sender:
                 self.sleep(max(wait, 0.01))
                 continue
             chunk, pending = pending[:grant.count], pending[grant.count:]
+            messages = Composing(self, chunk, log)
             if self.pipeline is not None:
-                self.pipeline.run(chunk, log.report)
+                self.pipeline.run(messages, log.report)
             else:
-                self._send_each(chunk, log)
-        for message in pending:
+                self._send_each(messages, log)
+        for message in Composing(self, pending, log).rest():
             log.report(message, "released", None)
 
-    def _send_each(self, messages: list[OutgoingMessage], log: OutcomeLog) -> None:
+    def _send_each(self, messages: "Composing", log: OutcomeLog) -> None:
         """A transport that is not SMTP (the dev mailbox, memory): one message after another."""
         if self.connection is None:
             self.connection = self.transport.connection()
-        down: TransportError | None = None
         for message in messages:
-            if down is not None:
-                log.report(message, "deferred", down)
-                continue
             if self.stopping.is_set() or not self._before_each():
-                log.report(message, "released", None)
-                continue
+                for stopped in [message, *messages.rest()]:
+                    log.report(stopped, "released", None)
+                return
             try:
                 self.connection.send(self.settings.from_email, message.rcpt_to, message.data)
             except TransportError as exc:
@@ -381,7 +428,9 @@ class Sender:
                     try:
                         self.connection.reopen()
                     except TransportError as gone:
-                        down = gone  # the server is gone: defer the rest instead of trying each one
+                        for unsent in messages.rest():  # the server is gone: defer the rest untried
+                            log.report(unsent, "deferred", gone)
+                        return
             except Exception as exc:  # never lose a row to an unexpected error: retry it later
                 log.report(message, "deferred", TransportError(f"unexpected error: {exc}", temporary=True,
                                                                error_class=ErrorClass.CONNECTION))

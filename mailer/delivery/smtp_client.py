@@ -154,7 +154,7 @@ class Wire:
 class Pipeline:
     """Sends messages over up to `connections` connections from one thread.
 
-    run(jobs, report) returns when every job has been reported once, as
+    run(messages, report) returns when every message has been reported once, as
     report(message, outcome, error) with outcome "sent", "deferred", "failed" or
     "released" (never attempted: stopping, or held back by the caller's gate)."""
 
@@ -175,16 +175,33 @@ class Pipeline:
     # The run ------------------------------------------------------------------------
 
     def run(self, messages, report: Callable) -> None:
+        """Send `messages` (an iterator: each is composed when a connection has room for
+        it, and dropped once reported). When it has rest(), that gives the messages it has
+        not composed yet, to be released or deferred without composing them."""
         self.report = report
-        self.pending: collections.deque[Job] = collections.deque(Job(m) for m in messages)
+        self.source = iter(messages)
+        self.rest = getattr(messages, "rest", None)
+        self.exhausted = False
+        self.pending: collections.deque[Job] = collections.deque()  # taken from the source, not on a connection
         self.domains: dict[str, dict[int, int]] = {}  # domain -> {wire number: jobs on it}
         self.down: str | None = None  # the server cannot be reached: defer the rest
-        self.outstanding = len(self.pending)
-        while self.outstanding:
+        while True:
             self._assign()
-            if not self.outstanding:
+            if self.exhausted and not self.pending and not any(w.jobs for w in self.wires):
                 break
             self._poll()
+
+    def _more(self) -> bool:
+        return bool(self.pending) or not self.exhausted
+
+    def _pull(self) -> Job | None:
+        if self.exhausted:
+            return None
+        try:
+            return Job(next(self.source))
+        except StopIteration:
+            self.exhausted = True
+            return None
 
     def close(self) -> None:
         for wire in self.wires:
@@ -198,15 +215,19 @@ class Pipeline:
         """Give each connection with room a job (two at most: one answered, one pipelined
         behind its content)."""
         if self.down is not None or self.stopping():
-            while self.pending:
-                job = self.pending.popleft()
+            left = list(self.pending)
+            self.pending.clear()
+            if not self.exhausted:
+                left += [Job(m) for m in (self.rest() if self.rest is not None else self.source)]
+                self.exhausted = True
+            for job in left:
                 if self.down is not None:
                     self._finish(job, "deferred", TransportError(self.down, temporary=True, connection_lost=True))
                 else:
                     self._finish(job, "released", None)
             return
         for wire in self.wires:
-            if not self.pending:
+            if not self._more():
                 return
             if not wire.jobs:
                 self._start_next(wire)
@@ -216,16 +237,25 @@ class Pipeline:
         return not on or wire.number in on or len(on) < self.per_domain
 
     def _take(self, wire: Wire) -> Job | None:
+        """The first message this connection may carry (the per-domain cap), composing
+        further ones while those waiting are all for domains at their cap."""
         for i, job in enumerate(self.pending):
             if self._room(wire, job.message.domain):
                 del self.pending[i]
                 return job
-            if i > 1000:
-                break
+        while len(self.pending) < 256:
+            job = self._pull()
+            if job is None:
+                return None
+            if self._room(wire, job.message.domain):
+                return job
+            self.pending.append(job)
         return None
 
     def _start_next(self, wire: Wire) -> bool:
         """Put the next job's MAIL, RCPT and DATA on this connection; False when none."""
+        if self.down is not None:
+            return False
         job = self._take(wire)
         if job is None:
             return False
@@ -279,7 +309,6 @@ class Pipeline:
                 if not counts[wire.number]:
                     del counts[wire.number]
             job.wire = None
-        self.outstanding -= 1
         self.report(job.message, outcome, error)
 
     # The loop -----------------------------------------------------------------------
@@ -422,7 +451,7 @@ class Pipeline:
             job.content_sent = True
             wire.expect.append(("END", job))
             # The next message's commands follow its content in the same write.
-            if wire.pipelining and self.pending and not self.stopping() and self.down is None:
+            if wire.pipelining and self._more() and not self.stopping() and self.down is None:
                 self._start_next(wire)
         elif step == "END":
             if job.error is None and code != 250:
@@ -439,7 +468,7 @@ class Pipeline:
             self._finish(job, "sent", None)
         else:
             self._finish(job, "deferred" if error.temporary else "failed", error)
-        if wire.is_open and not wire.jobs and self.pending:
+        if wire.is_open and not wire.jobs and self._more():
             self._start_next(wire)
 
     def _close_after(self, wire: Wire, job: Job | None, error: TransportError) -> None:
@@ -467,7 +496,6 @@ class Pipeline:
                 self._finish_quietly(job)
                 job.requeues += 1
                 self.pending.appendleft(job)
-                self.outstanding += 1
 
     def _finish_quietly(self, job: Job) -> None:
         """Take a job off its connection without reporting it (it goes back to pending)."""
