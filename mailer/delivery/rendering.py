@@ -438,9 +438,22 @@ def _encode_header(value: str) -> str:
     return Header(text, charset, maxlinelen=78).encode(linesep="\r\n")
 
 
-def _quoted_printable(text: str) -> bytes:
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
-    return binascii.b2a_qp(lines, istext=True).replace(b"\n", b"\r\n")
+def _quoted_printable(text: str, lines: dict[str, bytes] | None = None) -> bytes:
+    """Quoted-printable with CRLF line ends. Quoted-printable encodes each line on its
+    own, so with `lines` (a cache kept for a batch) a line seen before, such as every
+    line of an issue that does not name the reader, is encoded once: the result is the
+    same bytes as encoding the whole text (tests/test_send_path.py compares them)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if lines is None:
+        return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+    *whole, last = text.split("\n")
+    parts = [lines.get(line) or lines.setdefault(line, _qp_line(line, b"\n")) for line in whole]
+    parts.append(_qp_line(last, b""))
+    return b"".join(parts)
+
+
+def _qp_line(line: str, end: bytes) -> bytes:
+    return binascii.b2a_qp(line.encode("utf-8") + end, istext=True).replace(b"\n", b"\r\n")
 
 
 def _base64(text: str) -> bytes:
@@ -463,6 +476,7 @@ class MessageBuilder:
         # Neither boundary may begin with the other.
         self.mixed_boundary = f"=_mixed_{secrets.token_hex(12)}"
         self.alternative = self._alternative(self.boundary)
+        self.text_lines: dict[str, bytes] = {}  # quoted-printable of each text line seen in this batch
 
     @staticmethod
     def _alternative(boundary: str) -> tuple[bytes, bytes, bytes, bytes]:
@@ -479,7 +493,7 @@ class MessageBuilder:
                  f"Message-ID: {one_line(message_id)}"]
         lines.extend(f"{name}: {one_line(value)}" for name, value in (headers or {}).items())
         start, middle, end, _ = self.alternative
-        body = [start, _quoted_printable(rendered.text), middle, _base64(rendered.html), end]
+        body = [start, _quoted_printable(rendered.text, self.text_lines), middle, _base64(rendered.html), end]
         if rendered.attachments:
             mixed = self.mixed_boundary
             parts = [f"Content-Type: multipart/mixed; boundary=\"{mixed}\"\r\n\r\n--{mixed}\r\n".encode(), *body]

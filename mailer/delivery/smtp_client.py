@@ -39,7 +39,8 @@ def wire_data(data: bytes) -> bytes:
     """The DATA content as it goes on the wire: CRLF line ends, dot-stuffed (RFC 5321
     §4.5.2), ended by CRLF . CRLF. `bytes` operations on the usual all-CRLF message
     (smtplib runs a regular expression over every byte of it)."""
-    if data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\r\n"):
+    pairs = data.count(b"\r\n")  # a bare CR or LF could end the data early at some servers (smuggling)
+    if data.count(b"\n") != pairs or data.count(b"\r") != pairs:
         data = _BARE_EOL.sub(b"\r\n", data)
     if data[:1] == b".":
         data = b"." + data

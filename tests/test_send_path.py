@@ -1,0 +1,164 @@
+"""The send path: the pipelining SMTP client against aiosmtpd (PIPELINING offered or
+not), no RSET between good transactions, refusals in the middle of a pipeline, a
+connection the server closed between batches, outcomes recorded while a batch is
+still going, and the byte-level helpers (dot-stuffing, quoted-printable by line)."""
+from __future__ import annotations
+
+import random
+import re
+import smtplib
+
+import sqlalchemy as sa
+
+from mailer.delivery.rendering import _quoted_printable
+from mailer.delivery.smtp_client import wire_data
+from mailer.models import Delivery
+from tests.audience import address, make_audience, make_newsletter
+
+
+def _statuses(db) -> dict[str, int]:
+    return dict(db.execute(sa.select(Delivery.status, sa.func.count()).group_by(Delivery.status)))
+
+
+def _pipelined_mail(handler):
+    """Count MAIL commands whose RCPT and DATA were already in the server's read buffer
+    when MAIL was handled: they came in the same write (RFC 2920)."""
+    seen = {"pipelined": 0, "mail": 0}
+    plain = handler.handle_MAIL
+
+    async def handle_MAIL(server, session, envelope, address, mail_options):
+        seen["mail"] += 1
+        waiting = bytes(server._reader._buffer)
+        if b"RCPT TO:" in waiting and b"DATA\r\n" in waiting:
+            seen["pipelined"] += 1
+        return await plain(server, session, envelope, address, mail_options)
+
+    handler.handle_MAIL = handle_MAIL
+    return seen
+
+
+def test_pipelined_commands_no_rset_between_good_transactions(mailer, smtp_server, db):
+    seen = _pipelined_mail(smtp_server.handler)
+    make_audience(mailer, 40, domains=("example.com", "example.net"))
+    make_newsletter(mailer)
+    result = mailer.drain()
+    assert (result.sent, result.deferred, result.failed) == (40, 0, 0)
+    assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == sorted(
+        address(i, d) for i, d in zip(range(40), ["example.com", "example.net"] * 20))
+    commands = smtp_server.handler.commands
+    assert "RSET" not in commands
+    assert commands.count("MAIL") == commands.count("RCPT") == commands.count("DATA") == 40
+    assert seen["mail"] == 40 and seen["pipelined"] == 40
+    # Each copy is whole: the decoded body names its reader, and lines starting with a dot survive.
+    first = smtp_server.received[0].message
+    assert first["Subject"].startswith("Spine Health monthly for ")
+    assert _statuses(db) == {"sent": 40}
+
+
+def test_without_pipelining_commands_go_one_at_a_time(database_url, tmp_path, db):
+    from mailer import create_app
+    from tests.conftest import settings_for
+    from tests.smtp_server import SMTPServer
+
+    server = SMTPServer(pipelining=False).start()
+    seen = _pipelined_mail(server.handler)
+    app = create_app(settings_for(database_url, tmp_path, smtp_url=server.url))
+    mailer = app.extensions["mailer"]
+    try:
+        make_audience(mailer, 12)
+        make_newsletter(mailer)
+        assert mailer.drain().sent == 12
+    finally:
+        server.stop()
+        mailer.engine.dispose()
+    assert seen == {"mail": 12, "pipelined": 0}
+    assert len(server.received) == 12 and "RSET" not in server.handler.commands
+
+
+def test_refusals_inside_a_pipeline_are_classified_and_the_next_transaction_starts_clean(mailer, smtp_server, db):
+    make_audience(mailer, 30)
+    make_newsletter(mailer)
+    refused = {address(3): "550 5.1.1 User unknown", address(11): "451 4.3.0 Try again later",
+               address(20): "550 5.7.1 Message rejected as spam"}
+    smtp_server.handler.rcpt_reply = lambda a: refused.get(a)
+    smtp_server.handler.data_reply = lambda data: "554 5.6.0 Content refused" if address(25).encode() in data \
+        else None
+    result = mailer.drain()
+    assert (result.sent, result.deferred, result.failed) == (26, 1, 3)
+    rows = {email: (status, error_class, last_error) for status, error_class, last_error, email in db.execute(
+        sa.select(Delivery.status, Delivery.error_class, Delivery.last_error, sa.literal_column("contacts.email"))
+        .join(Delivery.contact))}
+    assert rows[address(3)] == ("failed", "permanent", "550 5.1.1 User unknown")
+    assert rows[address(11)] == ("deferred", "temporary", "451 4.3.0 Try again later")
+    assert rows[address(20)] == ("failed", "policy", "550 5.7.1 Message rejected as spam")
+    assert rows[address(25)] == ("failed", "rejected", "554 5.6.0 Content refused")
+    received = sorted(r.rcpt_tos[0] for r in smtp_server.received)
+    assert received == sorted(address(i) for i in range(30) if i not in (3, 11, 20, 25))
+    # RSET only after the refused RCPTs (a refused DATA ends its transaction by itself).
+    assert smtp_server.handler.commands.count("RSET") <= 3
+
+
+def test_a_connection_closed_between_batches_is_opened_again_without_a_deferral(database_url, tmp_path, db):
+    from mailer import create_app
+    from tests.conftest import settings_for
+    from tests.smtp_server import SMTPServer, free_port
+
+    port = free_port()
+    first = SMTPServer(port).start()
+    app = create_app(settings_for(database_url, tmp_path, smtp_url=first.url))
+    mailer = app.extensions["mailer"]
+    try:
+        make_audience(mailer, 10)
+        make_newsletter(mailer)
+        with mailer.sender() as sender:
+            assert sender.send_batch().sent == 10  # the connections stay open after the batch
+            first.stop()  # the server goes away, closing them (an idle timeout does the same)
+            second = SMTPServer(port).start()
+            try:
+                make_newsletter(mailer)  # a second issue to the same ten
+                result = sender.send_batch()
+            finally:
+                second.stop()
+        assert (result.sent, result.deferred) == (10, 0)
+        assert len(first.received) == len(second.received) == 10
+        assert dict(db.execute(sa.select(Delivery.status, sa.func.count()).group_by(Delivery.status))) == {"sent": 20}
+    finally:
+        mailer.engine.dispose()
+
+
+def test_outcomes_are_recorded_while_the_batch_is_still_sending(mailer, smtp_server, db):
+    make_audience(mailer, 100)
+    make_newsletter(mailer)
+    seen_sent = []
+
+    def look(data: bytes):
+        if len(smtp_server.received) == 90:  # the 91st message of a batch of 100
+            seen_sent.append(_statuses(db).get("sent", 0))
+        return None
+
+    smtp_server.handler.data_reply = look
+    assert mailer.drain().sent == 100
+    # Groups of at most 32: by the 91st message at least 90 - 32 - (messages on the wire) are recorded.
+    assert seen_sent and seen_sent[0] >= 40, seen_sent
+
+
+def test_dot_stuffing_and_line_ends_match_smtplib():
+    """smtplib's dot-stuffing, after every bare CR or LF became CRLF (a bare one could end
+    the data early at some servers: SMTP smuggling)."""
+    rng = random.Random(7)
+    pieces = [b".", b"..", b"\r\n", b"\n", b"\r", b"a", b"From ", b"\r\n.\r\n", b"x" * 80, b" "]
+    for _ in range(3000):
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 20)))
+        expected = smtplib._quote_periods(re.sub(rb"\r\n|\r|\n", b"\r\n", data))
+        if expected[-2:] != b"\r\n":
+            expected += b"\r\n"
+        assert wire_data(data) == expected + b".\r\n", data
+
+
+def test_quoted_printable_line_by_line_equals_the_whole_text():
+    rng = random.Random(3)
+    pieces = ["a", " ", "\t", "=", "é", ".", "\n", "x" * 80, "€", "\r", "\r\n", "y" * 75, " \n", "\t\n", "=\n"]
+    lines: dict[str, bytes] = {}
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 25)))
+        assert _quoted_printable(text, lines) == _quoted_printable(text), text
