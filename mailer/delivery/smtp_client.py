@@ -186,6 +186,14 @@ class Pipeline:
         self.pending: collections.deque[Job] = collections.deque()  # taken from the source, not on a connection
         self.domains: dict[str, dict[int, int]] = {}  # domain -> {wire number: jobs on it}
         self.down: str | None = None  # the server cannot be reached: defer the rest
+        for wire in self.wires:
+            if wire.jobs or wire.expect:  # left mid-transaction by a run that raised: start afresh
+                if wire.registered:
+                    self._unregister(wire)
+                wire.drop()
+                wire.jobs.clear()
+                wire.expect.clear()
+                wire.held.clear()
         while True:
             self._assign()
             if self.exhausted and not self.pending and not any(w.jobs for w in self.wires):
