@@ -138,8 +138,9 @@ def test_outcomes_are_recorded_while_the_batch_is_still_sending(mailer, smtp_ser
 
     smtp_server.handler.data_reply = look
     assert mailer.drain().sent == 100
-    # Groups of at most 32: by the 91st message at least 90 - 32 - (messages on the wire) are recorded.
-    assert seen_sent and seen_sent[0] >= 40, seen_sent
+    # Groups of 24, at most three of them not yet written: by the 91st message at least
+    # 90 - 3 * 24 - (messages on the wire) are recorded; recording all at the end gave 0.
+    assert seen_sent and seen_sent[0] >= 10, seen_sent
 
 
 def test_dot_stuffing_and_line_ends_match_smtplib():

@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -139,17 +140,23 @@ def new_worker_id() -> str:
 
 
 class OutcomeLog:
-    """Outcomes recorded as they come, in groups: one transaction every `every` messages
-    or `seconds`, whichever comes first. A worker killed mid-send has left unrecorded only
-    the messages on the wire and those finished since the last group (at most `every`):
-    those are what a new worker sends again once the lease runs out."""
+    """Outcomes recorded as they come, in groups: a group every `every` messages or
+    `seconds`, whichever comes first, each written in one transaction by a writer thread,
+    so the send loop never waits for a commit (PostgreSQL's waits for the WAL flush). At
+    most one group waits for the writer; when two are ahead the loop waits. A worker
+    killed mid-send has left unrecorded only the messages on the wire and at most three
+    groups (the one filling, the one waiting, the one being written): those are what a
+    new worker sends again once the lease runs out."""
 
-    def __init__(self, sender: "Sender", every: int = 32, seconds: float = 0.025):
+    def __init__(self, sender: "Sender", every: int = 24, seconds: float = 0.025):
         self.sender = sender
         self.every = every
         self.seconds = seconds
         self.totals = BatchResult()
         self.release_until: dt.datetime | None = None
+        self.handoff: queue.Queue = queue.Queue(maxsize=1)
+        self.writer: threading.Thread | None = None
+        self.failure: BaseException | None = None  # what the writer raised: close() raises it
         self._new_group()
 
     def _new_group(self) -> None:
@@ -178,11 +185,15 @@ class OutcomeLog:
             self.flush()
 
     def flush(self) -> None:
+        """Hand the group filled so far to the writer."""
         group = self.group
         if not self.count:
             return
-        self.group.release_until = self.release_until
-        self.sender._record(group, self.addresses)
+        group.release_until = self.release_until
+        if self.writer is None:
+            self.writer = threading.Thread(target=self._write, name="outcomes", daemon=True)
+            self.writer.start()
+        self.handoff.put((group, self.addresses))
         totals = self.totals
         totals.sent += len(group.sent)
         totals.deferred += len(group.deferred)
@@ -190,6 +201,27 @@ class OutcomeLog:
         totals.skipped += len(group.skipped)
         totals.released += len(group.released)
         self._new_group()
+
+    def _write(self) -> None:
+        while True:
+            item = self.handoff.get()
+            if item is None:
+                return
+            if self.failure is None:  # after a failure the rest stays leased: a later claim retries them
+                try:
+                    self.sender._record(*item)
+                except BaseException as exc:  # raised in the batch's thread by close()
+                    self.failure = exc
+
+    def close(self) -> None:
+        """Write what is left, wait for the writer, and raise what it raised."""
+        self.flush()
+        if self.writer is not None:
+            self.handoff.put(None)
+            self.writer.join()
+            self.writer = None
+        if self.failure is not None:
+            raise self.failure
 
 
 class Sender:
@@ -252,8 +284,10 @@ class Sender:
             raise
         group = log.group
         log.added(len(group.skipped) + len(group.failed))
-        self._transmit(planned, log)
-        log.flush()
+        try:
+            self._transmit(planned, log)
+        finally:
+            log.close()
         log.totals.claimed = len(ids)
         return log.totals
 
