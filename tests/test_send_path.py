@@ -163,3 +163,17 @@ def test_quoted_printable_line_by_line_equals_the_whole_text():
     for _ in range(5000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 25)))
         assert _quoted_printable(text, lines) == _quoted_printable(text), text
+
+
+def test_tokens_are_those_of_the_stock_serializer():
+    from itsdangerous import URLSafeSerializer
+
+    from mailer import tokens
+
+    key = "a-secret-key-of-more-than-32-characters"
+    stock = URLSafeSerializer(key, salt="mailer.unsubscribe")
+    payloads = [[1, 1], [12345678, 1], [99999999, 9], [11111111, 1], [111111111, 1], [1111111111111, 11], [7],
+                [0, 0], ["aaaaaaaaaa"], [123456789012, 3]] + [[n, n % 7] for n in range(0, 10**9, 7_777_777)]
+    for payload in payloads:
+        assert tokens.dumps(key, "unsubscribe", payload) == stock.dumps(payload), payload
+        assert tokens.loads(key, "unsubscribe", stock.dumps(payload)) == payload

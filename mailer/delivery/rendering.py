@@ -460,7 +460,7 @@ def _base64(text: str) -> bytes:
     """Base64 in 76-character lines: several times cheaper than quoted-printable for a
     large HTML part, which no one reads in its raw form."""
     encoded = binascii.b2a_base64(text.encode("utf-8"), newline=False)
-    return b"\r\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76))
+    return b"\r\n".join([encoded[i:i + 76] for i in range(0, len(encoded), 76)])
 
 
 class MessageBuilder:
