@@ -177,3 +177,39 @@ def test_tokens_are_those_of_the_stock_serializer():
     for payload in payloads:
         assert tokens.dumps(key, "unsubscribe", payload) == stock.dumps(payload), payload
         assert tokens.loads(key, "unsubscribe", stock.dumps(payload)) == payload
+
+
+STATIC = {"organisation": "Spine Clinic", "postal_address": "1 High Street", "base_url": "https://news.example.org",
+          "logo_url": ""}
+TEXT_BODIES = {
+    "named in places": "Hello {{ contact.first_name }},\n\n{{ contact.first_name }}, read this.\n\nBye {{ contact.name }}",
+    "name first": "{{ contact.first_name }}\n\nSecond line",
+    "a default": "Hi {{ contact.first_name or 'there' }}!\n\n{% for w in upcoming_webinars %}- {{ w.title }}\n{% endfor %}",
+    "a field": "Clinic: {{ contact.fields.clinic }}\n\nSee you, {{ contact.first_name | upper }}",
+    "a test on the name (rendered whole)": "{% if contact.first_name %}Dear {{ contact.first_name }}{% endif %}\n\nText",
+    "no personal value": "Just news.\n\n- one\n- two",
+}
+READERS = [{"first_name": "Ann", "name": "Ann Lee", "fields": {"clinic": "North"}},
+           {"first_name": "", "name": "", "fields": {"clinic": ""}},
+           {"first_name": " {{ 7*7 }} ", "name": "A\nB", "fields": {"clinic": "<b>&"}},
+           {"first_name": "Zoë", "name": "Zoë Ö", "fields": {"clinic": "  "}}]
+
+
+def test_text_part_from_the_issue_once_equals_rendering_it_whole_for_each_reader():
+    """The text part is rendered once per issue with tokens for the reader's values
+    (CompiledNewsletter.text_part); the whole render is the fallback and the reference."""
+    from mailer.delivery.rendering import EmailRenderer, compile_newsletter
+
+    for label, body in TEXT_BODIES.items():
+        compiled = compile_newsletter(EmailRenderer(), subject="News for {{ contact.first_name }}", preheader="",
+                                      body_markdown=body, layout="default", context=STATIC)
+        # The footer's unsubscribe and preferences links are personal in every issue.
+        assert (compiled.text_personal is None) == label.endswith("(rendered whole)"), label
+        for contact in READERS:
+            for zone, webinars in (("UTC", []), ("Europe/Paris", [{"title": "Backs"}])):
+                context = dict(STATIC, contact=dict(contact, email="a@example.com", timezone=zone),
+                               unsubscribe_url="https://news.example.org/unsubscribe/t1",
+                               preferences_url="https://news.example.org/p/t1",
+                               archive_url="https://news.example.org/archive", upcoming_webinars=webinars)
+                whole = compiled.text.render(context).strip() + "\n"
+                assert compiled.render(context).text == whole, (label, contact)

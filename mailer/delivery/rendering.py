@@ -155,11 +155,33 @@ class CompiledNewsletter:
     tail: str = ""  # </body></html>
     personal: "_PersonalSlots | None" = None  # None: each copy is sanitised whole
     slots: dict = dataclasses.field(default_factory=dict, compare=False)  # shared-context key -> _Slots
+    text_personal: "_PersonalSlots | None" = None  # None: the text part is rendered whole for each copy
+    text_slots: dict = dataclasses.field(default_factory=dict, compare=False)  # shared-context key -> parts
 
     def render(self, context: dict) -> RenderedEmail:
         subject = one_line(self.subject.render(context))
         html = self.head.replace(TITLE_SLOT, html_escape(subject, quote=False)) + self.body(context) + self.tail
-        return RenderedEmail(subject, self.text.render(context).strip() + "\n", html)
+        return RenderedEmail(subject, self.text_part(context).strip() + "\n", html)
+
+    def text_part(self, context: dict) -> str:
+        """The text part for this recipient (before strip). The template is rendered once
+        per shared context with tokens for the reader's values, and each copy fills in
+        what those outputs print for its reader: the same text, because the template
+        reads a reader's values only in whole outputs that read nothing else
+        (`personal_slots`), and the text part escapes nothing. Anything else renders whole."""
+        printed = self.text_personal.printed(context, escape=False) if self.text_personal is not None else None
+        if printed is None:
+            return self.text.render(context)
+        key = repr(sorted((k, v) for k, v in context.items() if k not in PERSONAL_NAMES))
+        parts = self.text_slots.get(key)
+        if parts is None:
+            if len(self.text_slots) > 64:  # one per reader time zone in practice
+                self.text_slots.clear()
+            parts = self.text_slots[key] = tuple(_SLOT.split(self.text_personal.template.render(context)))
+        filled = list(parts)
+        for i in range(1, len(filled), 2):
+            filled[i] = printed[filled[i]]
+        return "".join(filled)
 
     def body(self, context: dict) -> str:
         """The sanitised body for this recipient."""
@@ -195,19 +217,25 @@ class _PersonalSlots:
     fields: tuple[tuple[str, str, str | None], ...]  # (token, name, attribute): a bare {{ contact.x }} / {{ url }}
     expressions: tuple[tuple[str, jinja2.Template], ...]  # (token, {{ that expression }} alone)
 
-    def printed(self, context: dict) -> dict[str, str] | None:
+    def printed(self, context: dict, *, escape: bool = True) -> dict[str, str] | None:
         """What this reader's copy prints for each token, escaped as autoescape does;
-        None when that cannot be shown to be plain escaped text."""
+        None when that cannot be shown to be plain escaped text. escape=False: a
+        template without autoescape (the text part), which prints values as str()."""
         printed = {}
         try:
             for token, name, attribute in self.fields:
                 value = context[name] if attribute is None else context[name][attribute]
+                if not escape:
+                    if isinstance(value, jinja2.Undefined) or not isinstance(value, (str, int)):
+                        return None  # let the full render print or raise it
+                    printed[token] = str(value)
+                    continue
                 if isinstance(value, Markup):
                     return None  # printed as it is, not escaped
                 printed[token] = str(markup_escape(value))
             for token, template in self.expressions:
                 text = template.render(context)
-                if text != str(markup_escape(html_unescape(text))):
+                if escape and text != str(markup_escape(html_unescape(text))):
                     return None  # markup, not escaped text
                 printed[token] = text
         except (KeyError, TypeError, jinja2.TemplateError):
@@ -399,10 +427,12 @@ def compile_newsletter(renderer: "EmailRenderer", *, subject: str, preheader: st
     text_env, html_env = staff_environment(html=False), staff_environment(html=True)
     body_source = marks.restore(body)
     html = html_env.from_string(body_source)
+    text_source = body_markdown.rstrip() + "\n\n" + footer
     return CompiledNewsletter(
         subject=text_env.from_string(subject),
-        text=text_env.from_string(body_markdown.rstrip() + "\n\n" + footer),
+        text=text_env.from_string(text_source),
         html=html, head=head, tail=tail, personal=personal_slots(html_env, body_source),
+        text_personal=personal_slots(text_env, text_source),
     )
 
 
