@@ -450,7 +450,7 @@ def _split_document(page: str, nonce: str) -> tuple[str, str, str]:
 def encode_address(display_name: str, email: str) -> str:
     """An address header value: the name quoted, or RFC 2047-encoded when not ASCII; the
     domain in IDNA A-labels; a non-ASCII local part as UTF-8 (RFC 6532: such a message
-    only goes out over SMTPUTF8, see transports.SMTPConnection)."""
+    only goes out over SMTPUTF8, see smtp_client.Pipeline._start_next)."""
     name = one_line(display_name or "")
     email = addresses.wire_address(email) if "@" in (email or "") else email
     if email.isascii():
