@@ -36,8 +36,29 @@ class RecordingHandler:
         self.data_reply: Callable[[bytes], str | None] = lambda data: None
         # Return True to hang up in the middle of DATA, before answering.
         self.drop_on_data: Callable[[bytes], bool] = lambda data: False
+        # Offer PIPELINING (RFC 2920) in the EHLO reply, as Postfix and most relays do
+        # (aiosmtpd reads commands one line at a time, so it serves a pipelining client).
+        self.pipelining = True
+        self.commands: list[str] = []  # every command verb received, in order (MAIL, RCPT, DATA, RSET...)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.pipelining:
+            responses = [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        self.commands.append("MAIL")
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RSET(self, server, session, envelope):
+        self.commands.append("RSET")
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        self.commands.append("RCPT")
         reply = self.rcpt_reply(address)
         if reply:
             return reply
@@ -45,6 +66,7 @@ class RecordingHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        self.commands.append("DATA")
         if self.drop_on_data(envelope.content):
             server.transport.abort()
             return "421 4.4.2 (connection already gone)"
@@ -101,8 +123,9 @@ def free_port() -> int:
 
 
 class SMTPServer:
-    def __init__(self, port: int | None = None, *, smtputf8: bool = False):
+    def __init__(self, port: int | None = None, *, smtputf8: bool = False, pipelining: bool = True):
         self.handler = RecordingHandler()
+        self.handler.pipelining = pipelining
         self.port = port or free_port()
         # smtputf8: offer SMTPUTF8 (RFC 6531), as a server that takes international addresses does.
         self.controller = _CountingController(self.handler, hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=smtputf8)

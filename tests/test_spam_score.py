@@ -11,7 +11,11 @@ import time
 
 import pytest
 
+import sqlalchemy as sa
+
+from mailer.db import session_scope, utcnow
 from mailer.delivery import outbox
+from mailer.models import Delivery
 from tests.mail_samples import KINDS, every_kind_of_mail
 
 MAX_SCORE = 0.5
@@ -89,7 +93,19 @@ def test_the_score_reader_sees_what_spamassassin_flags(tmp_path):
     assert {"HTML_FONT_LOW_CONTRAST", "FONT_INVIS_MSGID"} <= set(rules)
 
 
-def test_message_ids_carry_128_random_bits_and_the_delivery_id():
-    first, second = outbox.new_message_id(15, "clinic.example"), outbox.new_message_id(15, "clinic.example")
-    assert first != second
-    assert re.fullmatch(r"<[0-9a-f]{32}\.15@clinic\.example>", first)
+def test_message_ids_carry_128_random_bits_and_the_delivery_id(mailer):
+    with session_scope(mailer.sessions) as session:
+        for n in range(2):
+            outbox.enqueue_to_address(session, address=f"t{n}@example.com", address_hash=f"hash{n}",
+                                      kind="newsletter_test", dedupe_key=f"t{n}", now=utcnow(), ref_id=1)
+        ids = sorted(session.scalars(sa.select(Delivery.id)))
+        claimed = outbox.claim_due(session, worker_id="w", now=utcnow(), limit=10, lease_seconds=60,
+                                   message_domain="clinic.example")
+        first, second = (session.get(Delivery, i).message_id for i in ids)
+    assert sorted(claimed) == sorted(ids) and first != second
+    assert re.fullmatch(rf"<[0-9a-f]{{32}}\.{ids[0]}@clinic\.example>", first)
+    with session_scope(mailer.sessions) as session:  # a later attempt keeps it
+        session.execute(sa.update(Delivery).values(status="deferred", next_attempt_at=utcnow()))
+        outbox.claim_due(session, worker_id="w", now=utcnow(), limit=10, lease_seconds=60,
+                         message_domain="clinic.example")
+        assert session.get(Delivery, ids[0]).message_id == first

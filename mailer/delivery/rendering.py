@@ -155,11 +155,33 @@ class CompiledNewsletter:
     tail: str = ""  # </body></html>
     personal: "_PersonalSlots | None" = None  # None: each copy is sanitised whole
     slots: dict = dataclasses.field(default_factory=dict, compare=False)  # shared-context key -> _Slots
+    text_personal: "_PersonalSlots | None" = None  # None: the text part is rendered whole for each copy
+    text_slots: dict = dataclasses.field(default_factory=dict, compare=False)  # shared-context key -> parts
 
     def render(self, context: dict) -> RenderedEmail:
         subject = one_line(self.subject.render(context))
         html = self.head.replace(TITLE_SLOT, html_escape(subject, quote=False)) + self.body(context) + self.tail
-        return RenderedEmail(subject, self.text.render(context).strip() + "\n", html)
+        return RenderedEmail(subject, self.text_part(context).strip() + "\n", html)
+
+    def text_part(self, context: dict) -> str:
+        """The text part for this recipient (before strip). The template is rendered once
+        per shared context with tokens for the reader's values, and each copy fills in
+        what those outputs print for its reader: the same text, because the template
+        reads a reader's values only in whole outputs that read nothing else
+        (`personal_slots`), and the text part escapes nothing. Anything else renders whole."""
+        printed = self.text_personal.printed(context, escape=False) if self.text_personal is not None else None
+        if printed is None:
+            return self.text.render(context)
+        key = repr(sorted((k, v) for k, v in context.items() if k not in PERSONAL_NAMES))
+        parts = self.text_slots.get(key)
+        if parts is None:
+            if len(self.text_slots) > 64:  # one per reader time zone in practice
+                self.text_slots.clear()
+            parts = self.text_slots[key] = tuple(_SLOT.split(self.text_personal.template.render(context)))
+        filled = list(parts)
+        for i in range(1, len(filled), 2):
+            filled[i] = printed[filled[i]]
+        return "".join(filled)
 
     def body(self, context: dict) -> str:
         """The sanitised body for this recipient."""
@@ -195,19 +217,25 @@ class _PersonalSlots:
     fields: tuple[tuple[str, str, str | None], ...]  # (token, name, attribute): a bare {{ contact.x }} / {{ url }}
     expressions: tuple[tuple[str, jinja2.Template], ...]  # (token, {{ that expression }} alone)
 
-    def printed(self, context: dict) -> dict[str, str] | None:
+    def printed(self, context: dict, *, escape: bool = True) -> dict[str, str] | None:
         """What this reader's copy prints for each token, escaped as autoescape does;
-        None when that cannot be shown to be plain escaped text."""
+        None when that cannot be shown to be plain escaped text. escape=False: a
+        template without autoescape (the text part), which prints values as str()."""
         printed = {}
         try:
             for token, name, attribute in self.fields:
                 value = context[name] if attribute is None else context[name][attribute]
+                if not escape:
+                    if isinstance(value, jinja2.Undefined) or not isinstance(value, (str, int)):
+                        return None  # let the full render print or raise it
+                    printed[token] = str(value)
+                    continue
                 if isinstance(value, Markup):
                     return None  # printed as it is, not escaped
                 printed[token] = str(markup_escape(value))
             for token, template in self.expressions:
                 text = template.render(context)
-                if text != str(markup_escape(html_unescape(text))):
+                if escape and text != str(markup_escape(html_unescape(text))):
                     return None  # markup, not escaped text
                 printed[token] = text
         except (KeyError, TypeError, jinja2.TemplateError):
@@ -414,10 +442,12 @@ def compile_newsletter(renderer: "EmailRenderer", *, subject: str, preheader: st
     text_env, html_env = staff_environment(html=False), staff_environment(html=True)
     body_source = marks.restore(body)
     html = html_env.from_string(body_source)
+    text_source = body_markdown.rstrip() + "\n\n" + footer
     return CompiledNewsletter(
         subject=text_env.from_string(subject),
-        text=text_env.from_string(body_markdown.rstrip() + "\n\n" + footer),
+        text=text_env.from_string(text_source),
         html=html, head=head, tail=tail, personal=personal_slots(html_env, body_source),
+        text_personal=personal_slots(text_env, text_source),
     )
 
 
@@ -435,7 +465,7 @@ def _split_document(page: str, nonce: str) -> tuple[str, str, str]:
 def encode_address(display_name: str, email: str) -> str:
     """An address header value: the name quoted, or RFC 2047-encoded when not ASCII; the
     domain in IDNA A-labels; a non-ASCII local part as UTF-8 (RFC 6532: such a message
-    only goes out over SMTPUTF8, see transports.SMTPConnection)."""
+    only goes out over SMTPUTF8, see smtp_client.Pipeline._start_next)."""
     name = one_line(display_name or "")
     email = addresses.wire_address(email) if "@" in (email or "") else email
     if email.isascii():
@@ -447,20 +477,35 @@ def encode_address(display_name: str, email: str) -> str:
 
 def _encode_header(value: str) -> str:
     text = one_line(value)
+    if len(text) <= 70 and text.isascii() and text.isprintable():
+        return text  # what Header would give: ASCII that fits one line is not folded or encoded
     charset = "us-ascii" if text.isascii() else "utf-8"
     return Header(text, charset, maxlinelen=78).encode(linesep="\r\n")
 
 
-def _quoted_printable(text: str) -> bytes:
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
-    return binascii.b2a_qp(lines, istext=True).replace(b"\n", b"\r\n")
+def _quoted_printable(text: str, lines: dict[str, bytes] | None = None) -> bytes:
+    """Quoted-printable with CRLF line ends. Quoted-printable encodes each line on its
+    own, so with `lines` (a cache kept for a batch) a line seen before, such as every
+    line of an issue that does not name the reader, is encoded once: the result is the
+    same bytes as encoding the whole text (tests/test_send_path.py compares them)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if lines is None:
+        return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+    *whole, last = text.split("\n")
+    parts = [lines.get(line) or lines.setdefault(line, _qp_line(line, b"\n")) for line in whole]
+    parts.append(_qp_line(last, b""))
+    return b"".join(parts)
+
+
+def _qp_line(line: str, end: bytes) -> bytes:
+    return binascii.b2a_qp(line.encode("utf-8") + end, istext=True).replace(b"\n", b"\r\n")
 
 
 def _base64(text: str) -> bytes:
     """Base64 in 76-character lines: several times cheaper than quoted-printable for a
     large HTML part, which no one reads in its raw form."""
     encoded = binascii.b2a_base64(text.encode("utf-8"), newline=False)
-    return b"\r\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76))
+    return b"\r\n".join([encoded[i:i + 76] for i in range(0, len(encoded), 76)])
 
 
 class MessageBuilder:
@@ -476,6 +521,7 @@ class MessageBuilder:
         # Neither boundary may begin with the other.
         self.mixed_boundary = f"=_mixed_{secrets.token_hex(12)}"
         self.alternative = self._alternative(self.boundary)
+        self.text_lines: dict[str, bytes] = {}  # quoted-printable of each text line seen in this batch
 
     @staticmethod
     def _alternative(boundary: str) -> tuple[bytes, bytes, bytes, bytes]:
@@ -492,7 +538,7 @@ class MessageBuilder:
                  f"Message-ID: {one_line(message_id)}"]
         lines.extend(f"{name}: {one_line(value)}" for name, value in (headers or {}).items())
         start, middle, end, _ = self.alternative
-        body = [start, _quoted_printable(rendered.text), middle, _base64(rendered.html), end]
+        body = [start, _quoted_printable(rendered.text, self.text_lines), middle, _base64(rendered.html), end]
         if rendered.attachments:
             mixed = self.mixed_boundary
             parts = [f"Content-Type: multipart/mixed; boundary=\"{mixed}\"\r\n\r\n--{mixed}\r\n".encode(), *body]

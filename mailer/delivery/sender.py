@@ -1,6 +1,7 @@
-"""The send loop: claim due deliveries, render each, hand them to a pool of SMTP
-connections within the rate limits, record what happened. No database
-transaction is open while mail is on the wire."""
+"""The send loop: claim due deliveries, render each, hand them to the SMTP connections
+(smtp_client.Pipeline: all of them driven from this thread) within the rate limits, and
+record what happened as it happens, a group of outcomes at a time (OutcomeLog). No
+database transaction is open while mail is on the wire."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,6 @@ import socket
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import sqlalchemy as sa
@@ -24,7 +24,8 @@ from mailer.models import (ContactFieldValue, Delivery, DeliveryStatus, ErrorCla
                            SubscriptionStatus, SuppressionReason)
 from mailer.delivery.rendering import EmailRenderer, MessageBuilder
 from mailer.settings import Settings
-from mailer.delivery.transports import Transport, TransportError
+from mailer.delivery.smtp_client import Pipeline
+from mailer.delivery.transports import SMTPTransport, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,59 @@ class Recipient:
 
 
 @dataclasses.dataclass(frozen=True)
+class Planned:
+    """A claimed row to send: its builder's content, to be composed when its turn comes."""
+
+    delivery: Delivery
+    recipient: Recipient
+    content: object
+    builder: MessageBuilder
+    custom: dict
+
+
+class Composing:
+    """A batch's messages, each composed when the transport asks for the next one and
+    dropped once sent, so a large batch holds a few messages' bytes at a time. A message
+    that cannot be composed is recorded as a rendering failure and skipped."""
+
+    def __init__(self, sender: "Sender", planned: list[Planned], log: "OutcomeLog"):
+        self.sender = sender
+        self.planned = planned
+        self.log = log
+        self.index = 0
+
+    def __iter__(self) -> "Composing":
+        return self
+
+    def __next__(self) -> "OutgoingMessage":
+        while self.index < len(self.planned):
+            plan = self.planned[self.index]
+            self.index += 1
+            delivery, recipient = plan.delivery, plan.recipient
+            try:
+                data = self.sender._compose(plan.builder, delivery, recipient, plan.content, plan.custom)
+            except Exception as exc:  # one broken message must not stop the rest of the batch
+                log.exception("cannot render delivery %s", delivery.id)
+                self.log.group.failed[delivery.id] = (ErrorClass.RENDERING, f"rendering failed: {exc}")
+                self.log.added()
+                continue
+            return OutgoingMessage(delivery.id, recipient.email, data,
+                                   bounces.return_path(self.sender.settings, delivery.id))
+        raise StopIteration
+
+    def rest(self) -> list["OutgoingMessage"]:
+        """Those not composed yet (stopping, the server down, the budget spent): stand-ins
+        without content, to be released or deferred."""
+        rest, self.index = self.planned[self.index:], len(self.planned)
+        return [OutgoingMessage(p.delivery.id, p.recipient.email, b"") for p in rest]
+
+
+@dataclasses.dataclass(frozen=True)
 class OutgoingMessage:
     delivery_id: int
     rcpt_to: str
     data: bytes
+    mail_from: str = ""  # the envelope sender: a VERP return path (bounces.return_path), or "" for From
     mail_from: str = ""  # the envelope sender (VERP return path); empty: the From address
 
     @property
@@ -92,42 +142,89 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class ConnectionPool:
-    """`size` transport connections, handed out one at a time and kept open between
-    messages and batches; each opens at its first use."""
+class OutcomeLog:
+    """Outcomes recorded as they come, in groups: a group every `every` messages or
+    `seconds`, whichever comes first, each written in one transaction by a writer thread,
+    so the send loop never waits for a commit (PostgreSQL's waits for the WAL flush). At
+    most one group waits for the writer; when two are ahead the loop waits. A worker
+    killed mid-send has left unrecorded only the messages on the wire and at most three
+    groups (the one filling, the one waiting, the one being written): those are what a
+    new worker sends again once the lease runs out."""
 
-    def __init__(self, transport: Transport, size: int):
-        self.connections = [transport.connection() for _ in range(size)]
-        self.idle: queue.LifoQueue = queue.LifoQueue()
-        for connection in self.connections:
-            self.idle.put(connection)
+    def __init__(self, sender: "Sender", every: int = 24, seconds: float = 0.025):
+        self.sender = sender
+        self.every = every
+        self.seconds = seconds
+        self.totals = BatchResult()
+        self.release_until: dt.datetime | None = None
+        self.handoff: queue.Queue = queue.Queue(maxsize=1)
+        self.writer: threading.Thread | None = None
+        self.failure: BaseException | None = None  # what the writer raised: close() raises it
+        self._new_group()
 
-    def acquire(self):
-        return self.idle.get()
+    def _new_group(self) -> None:
+        self.group = outbox.Outcomes(release_until=self.release_until)
+        self.addresses: dict[int, str] = {}  # delivery id -> address, for a hard bounce's suppression
+        self.count = 0
+        self.started = time.monotonic()
 
-    def release(self, connection) -> None:
-        self.idle.put(connection)
+    def report(self, message: "OutgoingMessage", outcome: str, error: TransportError | None) -> None:
+        """What the transport did with one message (sent, deferred, failed or released)."""
+        group = self.group
+        if outcome == "sent":
+            group.sent.append(message.delivery_id)
+        elif outcome == "released":
+            group.released.append(message.delivery_id)
+        elif outcome == "deferred":
+            group.deferred[message.delivery_id] = (_error_class(error), str(error))
+        else:
+            group.failed[message.delivery_id] = (_error_class(error), str(error))
+            self.addresses[message.delivery_id] = message.rcpt_to
+        self.added()
+
+    def added(self, n: int = 1) -> None:
+        self.count += n
+        if self.count >= self.every or time.monotonic() - self.started >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the group filled so far to the writer."""
+        group = self.group
+        if not self.count:
+            return
+        group.release_until = self.release_until
+        if self.writer is None:
+            self.writer = threading.Thread(target=self._write, name="outcomes", daemon=True)
+            self.writer.start()
+        self.handoff.put((group, self.addresses))
+        totals = self.totals
+        totals.sent += len(group.sent)
+        totals.deferred += len(group.deferred)
+        totals.failed += len(group.failed)
+        totals.skipped += len(group.skipped)
+        totals.released += len(group.released)
+        self._new_group()
+
+    def _write(self) -> None:
+        while True:
+            item = self.handoff.get()
+            if item is None:
+                return
+            if self.failure is None:  # after a failure the rest stays leased: a later claim retries them
+                try:
+                    self.sender._record(*item)
+                except BaseException as exc:  # raised in the batch's thread by close()
+                    self.failure = exc
 
     def close(self) -> None:
-        """Close every connection; the next use opens it again."""
-        for connection in self.connections:
-            try:
-                connection.close()
-            except Exception:  # closing is best effort
-                log.debug("error closing a connection", exc_info=True)
-
-
-class DomainGate:
-    """At most `cap` messages in flight to one recipient domain."""
-
-    def __init__(self, cap: int):
-        self.cap = cap
-        self.lock = threading.Lock()
-        self.gates: dict[str, threading.Semaphore] = {}
-
-    def gate(self, domain: str) -> threading.Semaphore:
-        with self.lock:
-            return self.gates.setdefault(domain, threading.Semaphore(self.cap))
+        """Write what is left, wait for the writer, and raise what it raised."""
+        self.flush()
+        if self.writer is not None:
+            self.handoff.put(None)
+            self.writer.join()
+            self.writer = None
+        if self.failure is not None:
+            raise self.failure
 
 
 class Sender:
@@ -146,11 +243,14 @@ class Sender:
         self._source_seen = settings  # what the source gave last: a change there replaces ours
         self.compiled: dict = {}
         self._adopt(settings)
-        self.pool = ConnectionPool(transport, max(1, settings.smtp_connections))
-        self.executor = ThreadPoolExecutor(max(1, settings.smtp_connections), thread_name_prefix="smtp")
-        self.domains = DomainGate(max(1, settings.per_domain_concurrency))
         self.stopping = threading.Event()
         self.signer: dkim.Signer | None = None
+        self.pipeline: Pipeline | None = None  # SMTP: every connection, driven from one thread
+        self.connection = None  # another transport (dev mailbox, memory): one connection
+        if isinstance(transport, SMTPTransport):
+            self.pipeline = Pipeline(transport, connections=settings.smtp_connections,
+                                     per_domain=settings.per_domain_concurrency, mail_from=settings.from_email,
+                                     before_each=self._before_each, stopping=self.stopping.is_set)
 
     def _adopt(self, settings: Settings) -> None:
         """Use these settings from the next batch on (rate limits, sender, footer)."""
@@ -179,37 +279,43 @@ class Sender:
                                    message_domain=settings.from_domain)
         if not ids:
             return BatchResult()
-        outcomes = outbox.Outcomes()
+        log = OutcomeLog(self)
         try:
             with session_scope(self.session_factory) as session:
-                messages = self._build(session, ids, outcomes)
+                planned = self._plan(session, ids, log.group)
         except sa.exc.SQLAlchemyError:
             # The database failed us, not the messages: give the rows back untried.
             with session_scope(self.session_factory) as session:
                 outbox.release_claims(session, worker_id=self.worker_id)
             raise
-        self._transmit(messages, outcomes)
-        self._record(messages, outcomes)
-        return BatchResult(claimed=len(ids), sent=len(outcomes.sent), deferred=len(outcomes.deferred),
-                           failed=len(outcomes.failed), skipped=len(outcomes.skipped),
-                           released=len(outcomes.released))
+        group = log.group
+        log.added(len(group.skipped) + len(group.failed))
+        try:
+            self._transmit(planned, log)
+        finally:
+            log.close()
+        log.totals.claimed = len(ids)
+        return log.totals
 
-    def _record(self, messages: list[OutgoingMessage], outcomes: outbox.Outcomes) -> None:
+    def _record(self, outcomes: outbox.Outcomes, addresses: dict[int, str]) -> None:
+        """Write one group of outcomes; a hard bounce suppresses the address."""
         settings = self.settings
         now = self.clock()
-        addresses = {m.delivery_id: m.rcpt_to for m in messages}
         with session_scope(self.session_factory) as session:
             outbox.record_outcomes(session, outcomes, worker_id=self.worker_id, now=now,
                                    base_seconds=settings.retry_base_seconds, cap_seconds=settings.retry_cap_seconds,
                                    deadline=dt.timedelta(hours=settings.retry_deadline_hours))
             for delivery_id, (error_class, reply) in outcomes.failed.items():
-                if error_class == ErrorClass.PERMANENT:
+                if error_class == ErrorClass.PERMANENT and addresses.get(delivery_id):
                     suppression.suppress_address(session, settings, addresses[delivery_id],
                                                  reason=SuppressionReason.HARD_BOUNCE, detail=reply, now=now)
 
     # Building ----------------------------------------------------------------------
 
-    def _build(self, session: Session, ids: list[int], outcomes: outbox.Outcomes) -> list[OutgoingMessage]:
+    def _plan(self, session: Session, ids: list[int], outcomes: outbox.Outcomes) -> list["Planned"]:
+        """What each claimed row becomes (its builder runs here, with the database), or why
+        it is skipped; the message itself is composed later, when a connection has room
+        for it (Composing)."""
         deliveries = session.scalars(sa.select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.id)
                                      .options(selectinload(Delivery.contact))).all()
         recipients = {d.id: self._recipient(d) for d in deliveries}
@@ -218,7 +324,7 @@ class Sender:
         custom = self._field_values(session, deliveries)
         batch = BatchContext(session, self.settings, self.renderer, self.static_context, self.clock, self.compiled)
         builder = MessageBuilder(from_addr=self.settings.from_addr, reply_to=self.settings.reply_to, date=self.clock())
-        messages = []
+        planned = []
         for delivery in deliveries:
             recipient = recipients[delivery.id]
             skip = self._skip_reason(delivery, recipient, suppressed, subscriptions)
@@ -234,19 +340,14 @@ class Sender:
                 if isinstance(content, outbox.Skip):
                     outcomes.skipped[delivery.id] = (content.status, content.reason)
                     continue
-                data = self._compose(builder, delivery, recipient, content, custom)
-                # DKIM (issue 16): the one place the final bytes are signed.
-                if self.signer is not None:
-                    data = self.signer.sign(data)
             except sa.exc.SQLAlchemyError:
                 raise
             except Exception as exc:  # one broken message must not stop the rest of the batch
                 log.exception("cannot render delivery %s", delivery.id)
                 outcomes.failed[delivery.id] = (ErrorClass.RENDERING, f"rendering failed: {exc}")
                 continue
-            messages.append(OutgoingMessage(delivery.id, recipient.email, data,
-                                            bounces.return_path(self.settings, delivery.id)))
-        return messages
+            planned.append(Planned(delivery, recipient, content, builder, custom))
+        return planned
 
     @staticmethod
     def _subscription_states(session: Session, deliveries) -> dict[tuple[int, int], str]:
@@ -321,15 +422,16 @@ class Sender:
                 rendered = dataclasses.replace(rendered, attachments=tuple(content["attachments"]))
         else:
             rendered = content.render(context)
-        return builder.build(rendered, to_email=recipient.email, to_name=recipient.name,
+        data = builder.build(rendered, to_email=recipient.email, to_name=recipient.name,
                              message_id=delivery.message_id, headers=headers)
+        # DKIM (issue 16): the one place the final bytes are signed.
+        return data if self.signer is None else self.signer.sign(data)
 
     # Sending -----------------------------------------------------------------------
 
-    def _transmit(self, messages: list[OutgoingMessage], outcomes: outbox.Outcomes) -> None:
+    def _transmit(self, planned: list["Planned"], log: OutcomeLog) -> None:
         """Send within the budget; what may not go now is released, not attempted."""
-        pending = list(messages)
-        server_down = ServerDown()
+        pending = planned
         while pending:
             if self.stopping.is_set():
                 break
@@ -338,51 +440,50 @@ class Sender:
             if not grant.count:
                 wait = (grant.retry_at - self.clock()).total_seconds()
                 if wait > 5:  # an hourly or daily budget is spent: give the rows back until then
-                    outcomes.release_until = grant.retry_at
+                    log.release_until = grant.retry_at
                     break
                 self.sleep(max(wait, 0.01))
                 continue
             chunk, pending = pending[:grant.count], pending[grant.count:]
-            for future in [self.executor.submit(self._send_one, m, outcomes, server_down) for m in chunk]:
-                future.result()
-        outcomes.released.extend(m.delivery_id for m in pending)
-
-    def _send_one(self, message: OutgoingMessage, outcomes: outbox.Outcomes, server_down: "ServerDown") -> None:
-        if server_down.is_set():
-            outcomes.deferred[message.delivery_id] = (ErrorClass.CONNECTION, server_down.reason)
-            return
-        if self.stopping.is_set():
-            outcomes.released.append(message.delivery_id)
-            return
-        gate = self.domains.gate(message.domain)
-        with gate:
-            connection = self.pool.acquire()
-            try:
-                if not self._wait_for_this_second():  # stopping while waiting for a slot
-                    outcomes.released.append(message.delivery_id)
-                    return
-                connection.send(message.mail_from or self.settings.from_email, message.rcpt_to, message.data)
-            except TransportError as exc:
-                error_class = _error_class(exc)
-                if exc.temporary:
-                    outcomes.deferred[message.delivery_id] = (error_class, str(exc))
-                else:
-                    outcomes.failed[message.delivery_id] = (error_class, str(exc))
-                if exc.connection_lost:
-                    self._reopen(connection, server_down)
-            except Exception as exc:  # never lose a row to an unexpected error: retry it later
-                log.exception("unexpected error sending delivery %s", message.delivery_id)
-                outcomes.deferred[message.delivery_id] = (ErrorClass.CONNECTION, f"unexpected error: {exc}")
+            messages = Composing(self, chunk, log)
+            if self.pipeline is not None:
+                self.pipeline.run(messages, log.report)
             else:
-                outcomes.sent.append(message.delivery_id)
-            finally:
-                self.pool.release(connection)
+                self._send_each(messages, log)
+        for message in Composing(self, pending, log).rest():
+            log.report(message, "released", None)
 
-    def _wait_for_this_second(self) -> bool:
+    def _send_each(self, messages: "Composing", log: OutcomeLog) -> None:
+        """A transport that is not SMTP (the dev mailbox, memory): one message after another."""
+        if self.connection is None:
+            self.connection = self.transport.connection()
+        for message in messages:
+            if self.stopping.is_set() or not self._before_each():
+                for stopped in [message, *messages.rest()]:
+                    log.report(stopped, "released", None)
+                return
+            try:
+                self.connection.send(message.mail_from or self.settings.from_email, message.rcpt_to, message.data)
+            except TransportError as exc:
+                log.report(message, "deferred" if exc.temporary else "failed", exc)
+                if exc.connection_lost:
+                    try:
+                        self.connection.reopen()
+                    except TransportError as gone:
+                        for unsent in messages.rest():  # the server is gone: defer the rest untried
+                            log.report(unsent, "deferred", gone)
+                        return
+            except Exception as exc:  # never lose a row to an unexpected error: retry it later
+                log.report(message, "deferred", TransportError(f"unexpected error: {exc}", temporary=True,
+                                                               error_class=ErrorClass.CONNECTION))
+            else:
+                log.report(message, "sent", None)
+
+    def _before_each(self) -> bool:
         """Under a per-second limit each message claims its place right before it goes
-        out, so messages held up on the wire cannot bunch into one second."""
+        out, so messages held up on the wire cannot bunch into one second. False: stopping."""
         if not self.limits.per_second:
-            return True
+            return not self.stopping.is_set()
         while not self.stopping.is_set():
             with session_scope(self.session_factory) as session:
                 retry_at = send_budget.take_one_this_second(session, self.limits.per_second, self.clock())
@@ -391,13 +492,15 @@ class Sender:
             self.sleep(max((retry_at - self.clock()).total_seconds(), 0.005))
         return False
 
-    @staticmethod
-    def _reopen(connection, server_down: "ServerDown") -> None:
+    def _close_connections(self) -> None:
+        """Close every connection (QUIT); the next send opens them again."""
         try:
-            connection.reopen()
-        except TransportError as down:
-            # The server is gone: defer the rest of the batch instead of trying each one.
-            server_down.set(str(down))
+            if self.pipeline is not None:
+                self.pipeline.close()
+            if self.connection is not None:
+                self.connection.close()
+        except Exception:  # closing is best effort
+            log.debug("error closing a connection", exc_info=True)
 
     # Loops -------------------------------------------------------------------------
 
@@ -413,7 +516,7 @@ class Sender:
                 progress(total)
             if not result.claimed or (result.released and not result.sent):
                 break
-        self.pool.close()  # do not hold idle connections open until the next run
+        self._close_connections()  # do not hold idle connections open until the next run
         return total
 
     def request_stop(self) -> None:
@@ -427,25 +530,9 @@ class Sender:
         self.close()
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True)
-        self.pool.close()
+        self._close_connections()
         with session_scope(self.session_factory) as session:
             outbox.release_claims(session, worker_id=self.worker_id)
-
-
-class ServerDown:
-    """Set once, by the first connection that cannot reach the server again."""
-
-    def __init__(self):
-        self.event = threading.Event()
-        self.reason = ""
-
-    def set(self, reason: str) -> None:
-        self.reason = reason
-        self.event.set()
-
-    def is_set(self) -> bool:
-        return self.event.is_set()
 
 
 def _error_class(exc: TransportError) -> str:

@@ -1,14 +1,12 @@
-"""Transports: SMTP (one connection reused per batch), the local dev mailbox, memory."""
+"""Transports: SMTP (its connections are driven by smtp_client.Pipeline), the local dev mailbox, memory."""
 from __future__ import annotations
 
 import re
 import smtplib
-import socket
 import ssl
 from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from mailer.delivery import addresses
 from mailer.db import session_scope
 from mailer.models import DevMessage, ErrorClass
 
@@ -136,95 +134,12 @@ class SMTPTransport:
             raise TransportError(f"cannot reach SMTP server {self.host}:{self.port}: {exc}",
                                  temporary=True, connection_lost=True) from None
 
-    def connection(self) -> "SMTPConnection":
-        return SMTPConnection(self)
-
     def check(self) -> None:
         client = self._open()
         try:
             client.noop()
         finally:
             client.quit()
-
-
-class SMTPConnection:
-    """Opens lazily and again after a lost connection; RSET between transactions."""
-
-    def __init__(self, transport: SMTPTransport):
-        self.transport = transport
-        self.client: smtplib.SMTP | None = None
-        self.used = False
-
-    def send(self, mail_from: str, rcpt_to: str, data: bytes) -> None:
-        if self.client is None:
-            self.client = self.transport._open()
-            self.used = False
-        if self.used:
-            try:
-                self.client.rset()
-            except (OSError, smtplib.SMTPException):
-                self.reopen()  # the server closed an idle connection: open a fresh one
-        try:
-            sender, recipient = addresses.wire_address(mail_from), addresses.wire_address(rcpt_to)
-        except addresses.AddressError as exc:
-            raise TransportError(str(exc), temporary=False, error_class=ErrorClass.ADDRESS) from None
-        try:
-            options = self._utf8_options(mail_from, rcpt_to)
-            self.used = True
-            self.client.sendmail(sender, [recipient], data, mail_options=options)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, text = next(iter(exc.recipients.values()))
-            raise classify_smtp_reply(code, _reply_text(text)) from None
-        except smtplib.SMTPSenderRefused as exc:
-            # MAIL FROM refused: a problem of this session or sender, not of the recipient.
-            self._drop()
-            raise TransportError(f"sender refused: {exc.smtp_code} {_reply_text(exc.smtp_error)}",
-                                 code=exc.smtp_code, temporary=True, connection_lost=True) from None
-        except smtplib.SMTPDataError as exc:
-            raise classify_smtp_reply(exc.smtp_code, _reply_text(exc.smtp_error), stage="data") from None
-        except smtplib.SMTPServerDisconnected as exc:
-            self._drop()
-            raise TransportError(f"connection lost: {exc}", temporary=True, connection_lost=True) from None
-        except smtplib.SMTPResponseException as exc:
-            self._drop()
-            raise classify_smtp_reply(exc.smtp_code, _reply_text(exc.smtp_error)) from None
-        except (OSError, socket.timeout, smtplib.SMTPException) as exc:
-            self._drop()
-            raise TransportError(f"SMTP error: {exc}", temporary=True, connection_lost=True) from None
-
-    def _utf8_options(self, mail_from: str, rcpt_to: str) -> list[str]:
-        """MAIL FROM options: SMTPUTF8 (and 8BITMIME) when an address has a non-ASCII
-        local part, which only a server offering SMTPUTF8 accepts (RFC 6531). Without
-        it the delivery fails with that reason; nothing else in the batch is affected."""
-        if not (addresses.needs_smtputf8(rcpt_to) or addresses.needs_smtputf8(mail_from)):
-            return []
-        self.client.ehlo_or_helo_if_needed()
-        if not self.client.has_extn("smtputf8"):
-            raise TransportError(f"the mail server {self.transport.host} does not offer SMTPUTF8, which the address's "
-                                 "non-ASCII local part needs (RFC 6531); not sent", temporary=False,
-                                 error_class=ErrorClass.ADDRESS)
-        return ["SMTPUTF8", "BODY=8BITMIME"] if self.client.has_extn("8bitmime") else ["SMTPUTF8"]
-
-    def reopen(self) -> None:
-        """Connect again after a lost connection; TransportError when the server is unreachable."""
-        self._drop()
-        self.client = self.transport._open()
-        self.used = False
-
-    def _drop(self) -> None:
-        if self.client is not None:
-            try:
-                self.client.close()
-            finally:
-                self.client = None
-
-    def close(self) -> None:
-        if self.client is not None:
-            try:
-                self.client.quit()
-            except (OSError, smtplib.SMTPException):
-                pass
-            self._drop()
 
 
 class DevMailboxTransport:
