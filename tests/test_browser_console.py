@@ -136,8 +136,8 @@ def test_staff_find_a_contact_by_address_and_read_the_record(live, people, page)
     expect(page.get_by_role("definition").first).to_have_text("Ada Lovelace")
     subscriptions = page.get_by_role("row", name=re.compile("^Monthly newsletter"))
     assert cells(subscriptions)[:2] == ["Monthly newsletter", "active"]
-    mail = page.get_by_role("row", name=re.compile("^confirmation"))
-    assert cells(mail)[:2] == ["confirmation", "sent"]
+    mail = page.get_by_role("row", name=re.compile("^Subscription confirmation"))
+    assert cells(mail)[:2] == ["Subscription confirmation", "sent"]
     consent = [cells(row)[1:5] for row in page.get_by_role("row").filter(has_text="list:newsletter").all()]
     assert consent[0] == ["list:newsletter", "requested", "v1", "https://clinic.example/blog/posture"]
     assert consent[1][:3] == ["list:newsletter", "confirmed", "v1"]
@@ -270,7 +270,7 @@ def test_staff_find_why_a_message_failed_on_the_deliveries_page(live_smtp, smtp_
     rows = page.get_by_role("row")
     expect(rows).to_have_count(2)
     failed = cells(rows.nth(1))
-    assert failed[1:5] == ["gone@example.com", "confirmation", "failed", "1"]
+    assert failed[1:5] == ["gone@example.com", "Subscription confirmation", "failed", "1"]
     assert "550 5.1.1 <gone@example.com>: mailbox unavailable" in failed[6]
     shot(page, "deliveries-2-failed")
 
@@ -281,7 +281,8 @@ def test_staff_find_why_a_message_failed_on_the_deliveries_page(live_smtp, smtp_
     expect(page.get_by_role("row")).to_have_count(2)
     page.get_by_role("link", name="gone@example.com").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("gone@example.com")
-    assert cells(page.get_by_role("row", name=re.compile("^confirmation")))[:2] == ["confirmation", "failed"]
+    mail = page.get_by_role("row", name=re.compile("^Subscription confirmation"))
+    assert cells(mail)[:2] == ["Subscription confirmation", "failed"]
 
 
 

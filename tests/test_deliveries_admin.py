@@ -55,10 +55,10 @@ def test_every_delivery_newest_first_with_its_outcome(viewer, outbox, db):
     assert '<a href="/admin/deliveries">Deliveries</a>' in page.text  # in the nav
     table = rows(page)
     assert [(r[0], r[1], r[2], r[3], r[4]) for r in table] == [
-        ("4", "bob@example.com", "confirmation", "sent", "1"),
-        ("3", "grey@example.com", "confirmation", "deferred", "1"),
-        ("2", "bounce@example.com", "confirmation", "failed", "1"),
-        ("1", "ann@example.com", "confirmation", "sent", "1")]
+        ("4", "bob@example.com", "Subscription confirmation", "sent", "1"),
+        ("3", "grey@example.com", "Subscription confirmation", "deferred", "1"),
+        ("2", "bounce@example.com", "Subscription confirmation", "failed", "1"),
+        ("1", "ann@example.com", "Subscription confirmation", "sent", "1")]
     assert table[0][5].startswith("sent ") and table[1][5].startswith("next ") and table[2][5] == ""
     assert table[2][6].startswith("permanent ") and "550 5.1.1 User unknown" in table[2][6]
     assert table[1][6].startswith("temporary ") and "Greylisted" in table[1][6]

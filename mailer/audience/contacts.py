@@ -566,4 +566,5 @@ def confirmation_email(batch, delivery: Delivery):
 
 
 # The kinds of mail this module makes, for the sender (registered by mailer.build).
-MAIL_KINDS = {CONFIRMATION: Kind(confirmation_email, required_subscription=SubscriptionStatus.PENDING)}
+MAIL_KINDS = {CONFIRMATION: Kind(confirmation_email, required_subscription=SubscriptionStatus.PENDING,
+                                 label="Subscription confirmation")}

@@ -13,7 +13,7 @@ from werkzeug.routing import IntegerConverter
 from mailer.web.api.api_schemas import MAX_ID
 from mailer.audience.consent import RequestContext
 from mailer.db import session_scope
-from mailer.clock import format_local
+from mailer.clock import format_local, format_local_short
 
 csrf = CSRFProtect()
 SETTINGS_MAX_AGE = 5.0
@@ -127,6 +127,7 @@ def _forget_client_ip(_error=None) -> None:
 def register(app: Flask) -> None:
     from mailer.audience.contacts import PublicLists
     from mailer.campaigns.newsletters import sample_subject
+    from mailer.delivery.registry import kind_label
     from mailer.web.admin import (admin, auth, automations_admin, contacts_admin, newsletters_admin, segments_admin,
                                   staff_admin, webinars_admin)
     from mailer.web.api import api, hooks
@@ -159,4 +160,6 @@ def register(app: Flask) -> None:
     app.teardown_request(_forget_client_ip)
     app.context_processor(lambda: {"settings": mailer().settings})
     app.add_template_filter(format_local, "local_time")
-    app.add_template_filter(sample_subject, "sample_subject")  # staff lists: a subject as a reader reads it
+    app.add_template_filter(format_local_short, "local_short")  # in table cells
+    app.add_template_filter(sample_subject, "sample_subject")
+    app.add_template_filter(kind_label, "kind_label")  # staff lists: a subject as a reader reads it
