@@ -52,7 +52,7 @@ def test_the_page_needs_a_login(client):
 def test_every_delivery_newest_first_with_its_outcome(viewer, outbox, db):
     page = viewer.get("/admin/deliveries")
     assert page.status_code == 200
-    assert '<a href="/admin/deliveries">Deliveries</a>' in page.text  # in the nav
+    assert '<a href="/admin/deliveries" aria-current="page">Deliveries</a>' in page.text  # in the nav, marked as here
     table = rows(page)
     assert [(r[0], r[1], r[2], r[3], r[4]) for r in table] == [
         ("4", "bob@example.com", "Subscription confirmation", "sent", "1"),
