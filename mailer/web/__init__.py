@@ -136,6 +136,7 @@ def register(app: Flask) -> None:
     from mailer.web.admin import import_admin
     from mailer.web.admin import fields_admin, lists_admin
     from mailer.web.ratelimit import Limiter, storage_for
+    from mailer.web import error_pages
 
     for module in ("api_people", "api_outbox", "api_sequences", "api_segments", "api_fields"):  # importing them adds their routes to api.bp
         importlib.import_module(f"mailer.web.api.{module}")
@@ -154,6 +155,7 @@ def register(app: Flask) -> None:
                       contacts_admin.bp, deliveries_admin.bp, hooks.bp, api.bp, staff_admin.bp, import_admin.bp,
                       lists_admin.bp, fields_admin.bp):
         app.register_blueprint(blueprint)
+    error_pages.register(app)
     app.after_request(_security_headers)
     app.before_request(_fresh_settings)
     app.before_request(_note_client_ip)

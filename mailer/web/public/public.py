@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, current_app, jsonify, render_template, request
+from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
 from mailer.audience import contacts
 from mailer.db import utcnow
@@ -185,6 +185,12 @@ def preferences(token: str):
     return page
 
 
+@bp.get("/favicon.ico")
+def favicon():
+    """For browsers and feed readers that ask at the root rather than read <link rel=icon>."""
+    return redirect(url_for("static", filename="favicon.svg"), 301)
+
+
 @bp.get("/livez")
 def livez():
     """Liveness: the process answers. Touches nothing else (also the benchmark's baseline route)."""
@@ -196,6 +202,4 @@ def index():
     with db_session() as session:
         lists = session.scalars(sa.select(MailingList).where(MailingList.public, MailingList.archived_at.is_(None))
                                 .order_by(MailingList.id)).all()
-    if not lists:
-        abort(404)
     return render_template("public/index.html", lists=lists)
