@@ -91,6 +91,12 @@ class IdConverter(IntegerConverter):
         return number
 
 
+def plural(singular: str, count: int | None, many: str | None = None) -> str:
+    """The noun for `count` things, for a template: {{ 'active subscription' | plural(n) }}
+    is 'active subscription' for 1 and 'active subscriptions' otherwise."""
+    return singular if count == 1 else (many or singular + "s")
+
+
 def _security_headers(response):
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     # Links carry tokens: never leak them to another site in a Referer.
@@ -164,4 +170,5 @@ def register(app: Flask) -> None:
     app.add_template_filter(format_local, "local_time")
     app.add_template_filter(format_local_short, "local_short")  # in table cells
     app.add_template_filter(sample_subject, "sample_subject")
-    app.add_template_filter(kind_label, "kind_label")  # staff lists: a subject as a reader reads it
+    app.add_template_filter(kind_label, "kind_label")
+    app.add_template_filter(plural, "plural")  # staff lists: a subject as a reader reads it

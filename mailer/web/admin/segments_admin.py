@@ -279,7 +279,7 @@ def bulk_run(segment_id: int):
         name = segments.get_segment(s, segment_id).name
         problem = None
         if str(planned.count) != request.form.get("count", ""):
-            problem = f"The segment has {planned.count:,} contacts now, not {request.form.get('count')}: check again."
+            problem = f"The segment has {planned.count:,} contact{'' if planned.count == 1 else 's'} now, not {request.form.get('count')}: check again."
         elif action == bulk.ERASE and request.form.get("confirm", "").strip() != f"erase {planned.count}":
             problem = f"To confirm, type “erase {planned.count}”. Nothing was erased."
         if problem:
