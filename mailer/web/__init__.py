@@ -134,6 +134,7 @@ def register(app: Flask) -> None:
     from mailer.audience.contacts import PublicLists
     from mailer.campaigns.newsletters import sample_subject
     from mailer.delivery.registry import kind_label
+    from mailer.audience.consent import source_page
     from mailer.web.admin import (admin, auth, automations_admin, contacts_admin, newsletters_admin, segments_admin,
                                   staff_admin, webinars_admin)
     from mailer.web.api import api, hooks
@@ -171,4 +172,5 @@ def register(app: Flask) -> None:
     app.add_template_filter(format_local_short, "local_short")  # in table cells
     app.add_template_filter(sample_subject, "sample_subject")
     app.add_template_filter(kind_label, "kind_label")
-    app.add_template_filter(plural, "plural")  # staff lists: a subject as a reader reads it
+    app.add_template_filter(plural, "plural")
+    app.add_template_filter(source_page, "source_page")  # a consent event's page, without tokens  # staff lists: a subject as a reader reads it
