@@ -2,6 +2,7 @@
 each contact, login, and an audit row for every view that never holds an address."""
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
@@ -36,7 +37,8 @@ def outbox(mailer, smtp_server):
 def rows(page) -> list[tuple[str, ...]]:
     """The table as text: one tuple of cell texts per row."""
     body = page.text.split("<tbody>", 1)[1].split("</tbody>", 1)[0] if "<tbody>" in page.text else ""
-    return [tuple(" ".join(re.sub(r"<[^>]+>", " ", cell).split()) for cell in re.findall(r"<td>(.*?)</td>", row, re.S))
+    return [tuple(" ".join(html.unescape(re.sub(r"<[^>]+>", " ", cell)).split())
+                  for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S))
             for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
 
 
