@@ -32,9 +32,10 @@ def format_local(when: dt.datetime, zone: str) -> str:
 
 
 def format_local_short(when: dt.datetime, zone: str) -> str:
-    """The same instant for a table cell, on one line: '1 Dec 2026 18:00 GMT' (no-break spaces)."""
+    """The same instant for a table cell, on one line: 'Tue 1 Dec 2026 18:00 GMT' (no-break spaces)."""
     local = when.astimezone(ZoneInfo(zone))
-    return "\u00a0".join((str(local.day), f"{local:%b}", f"{local:%Y}", f"{local:%H:%M}", local.tzname() or ""))
+    return "\u00a0".join((f"{local:%a}", str(local.day), f"{local:%b}", f"{local:%Y}", f"{local:%H:%M}",
+                           local.tzname() or ""))
 
 
 @functools.cache

@@ -145,7 +145,7 @@ def test_staff_tables_and_nav_fit_1280_px_users_report_and_deliveries(live, smtp
     expect(page.get_by_role("row")).to_have_count(4)  # the three readers; not the blocked confirmation
     # Dates in the tables are compact and on one line.
     date = page.get_by_role("row").nth(1).get_by_role("cell").nth(5)
-    assert re.fullmatch(r"sent \d+ \w{3} \d{4} \d\d:\d\d (GMT|BST)", date.inner_text().replace("\xa0", " "))
+    assert re.fullmatch(r"sent \w{3} \d+ \w{3} \d{4} \d\d:\d\d (GMT|BST)", date.inner_text().replace("\xa0", " "))
     lines = date.evaluate("""td => { const r = document.createRange(); r.selectNodeContents(td);
         return new Set([...r.getClientRects()].map(b => Math.round(b.top))).size; }""")
     assert lines == 1
