@@ -57,7 +57,7 @@ def test_plural_and_kind_words():
     assert registry.kind_label("no_such_kind") == "no_such_kind"
     from mailer import mail_kinds
 
-    labels = {name: kind.label for name, kind in mail_kinds().items()}
+    labels = {name: registry.label_of(name, kind) for name, kind in mail_kinds().items()}
     assert all(label and "_" not in label and label[0].isupper() for label in labels.values()), labels
     assert labels["webinar_confirmation"] == "Webinar confirmation"
     assert len(set(labels.values())) == len(labels)  # staff can tell every kind apart

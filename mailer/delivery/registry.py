@@ -54,8 +54,13 @@ def register(kinds: dict[str, Kind], hooks: AudienceHooks) -> None:
     for name, kind in kinds.items():
         BUILDERS[name] = kind.builder
         REQUIRED_SUBSCRIPTION[name] = kind.required_subscription
-        LABELS[name] = kind.label or name.replace("_", " ").capitalize()
+        LABELS[name] = label_of(name, kind)
     _hooks[:] = [hooks]
+
+
+def label_of(name: str, kind: Kind) -> str:
+    """Its declared words, else its key made readable ("blog_digest" → "Blog digest")."""
+    return kind.label or name.replace("_", " ").capitalize()
 
 
 def kind_label(kind: str) -> str:
