@@ -142,6 +142,23 @@ def settings_set(key: str, value: str) -> None:
     click.echo(f"{key} set" if changes else f"{key} unchanged")
 
 
+@settings_group.command("check-feed")
+def settings_check_feed() -> None:
+    """Read the blog feed (blog_feed_url) now, as "Check the feed now" does: its posts go
+    into the cache; prints the newest, or the reason it cannot be used (exit 1)."""
+    from mailer.campaigns import blog
+
+    m = _mailer()
+    found = blog.refresh(m.sessions, m.settings, now=utcnow(), force=True)
+    if found is None:
+        raise click.ClickException("No blog feed is set: settings set blog_feed_url https://…/feed.xml")
+    if found.error:
+        raise click.ClickException(found.error)
+    click.echo(f"{len(found.posts)} post(s)")
+    for post in found.posts[:5]:
+        click.echo(f"{post.published_at:%Y-%m-%d}\t{post.title}\t{post.link}")
+
+
 @main.group("users")
 def users_group() -> None:
     """Staff accounts: list, change role, disable, enable, reset a password (create-user adds one)."""
@@ -587,7 +604,9 @@ def newsletter_report(newsletter_id) -> None:
 @click.option("--day", required=True, help="e.g. '1st tue', 'last fri', '15'.")
 @click.option("--at", "at", required=True, help="Local time, e.g. 09:00.")
 @click.option("--zone", help="Default: MAILER_TIMEZONE.")
-def newsletter_rhythm(name, day, at, zone) -> None:
+@click.option("--fill-from-blog", is_flag=True, help="With no issue ready 24 h before and new blog posts, draft a "
+                                                     "digest for staff to approve.")
+def newsletter_rhythm(name, day, at, zone, fill_from_blog) -> None:
     """Create a monthly send time, e.g. --day '1st tue' --at 09:00."""
     m = _mailer()
     try:
@@ -595,7 +614,8 @@ def newsletter_rhythm(name, day, at, zone) -> None:
     except ValueError:
         raise click.ClickException(f"--at {at!r} is not a time like 09:00")
     rhythm_id = _run(m, lambda s: newsletters.create_rhythm(s, name=name, day=day, hour=hour, minute=minute,
-                                                            timezone=zone or m.settings.timezone).id)
+                                                            timezone=zone or m.settings.timezone,
+                                                            fill_from_blog=fill_from_blog).id)
     click.echo(f"created rhythm {rhythm_id}")
 
 

@@ -468,6 +468,9 @@ class Rhythm(Base):
     active: Mapped[bool] = mapped_column(default=True)
     # The month ("2027-03") for which staff were last warned that no issue was ready.
     warned_month: Mapped[Optional[str]] = mapped_column(sa.String(7))
+    # "Fill from the blog": 24 h before a send time with no issue ready and new blog posts,
+    # a digest of them is drafted for staff to approve (never sent unapproved).
+    fill_from_blog: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -785,3 +788,32 @@ class ContactFieldValue(Base):
     field_id: Mapped[int] = mapped_column(sa.ForeignKey("contact_fields.id"), primary_key=True)
     value: Mapped[str] = mapped_column(sa.String(500))
     number: Mapped[Optional[float]] = mapped_column(sa.Float)
+
+
+class BlogFeed(Base):
+    """The blog feed's state (one row): the address last read, when, and the last error."""
+
+    __tablename__ = "blog_feed"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(sa.String(2000), default="")
+    checked_at: Mapped[Optional[dt.datetime]]
+    error: Mapped[Optional[str]] = mapped_column(sa.String(500))
+
+
+class BlogPost(Base):
+    """A post read from the clinic's blog feed (campaigns.blog): the cache newsletters
+    read at send time, so no mail waits on the blog's server."""
+
+    __tablename__ = "blog_posts"
+    __table_args__ = (sa.Index("ix_blog_posts_published_at", "published_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # sha256 of the post's id (its guid, else its link) in the feed: the same post is stored once.
+    post_key: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    title: Mapped[str] = mapped_column(sa.String(300))
+    link: Mapped[str] = mapped_column(sa.String(2000))
+    summary: Mapped[str] = mapped_column(sa.Text, default="")
+    image_url: Mapped[Optional[str]] = mapped_column(sa.String(2000))
+    published_at: Mapped[dt.datetime]
+    fetched_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -9,7 +9,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from mailer.audience import checkpoints, contacts
-from mailer.campaigns import newsletters, sequences, webinars
+from mailer.campaigns import blog, newsletters, sequences, webinars
 from mailer.delivery import send_budget
 from mailer.staff import jobs
 from mailer.db import session_scope, utcnow
@@ -64,6 +64,15 @@ def queue_sequence_mail(mailer, scheduler) -> None:
         scheduler.get_job("send-due").modify(next_run_time=utcnow())
 
 
+def refresh_blog_feed(mailer) -> None:
+    """Read the blog's feed into the cache when it is older than blog.FEED_REFRESH."""
+    found = blog.refresh(mailer.sessions, mailer.refresh_settings(), now=utcnow())
+    if found is not None and found.error:
+        log.warning("the blog feed could not be read (see the settings page)")
+    elif found is not None:
+        log.info("read %d posts from the blog feed", len(found.posts))
+
+
 def purge_expired_signups(mailer) -> None:
     with session_scope(mailer.sessions) as session:
         purged = contacts.purge_expired_pending(session, mailer.settings, utcnow())
@@ -101,6 +110,8 @@ def run_console_jobs(mailer, worker_id: str) -> None:
 #                      forgetting old send windows is one idempotent DELETE
 #   console-jobs       a job row claimed under a lease (compare-and-set)
 #   consent-checkpoint a dedupe key per owner and ISO week
+#   blog-feed          compare-and-set on blog_feed.checked_at (one worker reads the feed per
+#                      FEED_REFRESH); posts are upserted by their key, UNIQUE
 # A new job whose effect must happen once (a weekly mail, processing rows): claim its rows
 # FOR UPDATE SKIP LOCKED, or begin its domain function with
 #     if not take_singleton(session, "<job id>"): return 0   # another worker is on it
@@ -121,6 +132,7 @@ def periodic_jobs(mailer, sender, scheduler) -> list[dict]:
         dict(id="console-jobs", func=run_console_jobs, args=[mailer, sender.worker_id], trigger="interval",
              seconds=2, max_instances=1),
         dict(id="consent-checkpoint", func=mail_consent_checkpoint, args=[mailer], trigger="interval", hours=6),
+        dict(id="blog-feed", func=refresh_blog_feed, args=[mailer], trigger="interval", minutes=5),
     ]
 
 

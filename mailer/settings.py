@@ -56,6 +56,11 @@ class Settings:
     confirmations_per_day: int = 3
     proxy_count: int = 0
     redis_url: str = ""
+    # The clinic's blog (campaigns.blog): its RSS or Atom feed, and the limits of reading it.
+    blog_feed_url: str = ""
+    feed_allow_private: str = ""
+    feed_max_bytes: int = 2_000_000
+    feed_timeout_seconds: int = 10
     instance_path: str = ""
     # Names set by the environment or by create_app's overrides: the settings page cannot change them.
     fixed: frozenset[str] = frozenset()

@@ -10,8 +10,8 @@ import re
 import sqlalchemy as sa
 
 from mailer.audience import contacts
-from mailer.db import session_scope
-from mailer.models import ConsentEvent
+from mailer.db import session_scope, utcnow
+from mailer.models import ConsentEvent, Contact, MailingList, Subscription
 from tests import browser_support
 from tests.browser_support import PHONE, action, expect, shot
 from tests.test_browser_console import live, log_in, page  # noqa: F401  (fixtures)
@@ -100,3 +100,37 @@ def test_front_desk_adds_corrects_and_unsubscribes_a_contact(live, page):  # noq
     with app.extensions["mailer"].read_sessions() as session:
         actions = session.scalars(sa.select(ConsentEvent.action).order_by(ConsentEvent.id)).all()
     assert actions == ["recorded", "recorded", "withdrawn"]
+
+
+def test_a_search_result_is_unsubscribed_in_bulk_after_a_confirmation_with_its_count(live, page):  # noqa: F811
+    app, base = live
+    mailer = app.extensions["mailer"]
+    with session_scope(mailer.sessions) as session:
+        for address in ("ann@north.example", "bo@north.example", "cy@south.example"):
+            contacts.get_or_create_contact(session, mailer.settings, address, name="Reader", now=utcnow())
+            contact_id = session.scalar(sa.select(Contact.id).where(Contact.email == address))
+            list_id = session.scalar(sa.select(MailingList.id).where(MailingList.slug == contacts.DEFAULT_LIST))
+            session.add(Subscription(contact_id=contact_id, list_id=list_id, status="active", confirmed_at=utcnow()))
+    log_in(page, base, "editor", "/admin/contacts")
+    page.get_by_label("Email address or name, or part of one").fill("north.example")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("heading", name="Do something with everyone this search found")).to_be_visible()
+    fits_a_phone(page, "bulk-1-search")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Unsubscribe…").click()
+    expect(page.locator("main")).to_contain_text(
+        "This unsubscribes 2 contacts found by your search from Monthly newsletter")
+    fits_a_phone(page, "bulk-2-confirm")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Unsubscribe them").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("unsubscribe from Monthly newsletter")
+    mailer.drain()  # the worker's console-jobs job
+    page.reload()
+    expect(page.locator("table.bulk-jobs")).to_contain_text("done")
+    expect(page.locator("table.bulk-jobs")).to_contain_text("2 of 2")
+    fits_a_phone(page, "bulk-3-done")
+    with mailer.read_sessions() as session:
+        left = session.scalars(sa.select(Contact.email).join(Subscription, Subscription.contact_id == Contact.id)
+                               .where(Subscription.status == "active")).all()
+    assert left == ["cy@south.example"]

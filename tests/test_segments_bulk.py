@@ -3,15 +3,18 @@ confirmed with the count and run as a background job (progress, resumable, audit
 segment's CSV export; editors may not erase; a count that changed is asked again."""
 from __future__ import annotations
 
+import json
+
 import sqlalchemy as sa
 
 from mailer.audience import segments
+from mailer.campaigns import sequences
 from mailer.db import session_scope, utcnow
 from mailer.delivery import outbox
-from mailer.models import AuditLog, ConsentEvent, Contact, Delivery, Job, Subscription
+from mailer.models import AuditLog, ConsentEvent, Contact, Delivery, Enrolment, Job, Subscription
 from tests.test_automations_admin import seen
 from tests.test_newsletter_admin import log_in
-from tests.test_sequences import default_list, subscriber
+from tests.test_sequences import default_list, manual_sequence, subscriber
 
 LONDON = {"groups": [{"rules": [{"kind": "timezone", "op": "is", "value": "Europe/London"}]}]}
 
@@ -36,7 +39,7 @@ def test_unsubscribe_a_segment_from_a_list_in_the_background(app, mailer, smtp_s
     # A count that is no longer right is asked again; nothing is queued.
     stale = editor.post(f"/admin/segments/{segment_id}/bulk/run", {"action": "unsubscribe", "list": str(list_id),
                                                                     "count": "5"})
-    assert stale.status_code == 400 and "has 2 contacts now, not 5" in seen(stale.text)
+    assert stale.status_code == 400 and "There are 2 contacts now, not 5" in seen(stale.text)
     with mailer.read_sessions() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Job)) == 0
 
@@ -80,3 +83,32 @@ def test_only_owners_erase_and_export_and_they_confirm_by_typing(app, mailer):
     with mailer.read_sessions() as session:
         left = session.scalars(sa.select(Contact.email).where(Contact.email.is_not(None))).all()
     assert left == ["cy@example.com"]
+
+
+def test_add_a_segment_to_an_automation_in_the_background(app, mailer):
+    segment_id, ids = setup(mailer)
+    sequence_id, _ = manual_sequence(mailer, ("Lesson one", 0, {}), name="Back care course")
+    with session_scope(mailer.sessions) as session:  # Dee leaves the newsletter: she cannot get its mail
+        session.execute(sa.update(Subscription).where(Subscription.contact_id == ids["dee"]).values(
+            status="unsubscribed"))
+    editor = log_in(app, "editor@clinic.example")
+    assert "Back care course" in seen(editor.get(f"/admin/segments/{segment_id}").text)
+    page = editor.post(f"/admin/segments/{segment_id}/bulk", {"action": "enrol", "sequence": str(sequence_id)})
+    assert "This adds 2 contacts in “Londoners” to the automation Back care course" in seen(page.text)
+    editor.post(f"/admin/segments/{segment_id}/bulk/run", {"action": "enrol", "sequence": str(sequence_id),
+                                                            "count": "2"})
+    mailer.drain()
+    with mailer.read_sessions() as session:
+        enrolled = session.scalars(sa.select(Enrolment.contact_id).where(Enrolment.sequence_id == sequence_id)).all()
+        job = session.scalar(sa.select(Job))
+        audit = session.scalars(sa.select(AuditLog.detail).where(AuditLog.action == "segment.bulk_enrol")).all()
+    assert enrolled == [ids["bob"]]  # Dee is in the segment but not on the automation's list
+    assert (job.status, job.done, json.loads(job.report)["changed"]) == ("done", 2, 1)
+    assert audit == [f"segment {segment_id}: 2 contacts, automation {sequence_id} (job {job.id})"]
+    assert "add to automation Back care course" in seen(editor.get(f"/admin/segments/{segment_id}").text)
+    # An archived automation cannot be chosen.
+    with session_scope(mailer.sessions) as session:
+        sequences.archive(session, sequence_id)
+    refused = editor.post(f"/admin/segments/{segment_id}/bulk", {"action": "enrol", "sequence": str(sequence_id)},
+                          follow_redirects=True)
+    assert "Nothing done: Choose the automation to add them to." in seen(refused.text)

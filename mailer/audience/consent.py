@@ -125,7 +125,11 @@ def _wording_digests(session: Session, ids=None) -> dict[int, str]:
     return {wording_id: _text_digest(text) for wording_id, text in session.execute(stmt)}
 
 
-def _lock_chain(session: Session) -> None:
+def lock_chain(session: Session) -> None:
+    """Hold the ledger's chain until the transaction ends (every append takes it). A writer
+    that also takes row locks others may wait on (new contacts) takes it first, so two such
+    writers queue instead of deadlocking: A holds the chain and waits for B's new contact,
+    B holds that contact and waits for the chain."""
     if is_postgres(session):
         session.execute(sa.select(sa.func.pg_advisory_xact_lock(_CHAIN_LOCK_KEY)))
     # On SQLite, BEGIN IMMEDIATE already serialises writers (see db.py).
@@ -140,7 +144,7 @@ def record_event(session: Session, *, contact_id: int | None, purpose: str, acti
                  wording_id: int | None = None) -> ConsentEvent:
     """Append one event to the chain. Callers hold the transaction open until commit."""
     chain = _chain_mac(_keys(session))
-    _lock_chain(session)
+    lock_chain(session)
     event = ConsentEvent(
         contact_id=contact_id, list_id=list_id, purpose=purpose, action=action, wording_id=wording_id,
         source_url=context.source_url, ip=context.ip, user_agent=context.user_agent, note=context.note,
@@ -162,7 +166,7 @@ def record_events(session: Session, events: list[dict], *, now: dt.datetime) -> 
     if not events:
         return 0
     chain = _chain_mac(_keys(session))
-    _lock_chain(session)
+    lock_chain(session)
     prev = _head(session)
     wordings = _wording_digests(session, {item["wording_id"] for item in events if item.get("wording_id")})
     created = _created(types.SimpleNamespace(created_at=now))  # one time for the whole batch
@@ -256,7 +260,7 @@ def ensure_anchored(session: Session, now: dt.datetime) -> bool:
                   .order_by(ConsentEvent.id).limit(1))
     if session.scalar(has_anchor) is not None:
         return False
-    _lock_chain(session)
+    lock_chain(session)
     if session.scalar(has_anchor) is not None:
         return False
     seal, redactions, wordings, count = _Seal(keys), _Redactions(session), _wording_digests(session), 0

@@ -33,7 +33,7 @@ DEFAULT_LIST = "newsletter"
 NAME_MAX = 100
 EMAIL_MAX = 254
 CONFIRMATION = "confirmation"
-_ZONES = zoneinfo.available_timezones()
+ZONES = zoneinfo.available_timezones()
 
 
 def normalise_email(raw: str | None) -> str:
@@ -57,7 +57,7 @@ def clean_name(raw: str | None) -> str:
 
 
 def clean_timezone(raw: str | None) -> str | None:
-    return raw if raw in _ZONES else None
+    return raw if raw in ZONES else None
 
 
 def current_wording(session: Session, list_id: int) -> ConsentWording | None:
@@ -209,6 +209,8 @@ def process_signups(session: Session, settings: Settings, *, limit: int = 500) -
     if is_postgres(session):
         query = query.with_for_update(skip_locked=True)
     requests = session.scalars(query).all()
+    if requests:  # before the first new contact: see consent.lock_chain
+        consent.lock_chain(session)
     resolved: dict[tuple, tuple] = {}  # lists and wordings, looked up once per batch
     for request in requests:
         key = (request.lists, request.consent_version)
@@ -253,12 +255,12 @@ def _subscribe_resolved(session: Session, settings: Settings, address: str, name
     contact = get_or_create_contact(session, settings, address, name=clean_name(name),
                                     timezone=clean_timezone(timezone), now=now)
     requested = [sub for mailing_list, wording in zip(mailing_lists, wordings)
-                 if (sub := _request_subscription(session, settings, contact, mailing_list, wording, context, now))]
+                 if (sub := request_subscription(session, settings, contact, mailing_list, wording, context, now))]
     if requested:
-        _enqueue_confirmation(session, settings, contact, requested, now)
+        enqueue_confirmation(session, settings, contact, requested, now)
 
 
-def _request_subscription(session, settings, contact, mailing_list, wording, context,
+def request_subscription(session, settings, contact, mailing_list, wording, context,
                           now) -> Subscription | None:
     """Pending subscription and its consent event; the subscription when it needs a confirmation mail."""
     inserted = session.execute(
@@ -277,7 +279,7 @@ def _request_subscription(session, settings, contact, mailing_list, wording, con
     return sub
 
 
-def _enqueue_confirmation(session: Session, settings: Settings, contact: Contact, subs: list[Subscription],
+def enqueue_confirmation(session: Session, settings: Settings, contact: Contact, subs: list[Subscription],
                           now: dt.datetime) -> bool:
     """One confirmation mail for everything one signup asked for (its lists share the
     confirmation_sent_at `now`, which is how the mail finds them), and at most
@@ -477,22 +479,35 @@ def unsubscribe(session: Session, settings: Settings, token: str, *, context: co
 
 def withdraw_subscription(session: Session, sub: Subscription, *, context: consent.RequestContext,
                           now: dt.datetime) -> bool:
-    """Unsubscribe one active or pending subscription: a withdrawn event (with `context` as
-    the evidence) and the list's queued mail cancelled. False when it had ended already.
-    A compare-and-set, so two withdrawals at once record one event."""
-    changed = session.execute(
-        sa.update(Subscription).where(
-            Subscription.id == sub.id,
-            Subscription.status.in_([SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING]),
-        ).values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=now)
-    ).rowcount
-    if changed != 1:
-        return False
-    consent.record_event(session, contact_id=sub.contact_id, list_id=sub.list_id,
-                         purpose=f"list:{sub.mailing_list.slug}", action=ConsentAction.WITHDRAWN,
-                         context=context, now=now)
-    outbox.cancel_pending(session, contact_id=sub.contact_id, list_id=sub.list_id, reason="unsubscribed")
-    return True
+    """Unsubscribe one active or pending subscription (see end_subscriptions). False when
+    it had ended already."""
+    return bool(end_subscriptions(session, Subscription.id == sub.id, context=context, now=now))
+
+
+def end_subscriptions(session: Session, *where, context: consent.RequestContext,
+                      now: dt.datetime) -> list[tuple[int, int]]:
+    """Unsubscribe every active or pending subscription matching `where` (one person's,
+    one list's among some people…): one UPDATE, a compare-and-set, so two withdrawals at
+    once record one event; a `withdrawn` consent event each, with `context` as the
+    evidence; and their list's mail not yet sent cancelled. Every way out of a list (the
+    link, the front desk, a complaint, a bulk action) comes here. Returns the
+    (contact id, list id) pairs it ended."""
+    ended = sorted(tuple(row) for row in session.execute(sa.update(Subscription).where(
+        *where, Subscription.status.in_([SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING]),
+    ).values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=now).returning(
+        Subscription.contact_id, Subscription.list_id)))
+    if not ended:
+        return []
+    slugs = dict(session.execute(sa.select(MailingList.id, MailingList.slug).where(
+        MailingList.id.in_({list_id for _, list_id in ended}))).all())
+    consent.record_events(session, [
+        {"contact_id": contact_id, "list_id": list_id, "purpose": f"list:{slugs[list_id]}",
+         "action": ConsentAction.WITHDRAWN, "source_url": context.source_url, "ip": context.ip,
+         "user_agent": context.user_agent, "note": context.note} for contact_id, list_id in ended], now=now)
+    for list_id in sorted(slugs):
+        outbox.cancel_many(session, contact_ids=[c for c, on in ended if on == list_id], list_id=list_id,
+                           reason="unsubscribed")
+    return ended
 
 
 # Housekeeping and personal data ---------------------------------------------------
@@ -527,19 +542,10 @@ def _has_other_ties(session: Session, contact_id: int) -> bool:
 def unsubscribe_everywhere(session: Session, address: str, *, context: consent.RequestContext,
                            now: dt.datetime) -> int:
     """Withdraw every list subscription of an address (a spam complaint); returns how many."""
-    contact = session.scalar(sa.select(Contact).where(Contact.email == address.strip().lower()))
-    if contact is None:
+    contact_id = session.scalar(sa.select(Contact.id).where(Contact.email == address.strip().lower()))
+    if contact_id is None:
         return 0
-    subs = session.scalars(sa.select(Subscription).where(
-        Subscription.contact_id == contact.id,
-        Subscription.status.in_([SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING]))).all()
-    for sub in subs:
-        sub.status, sub.unsubscribed_at = SubscriptionStatus.UNSUBSCRIBED, now
-        consent.record_event(session, contact_id=contact.id, list_id=sub.list_id,
-                             purpose=f"list:{sub.mailing_list.slug}", action=ConsentAction.WITHDRAWN,
-                             context=context, now=now)
-        outbox.cancel_pending(session, contact_id=contact.id, list_id=sub.list_id, reason="unsubscribed")
-    return len(subs)
+    return len(end_subscriptions(session, Subscription.contact_id == contact_id, context=context, now=now))
 
 
 def anonymise_contact(session: Session, contact_id: int, now: dt.datetime) -> None:

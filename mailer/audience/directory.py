@@ -128,6 +128,11 @@ def search_mode(q: str | None) -> str:
     return "text" if len(q) >= SUBSTRING_MIN else "name"
 
 
+def describe_search(*, q: str = "", list_id: int | None = None, status: str | None = None) -> str:
+    """A search in the audit log: its kind and filters, never the searched text (which may be an address)."""
+    return f"search={search_mode(q)} list={list_id or 'any'} status={status or 'any'}"
+
+
 def _name_prefix(session: Session, key: str):
     """(condition, few): contacts.name_key starts with `key`; few when the index alone should be used. PostgreSQL: LIKE on the varchar_pattern_ops
     index, and its statistics choose the plan. SQLite (no statistics) would always read
@@ -174,6 +179,29 @@ def search_contacts(session: Session, *, q: str = "", list_id: int | None = None
     statuses = _list_statuses(session, ids)
     return [ContactRow(cid, people[cid].email, people[cid].name, people[cid].created_at, people[cid].erased_at,
                        statuses.get(cid, ())) for cid in ids]
+
+
+def matching_ids(session: Session, *, q: str = "", list_id: int | None = None, status: str | None = None,
+                 after_id: int = 0, up_to_id: int | None = None, limit: int = 500) -> list[int]:
+    """The next `limit` (not erased) contacts a search finds, oldest first after `after_id`
+    and, given `up_to_id`, none added after it: how a bulk action walks a search result."""
+    stmt, id_column, keyset_column = _filtered_ids(session, q=q, list_id=list_id, status=status)
+    stmt = stmt.where(Contact.email.is_not(None), keyset_column > after_id)
+    if up_to_id is not None:
+        stmt = stmt.where(keyset_column <= up_to_id)
+    return [row.id for row in session.execute(stmt.order_by(id_column).limit(limit))]
+
+
+def count_matching(session: Session, *, q: str = "", list_id: int | None = None, status: str | None = None,
+                   up_to_id: int | None = None) -> int:
+    """How many (not erased) contacts a search finds (up to `up_to_id`): the count a bulk
+    action on a search result states before staff confirm it."""
+    check_filters(session, list_id, status)
+    stmt, _, keyset_column = _filtered_ids(session, q=q, list_id=list_id, status=status)
+    stmt = stmt.where(Contact.email.is_not(None))
+    if up_to_id is not None:
+        stmt = stmt.where(keyset_column <= up_to_id)
+    return session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery()))
 
 
 def _list_statuses(session: Session, contact_ids: list[int]) -> dict[int, tuple[ListStatus, ...]]:

@@ -235,7 +235,7 @@ class Invitation(enum.StrEnum):
 
 def _invite(session: Session, settings: Settings, staff: Staff, contact: Contact, mailing_lists,
             now: dt.datetime) -> tuple[bool, bool]:
-    """The public form's double opt-in (contacts._request_subscription: new pending, or an
+    """The public form's double opt-in (contacts.request_subscription: new pending, or an
     unsubscribed person back to pending, or a resend to a pending one once per interval),
     with the staff member as the source of the "requested" events. (Any list asked now?
     Was the confirmation mail queued?) A mail is not queued over the daily cap."""
@@ -244,13 +244,13 @@ def _invite(session: Session, settings: Settings, staff: Staff, contact: Contact
         wording = contacts.current_wording(session, ml.id)
         if wording is None:
             raise InvalidInput("list", f"The list {ml.slug!r} has no consent wording to show.")
-        sub = contacts._request_subscription(session, settings, contact, ml, wording,
+        sub = contacts.request_subscription(session, settings, contact, ml, wording,
                                              staff.context("confirmation mail sent by staff"), now)
         if sub is not None:
             requested.append(sub)
     if not requested:
         return False, False
-    return True, contacts._enqueue_confirmation(session, settings, contact, requested, now)
+    return True, contacts.enqueue_confirmation(session, settings, contact, requested, now)
 
 
 def invite(session: Session, settings: Settings, staff: Staff, contact_id: int, *, list_slug: str,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import re
 from zoneinfo import ZoneInfo
 
 from html.parser import HTMLParser
@@ -18,6 +19,7 @@ from jinja2 import nodes
 from sqlalchemy.orm import Session, selectinload
 
 from mailer.audience import fields, segments
+from mailer.campaigns import blog
 from mailer.delivery import outbox, suppression
 from mailer.delivery.registry import Kind
 from mailer.db import dialect_insert, is_postgres, newest_first, utcnow
@@ -33,6 +35,7 @@ from mailer.delivery.rendering import (TEMPLATES, CompiledNewsletter, RenderedEm
 NEWSLETTER = "newsletter"
 NEWSLETTER_TEST = "newsletter_test"
 RHYTHM_WARNING = "rhythm_warning"
+BLOG_DIGEST = "blog_digest"  # staff asked to approve a digest drafted from the blog
 SUBJECT_MAX = 80
 TEST_MAX = 10
 # What a newsletter's subject and body may use, and the attributes of each (None: a plain value).
@@ -42,6 +45,7 @@ TEMPLATE_NAMES: dict[str, set[str] | None] = {
     "preferences_url": None,
     "archive_url": None,
     "upcoming_webinars": None,  # a list of {title, starts_local, url}: loop over it
+    "new_posts": None,  # the blog's posts since the previous issue: {title, link, summary, image, published}
     "organisation": None,
     "postal_address": None,
     "base_url": None,
@@ -64,9 +68,22 @@ def layouts() -> list[str]:
     return sorted(p.stem for p in (TEMPLATES / "layouts").glob("*.html"))
 
 
+# Ready blocks: a line of the body holding only `{{ name() }}` stands for that Markdown.
+BLOCKS = {"blog_posts": blog.BLOG_POSTS_BLOCK}
+_BLOCK_LINE = re.compile(r"^[ \t]*{{-?\s*(%s)\(\)\s*-?}}[ \t]*$" % "|".join(BLOCKS), re.MULTILINE)
+
+
+def expand_blocks(body_md: str) -> str:
+    """The body with each ready-block line replaced by the block's Markdown."""
+    return _BLOCK_LINE.sub(lambda m: BLOCKS[m.group(1)], body_md)
+
+
 def check_template(field: str, source: str, field_keys: set[str] | None = None) -> list[TemplateProblem]:
     """Syntax errors and unknown names, each with its line, before anything is scheduled.
-    With `field_keys` (the custom fields' keys), contact.fields.<key> must name one of them."""
+    With `field_keys` (the custom fields' keys), contact.fields.<key> must name one of them.
+    A ready block's line in the body is ours and checked by the tests, not here."""
+    if field == "body":
+        source = _BLOCK_LINE.sub("", source)
     try:
         tree = staff_environment(html=True).parse(source)  # (the text one trims lines, which moves error lines)
     except jinja2.TemplateSyntaxError as exc:
@@ -75,7 +92,9 @@ def check_template(field: str, source: str, field_keys: set[str] | None = None) 
     unknown = jinja2.meta.find_undeclared_variables(tree) - set(TEMPLATE_NAMES)
     for name in tree.find_all(nodes.Name):
         if name.ctx == "load" and name.name in unknown:
-            problems.append(TemplateProblem(field, name.lineno, f"unknown name '{name.name}'"))
+            problems.append(TemplateProblem(field, name.lineno, f"put {{{{ {name.name}() }}}} on a line of its own "
+                                                                "in the body" if name.name in BLOCKS
+                                            else f"unknown name '{name.name}'"))
             unknown.discard(name.name)
     for attribute in tree.find_all(nodes.Getattr):
         if isinstance(attribute.node, nodes.Name) and attribute.node.name in TEMPLATE_NAMES:
@@ -134,8 +153,8 @@ def _markup_problems(field: str, tree) -> list[TemplateProblem]:
                                                                 "use {% set name = value %}"))
         elif isinstance(node, nodes.Call):
             callee = node.node
-            if isinstance(callee, nodes.Name) and callee.name in ALLOWED_CALLS | {"loop"}:
-                continue
+            if isinstance(callee, nodes.Name) and callee.name in ALLOWED_CALLS | {"loop"} | set(BLOCKS):
+                continue  # (a block's name anywhere but alone on a body line is reported as a name)
             if (isinstance(callee, nodes.Getattr) and isinstance(callee.node, nodes.Name)
                     and callee.node.name == "loop" and callee.attr in {"cycle", "changed"}):
                 continue
@@ -486,7 +505,7 @@ def describe_rhythm_day(day: str) -> str:
     return day
 
 
-def _rhythm_values(name: str, day: str, hour: int, minute: int, timezone: str) -> dict:
+def _rhythm_values(name: str, day: str, hour: int, minute: int, timezone: str, fill_from_blog: bool) -> dict:
     values = dict(name=" ".join((name or "").split()) or "Monthly newsletter", day=(day or "").strip().lower(),
                   hour=hour, minute=minute, timezone=timezone)
     if timezone not in clock.known_zones():
@@ -498,23 +517,26 @@ def _rhythm_values(name: str, day: str, hour: int, minute: int, timezone: str) -
     except (ValueError, KeyError):
         raise InvalidInput("day", f"'{day}' is not a day of the month we can send on: choose the week and the "
                                   "weekday (e.g. \"1st tue\", \"last fri\") or a day from 1 to 28.") from None
-    return values
+    return dict(values, fill_from_blog=bool(fill_from_blog))
 
 
-def create_rhythm(session: Session, *, name: str, day: str, hour: int, minute: int = 0, timezone: str) -> Rhythm:
-    """E.g. day="1st tue", hour=9, timezone="Europe/London": the first Tuesday of every month at 09:00."""
-    rhythm = Rhythm(**_rhythm_values(name, day, hour, minute, timezone))
+def create_rhythm(session: Session, *, name: str, day: str, hour: int, minute: int = 0, timezone: str,
+                  fill_from_blog: bool = False) -> Rhythm:
+    """E.g. day="1st tue", hour=9, timezone="Europe/London": the first Tuesday of every month at 09:00.
+    With `fill_from_blog`, a month with no issue ready but new blog posts gets a digest
+    drafted for staff to approve (warn_unready)."""
+    rhythm = Rhythm(**_rhythm_values(name, day, hour, minute, timezone, fill_from_blog))
     session.add(rhythm)
     session.flush()
     return rhythm
 
 
 def update_rhythm(session: Session, rhythm_id: int, *, name: str, day: str, hour: int, minute: int = 0,
-                  timezone: str) -> Rhythm:
+                  timezone: str, fill_from_blog: bool = False) -> Rhythm:
     """Change a rhythm: months marked ready keep the send time they were given; later
     months use the new one."""
     rhythm = get_rhythm(session, rhythm_id)
-    for key, value in _rhythm_values(name, day, hour, minute, timezone).items():
+    for key, value in _rhythm_values(name, day, hour, minute, timezone, fill_from_blog).items():
         setattr(rhythm, key, value)
     return rhythm
 
@@ -569,7 +591,10 @@ def mark_ready(session: Session, newsletter_id: int, rhythm_id: int, month: str,
 
 def warn_unready(session: Session, settings, now: dt.datetime) -> list[str]:
     """24 hours before a rhythm's send time with no issue ready, email the staff once.
-    Nothing is ever sent empty: without a ready issue the month is simply skipped."""
+    Nothing is ever sent empty: without a ready issue the month is simply skipped. A rhythm
+    set to fill from the blog, with new posts since its previous issue, gets a digest
+    drafted instead, and staff are asked to approve it: a draft is never sent unapproved.
+    The claim on Rhythm.warned_month makes both happen once, whatever the workers."""
     from mailer.audience import contacts
     from mailer.models import Role, User
 
@@ -589,13 +614,51 @@ def warn_unready(session: Session, settings, now: dt.datetime) -> list[str]:
         ).values(warned_month=month)).rowcount
         if not claimed:
             continue
+        digest = draft_blog_digest(session, settings, rhythm, month, now=now) if rhythm.fill_from_blog else None
         staff = session.scalars(sa.select(User.email).where(User.role.in_([Role.OWNER, Role.EDITOR]))).all()
         for email in staff:
             contact = contacts.get_or_create_contact(session, settings, email, now=now)
-            outbox.enqueue(session, contact_id=contact.id, kind=RHYTHM_WARNING, ref_id=rhythm.id,
-                           dedupe_key=f"rhythm-warning:{rhythm.id}:{month}:{contact.id}", now=now)
-        warned.append(f"{rhythm.name} {month}")
+            if digest is not None:
+                outbox.enqueue(session, contact_id=contact.id, kind=BLOG_DIGEST, ref_id=digest.id,
+                               dedupe_key=f"blog-digest:{digest.id}:{contact.id}", now=now)
+            else:
+                outbox.enqueue(session, contact_id=contact.id, kind=RHYTHM_WARNING, ref_id=rhythm.id,
+                               dedupe_key=f"rhythm-warning:{rhythm.id}:{month}:{contact.id}", now=now)
+        warned.append(f"{rhythm.name} {month}" + (f" (digest {digest.id} drafted)" if digest is not None else ""))
     return warned
+
+
+def draft_blog_digest(session: Session, settings, rhythm: Rhythm, month: str, *,
+                      now: dt.datetime) -> Newsletter | None:
+    """A draft issue for `month` of the rhythm made from the blog's posts since its previous
+    issue (None when there are none). It goes to the lists of the rhythm's latest issue and
+    stays a draft until staff mark it ready (mark_ready), so it is never sent unapproved."""
+    since = blog.previous_issue_start(session, rhythm_id=rhythm.id, before=now)
+    posts = [blog.post_context(p, settings.zone) for p in blog.posts_between(session, since, now)]
+    if not settings.blog_feed_url or not posts:
+        return None
+    latest = session.scalar(sa.select(Newsletter).where(
+        Newsletter.rhythm_id == rhythm.id, Newsletter.status != NewsletterStatus.CANCELLED,
+    ).order_by(Newsletter.created_at.desc(), Newsletter.id.desc()).limit(1))
+    subject, body_md = blog.digest_text(posts)
+    digest = Newsletter(subject=subject, preheader="", body_md=body_md, layout="default",
+                        lists=[ml for ml in (latest.lists if latest else []) if ml.archived_at is None],
+                        public=latest.public if latest else False, status=NewsletterStatus.DRAFT,
+                        rhythm_id=rhythm.id, rhythm_month=month)
+    session.add(digest)
+    session.flush()
+    return digest
+
+
+def blog_digest_email(batch, delivery: Delivery):
+    digest = batch.session.get(Newsletter, delivery.ref_id)
+    rhythm = batch.session.get(Rhythm, digest.rhythm_id) if digest is not None and digest.rhythm_id else None
+    if rhythm is None or digest.status != NewsletterStatus.DRAFT:
+        return outbox.Skip(DeliveryStatus.CANCELLED, "digest no longer a draft")
+    return {"rhythm_name": rhythm.name, "subject": digest.subject, "month": digest.rhythm_month,
+            "post_count": len(blog.posts_for_issue(batch.session, batch.settings, digest, now=batch.clock())),
+            "send_time": format_local(occurrence_in_month(rhythm, digest.rhythm_month), rhythm.timezone),
+            "admin_url": f"{batch.settings.base_url}/admin/newsletters/{digest.id}"}
 
 
 def rhythm_warning_email(batch, delivery: Delivery):
@@ -628,13 +691,14 @@ class NoFields(dict):
 
 
 def preview(renderer, settings, *, subject: str, preheader: str, body_md: str, layout: str,
-            contact: dict | None = None, unsubscribe_url: str | None = None, upcoming=(),
+            contact: dict | None = None, unsubscribe_url: str | None = None, upcoming=(), posts=(),
             checked: bool = True, why: str | None = None, field_samples: dict | None = None) -> RenderedEmail:
     """The issue as one recipient (or a sample one) would get it; links to unsubscribe do
     not work in a preview. InvalidInput lists the template problems (checked=False: an
     issue already sent, shown as it went out, sanitised like every copy). The sample
     reader's custom fields are `field_samples` (fields.sample_values); a contact given
-    without "fields" has none."""
+    without "fields" has none. `upcoming` and `posts` are what the send would use
+    (upcoming_for_issue, blog.posts_for_issue)."""
     if contact is None:
         contact = dict(SAMPLE_CONTACT, fields=SampleFields(field_samples or {}))
     elif "fields" not in contact:
@@ -647,17 +711,17 @@ def preview(renderer, settings, *, subject: str, preheader: str, body_md: str, l
     static = {"organisation": settings.organisation, "postal_address": settings.postal_address,
               "base_url": settings.base_url, "logo_url": settings.logo_url, **({"why": why} if why else {})}
     try:
-        compiled = compile_newsletter(renderer, subject=subject, preheader=preheader, body_markdown=body_md,
-                                      layout=layout, context=static)
-        return _render_preview(compiled, static, contact, unsubscribe_url, settings, upcoming)
+        compiled = compile_newsletter(renderer, subject=subject, preheader=preheader,
+                                      body_markdown=expand_blocks(body_md), layout=layout, context=static)
+        return _render_preview(compiled, static, contact, unsubscribe_url, settings, upcoming, posts)
     except jinja2.TemplateError as exc:  # errors only rendering can show, e.g. {{ 1/0 }} or a missing key
         raise InvalidInput("body", f"The template fails when rendered: {exc}") from None
     except (ArithmeticError, TypeError, ValueError, LookupError) as exc:
         raise InvalidInput("body", f"The template fails when rendered: {exc}") from None
 
 
-def _render_preview(compiled, static, contact, unsubscribe_url, settings, upcoming) -> RenderedEmail:
-    issue = _Issue(compiled, list(upcoming), settings.base_url, test=False)
+def _render_preview(compiled, static, contact, unsubscribe_url, settings, upcoming, posts) -> RenderedEmail:
+    issue = _Issue(compiled, list(upcoming), settings.base_url, test=False, posts=list(posts))
     return issue.render(dict(static, contact=contact or SAMPLE_CONTACT,
                                 unsubscribe_url=unsubscribe_url or f"{settings.base_url}/unsubscribe/preview",
                                 preferences_url=unsubscribe_url or f"{settings.base_url}/preferences/preview"))
@@ -703,7 +767,7 @@ def sample_subject(subject: str) -> str:
     try:
         return one_line(staff_environment(html=False).from_string(subject).render(
             contact=SAMPLE_CONTACT, organisation="", unsubscribe_url="", preferences_url="", archive_url="",
-            postal_address="", base_url="", upcoming_webinars=[]))
+            postal_address="", base_url="", upcoming_webinars=[], new_posts=[]))
     except Exception:  # a template problem: the pre-flight names it; show what staff wrote
         return subject
 
@@ -718,16 +782,19 @@ def upcoming_for_issue(session: Session, settings, now: dt.datetime) -> list[tup
 
 class _Issue:
     """A compiled issue and what each recipient's copy adds: the upcoming webinars with
-    their start in the reader's own zone; a test copy says "[TEST]" and has dead links."""
+    their start in the reader's own zone, the blog's new posts; a test copy says "[TEST]"
+    and has dead links."""
 
-    def __init__(self, compiled: CompiledNewsletter, upcoming, base_url: str, test: bool, why: str | None = None):
+    def __init__(self, compiled: CompiledNewsletter, upcoming, base_url: str, test: bool, why: str | None = None,
+                 posts=()):
         self.compiled, self.upcoming, self.base_url, self.test, self.why = compiled, upcoming, base_url, test, why
+        self.posts = list(posts)
 
     def render(self, context: dict) -> RenderedEmail:
         zone = (context.get("contact") or {}).get("timezone")
         extra = {"archive_url": f"{self.base_url}/archive", "upcoming_webinars": [
             {"title": title, "starts_local": format_local(starts, zone or organiser_zone), "url": url}
-            for title, starts, organiser_zone, url in self.upcoming]}
+            for title, starts, organiser_zone, url in self.upcoming], "new_posts": self.posts}
         if self.why:
             extra["why"] = self.why
         if self.test:
@@ -757,6 +824,7 @@ def preflight(session: Session, renderer, settings, newsletter_id: int) -> list[
     keys = fields.template_keys(session)
     problems = content_problems(renderer, settings, subject=newsletter.subject, preheader=newsletter.preheader,
                                 upcoming=upcoming_for_issue(session, settings, utcnow()),
+                                posts=blog.posts_for_issue(session, settings, newsletter, now=utcnow()),
                                 body_md=newsletter.body_md, layout=newsletter.layout, field_keys=keys)
     templates_render = not template_problems(newsletter.subject, newsletter.preheader or "", newsletter.body_md, keys)
     if templates_render and count_audience(session, newsletter.id) == 0:
@@ -765,7 +833,7 @@ def preflight(session: Session, renderer, settings, newsletter_id: int) -> list[
 
 
 def content_problems(renderer, settings, *, subject: str, preheader: str, body_md: str, layout: str,
-                     upcoming=(), field_keys: set[str] | None = None) -> list[str]:
+                     upcoming=(), posts=(), field_keys: set[str] | None = None) -> list[str]:
     """What to fix in staff-written mail (an issue, a sequence's step) before it goes out,
     in plain words: template problems, links, images without alt text, length, an empty body."""
     problems = [str(p) for p in template_problems(subject, preheader or "", body_md, field_keys)]
@@ -776,7 +844,7 @@ def content_problems(renderer, settings, *, subject: str, preheader: str, body_m
         problems.append(f"The layout '{layout}' has no unsubscribe link.")
     try:
         rendered = preview(renderer, settings, subject=subject, preheader=preheader, body_md=body_md, layout=layout,
-                           upcoming=upcoming)
+                           upcoming=upcoming, posts=posts)
     except InvalidInput as exc:
         return problems + [exc.message]
     checker = _LinkChecker()
@@ -960,29 +1028,37 @@ def newsletter_email(batch, delivery: Delivery):
     return compiled_issue(batch, (NEWSLETTER, newsletter.id, tracked), subject=newsletter.subject,
                           preheader=newsletter.preheader, body_md=newsletter.body_md, layout=newsletter.layout,
                           tracking=tracking_options(batch.settings, newsletter.id) if tracked else {},
-                          test=delivery.kind == NEWSLETTER_TEST)
+                          test=delivery.kind == NEWSLETTER_TEST, newsletter=newsletter)
 
 
 def compiled_issue(batch, key: tuple, *, subject: str, preheader: str, body_md: str, layout: str,
-                   tracking: dict | None = None, test: bool = False, why: str | None = None) -> _Issue:
+                   tracking: dict | None = None, test: bool = False, why: str | None = None,
+                   newsletter: Newsletter | None = None) -> _Issue:
     """Staff-written mail in a layout (an issue, a sequence's step), ready to render per
     recipient: compiled once per `key` and text, reused while the text is unchanged;
     sanitised after rendering like every issue. `why` replaces the footer's "you get this
-    newsletter because…" (a sequence's step says which list unsubscribing leaves)."""
+    newsletter because…" (a sequence's step says which list unsubscribing leaves).
+    `new_posts` are those since the previous issue of `newsletter`'s rhythm or lists
+    (without one, a sequence's step: the newest)."""
     key = (*key, subject, preheader, body_md, layout, why)
     if key not in batch.cache:
         if len(batch.cache) > 32:
             batch.cache.clear()
         batch.cache[key] = compile_newsletter(
-            batch.renderer, subject=subject, preheader=preheader, body_markdown=body_md, layout=layout,
+            batch.renderer, subject=subject, preheader=preheader, body_markdown=expand_blocks(body_md), layout=layout,
             context=dict(batch.static_context, why=why) if why else batch.static_context, **(tracking or {}),
         )
     if "upcoming_webinars" not in batch.rows:
         batch.rows["upcoming_webinars"] = upcoming_for_issue(batch.session, batch.settings, batch.clock())
-    return _Issue(batch.cache[key], batch.rows["upcoming_webinars"], batch.settings.base_url, test=test, why=why)
+    posts_key = ("new_posts", newsletter.id if newsletter is not None else None)
+    if posts_key not in batch.rows:
+        batch.rows[posts_key] = blog.posts_for_issue(batch.session, batch.settings, newsletter, now=batch.clock())
+    return _Issue(batch.cache[key], batch.rows["upcoming_webinars"], batch.settings.base_url, test=test, why=why,
+                  posts=batch.rows[posts_key])
 
 
 # The kinds of mail this module makes, for the sender (registered by mailer.build).
 MAIL_KINDS = {NEWSLETTER: Kind(newsletter_email, label="Newsletter"),
               NEWSLETTER_TEST: Kind(newsletter_email, label="Newsletter test"),
-              RHYTHM_WARNING: Kind(rhythm_warning_email, label="Rhythm warning")}
+              RHYTHM_WARNING: Kind(rhythm_warning_email, label="Rhythm warning"),
+              BLOG_DIGEST: Kind(blog_digest_email, label="Blog digest")}

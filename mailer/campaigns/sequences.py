@@ -615,10 +615,20 @@ def enrol_segment(session: Session, sequence_id: int, segment_id: int, now: dt.d
     if sequence.status == SequenceStatus.ARCHIVED:
         raise InvalidInput("status", "The sequence is archived.")
     segment = segments.get_segment(session, segment_id)
-    picked = segments.contacts_in(session, segments.rules_of(segment), now).where(sa.exists().where(
+    return enrol_selected(session, sequence_id, segments.contacts_in(session, segments.rules_of(segment), now), now)
+
+
+def enrol_selected(session: Session, sequence_id: int, picked, now: dt.datetime) -> int:
+    """Enrol the contacts `picked` names (an uncorrelated select of contact ids, such as a
+    segment's, or a list of ids: a chunk of a bulk job) who are subscribed to the sequence's list, in one INSERT … SELECT; returns how many
+    were new. Nobody is enrolled twice; an archived sequence is refused."""
+    sequence = get_sequence(session, sequence_id)
+    if sequence.status == SequenceStatus.ARCHIVED:
+        raise InvalidInput("status", "The sequence is archived.")
+    chosen = sa.select(Contact.id).where(Contact.id.in_(picked), sa.exists().where(
         Subscription.contact_id == Contact.id, Subscription.list_id == sequence.list_id,
         Subscription.status == SubscriptionStatus.ACTIVE))
-    return _insert_enrolments(session, sequence_id, picked, now)
+    return _insert_enrolments(session, sequence_id, chosen, now)
 
 
 def re_enrol(session: Session, sequence_id: int, contact_id: int, now: dt.datetime) -> bool:

@@ -11,7 +11,7 @@ import logging
 import re
 import secrets
 import urllib.parse
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo
 
 import icalendar
 import sqlalchemy as sa
@@ -42,7 +42,6 @@ KINDS = (CONFIRMATION, WAITLISTED, PROMOTED, REMINDER, UPDATED, CANCELLED, FOLLO
 # mail that changes what the seat means: a new time, a cancellation).
 STOPPABLE = (REMINDER, FOLLOW_UP)
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,98}[a-z0-9]$")
-_ZONES = available_timezones()
 # How far ahead reminders and follow-ups are queued; their send time is exact.
 MATERIALISE_AHEAD = dt.timedelta(minutes=10)
 # Public pages say "a few seats left" from this many seats left down to one.
@@ -82,7 +81,7 @@ def save_webinar(session: Session, webinar: Webinar | None = None, *, slug: str,
         raise InvalidInput("slug", "Use 3–100 lower-case letters, digits and dashes, e.g. spine-health.")
     if not (title or "").strip():
         raise InvalidInput("title", "A webinar needs a title.")
-    if timezone not in _ZONES:
+    if timezone not in contacts.ZONES:
         raise InvalidInput("timezone", f"Unknown time zone '{timezone}'.")
     if not 5 <= int(duration_minutes) <= 24 * 60:
         raise InvalidInput("duration_minutes", "The duration must be between 5 minutes and a day.")

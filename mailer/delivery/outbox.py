@@ -100,6 +100,13 @@ def cancel_pending(session: Session, *, contact_id: int, list_id: int | None = N
     return session.execute(stmt.values(status=DeliveryStatus.CANCELLED, last_error=reason)).rowcount
 
 
+def cancel_many(session: Session, *, contact_ids: list[int], list_id: int, reason: str) -> int:
+    """Cancel one list's messages not yet sent to these contacts, in one statement."""
+    return session.execute(sa.update(Delivery).where(
+        Delivery.contact_id.in_(contact_ids), Delivery.list_id == list_id, Delivery.status.in_(NOT_YET_SENT),
+    ).values(status=DeliveryStatus.CANCELLED, last_error=reason)).rowcount
+
+
 def claim_due(session: Session, *, worker_id: str, now: dt.datetime, limit: int, lease_seconds: int,
               message_domain: str) -> list[int]:
     """Lease up to `limit` due rows to this worker: rows whose lease ran out first, then

@@ -268,19 +268,17 @@ def run_due(session_factory, settings, *, owner: str, clock: Callable[[], dt.dat
         ran += 1
 
 
-# Bulk actions on a segment ---------------------------------------------------------------
+# Bulk actions on a segment or a search result ----------------------------------------------
 
 BULK = "bulk"
 
 
 def create_bulk(session: Session, action: bulk.Plan, *, user_id: int | None, user_email: str,
                 now: dt.datetime) -> Job:
-    """Queue a bulk action staff confirmed (bulk.plan counted it): the rules and their time
-    are frozen in the job, so it acts on the segment as it was counted."""
+    """Queue a bulk action staff confirmed (bulk.plan counted it): what picks the contacts
+    is frozen in the job, so it acts on the segment or search result as it was counted."""
     job = Job(kind=BULK, status=JobStatus.QUEUED, user_id=user_id, total=action.count, done=0, created_at=now,
-              params=json.dumps({"action": action.action, "segment_id": action.segment_id, "rules": action.rules,
-                                 "at": action.at.isoformat(), "list_id": action.list_id,
-                                 "list_name": action.list_name, "by": user_email}),
+              params=json.dumps({**action.as_params(), "by": user_email}),
               report=json.dumps({"after_id": 0, "changed": 0}))
     session.add(job)
     session.flush()
@@ -291,22 +289,24 @@ def run_bulk(session_factory, settings, job_id: int, *, owner: str, clock: Calla
     """Run a claimed bulk job a chunk of contacts per transaction, saving the last id done
     in the same transaction, so a re-run after a crash goes on from there."""
     from mailer import privacy
+    from mailer.campaigns import sequences
 
     with session_scope(session_factory) as session:
         job = session.get(Job, job_id)
         params = json.loads(job.params)
-    at = dt.datetime.fromisoformat(params["at"])
     context = consent.RequestContext(source_url=f"staff:{params['by']}", note=f"bulk job {job_id}")
     try:
         while True:
             with session_scope(session_factory) as session:
                 job = session.get(Job, job_id)
                 report = json.loads(job.report)
-                ids = bulk.members_after(session, params["rules"], at, report["after_id"])
+                ids = bulk.members_after(session, params, report["after_id"])
                 if not ids:
                     break
                 if params["action"] == bulk.UNSUBSCRIBE:
                     changed = bulk.unsubscribe(session, ids, params["list_id"], context=context, now=clock())
+                elif params["action"] == bulk.ENROL:
+                    changed = sequences.enrol_selected(session, params["sequence_id"], ids, clock())
                 else:
                     for contact_id in ids:
                         privacy.erase_contact(session, settings, contact_id, now=clock())
@@ -336,7 +336,10 @@ def bulk_jobs(session: Session, segment_id: int, limit: int = 10) -> list[dict]:
 
 def describe_bulk(job: Job) -> dict:
     params, report = json.loads(job.params), json.loads(job.report or "{}")
+    words = {bulk.UNSUBSCRIBE: f"unsubscribe from {params.get('list_name')}",
+             bulk.ENROL: f"add to automation {params.get('sequence_name')}", bulk.ERASE: "erase"}
     return {"id": job.id, "status": job.status, "done": job.done, "total": job.total, "action": params["action"],
+            "what": words.get(params["action"], params["action"]), "segment_id": params.get("segment_id"),
             "list": params.get("list_name"), "changed": report.get("changed", 0), "error": job.error,
             "finished": job.status in (JobStatus.DONE, JobStatus.FAILED), "created_at": job.created_at,
             "finished_at": job.finished_at}

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.orm import Session
 
+from mailer.campaigns.blog import check_url
 from mailer.staff import users
 from mailer.db import dialect_insert
 from mailer.errors import InvalidInput
@@ -52,6 +53,8 @@ FIELDS = (
     Field("rate_per_second", "Messages per second", "Your provider's limit; 0: no limit.", kind=int),
     Field("rate_per_hour", "Messages per hour", "Over any rolling hour; 0: no limit.", kind=int),
     Field("rate_per_day", "Messages per day", "Over any rolling 24 hours; 0: no limit.", kind=int),
+    Field("blog_feed_url", "Blog feed", "The address of your blog's RSS or Atom feed, e.g. "
+          "https://clinic.example/blog/feed.xml: issues can show its new posts. Empty: none.", required=False),
 )
 EDITABLE = {field.key: field for field in FIELDS}
 
@@ -105,7 +108,7 @@ def clean(field: Field, raw: str | None) -> object:
         if field.required:
             raise ValueError(f"{field.label} cannot be empty.")
         return ""
-    if len(text) > MAX_LENGTH:
+    if len(text) > MAX_LENGTH and field.key != "blog_feed_url":
         raise ValueError(f"At most {MAX_LENGTH} characters.")
     if field.kind is int:
         if not (text.isascii() and text.isdigit()) or int(text) > MAX_RATE:
@@ -115,6 +118,8 @@ def clean(field: Field, raw: str | None) -> object:
         return _address(text, "Spine Clinic <news@clinic.example>")
     if field.key == "reply_to":
         return _address(text, "front-desk@clinic.example")
+    if field.key == "blog_feed_url":
+        return check_url(text)
     if field.key == "timezone" and text not in _zones():
         raise ValueError(f"{text!r} is not a time zone name; use an IANA name such as Europe/London.")
     return text

@@ -145,7 +145,7 @@ def register(app: Flask) -> None:
     from mailer.web.ratelimit import Limiter, storage_for
     from mailer.web import error_pages
 
-    for module in ("api_people", "api_outbox", "api_sequences", "api_segments", "api_fields"):  # importing them adds their routes to api.bp
+    for module in ("api_people", "api_outbox", "api_sequences", "api_segments", "api_fields", "api_bulk"):  # importing them adds their routes to api.bp
         importlib.import_module(f"mailer.web.api.{module}")
     settings = app.extensions["mailer"].settings
     app.json = JSONProvider(app)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 
 from mailer.audience import contacts, directory, fields, imports, segments
-from mailer.campaigns import newsletters, sequences
+from mailer.campaigns import blog, newsletters, sequences
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
 from mailer.models import Contact, MailingList, SequenceTrigger, StepCondition, Webinar
@@ -439,6 +439,7 @@ def _step_preview(sequence_id: int, step_id: int):
             return newsletters.preview(
                 m.renderer, m.settings, subject=step.subject, preheader=step.preheader, body_md=step.body_md,
                 layout=step.layout, upcoming=upcoming, why=sequences.footer_note(s, step.sequence),
+                posts=blog.posts_for_issue(s, m.settings, now=utcnow()),
                 contact={"first_name": reader.first_name, "name": reader.name, "email": reader.email,
                          "timezone": reader.timezone, "fields": fields.template_values(s, reader.id)}
                 if reader else None, field_samples=fields.sample_values(s))

@@ -10,12 +10,14 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, flash, g, redirect, render_template, request, stream_with_context, url_for
 
 from mailer import privacy
-from mailer.audience import contacts, directory, frontdesk
+from mailer.audience import bulk, contacts, directory, frontdesk
 from mailer.campaigns import sequences
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
 from mailer.models import MailingList, Role, SequenceStatus, Subscription, SubscriptionStatus
 from mailer.web import db_reader, db_session, mailer
+from mailer.staff import jobs
+from mailer.web.admin import bulk_views
 from mailer.web.admin.auth import audit, login_required, role_required
 
 bp = Blueprint("contacts_admin", __name__, url_prefix="/admin/contacts")
@@ -47,9 +49,7 @@ def _before_id() -> int | None:
 
 
 def _describe(filters: dict) -> str:
-    """Audit detail for a filtered view: never the searched text, which may be an address."""
-    mode = directory.search_mode(filters.get("q", ""))
-    return f"search={mode} list={filters.get('list_id') or 'any'} status={filters.get('status') or 'any'}"
+    return directory.describe_search(**filters)
 
 
 @bp.get("")
@@ -58,6 +58,7 @@ def index():
     filters, rows, total, error = {"q": request.args.get("q", ""), "list_id": None, "status": None}, [], None, None
     with db_reader() as s:
         lists = s.execute(sa.select(MailingList.id, MailingList.name).order_by(MailingList.id)).all()
+        automations = bulk_views.open_sequences(s)
         try:
             filters = _filters()
             rows = directory.search_contacts(s, **filters, before_id=_before_id(), limit=PAGE)
@@ -71,7 +72,7 @@ def index():
     next_url = url_for(".index", **_query(filters), before=rows[-1].id) if more else None
     return render_template("admin/contacts/index.html", rows=rows, filters=filters, lists=lists, total=total,
                            statuses=list(SubscriptionStatus), next_url=next_url, error=error,
-                           first_page=request.args.get("before") is None,
+                           first_page=request.args.get("before") is None, automations=automations,
                            page_args=_query(filters)), 400 if error else 200
 
 
@@ -170,7 +171,7 @@ def export(fmt: str):
 # The front desk -------------------------------------------------------------------------
 
 FRONT_DESK = (Role.OWNER, Role.EDITOR)
-ZONES = sorted(contacts._ZONES)
+ZONES = sorted(contacts.ZONES)
 
 
 def _staff() -> frontdesk.Staff:
@@ -293,3 +294,63 @@ def invite(contact_id: int):
         flash(INVITED[outcome].format(email=email, list=slug),
               "error" if outcome == frontdesk.Invitation.CAPPED else "message")
     return redirect(url_for(".detail", contact_id=contact_id))
+
+
+# Bulk actions on a search result ----------------------------------------------------------
+
+def _search_from_form() -> dict:
+    """The search a bulk action acts on, as the results page posted it back."""
+    raw_list = request.form.get("filter_list", "").strip()
+    return {"q": request.form.get("q", "").strip(), "list_id": int(raw_list) if raw_list.isdigit() else None,
+            "status": request.form.get("filter_status", "").strip() or None}
+
+
+def _bulk_page_args(search: dict, up_to_id: int | None) -> dict:
+    return {"about": "found by your search", "run_url": url_for(".bulk_run"),
+            "back_url": url_for(".index", **_query(search)),
+            "hidden": {"q": search["q"], "filter_list": search["list_id"], "filter_status": search["status"],
+                       "up_to": up_to_id}}
+
+
+@bp.post("/bulk")
+@login_required
+@role_required(*FRONT_DESK)
+def bulk_confirm():
+    """The confirmation page for an action on everyone a search found, with their count now."""
+    asked, search = bulk_views.requested(), _search_from_form()
+    try:
+        with db_reader() as s:
+            planned = bulk.plan(s, **asked, search=search, now=utcnow())
+    except InvalidInput as exc:
+        return bulk_views.refused(exc.message, url_for(".index", **_query(search)))
+    return bulk_views.confirm_page(planned, **_bulk_page_args(search, planned.up_to_id))
+
+
+@bp.post("/bulk/run")
+@login_required
+@role_required(*FRONT_DESK)
+def bulk_run():
+    """Queue the confirmed action on the same search (no one added since it was counted)."""
+    asked, search = bulk_views.requested(), _search_from_form()
+    raw_up_to = request.form.get("up_to", "").strip()
+    with db_session() as s:
+        try:
+            planned = bulk.plan(s, **asked, search=search, up_to_id=int(raw_up_to) if raw_up_to.isdigit() else None,
+                                now=utcnow())
+        except InvalidInput as exc:
+            return bulk_views.refused(exc.message, url_for(".index", **_query(search)))
+        job_id, page = bulk_views.queue(s, planned, **_bulk_page_args(search, planned.up_to_id))
+    if page:
+        return page
+    bulk_views.audited(planned, job_id, action=f"contacts.bulk_{planned.action}", subject=_describe(search))
+    flash(f"Queued: it runs in the background; its progress is below (job {job_id}).")
+    return redirect(url_for(".bulk_job", job_id=job_id))
+
+
+@bp.get("/jobs/<int:job_id>")
+@login_required
+def bulk_job(job_id: int):
+    """A bulk job's progress and outcome."""
+    with db_reader() as s:
+        job = jobs.describe_bulk(jobs.get_bulk_job(s, job_id))
+    return render_template("admin/contacts/bulk_job.html", job=job, bulk_jobs=[job])

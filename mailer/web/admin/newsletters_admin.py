@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
 
 from mailer.audience import contacts, fields, segments
-from mailer.campaigns import newsletters
+from mailer.campaigns import blog, newsletters
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
 from mailer.models import Contact, Delivery, DeliveryStatus, MailingList, Newsletter, NewsletterStatus, Role
@@ -43,7 +43,8 @@ def _template_names() -> dict:
     """The names a subject or body may use, as staff write them (help text in the editor)."""
     names = newsletters.TEMPLATE_NAMES
     return {"template_names": [f"{name}.{attr}" for name, attrs in names.items() if attrs for attr in sorted(attrs)]
-            + [name for name, attrs in names.items() if not attrs]}
+            + [name for name, attrs in names.items() if not attrs]
+            + [f"{block}()" for block in newsletters.BLOCKS]}  # a ready block: alone on a line of the body
 
 
 def sandboxed(body: str, mimetype: str = "text/html", status: int = 200) -> Response:
@@ -100,27 +101,28 @@ def index():
             week, _, weekday = r.day.partition(" ")
             form = {"name": r.name, "week": "day" if r.day.isdigit() else week,
                     "weekday": r.day if r.day.isdigit() else weekday, "time": f"{r.hour:02d}:{r.minute:02d}",
-                    "timezone": r.timezone}
+                    "timezone": r.timezone, "fill_from_blog": "yes" if r.fill_from_blog else ""}
         return _render_index(form=form, editing=int(editing))
     return _render_index()
 
 
 def _rhythm_form() -> tuple[dict, dict]:
     """The form as typed, and the domain's arguments from it (InvalidInput: which field)."""
-    form = {k: request.form.get(k, "") for k in ("name", "week", "weekday", "time", "timezone")}
+    form = {k: request.form.get(k, "") for k in ("name", "week", "weekday", "time", "timezone", "fill_from_blog")}
     try:
         hour, minute = (int(part) for part in form["time"].split(":"))
     except ValueError:
         raise InvalidInput("time", "Give the time like 09:00.") from None
     day = newsletters.rhythm_day(form["week"], form["weekday"])
     return form, dict(name=form["name"], day=day, hour=hour, minute=minute,
-                      timezone=form["timezone"] or mailer().settings.timezone)
+                      timezone=form["timezone"] or mailer().settings.timezone,
+                      fill_from_blog=form["fill_from_blog"] == "yes")
 
 
 @bp.post("/rhythms")
 @can_change
 def create_rhythm():
-    form = {k: request.form.get(k, "") for k in ("name", "week", "weekday", "time", "timezone")}
+    form = {k: request.form.get(k, "") for k in ("name", "week", "weekday", "time", "timezone", "fill_from_blog")}
     try:
         form, values = _rhythm_form()
         with db_session() as s:
@@ -134,7 +136,7 @@ def create_rhythm():
 @bp.post("/rhythms/<int:rhythm_id>")
 @can_change
 def update_rhythm(rhythm_id: int):
-    form = {k: request.form.get(k, "") for k in ("name", "week", "weekday", "time", "timezone")}
+    form = {k: request.form.get(k, "") for k in ("name", "week", "weekday", "time", "timezone", "fill_from_blog")}
     try:
         form, values = _rhythm_form()
         with db_session() as s:
@@ -211,11 +213,13 @@ def preview():
     values = _editor_input()
     with db_reader() as s:  # the same webinars the mail would list, sample field values
         upcoming = newsletters.upcoming_for_issue(s, mailer().settings, utcnow())
+        posts = blog.posts_for_issue(s, mailer().settings, now=utcnow(), list_slugs=values["lists"])
         samples = fields.sample_values(s)
     try:
         rendered = newsletters.preview(mailer().renderer, mailer().settings, subject=values["subject"],
                                        preheader=values["preheader"], body_md=values["body_md"],
-                                       layout=values["layout"], upcoming=upcoming, field_samples=samples)
+                                       layout=values["layout"], upcoming=upcoming, posts=posts,
+                                       field_samples=samples)
     except InvalidInput as exc:
         if wants_json():
             return error_json(exc.code, exc.message, exc.field)
@@ -295,7 +299,8 @@ def _render_detail(newsletter_id: int, *, error: InvalidInput | None = None, for
             sample = newsletters.preview(m.renderer, m.settings, subject=newsletter.subject,
                                          preheader=newsletter.preheader, body_md=newsletter.body_md,
                                          layout=newsletter.layout, field_samples=fields.sample_values(s),
-                                         upcoming=newsletters.upcoming_for_issue(s, m.settings, utcnow()))
+                                         upcoming=newsletters.upcoming_for_issue(s, m.settings, utcnow()),
+                                         posts=blog.posts_for_issue(s, m.settings, newsletter, now=utcnow()))
         except InvalidInput:
             sample = None  # the pre-flight problems say why
         page = render_template(
@@ -542,7 +547,8 @@ def _saved_preview(newsletter_id: int):
                 contact={"first_name": contact.first_name, "name": contact.name, "email": contact.email,
                          "timezone": contact.timezone, "fields": fields.template_values(s, contact.id)}
                 if contact else None, field_samples=fields.sample_values(s),
-                upcoming=newsletters.upcoming_for_issue(s, m.settings, utcnow()))
+                upcoming=newsletters.upcoming_for_issue(s, m.settings, utcnow()),
+                posts=blog.posts_for_issue(s, m.settings, n, now=utcnow()))
         except InvalidInput as exc:
             return sandboxed(render_template("admin/newsletters/preview_problem.html", message=exc.message),
                               status=400)

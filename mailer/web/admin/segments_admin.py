@@ -4,7 +4,7 @@ Viewers may look; owners and editors change. Every action calls mailer.audience.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import (Blueprint, Response, abort, flash, g, jsonify, redirect, render_template, request,
+from flask import (Blueprint, Response, flash, jsonify, redirect, render_template, request,
                    stream_with_context, url_for)
 
 from mailer.audience import bulk, directory, segments
@@ -13,6 +13,7 @@ from mailer.errors import InvalidInput, NotFound
 from mailer.models import Field, MailingList, Newsletter, Role, Sequence, Webinar
 from mailer.staff import jobs
 from mailer.web import db_reader, db_session, error_json, mailer
+from mailer.web.admin import bulk_views
 from mailer.web.admin.auth import audit, login_required, role_required
 from mailer.web.admin.newsletters_admin import can_change
 
@@ -148,7 +149,8 @@ def _render_editor(*, segment_id: int | None, name: str, match: str, groups: lis
                 error = None if not any(r["condition"] for g in groups for r in g["rules"]) else exc
         page = render_template("admin/segments/edit.html", segment=segment, segment_id=segment_id, name=name,
                                match=match, groups=_padded(groups), error=error, result=result,
-                               bulk_jobs=jobs.bulk_jobs(s, segment_id) if segment_id else [], **choices)
+                               bulk_jobs=jobs.bulk_jobs(s, segment_id) if segment_id else [],
+                               open_automations=bulk_views.open_sequences(s) if segment_id else [], **choices)
     if result is not None:
         audit("segment.sample", f"segment {segment_id or '(unsaved)'}: {result['count']} contacts")
     return page, status
@@ -237,30 +239,23 @@ def archive(segment_id: int):
 
 # Bulk actions -------------------------------------------------------------------------------
 
-def _bulk_request() -> tuple[str, int | None]:
-    list_id = request.form.get("list", "").strip()
-    return request.form.get("action", ""), int(list_id) if list_id.isdigit() else None
-
-
-def _may(action: str) -> None:
-    if action == bulk.ERASE and g.user.role != Role.OWNER:
-        abort(403)
+def _bulk_page_args(segment_id: int, name: str) -> dict:
+    return {"about": f"in “{name}”", "back_url": url_for(".edit", segment_id=segment_id),
+            "run_url": url_for(".bulk_run", segment_id=segment_id), "hidden": {}}
 
 
 @bp.post("/<int:segment_id>/bulk")
 @can_change
 def bulk_confirm(segment_id: int):
     """The confirmation page: what would happen to how many contacts, counted now."""
-    action, list_id = _bulk_request()
-    _may(action)
+    asked = bulk_views.requested()
     try:
         with db_reader() as s:
-            planned = bulk.plan(s, action, segment_id, list_id=list_id, now=utcnow())
+            planned = bulk.plan(s, **asked, segment_id=segment_id, now=utcnow())
             name = segments.get_segment(s, segment_id).name
     except InvalidInput as exc:
-        flash(f"Nothing done: {exc.message}", "error")
-        return redirect(url_for(".edit", segment_id=segment_id))
-    return render_template("admin/segments/bulk_confirm.html", planned=planned, name=name, error=None)
+        return bulk_views.refused(exc.message, url_for(".edit", segment_id=segment_id))
+    return bulk_views.confirm_page(planned, **_bulk_page_args(segment_id, name))
 
 
 @bp.post("/<int:segment_id>/bulk/run")
@@ -268,26 +263,17 @@ def bulk_confirm(segment_id: int):
 def bulk_run(segment_id: int):
     """Queue the confirmed action; refused if the count changed meanwhile or (erasing) the
     typed confirmation does not match."""
-    action, list_id = _bulk_request()
-    _may(action)
+    asked = bulk_views.requested()
     with db_session() as s:
         try:
-            planned = bulk.plan(s, action, segment_id, list_id=list_id, now=utcnow())
+            planned = bulk.plan(s, **asked, segment_id=segment_id, now=utcnow())
         except InvalidInput as exc:
-            flash(f"Nothing done: {exc.message}", "error")
-            return redirect(url_for(".edit", segment_id=segment_id))
+            return bulk_views.refused(exc.message, url_for(".edit", segment_id=segment_id))
         name = segments.get_segment(s, segment_id).name
-        problem = None
-        if str(planned.count) != request.form.get("count", ""):
-            problem = f"The segment has {planned.count:,} contact{'' if planned.count == 1 else 's'} now, not {request.form.get('count')}: check again."
-        elif action == bulk.ERASE and request.form.get("confirm", "").strip() != f"erase {planned.count}":
-            problem = f"To confirm, type “erase {planned.count}”. Nothing was erased."
-        if problem:
-            return render_template("admin/segments/bulk_confirm.html", planned=planned, name=name,
-                                   error=problem), 400
-        job_id = jobs.create_bulk(s, planned, user_id=g.user.id, user_email=g.user.email, now=utcnow()).id
-    audit(f"segment.bulk_{action}", f"segment {segment_id}: {planned.count} contacts"
-          + (f", list {list_id}" if list_id else "") + f" (job {job_id})")
+        job_id, page = bulk_views.queue(s, planned, **_bulk_page_args(segment_id, name))
+    if page:
+        return page
+    bulk_views.audited(planned, job_id, action=f"segment.bulk_{planned.action}", subject=f"segment {segment_id}")
     flash(f"Queued: it runs in the background; its progress is below (job {job_id}).")
     return redirect(url_for(".edit", segment_id=segment_id) + "#bulk")
 

@@ -7,6 +7,7 @@ import os
 import sqlalchemy as sa
 from flask import Blueprint, flash, g, redirect, render_template, request, session, url_for
 
+from mailer.campaigns import blog
 from mailer.staff import site_settings, users
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
@@ -177,12 +178,15 @@ def tokens_revoke(token_id: int):
 
 # Settings ------------------------------------------------------------------------------
 
-def _settings_page(status: int = 200, errors: dict | None = None, submitted: dict | None = None):
+def _settings_page(status: int = 200, errors: dict | None = None, submitted: dict | None = None,
+                   feed_check: blog.FeedCheck | None = None):
     m = mailer()
     with db_reader() as s:
         rows = site_settings.rows(s, m.base_settings, os.environ)
+        feed = blog.feed_state(s)
     return render_template("admin/staff/settings.html", rows=rows, errors=errors or {}, submitted=submitted or {},
-                           can_edit=g.user.role == Role.OWNER), status
+                           can_edit=g.user.role == Role.OWNER, feed=feed, feed_check=feed_check,
+                           when=lambda t: format_local(t, m.settings.timezone)), status
 
 
 @bp.get("/settings")
@@ -207,6 +211,26 @@ def settings_save():
     flash(f"Saved: {', '.join(site_settings.EDITABLE[key].label for key, _, _ in changes)}." if changes
           else "Nothing changed.")
     return redirect(url_for(".settings_index"))
+
+
+@bp.post("/settings/feed-check")
+@owners_only
+def settings_feed_check():
+    """"Check the feed now": read the feed in the field (saved or not) and show what it has.
+    The saved feed's posts go into the cache; a feed only typed is read, nothing is stored."""
+    m = mailer()
+    settings = m.refresh_settings()
+    submitted = {key: request.form[key] for key in site_settings.EDITABLE if key in request.form}
+    typed = request.form.get("blog_feed_url", settings.blog_feed_url)
+    try:
+        url = blog.check_url(typed)
+    except ValueError as exc:
+        return _settings_page(400, errors={"blog_feed_url": str(exc)}, submitted=submitted)
+    if url and url == settings.blog_feed_url:
+        found = blog.refresh(m.sessions, settings, now=utcnow(), force=True)
+    else:
+        found = blog.read_feed(settings, url, now=utcnow())
+    return _settings_page(submitted=submitted, feed_check=found)
 
 
 # Audit log -----------------------------------------------------------------------------

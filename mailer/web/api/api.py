@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from mailer import clock
 from mailer.web.api import api_schemas as schemas
-from mailer.campaigns import newsletters, webinars
+from mailer.campaigns import blog, newsletters, webinars
 from mailer.staff import users
 from mailer.db import utcnow
 from mailer.errors import InvalidInput, NotFound
@@ -352,7 +352,8 @@ def list_rhythms():
 def create_rhythm(body: schemas.RhythmCreate):
     with db_session() as session:
         rhythm = newsletters.create_rhythm(session, name=body.name, day=body.day, hour=body.hour,
-                                           minute=body.minute, timezone=body.timezone)
+                                           minute=body.minute, timezone=body.timezone,
+                                           fill_from_blog=body.fill_from_blog)
         return schemas.Rhythm.of(rhythm, newsletters.next_occurrence(rhythm, utcnow()))
 
 
@@ -362,7 +363,8 @@ def create_rhythm(body: schemas.RhythmCreate):
 def update_rhythm(id: int, body: schemas.RhythmCreate):
     with db_session() as session:
         rhythm = newsletters.update_rhythm(session, id, name=body.name, day=body.day, hour=body.hour,
-                                           minute=body.minute, timezone=body.timezone)
+                                           minute=body.minute, timezone=body.timezone,
+                                           fill_from_blog=body.fill_from_blog)
         return schemas.Rhythm.of(rhythm, newsletters.next_occurrence(rhythm, utcnow()))
 
 
@@ -421,8 +423,9 @@ def preview_newsletter(body: schemas.PreviewRequest):
     m = mailer()
     with db_reader() as session:  # the same webinars a mail sent now would list
         upcoming = newsletters.upcoming_for_issue(session, m.settings, utcnow())
+        posts = blog.posts_for_issue(session, m.settings, now=utcnow())  # no issue: the newest posts
     rendered = newsletters.preview(m.renderer, m.settings, subject=body.subject, preheader=body.preheader,
-                                   body_md=body.body_md, layout=body.layout, upcoming=upcoming)
+                                   body_md=body.body_md, layout=body.layout, upcoming=upcoming, posts=posts)
     return schemas.Preview(subject=rendered.subject, html=rendered.html, text=rendered.text)
 
 

@@ -291,6 +291,8 @@ class RhythmCreate(Request):
     hour: Annotated[int, Field(ge=0, le=23)]
     minute: Annotated[int, Field(ge=0, le=59)] = 0
     timezone: Zone
+    fill_from_blog: bool = Field(False, description="24 hours before a send time with no issue ready and new blog "
+                                                    "posts, draft a digest for staff to approve (never sent unapproved).")
 
 
 class ReadyRequest(Request):
@@ -472,12 +474,13 @@ class Rhythm(Response):
     hour: int
     minute: int
     timezone: str
+    fill_from_blog: bool
     next_send_at: UtcDatetime = Field(description="The next send time.")
 
     @classmethod
     def of(cls, rhythm, next_send_at) -> "Rhythm":
         return cls(id=rhythm.id, name=rhythm.name, day=rhythm.day, hour=rhythm.hour, minute=rhythm.minute,
-                   timezone=rhythm.timezone, next_send_at=next_send_at)
+                   timezone=rhythm.timezone, fill_from_blog=rhythm.fill_from_blog, next_send_at=next_send_at)
 
 
 class RhythmList(Response):

@@ -6,9 +6,10 @@ from typing import Annotated, List, Literal
 
 from pydantic import Field
 
-from mailer.audience import segments
+from mailer.audience import bulk, segments
+from mailer.models import SubscriptionStatus
 from mailer.web.api.api_schemas import Request, Response, Text, UtcDatetime, omittable
-from mailer.web.api.api_schemas_people import Id
+from mailer.web.api.api_schemas_people import MAX_ID, Id, ListSlug, SearchText
 
 Match = Annotated[Literal[segments.MATCHES], Field(description="`all`: every one; `any`: at least one.")]
 SegmentName = Annotated[Text(1, 200), Field(examples=["Came to Spine Health"])]
@@ -76,3 +77,52 @@ class SegmentPage(Response):
 class SegmentCount(Response):
     count: int = Field(description="Contacts with an address the rules pick now (on any list or none).")
     description: str
+
+
+# Bulk actions on a segment or a contacts search ---------------------------------------------
+
+class BulkSearch(Request):
+    """The contacts search to act on, as GET /contacts takes it (at least one filter)."""
+
+    q: SearchText = omittable()
+    list: ListSlug = omittable()
+    status: Annotated[SubscriptionStatus, Field(description="On `list`, or on any list.")] = omittable()
+
+
+class BulkActionRequest(Request):
+    """Without `expected_count` nothing is done: the answer is how many contacts the action
+    would touch now. Send that count back as `expected_count` (and, for a search, the
+    `up_to_id` you were given) to queue it; 409 if the count is no longer right."""
+
+    action: Literal[bulk.ACTIONS] = Field(description="`unsubscribe` from `list_id`, `enrol` in the automation "
+                                                      "`sequence_id`, or `erase` (a write token of an owner).")
+    list_id: Id = omittable()
+    sequence_id: Id = omittable()
+    search: BulkSearch = omittable()
+    up_to_id: Annotated[int, Field(ge=0, le=MAX_ID)] = omittable()
+    expected_count: Annotated[int, Field(ge=0, le=MAX_ID)] = omittable()
+
+
+class BulkPlan(Response):
+    action: str
+    count: int = Field(description="Contacts it acts on: those found now (nobody added after `up_to_id`).")
+    up_to_id: int | None = Field(description="For a search: the newest contact it may reach; send it back.")
+    job_id: int | None = Field(description="Set when queued: follow it at /bulk-jobs/{job_id}.")
+
+
+class BulkJob(Response):
+    id: int
+    action: str
+    what: str = Field(description="The action in words, e.g. \"unsubscribe from Monthly newsletter\".")
+    status: str = Field(description="queued, running, done or failed.")
+    done: int = Field(description="Contacts gone through so far.")
+    total: int | None
+    changed: int = Field(description="Contacts it acted on (not those already unsubscribed, in the automation "
+                                     "or off its list).")
+    error: str | None
+    created_at: UtcDatetime
+    finished_at: UtcDatetime | None
+
+    @classmethod
+    def of(cls, job: dict) -> "BulkJob":
+        return cls(**{key: job[key] for key in cls.model_fields})
