@@ -1412,3 +1412,156 @@ def unsubscribe_mail() -> None:
     click.echo(result.outcome.value)
     if result.outcome == contacts.LinkOutcome.INVALID:
         sys.exit(1)
+
+
+@main.group("dkim")
+def dkim_group() -> None:
+    """DKIM signing keys (README "Deliverability")."""
+
+
+def _settings():
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc))
+
+
+def _echo_record(selector: str, domain: str, pem: bytes) -> None:
+    from mailer.delivery import dkim
+
+    value = dkim.txt_record(pem)
+    click.echo(f"Publish this TXT record in the DNS of {domain}:\n")
+    click.echo(f"  name:  {dkim.record_name(selector, domain)}")
+    click.echo(f"  value: {value}\n")
+    click.echo("As a zone-file line:\n")
+    click.echo(f"  {dkim.zone_line(selector, domain, value)}\n")
+
+
+@dkim_group.command("generate")
+@click.option("--selector", required=True, help="A name for this key, e.g. mail2026 (a new one to rotate keys).")
+@click.option("--domain", help="The domain that signs: that of MAILER_FROM unless given.")
+def dkim_generate(selector: str, domain: str | None) -> None:
+    """Make a 2048-bit RSA key and print the DNS TXT record to publish. The key is written
+    to instance/dkim/<selector>.<domain>.pem (or MAILER_DKIM_KEY_FILE), never to the database."""
+    from mailer.delivery import dkim
+
+    settings = _settings()
+    try:
+        selector = dkim.check_selector(selector)
+        domain = dkim.check_domain(domain) if domain else dkim.signing_domain(settings)
+        path = dkim.key_path(settings, selector, domain)
+        pem = dkim.generate_key(path)
+    except dkim.DkimError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"Made a {dkim.KEY_BITS}-bit RSA key: {path}\n")
+    _echo_record(selector, domain, pem)
+    click.echo("Once the record is published (check it on the Deliverability page), sign with it by setting:\n")
+    click.echo(f"  MAILER_DKIM_SELECTOR={selector}")
+    if domain != dkim.signing_domain(settings):
+        click.echo(f"  MAILER_DKIM_DOMAIN={domain}")
+    if settings.dkim_key_file:
+        click.echo(f"  MAILER_DKIM_KEY_FILE={path}")
+
+
+@dkim_group.command("record")
+def dkim_record() -> None:
+    """Print the DNS TXT record of the key MAILER_DKIM_SELECTOR names."""
+    from mailer.delivery import dkim
+
+    settings = _settings()
+    try:
+        signer = dkim.signer_for(settings)
+    except dkim.DkimError as exc:
+        raise click.ClickException(str(exc))
+    if signer is None:
+        raise click.ClickException("MAILER_DKIM_SELECTOR is not set: mail is not signed here")
+    _echo_record(signer.selector.decode(), signer.domain.decode(), signer.private_pem)
+
+
+@main.command("read-bounces")
+def read_bounces() -> None:
+    """Read the bounce mailbox (MAILER_BOUNCE_MAILBOX_URL) once, as the worker does every minute."""
+    from mailer.delivery import bounce_mailbox
+
+    m = _mailer()
+    if not m.settings.bounce_mailbox_url:
+        raise click.ClickException("MAILER_BOUNCE_MAILBOX_URL is not set")
+    try:
+        counts = bounce_mailbox.read_bounce_mailbox(m.sessions, m.settings, clock=utcnow)
+    except bounce_mailbox.MailboxError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"read {counts.read}: hard bounces {counts.hard} (suppressed), soft {counts.soft}, "
+               f"policy {counts.policy}, matching no delivery {counts.unmatched}, not bounces {counts.not_bounces}")
+
+
+@main.group("media")
+def media_group() -> None:
+    """The media library: images for newsletters (add, list, alt, delete)."""
+
+
+@media_group.command("add")
+@click.argument("file", type=click.File("rb"))
+@click.option("--alt", default="", help="What the image shows, for readers who cannot see it.")
+def media_add(file, alt) -> None:
+    """Add an image (PNG, JPEG, GIF or WebP); prints its id and the Markdown that shows it."""
+    from mailer.campaigns import media
+
+    m = _mailer()
+    limit = m.settings.media_max_bytes
+
+    def add(session):
+        image, created = media.add_image(session, file.read(limit + 1), alt=alt, filename=os.path.basename(file.name),
+                                         user_id=None, max_bytes=limit, max_pixels=m.settings.media_max_pixels,
+                                         now=utcnow())
+        if created:
+            users.record(session, None, "media.upload", f"image {image.id} ({image.width} × {image.height})")
+        return (f"{'added' if created else 'already in the library:'} image {image.id} "
+                f"({image.width} × {image.height}, {image.mime})\n{media.markdown_snippet(m.settings.base_url, image)}")
+
+    click.echo(_run(m, add))
+
+
+@media_group.command("list")
+def media_list() -> None:
+    """Every image, newest first: id, size, type, alt text, address."""
+    from mailer.campaigns import media
+
+    m = _mailer()
+    with m.read_sessions() as session:
+        for image in media.list_images(session):
+            click.echo(f"{image.id}\t{image.width}x{image.height}\t{image.mime}\t{image.alt or '(no alt text)'}\t"
+                       f"{media.image_url(m.settings.base_url, image)}")
+
+
+@media_group.command("alt")
+@click.argument("image_id", type=int)
+@click.argument("alt")
+def media_alt(image_id, alt) -> None:
+    """Change an image's alt text."""
+    from mailer.campaigns import media
+
+    m = _mailer()
+
+    def change(session):
+        media.set_alt(session, image_id, alt)
+        users.record(session, None, "media.alt", f"image {image_id}")
+
+    _run(m, change)
+    click.echo(f"alt text of image {image_id} saved")
+
+
+@media_group.command("delete")
+@click.argument("image_id", type=int)
+def media_delete(image_id) -> None:
+    """Delete an image no unsent newsletter or automation uses."""
+    from mailer.campaigns import media
+
+    m = _mailer()
+
+    def delete(session):
+        _, sent = media.delete_image(session, image_id)
+        users.record(session, None, "media.delete", f"image {image_id}")
+        return sent
+
+    sent = _run(m, delete)
+    click.echo(f"deleted image {image_id}" + (f"; sent mail no longer shows it: {'; '.join(sent)}" if sent else ""))

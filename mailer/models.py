@@ -275,6 +275,25 @@ class Delivery(Base):
     contact: Mapped[Optional[Contact]] = relationship()
 
 
+class Bounce(Base):
+    """A delivery status notification read from the bounce mailbox, matched to the delivery it
+    is about: a hard bounce (the address was suppressed), a soft one (recorded only), or a
+    refusal of the message rather than the mailbox (policy: recorded, nobody suppressed)."""
+
+    __tablename__ = "bounces"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("deliveries.id", ondelete="SET NULL"),
+                                                       index=True)
+    kind: Mapped[str] = mapped_column(sa.String(20))
+    status: Mapped[str] = mapped_column(sa.String(20), default="")
+    # The MTA's diagnostic, addresses masked (clean_detail).
+    detail: Mapped[str] = mapped_column(sa.Text, default="")
+    # One row per notification and recipient, so reading a message twice records it once.
+    notice_key: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class Suppression(Base):
     """Addresses never to be mailed again, kept as a keyed hash so the list
     survives erasure without holding the address itself."""
@@ -817,3 +836,26 @@ class BlogPost(Base):
     image_url: Mapped[Optional[str]] = mapped_column(sa.String(2000))
     published_at: Mapped[dt.datetime]
     fetched_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class MediaImage(Base):
+    """An image in the media library (mailer.campaigns.media): re-encoded on upload (no
+    metadata, nothing but pixels), kept in the database so every host serves it, at
+    /media/<key>.<ext>. `key` is random so the library cannot be walked by counting."""
+
+    __tablename__ = "media_images"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(32), unique=True)
+    # Of the stored bytes: identical uploads are kept once.
+    sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    mime: Mapped[str] = mapped_column(sa.String(20))
+    width: Mapped[int]
+    height: Mapped[int]
+    size: Mapped[int]
+    data: Mapped[bytes] = mapped_column(sa.LargeBinary, deferred=True)
+    alt: Mapped[str] = mapped_column(sa.String(300), default="")
+    # The name the file had, shown to staff and used in Content-Disposition (made safe).
+    filename: Mapped[str] = mapped_column(sa.String(200), default="")
+    uploaded_by: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

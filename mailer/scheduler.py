@@ -90,6 +90,21 @@ def mail_consent_checkpoint(mailer) -> None:
         log.info("queued the weekly consent checkpoint for %d owners", queued)
 
 
+def read_bounce_mailbox(mailer) -> None:
+    """Delivery status notifications in MAILER_BOUNCE_MAILBOX_URL: hard bounces suppressed,
+    soft ones recorded, every message read then deleted (or moved)."""
+    from mailer.delivery import bounce_mailbox
+
+    try:
+        counts = bounce_mailbox.read_bounce_mailbox(mailer.sessions, mailer.settings, clock=utcnow)
+    except bounce_mailbox.MailboxError as exc:
+        log.warning("bounce mailbox: %s", exc)
+        return
+    if counts.read:
+        log.info("bounce mailbox: read %d (hard %d, soft %d, policy %d, unmatched %d, not bounces %d)",
+                 counts.read, counts.hard, counts.soft, counts.policy, counts.unmatched, counts.not_bounces)
+
+
 def run_console_jobs(mailer, worker_id: str) -> None:
     """Imports started on the staff pages (one at a time; a long one delays the next tick only)."""
     ran = jobs.run_due(mailer.sessions, mailer.settings, owner=worker_id, clock=utcnow)
@@ -112,6 +127,8 @@ def run_console_jobs(mailer, worker_id: str) -> None:
 #   consent-checkpoint a dedupe key per owner and ISO week
 #   blog-feed          compare-and-set on blog_feed.checked_at (one worker reads the feed per
 #                      FEED_REFRESH); posts are upserted by their key, UNIQUE
+#   bounce-mailbox     a unique key per notification and recipient (bounces.notice_key); messages
+#                      are removed only after their transaction commits
 # A new job whose effect must happen once (a weekly mail, processing rows): claim its rows
 # FOR UPDATE SKIP LOCKED, or begin its domain function with
 #     if not take_singleton(session, "<job id>"): return 0   # another worker is on it
@@ -133,6 +150,8 @@ def periodic_jobs(mailer, sender, scheduler) -> list[dict]:
              seconds=2, max_instances=1),
         dict(id="consent-checkpoint", func=mail_consent_checkpoint, args=[mailer], trigger="interval", hours=6),
         dict(id="blog-feed", func=refresh_blog_feed, args=[mailer], trigger="interval", minutes=5),
+        *([dict(id="bounce-mailbox", func=read_bounce_mailbox, args=[mailer], trigger="interval", seconds=60)]
+          if mailer.settings.bounce_mailbox_url else []),
     ]
 
 

@@ -54,6 +54,9 @@ class Settings:
     login_max_failures: int
     login_lockout_seconds: int
     confirmations_per_day: int = 3
+    # Media library: largest upload accepted, and most pixels an image may decode to.
+    media_max_bytes: int = 10 * 1024 * 1024
+    media_max_pixels: int = 40_000_000
     proxy_count: int = 0
     redis_url: str = ""
     # The clinic's blog (campaigns.blog): its RSS or Atom feed, and the limits of reading it.
@@ -62,6 +65,12 @@ class Settings:
     feed_max_bytes: int = 2_000_000
     feed_timeout_seconds: int = 10
     instance_path: str = ""
+    dkim_selector: str = ""
+    dkim_domain: str = ""
+    dkim_key_file: str = ""
+    dns_resolver: str = ""
+    bounce_address: str = ""
+    bounce_mailbox_url: str = ""
     # Names set by the environment or by create_app's overrides: the settings page cannot change them.
     fixed: frozenset[str] = frozenset()
 
@@ -191,4 +200,8 @@ def load_settings(overrides: dict | None = None, environ=None) -> Settings:
         raise SettingsError(f"MAILER_TIMEZONE {settings.timezone!r} is not an IANA time zone")
     if "@" not in settings.from_email:
         raise SettingsError(f"MAILER_FROM {settings.from_addr!r} has no email address")
+    if settings.bounce_address and ("@" not in parseaddr(settings.bounce_address)[1]
+                                    or "+" in parseaddr(settings.bounce_address)[1].partition("@")[0]):
+        raise SettingsError(f"MAILER_BOUNCE_ADDRESS {settings.bounce_address!r} must be an address such as "
+                            "bounce@example.org (without a +: mailer adds +<delivery> to it)")
     return settings

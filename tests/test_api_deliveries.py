@@ -48,7 +48,7 @@ def test_one_delivery_as_stored(api, sent, db):
         "variant": None, "status": "failed", "attempts": 1, "next_attempt_at": iso(row.next_attempt_at),
         "sent_at": None, "error_class": "permanent", "last_error": row.last_error, "message_id": row.message_id,
         "created_at": iso(row.created_at)}
-    assert "550 5.1.1 User unknown" in row.last_error and row.message_id.startswith("<2.")
+    assert "550 5.1.1 User unknown" in row.last_error and row.message_id.endswith(".2@clinic.example>")
     ann = api.get("/deliveries/1").json
     assert (ann["status"], ann["sent_at"], ann["error_class"], ann["last_error"]) == (
         "sent", iso(stored(db, 1).sent_at), None, None)

@@ -220,7 +220,8 @@ def test_a_legitimate_issue_renders_as_before():
     assert Shape(body).events == Shape(before).events
     assert "<title>Spring for Ann</title>" in after
     assert '<a href="https://clinic.example/video?a=1&amp;b=2"' in after
-    assert 'style="display:none;' in after  # the preheader stays hidden
+    # The preheader is the first text a reader sees, not hidden text (README "Deliverability").
+    assert '<div class="preheader" style="font-size:13px;' in after and 'display:none' not in after
 
 
 @pytest.mark.parametrize("body", [LEGIT_BODY, "Hi {{ contact.first_name or 'there' }} <a href=\"{{ contact.name }}\">x</a>",

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from mailer.audience import fields, segments
 from mailer.campaigns import blog
+from mailer.campaigns import media
 from mailer.delivery import outbox, suppression
 from mailer.delivery.registry import Kind
 from mailer.db import dialect_insert, is_postgres, newest_first, utcnow
@@ -1047,6 +1048,7 @@ def compiled_issue(batch, key: tuple, *, subject: str, preheader: str, body_md: 
         batch.cache[key] = compile_newsletter(
             batch.renderer, subject=subject, preheader=preheader, body_markdown=expand_blocks(body_md), layout=layout,
             context=dict(batch.static_context, why=why) if why else batch.static_context, **(tracking or {}),
+            image_widths=media.email_widths(batch.session, batch.settings.base_url, body_md),
         )
     if "upcoming_webinars" not in batch.rows:
         batch.rows["upcoming_webinars"] = upcoming_for_issue(batch.session, batch.settings, batch.clock())

@@ -327,6 +327,19 @@ class _Placeholders:
 _BODY_LINK = re.compile(r'href="(https?://[^"]+)"')
 
 
+_IMG_SRC = re.compile(r'<img(?![^>]*\swidth=)([^>]*?)\ssrc="([^"]+)"')
+
+
+def with_image_widths(body_html: str, widths: dict[str, int]) -> str:
+    """`width` on each <img> whose address `widths` names and that has none: Outlook for
+    Windows ignores CSS max-width and would show a 1200-pixel image at 1200 pixels."""
+    def sized(match: re.Match) -> str:
+        width = widths.get(html_unescape(match.group(2)))
+        return match.group(0) if width is None else f'{match.group(0)} width="{int(width)}"'
+
+    return _IMG_SRC.sub(sized, body_html) if widths else body_html
+
+
 def body_links(body_markdown: str) -> list[str]:
     """The web links of an issue's body that are the same for every reader (those with
     template tags in them are personal, and never tracked)."""
@@ -371,13 +384,15 @@ def markdown_blocks(body_markdown: str, marks: "_Placeholders") -> str:
 
 
 def compile_newsletter(renderer: "EmailRenderer", *, subject: str, preheader: str, body_markdown: str,
-                       layout: str, context: dict, track_link=None, open_pixel: str | None = None) -> CompiledNewsletter:
+                       layout: str, context: dict, track_link=None, open_pixel: str | None = None,
+                       image_widths: dict[str, int] | None = None) -> CompiledNewsletter:
     """`context` holds what is the same for every recipient (organisation, address...):
     the compiled templates read it from the context each copy is rendered with.
     With `track_link` (url → tracking url) the body's shared links are rewritten, and
-    `open_pixel` adds a counting image: both only when the organisation turned tracking on."""
+    `open_pixel` adds a counting image: both only when the organisation turned tracking on.
+    `image_widths` (address → pixels) gives those images a width (with_image_widths)."""
     marks = _Placeholders()
-    body_html = markdown_blocks(body_markdown, marks)
+    body_html = with_image_widths(markdown_blocks(body_markdown, marks), image_widths or {})
     if track_link:
         body_html = _BODY_LINK.sub(
             lambda m: m.group(0) if "MLRTAG" in m.group(1)

@@ -18,7 +18,7 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
 
-from mailer.delivery import outbox, registry, send_budget, suppression
+from mailer.delivery import bounces, dkim, outbox, registry, send_budget, suppression
 from mailer.db import session_scope, utcnow
 from mailer.models import (ContactFieldValue, Delivery, DeliveryStatus, ErrorClass, Field, Subscription,
                            SubscriptionStatus, SuppressionReason)
@@ -81,6 +81,7 @@ class OutgoingMessage:
     delivery_id: int
     rcpt_to: str
     data: bytes
+    mail_from: str = ""  # the envelope sender (VERP return path); empty: the From address
 
     @property
     def domain(self) -> str:
@@ -149,6 +150,7 @@ class Sender:
         self.executor = ThreadPoolExecutor(max(1, settings.smtp_connections), thread_name_prefix="smtp")
         self.domains = DomainGate(max(1, settings.per_domain_concurrency))
         self.stopping = threading.Event()
+        self.signer: dkim.Signer | None = None
 
     def _adopt(self, settings: Settings) -> None:
         """Use these settings from the next batch on (rate limits, sender, footer)."""
@@ -169,6 +171,8 @@ class Sender:
                 self._source_seen = current
                 self._adopt(current)
         settings = self.settings
+        # Before claiming: a DKIM key that cannot be read stops the batch with nothing claimed.
+        self.signer = dkim.signer_for(settings)
         with session_scope(self.session_factory) as session:
             ids = outbox.claim_due(session, worker_id=self.worker_id, now=self.clock(),
                                    limit=settings.send_batch_size, lease_seconds=settings.lease_seconds,
@@ -231,13 +235,17 @@ class Sender:
                     outcomes.skipped[delivery.id] = (content.status, content.reason)
                     continue
                 data = self._compose(builder, delivery, recipient, content, custom)
+                # DKIM (issue 16): the one place the final bytes are signed.
+                if self.signer is not None:
+                    data = self.signer.sign(data)
             except sa.exc.SQLAlchemyError:
                 raise
             except Exception as exc:  # one broken message must not stop the rest of the batch
                 log.exception("cannot render delivery %s", delivery.id)
                 outcomes.failed[delivery.id] = (ErrorClass.RENDERING, f"rendering failed: {exc}")
                 continue
-            messages.append(OutgoingMessage(delivery.id, recipient.email, data))
+            messages.append(OutgoingMessage(delivery.id, recipient.email, data,
+                                            bounces.return_path(self.settings, delivery.id)))
         return messages
 
     @staticmethod
@@ -353,7 +361,7 @@ class Sender:
                 if not self._wait_for_this_second():  # stopping while waiting for a slot
                     outcomes.released.append(message.delivery_id)
                     return
-                connection.send(self.settings.from_email, message.rcpt_to, message.data)
+                connection.send(message.mail_from or self.settings.from_email, message.rcpt_to, message.data)
             except TransportError as exc:
                 error_class = _error_class(exc)
                 if exc.temporary:

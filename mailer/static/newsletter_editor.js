@@ -1,3 +1,25 @@
+// "Insert image": puts an image's Markdown from the media library where the cursor is in
+// the body. Without this script the buttons stay hidden and the Markdown is copied by hand.
+(function () {
+  "use strict";
+  var body = document.getElementById("body_md");
+  if (!body) return;
+  Array.prototype.forEach.call(document.querySelectorAll("#insert-image button.insert"), function (button) {
+    var field = document.getElementById(button.getAttribute("data-snippet"));
+    if (!field) return;
+    button.hidden = false;
+    button.addEventListener("click", function () {
+      var start = body.selectionStart, end = body.selectionEnd, text = body.value;
+      // An image on a line of its own: Markdown then makes it a paragraph of its own.
+      var before = start > 0 && text.charAt(start - 1) !== "\n" ? "\n\n" : "";
+      var after = end < text.length && text.charAt(end) !== "\n" ? "\n\n" : "";
+      body.focus();
+      body.setRangeText(before + field.value + after, start, end, "end");
+      body.dispatchEvent(new Event("input", { bubbles: true }));
+    });
+  });
+})();
+
 // The newsletter editor's live preview. Without this script the "Preview" button posts the
 // form into the preview frame; with it, the preview follows the text a moment after typing
 // stops. The email's HTML is loaded by posting the form into a fresh sandboxed frame (so it

@@ -138,14 +138,16 @@ def register(app: Flask) -> None:
     from mailer.web.admin import (admin, auth, automations_admin, contacts_admin, newsletters_admin, segments_admin,
                                   staff_admin, webinars_admin)
     from mailer.web.api import api, hooks
-    from mailer.web.public import archive, public, tracking, webinar_pages
+    from mailer.web.public import archive, media_files, public, tracking, webinar_pages
     from mailer.web.admin import deliveries_admin
     from mailer.web.admin import import_admin
     from mailer.web.admin import fields_admin, lists_admin
+    from mailer.web.admin import deliverability_admin
+    from mailer.web.admin import media_admin
     from mailer.web.ratelimit import Limiter, storage_for
     from mailer.web import error_pages
 
-    for module in ("api_people", "api_outbox", "api_sequences", "api_segments", "api_fields", "api_bulk"):  # importing them adds their routes to api.bp
+    for module in ("api_people", "api_outbox", "api_sequences", "api_segments", "api_fields", "api_bulk", "api_media"):  # importing them adds their routes to api.bp
         importlib.import_module(f"mailer.web.api.{module}")
     settings = app.extensions["mailer"].settings
     app.json = JSONProvider(app)
@@ -160,7 +162,7 @@ def register(app: Flask) -> None:
     for blueprint in (public.bp, webinar_pages.bp, archive.bp, tracking.bp, auth.bp, admin.bp,
                       newsletters_admin.bp, automations_admin.bp, segments_admin.bp, webinars_admin.bp,
                       contacts_admin.bp, deliveries_admin.bp, hooks.bp, api.bp, staff_admin.bp, import_admin.bp,
-                      lists_admin.bp, fields_admin.bp):
+                      lists_admin.bp, fields_admin.bp, deliverability_admin.bp, media_files.bp, media_admin.bp):
         app.register_blueprint(blueprint)
     error_pages.register(app)
     app.after_request(_security_headers)

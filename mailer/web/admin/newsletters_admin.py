@@ -21,9 +21,10 @@ from mailer.web.admin.auth import audit, login_required, role_required
 
 bp = Blueprint("newsletters_admin", __name__, url_prefix="/admin/newsletters")
 
-# Email HTML shown to staff: no scripts, no forms, no requests except the issue's own images.
+# Email HTML shown to staff: no scripts, no forms, no requests except the issue's own images
+# (https ones, and the media library's at MAILER_BASE_URL, which may be http:// in development).
 SANDBOX_CSP = ("sandbox allow-popups allow-popups-to-escape-sandbox; default-src 'none'; "
-               "style-src 'unsafe-inline'; img-src https: data:; frame-ancestors 'self'")
+               "style-src 'unsafe-inline'; img-src https: data:{media}; frame-ancestors 'self'")
 CHANGEABLE = (NewsletterStatus.DRAFT, NewsletterStatus.SCHEDULED)
 CHART_WIDTH, CHART_HEIGHT = 600, 120
 
@@ -49,10 +50,17 @@ def _template_names() -> dict:
 
 def sandboxed(body: str, mimetype: str = "text/html", status: int = 200) -> Response:
     response = Response(body, status=status, mimetype=mimetype)
-    response.headers["Content-Security-Policy"] = SANDBOX_CSP
+    response.headers["Content-Security-Policy"] = SANDBOX_CSP.format(media=_media_origin())
     response.headers["X-Frame-Options"] = "SAMEORIGIN"
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _media_origin() -> str:
+    """' <origin of MAILER_BASE_URL>' when it is not https (https: covers it already)."""
+    scheme, _, rest = mailer().settings.base_url.partition("://")
+    origin = f"{scheme}://{rest.split('/', 1)[0]}"
+    return "" if scheme == "https" or not rest or not re.fullmatch(r"http://[A-Za-z0-9.:\[\]-]+", origin) else " " + origin
 
 
 def _editor_input() -> dict:

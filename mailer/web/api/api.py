@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Response, g, jsonify, request, url_for
 from pydantic import BaseModel, RootModel, ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from mailer import clock
 from mailer.web.api import api_schemas as schemas
@@ -74,6 +74,21 @@ def parse_body(model: type[BaseModel], *, required: bool):
         raise _validation_error(exc, tagged=issubclass(model, RootModel)) from None
 
 
+def parse_form(model: type[BaseModel]):
+    """A multipart/form-data body: its fields as text, its files as bytes."""
+    try:
+        values: dict[str, object] = request.form.to_dict()
+        values.update({name: upload.read() for name, upload in request.files.items()})
+    except RequestEntityTooLarge:
+        limit = request.max_content_length or 0
+        raise ApiError(413, "too_large", f"The body is larger than {limit / (1024 * 1024):.1f} MB, the most "
+                                         "this operation accepts.") from None
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise _validation_error(exc, tagged=False) from None
+
+
 def parse_query(model: type[BaseModel]):
     try:
         return model.model_validate(request.args.to_dict())
@@ -98,13 +113,14 @@ def operation(method: str, rule: str, *, summary: str, response: type[BaseModel]
               body: type[BaseModel] | None = None, body_required: bool = True,
               query: type[BaseModel] | None = None, scope: str | None = None, description: str = "",
               answer: str = "Success.", headers: dict[str, str] | None = None, errors: tuple[int, ...] = (),
-              content: dict[str, dict] | None = None):
+              content: dict[str, dict] | None = None, form: type[BaseModel] | None = None):
     """Register a view at `rule` (Flask syntax) and describe it in the OpenAPI document.
     The view gets `body` and `query` as validated models and returns a response model
     (or the model and extra headers); GET needs any token, everything else a write token.
     `errors` names answers beyond those every operation of its kind may give (403, 409);
     `content` documents other media types of the success answer, which the view then
-    returns as a ready Response (e.g. a streamed CSV)."""
+    returns as a ready Response (e.g. a streamed CSV). `form` takes a multipart/form-data
+    body (an upload) instead of JSON, given to the view as `form`."""
     scope = scope or ("read" if method == "GET" else "write")
 
     def register(view):
@@ -112,7 +128,7 @@ def operation(method: str, rule: str, *, summary: str, response: type[BaseModel]
             method=method, path=re.sub(r"<(?:[^:<>]+:)?(\w+)>", r"{\1}", rule), operation_id=view.__name__,
             summary=summary, response=response, status=status, body=body, body_required=body_required,
             query=query, scope=scope, description=description or (view.__doc__ or "").strip(), answer=answer,
-            response_headers=headers or {}, errors=errors, content=content or {}))
+            response_headers=headers or {}, errors=errors, content=content or {}, form=form))
 
         @functools.wraps(view)
         def handle(**path):
@@ -128,6 +144,8 @@ def operation(method: str, rule: str, *, summary: str, response: type[BaseModel]
                 kwargs["body"] = parse_body(body, required=body_required)
             if query is not None:
                 kwargs["query"] = parse_query(query)
+            if form is not None:
+                kwargs["form"] = parse_form(form)
             result = view(**kwargs)
             if isinstance(result, Response):  # a streamed download (see `content`)
                 return result

@@ -522,6 +522,7 @@ class Operation:
     response_headers: dict[str, str] = dataclasses.field(default_factory=dict)
     errors: tuple[int, ...] = ()  # answers beyond the ones _error_codes derives
     content: dict[str, dict] = dataclasses.field(default_factory=dict)  # other media types: their schemas
+    form: type[BaseModel] | None = None  # a multipart/form-data body (an upload) instead of JSON
 
     @property
     def path_params(self) -> list[str]:
@@ -533,7 +534,7 @@ ERROR_DESCRIPTIONS = {
     401: "No token, or not a valid one.",
     403: "The token's scope, or its user's role, does not allow this.",
     404: "No such resource.",
-    413: "The body is larger than 1 MiB.",
+    413: "The body is larger than 1 MiB (an upload: MAILER_MEDIA_MAX_BYTES and a little more).",
     409: "It clashes with what exists (a slug taken); `field` names it.",
     422: "A field is missing, of the wrong type, out of range or not acceptable; `field` names it.",
 }
@@ -547,6 +548,8 @@ def _error_codes(op: Operation) -> list[int]:
         codes.append(404)
     if op.body is not None:
         codes += [400, 413, 422]
+    elif op.form is not None:
+        codes += [413, 422]
     elif op.query is not None:
         codes.append(422)
     return sorted(set(codes) | set(op.errors))
@@ -574,6 +577,8 @@ def openapi_document(operations: list[Operation], *, base_path: str, description
         models.add((op.response, "serialization"))
         if op.body is not None:
             models.add((op.body, "validation"))
+        if op.form is not None:
+            models.add((op.form, "validation"))
     keys, defs = models_json_schema(sorted(models, key=lambda m: (m[0].__name__, m[1])),
                                     ref_template="#/components/schemas/{model}")
 
@@ -597,6 +602,9 @@ def openapi_document(operations: list[Operation], *, base_path: str, description
         if op.body is not None:
             spec["requestBody"] = {"required": op.body_required,
                                    "content": {"application/json": {"schema": ref(op.body, "validation")}}}
+        if op.form is not None:
+            spec["requestBody"] = {"required": True,
+                                   "content": {"multipart/form-data": {"schema": ref(op.form, "validation")}}}
         success: dict[str, Any] = {"description": op.answer,
                                    "content": {"application/json": {"schema": ref(op.response, "serialization")},
                                                **{media: {"schema": schema} for media, schema in op.content.items()}}}
