@@ -214,9 +214,11 @@ def users_reset_password(email: str) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1")
-@click.option("--port", default=5000, type=int)
-@click.option("--demo", is_flag=True, help="Add demo content and print a staff login.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 answers other machines too (development only).")
+@click.option("--port", default=5000, type=int, show_default=True, help="TCP port to listen on.")
+@click.option("--demo", is_flag=True, help="Add demo content (once) and print a staff login; on a restart "
+                                           "the login's password is left as it is.")
 def serve(host: str, port: int, demo: bool) -> None:
     """Web app and worker in one process, for development."""
     from mailer import create_app
@@ -231,7 +233,8 @@ def serve(host: str, port: int, demo: bool) -> None:
     if demo:
         with session_scope(m.sessions) as session:
             password = seed_demo(session, m.settings.timezone, utcnow())
-        click.echo(f"\n  Staff login: {m.settings.base_url}/admin  {DEMO_USER} / {password}")
+        shown = password or f"(password unchanged; `python -m mailer users reset-password {DEMO_USER}` makes a new one)"
+        click.echo(f"\n  Staff login: {m.settings.base_url}/admin  {DEMO_USER} / {shown}")
     click.echo(f"  Signup form: {m.settings.base_url}/subscribe")
     click.echo(f"  Mail goes to: {'SMTP ' + m.transport.host if m.settings.smtp_url else 'the dev mailbox at /admin/mailbox'}\n")
     app = create_app()

@@ -31,6 +31,13 @@ def format_local(when: dt.datetime, zone: str) -> str:
     return f"{local:%A} {local.day} {local:%B %Y, %H:%M} {local.tzname()}"
 
 
+def format_local_short(when: dt.datetime, zone: str) -> str:
+    """The same instant for a table cell, on one line: 'Tue 1 Dec 2026 18:00 GMT' (no-break spaces)."""
+    local = when.astimezone(ZoneInfo(zone))
+    return "\u00a0".join((f"{local:%a}", str(local.day), f"{local:%b}", f"{local:%Y}", f"{local:%H:%M}",
+                           local.tzname() or ""))
+
+
 @functools.cache
 def known_zones() -> frozenset[str]:
     """The IANA names this machine's time zone data knows (read once: it scans files)."""

@@ -35,8 +35,9 @@ def first_weekday_of_next_month(now: dt.datetime, zone: str, weekday: int, hour:
     return dt.datetime(day.year, day.month, day.day, hour, tzinfo=ZoneInfo(zone)).astimezone(dt.timezone.utc)
 
 
-def seed_demo(session: Session, timezone: str, now: dt.datetime) -> str:
-    """Idempotent. Returns a fresh password for the demo staff user."""
+def seed_demo(session: Session, timezone: str, now: dt.datetime) -> str | None:
+    """Idempotent. Returns the password of the demo staff user when it is made now; None
+    when the user exists already (a restart keeps the password the owner may have changed)."""
     newsletter_list = ensure_default_list(session)
     if session.scalar(sa.select(Webinar).where(Webinar.slug == "spine-health")) is None:
         session.add(Webinar(
@@ -57,12 +58,10 @@ def seed_demo(session: Session, timezone: str, now: dt.datetime) -> str:
         ))
     seed_sequences(session, newsletter_list, webinar, now)
     seed_audience(session, webinar, now)
+    if session.scalar(sa.select(User.id).where(User.email == DEMO_USER)) is not None:
+        return None
     password = secrets.token_urlsafe(12)
-    user = session.scalar(sa.select(User).where(User.email == DEMO_USER))
-    if user is None:
-        users.create_user(session, DEMO_USER, password, Role.OWNER)
-    else:
-        users.set_password(session, user, password)
+    users.create_user(session, DEMO_USER, password, Role.OWNER)
     return password
 
 

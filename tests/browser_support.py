@@ -31,7 +31,7 @@ SCREENSHOTS = Path(os.environ.get("MAILER_TEST_ARTIFACTS")
 PHONE = {"width": 390, "height": 844}
 TIMEOUT_MS = 5000
 
-__all__ = ["action", "browser", "expect", "live_app", "serving", "shot", "shoot_open_pages", "PHONE", "SCREENSHOTS",
+__all__ = ["action", "browser", "nav_link", "expect", "live_app", "serving", "shot", "shoot_open_pages", "PHONE", "SCREENSHOTS",
            "TIMEOUT_MS"]
 
 
@@ -103,6 +103,19 @@ def shoot_open_pages(item, failed: bool, backend: str) -> None:
 def action(page, name: str):
     """A link styled as a button, or a button: the staff pages' restyling may make it either."""
     return page.get_by_role("link", name=name, exact=True).or_(page.get_by_role("button", name=name, exact=True))
+
+
+def nav_link(page, name: str):
+    """A link of the staff nav by its name, as a person reaches it: a link inside one of the
+    nav's groups (Mail, Audience, Admin) is shown by opening its group first."""
+    nav = page.get_by_role("navigation", name="Main")
+    inside = page.locator("a", has_text=re.compile(rf"^{re.escape(name)}$"))
+    for other in nav.locator("details[open]").filter(has_not=inside).all():  # its menu may cover the group
+        other.locator("summary").click()
+    group = nav.locator("details").filter(has=inside)
+    if group.count() and group.first.get_attribute("open") is None:
+        group.first.locator("summary").click()
+    return nav.get_by_role("link", name=name, exact=True)
 
 
 @contextlib.contextmanager

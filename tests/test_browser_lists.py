@@ -12,7 +12,7 @@ import pytest
 from mailer.db import session_scope
 from mailer.staff import users
 from tests import browser_support
-from tests.browser_support import PHONE, TIMEOUT_MS, expect, live_app, serving, shot
+from tests.browser_support import PHONE, TIMEOUT_MS, expect, live_app, nav_link, serving, shot
 
 browser = browser_support.browser  # the shared Chromium (a pytest fixture)
 PASSWORD = "correct horse battery staple"
@@ -47,7 +47,7 @@ def test_an_editor_creates_a_list_changes_its_wording_and_archives_it(live, brow
         page.get_by_label("Password").fill(PASSWORD)
         with page.expect_navigation():
             page.get_by_role("button", name="Log in").click()
-        page.get_by_role("navigation", name="Main").get_by_role("link", name="Lists", exact=True).click()
+        nav_link(page, "Lists").click()
         expect(page.get_by_role("heading", level=1)).to_have_text("Lists")
         fits(page, width)
 

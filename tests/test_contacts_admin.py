@@ -92,6 +92,7 @@ def test_filters_by_list_and_status(staff, people, db):
     assert emails_on(editor.get(f"/admin/contacts?list={clinic}&status=active")) == ["annette@example.com"]
     assert emails_on(editor.get("/admin/contacts?status=unsubscribed")) == ["carl@example.com", "bob@example.com"]
     assert emails_on(editor.get(f"/admin/contacts?list={clinic}&q=ann")) == ["annette@example.com"]
+    assert "1 contact matches these filters." in editor.get(f"/admin/contacts?list={clinic}&status=active").text
     assert emails_on(editor.get(f"/admin/contacts?list={news}&status=pending&q=annette@example.com")) == [
         "annette@example.com"]
     everyone = editor.get("/admin/contacts")

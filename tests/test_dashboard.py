@@ -118,6 +118,12 @@ def test_dashboard_shows_growth_next_mailings_and_queue(owner, mailer):
     assert 'aria-label="Active subscriptions from' in page.text
 
 
+def test_one_active_subscription_is_said_in_the_singular(owner, mailer):
+    _add(mailer, [(utcnow() - dt.timedelta(minutes=5), None, "active")])
+    text = _text(owner.get("/admin/").text)
+    assert "1 active subscription " in text + " " and "1 active subscriptions" not in text
+
+
 def test_dashboard_of_a_new_install(owner):
     text = _text(owner.get("/admin/").text)
     assert "0 active subscriptions" in text

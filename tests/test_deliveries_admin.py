@@ -2,6 +2,7 @@
 each contact, login, and an audit row for every view that never holds an address."""
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
@@ -36,7 +37,8 @@ def outbox(mailer, smtp_server):
 def rows(page) -> list[tuple[str, ...]]:
     """The table as text: one tuple of cell texts per row."""
     body = page.text.split("<tbody>", 1)[1].split("</tbody>", 1)[0] if "<tbody>" in page.text else ""
-    return [tuple(" ".join(re.sub(r"<[^>]+>", " ", cell).split()) for cell in re.findall(r"<td>(.*?)</td>", row, re.S))
+    return [tuple(" ".join(html.unescape(re.sub(r"<[^>]+>", " ", cell)).split())
+                  for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S))
             for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
 
 
@@ -52,13 +54,13 @@ def test_the_page_needs_a_login(client):
 def test_every_delivery_newest_first_with_its_outcome(viewer, outbox, db):
     page = viewer.get("/admin/deliveries")
     assert page.status_code == 200
-    assert '<a href="/admin/deliveries">Deliveries</a>' in page.text  # in the nav
+    assert '<a href="/admin/deliveries" aria-current="page">Deliveries</a>' in page.text  # in the nav, marked as here
     table = rows(page)
     assert [(r[0], r[1], r[2], r[3], r[4]) for r in table] == [
-        ("4", "bob@example.com", "confirmation", "sent", "1"),
-        ("3", "grey@example.com", "confirmation", "deferred", "1"),
-        ("2", "bounce@example.com", "confirmation", "failed", "1"),
-        ("1", "ann@example.com", "confirmation", "sent", "1")]
+        ("4", "bob@example.com", "Subscription confirmation", "sent", "1"),
+        ("3", "grey@example.com", "Subscription confirmation", "deferred", "1"),
+        ("2", "bounce@example.com", "Subscription confirmation", "failed", "1"),
+        ("1", "ann@example.com", "Subscription confirmation", "sent", "1")]
     assert table[0][5].startswith("sent ") and table[1][5].startswith("next ") and table[2][5] == ""
     assert table[2][6].startswith("permanent ") and "550 5.1.1 User unknown" in table[2][6]
     assert table[1][6].startswith("temporary ") and "Greylisted" in table[1][6]

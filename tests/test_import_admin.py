@@ -23,7 +23,7 @@ from mailer.staff import jobs, users
 from mailer.db import session_scope, utcnow
 from mailer.models import AuditLog, ConsentEvent, Contact, Job, JobUpload, Subscription
 from tests import browser_support
-from tests.browser_support import TIMEOUT_MS, expect, live_app, serving, shot
+from tests.browser_support import TIMEOUT_MS, expect, live_app, nav_link, serving, shot
 from tests.conftest import SECRET, signup
 from tests.test_newsletter_admin import PASSWORD, compose, log_in, make_audience, text_of
 
@@ -268,7 +268,7 @@ def test_in_a_browser_the_job_page_follows_the_import_to_its_report(database_url
         page.get_by_label("Password").fill(PASSWORD)
         with page.expect_navigation():
             page.get_by_role("button", name="Log in").click()
-        page.get_by_role("link", name="Import", exact=True).click()
+        nav_link(page, "Import").click()
         expect(page.get_by_role("heading", level=1)).to_have_text("Import subscribers")
         page.get_by_label("CSV file").set_input_files(str(csv_file))
         page.get_by_label("How did these people give their consent?").fill(NOTE)

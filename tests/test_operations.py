@@ -163,6 +163,27 @@ def test_newcomer_serve_demo_shows_login_demo_content_and_mail(tmp_path):
         proc.wait(timeout=10)
 
 
+def test_a_second_demo_seed_keeps_the_owners_password_and_serve_help_documents_host_and_port(mailer):
+    """Restarting `serve --demo` must not lock out an owner who changed the demo password."""
+    from mailer.models import User
+    from mailer.staff import users
+
+    with session_scope(mailer.sessions) as session:
+        first = demo.seed_demo(session, mailer.settings.timezone, utcnow())
+    assert first and len(first) >= 12
+    with session_scope(mailer.sessions) as session:
+        user = session.scalar(sa.select(User).where(User.email == demo.DEMO_USER))
+        users.set_password(session, user, "the owner's own long password")
+    with session_scope(mailer.sessions) as session:
+        assert demo.seed_demo(session, mailer.settings.timezone, utcnow()) is None
+    with session_scope(mailer.sessions) as session:
+        assert users.authenticate(session, demo.DEMO_USER, "the owner's own long password", now=utcnow(),
+                                  max_failures=5, lockout_seconds=60).email == demo.DEMO_USER
+    help_text = CliRunner().invoke(main, ["serve", "--help"]).output
+    assert "--host" in help_text and "default: 127.0.0.1" in help_text
+    assert "--port" in help_text and "default: 5000" in help_text
+
+
 def test_demo_seeds_a_welcome_series_and_a_replay_sequence_once_and_a_confirmation_gets_the_welcome(
         client, mailer, smtp_server, db):
     """The demo's sequences (made through sequences.py, active, made once however often the

@@ -119,7 +119,13 @@ def test_preferences_link_changes_name_and_lists(client, mailer, smtp_server, db
     assert page.status_code == 200 and "For ada@example.com" in page.text
     assert 'value="newsletter" checked' in page.text and 'value="events" >' in page.text
     saved = client.post(path, data={"name": "Ada L.", "lists": ["events"]})
-    assert "Saved." in saved.text
+    # The page says what was done, and only that.
+    assert "Saved your name: Ada L." in saved.text
+    assert "You are unsubscribed from Monthly newsletter." in saved.text
+    assert "We have emailed you a link to confirm Events and webinars." in saved.text
+    again = client.post(path, data={"name": "Ada L.", "lists": ["events"]})
+    assert "Nothing changed" in again.text and "unsubscribed from" not in again.text
+    assert "Saved your name" not in again.text and "emailed you a link" not in again.text
     statuses = dict(db.execute(sa.select(MailingList.slug, Subscription.status).join(
         Subscription, Subscription.list_id == MailingList.id)))
     assert statuses == {"newsletter": "unsubscribed", "events": "pending"}

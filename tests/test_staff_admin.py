@@ -158,7 +158,8 @@ def test_the_users_list_shows_role_last_login_and_status(staff, db):
     assert "<td>active</td>" in rows["viewer@clinic.example"]
     assert "<td>never</td>" in rows["viewer@clinic.example"]
     assert '<option value="viewer" selected>' in rows["viewer@clinic.example"]
-    assert re.search(r"<td>\w+day \d+ \w+ \d{4}, \d\d:\d\d (GMT|BST)</td>", rows["owner@clinic.example"])
+    # Compact, on one line in the table (no-break spaces): "Mon 7 Dec 2026 18:00 GMT".
+    assert re.search(r"<td>\w{3}\xa0\d+\xa0\w{3}\xa0\d{4}\xa0\d\d:\d\d\xa0(GMT|BST)</td>", rows["owner@clinic.example"])
     assert "Disable" not in rows["owner@clinic.example"]  # not for yourself
 
 

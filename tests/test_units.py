@@ -9,7 +9,7 @@ import pytest
 from mailer.demo import first_weekday_of_next_month
 from mailer.logtext import loggable
 from mailer.delivery.outbox import retry_delay
-from mailer.clock import format_local
+from mailer.clock import format_local, format_local_short
 from mailer.delivery.rendering import one_line
 from mailer.settings import SettingsError, load_settings
 from mailer.delivery.transports import SMTPTransport, classify_smtp_reply
@@ -24,6 +24,43 @@ def test_local_time_is_shown_in_the_readers_zone_across_the_dst_change():
     assert format_local(after, "Europe/London") == "Sunday 28 March 2027, 19:00 BST"
     assert format_local(after, "America/New_York") == "Sunday 28 March 2027, 14:00 EDT"
     assert format_local(after, "Australia/Sydney") == "Monday 29 March 2027, 05:00 AEDT"
+
+
+def test_a_table_cells_time_is_compact_on_one_line_in_the_readers_zone():
+    after = dt.datetime(2027, 3, 28, 18, 0, tzinfo=UTC)
+    assert format_local_short(after, "Europe/London") == "Sun\xa028\xa0Mar\xa02027\xa019:00\xa0BST"
+    assert format_local_short(after, "Australia/Sydney").replace("\xa0", " ") == "Mon 29 Mar 2027 05:00 AEDT"
+    assert " " not in format_local_short(after, "America/New_York")  # no breakable space
+
+
+def test_a_consent_events_source_is_shown_as_its_page_without_tokens():
+    from mailer.audience.consent import source_page
+
+    assert source_page("https://clinic.example/blog/posture?utm_source=mail#top") == "https://clinic.example/blog/posture"
+    assert source_page("https://news.example.org/confirm/WzEsMV0.abc-DEF_123") == "https://news.example.org/confirm/…"
+    assert source_page("https://news.example.org/preferences/WzEsMV0.x?lists=a") == "https://news.example.org/preferences/…"
+    assert source_page("https://news.example.org/webinars/spine-health/cancel/WzQsMl0.sig") == \
+        "https://news.example.org/webinars/spine-health/cancel/…"
+    assert source_page("https://user:secret@clinic.example/" + "a1B2" * 10) == "https://clinic.example/…"
+    assert source_page("staff:owner@clinic.example") == "staff:owner@clinic.example"  # not a web page: as stored
+    assert source_page("bounce webhook") == "bounce webhook"
+    assert source_page(None) is None and source_page("") == ""
+
+
+def test_plural_and_kind_words():
+    from mailer.delivery import registry
+    from mailer.web import plural
+
+    assert [plural("active subscription", n) for n in (0, 1, 2)] == [
+        "active subscriptions", "active subscription", "active subscriptions"]
+    assert plural("contact matches", 3, "contacts match") == "contacts match"
+    assert registry.kind_label("no_such_kind") == "no_such_kind"
+    from mailer import mail_kinds
+
+    labels = {name: registry.label_of(name, kind) for name, kind in mail_kinds().items()}
+    assert all(label and "_" not in label and label[0].isupper() for label in labels.values()), labels
+    assert labels["webinar_confirmation"] == "Webinar confirmation"
+    assert len(set(labels.values())) == len(labels)  # staff can tell every kind apart
 
 
 def test_first_tuesday_at_18_local_is_the_right_utc_instant_on_both_sides_of_dst():

@@ -36,4 +36,4 @@ def checkpoint_email(batch, delivery) -> dict:
 
 
 # The kind of mail this module makes, for the sender (registered by mailer.build).
-MAIL_KINDS = {CHECKPOINT_MAIL: Kind(checkpoint_email)}
+MAIL_KINDS = {CHECKPOINT_MAIL: Kind(checkpoint_email, label="Consent checkpoint")}

@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import types
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -423,3 +424,25 @@ def search_events(session: Session, *, contact_id: int | None = None, list_id: i
         stmt = stmt.where(ConsentEvent.action == action)
     return [tuple(row) for row in session.execute(newest_first(stmt, ConsentEvent.id, before_id=before_id,
                                                                   limit=limit))]
+
+
+# Path segments of our own pages that are followed by a personal token (confirm, unsubscribe,
+# preferences, a webinar seat's cancel and stop-mail links).
+_TOKEN_AFTER = frozenset({"confirm", "unsubscribe", "preferences", "cancel", "stop-mail"})
+_LONG_SEGMENT = 32  # longer than any slug we make: someone else's token, shown as "…" too
+
+
+def source_page(source_url: str | None) -> str | None:
+    """The page an event came from, as staff read it: the address without its query string,
+    fragment or token segments (a live confirm or preferences link would let the reader act
+    for the person). The ledger keeps the full evidence; this only shapes what is shown."""
+    if not source_url:
+        return source_url
+    parts = urlsplit(source_url)
+    if parts.scheme not in ("http", "https"):
+        return source_url.split("?", 1)[0].split("#", 1)[0]
+    segments = parts.path.split("/")
+    shown = ["…" if segment and (segments[i - 1] in _TOKEN_AFTER or len(segment) >= _LONG_SEGMENT) else segment
+             for i, segment in enumerate(segments)]
+    host = parts.netloc.rsplit("@", 1)[-1]  # never a user:password@ part
+    return f"{parts.scheme}://{host}{'/'.join(shown)}"

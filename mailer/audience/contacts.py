@@ -372,19 +372,37 @@ def preferences(session: Session, contact: Contact) -> list[tuple[MailingList, s
             if ml.archived_at is None or statuses.get(ml.id) in on]
 
 
+@dataclasses.dataclass(frozen=True)
+class PreferencesChange:
+    """What a save of the preferences page did, so the page says just that."""
+
+    name_changed: bool = False
+    asked_to_confirm: tuple[str, ...] = ()  # list names: a confirmation email is on its way
+    unsubscribed: tuple[str, ...] = ()  # list names
+
+    @property
+    def anything(self) -> bool:
+        return self.name_changed or bool(self.asked_to_confirm or self.unsubscribed)
+
+
 def update_preferences(session: Session, settings: Settings, contact: Contact, *, name: str, wanted: set[str],
-                       context: consent.RequestContext, now: dt.datetime) -> None:
+                       context: consent.RequestContext, now: dt.datetime) -> PreferencesChange:
     """Lists ticked start double opt-in (if not already on them); lists unticked are
     withdrawn at once, with the rest of their queued mail."""
-    contact.name = clean_name(name) or contact.name
+    new_name = clean_name(name) or contact.name
+    name_changed, contact.name = new_name != contact.name, new_name
+    asked, left = [], []
     for mailing_list, status, wording in preferences(session, contact):
         on = status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING)
         if mailing_list.slug in wanted and not on and wording is not None:
             _subscribe_resolved(session, settings, contact.email, contact.name, [mailing_list], [wording],
                                 timezone=contact.timezone, context=context, now=now)
+            asked.append(mailing_list.name)
         elif mailing_list.slug not in wanted and on:
             unsubscribe(session, settings, unsubscribe_token(settings, contact.id, mailing_list.id),
                         context=context, now=now)
+            left.append(mailing_list.name)
+    return PreferencesChange(name_changed=name_changed, asked_to_confirm=tuple(asked), unsubscribed=tuple(left))
 
 
 # Confirm and unsubscribe ----------------------------------------------------------
@@ -572,4 +590,5 @@ def confirmation_email(batch, delivery: Delivery):
 
 
 # The kinds of mail this module makes, for the sender (registered by mailer.build).
-MAIL_KINDS = {CONFIRMATION: Kind(confirmation_email, required_subscription=SubscriptionStatus.PENDING)}
+MAIL_KINDS = {CONFIRMATION: Kind(confirmation_email, required_subscription=SubscriptionStatus.PENDING,
+                                 label="Subscription confirmation")}

@@ -1060,5 +1060,7 @@ def compiled_issue(batch, key: tuple, *, subject: str, preheader: str, body_md: 
 
 
 # The kinds of mail this module makes, for the sender (registered by mailer.build).
-MAIL_KINDS = {NEWSLETTER: Kind(newsletter_email), NEWSLETTER_TEST: Kind(newsletter_email),
-              RHYTHM_WARNING: Kind(rhythm_warning_email), BLOG_DIGEST: Kind(blog_digest_email)}
+MAIL_KINDS = {NEWSLETTER: Kind(newsletter_email, label="Newsletter"),
+              NEWSLETTER_TEST: Kind(newsletter_email, label="Newsletter test"),
+              RHYTHM_WARNING: Kind(rhythm_warning_email, label="Rhythm warning"),
+              BLOG_DIGEST: Kind(blog_digest_email, label="Blog digest")}

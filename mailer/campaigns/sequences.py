@@ -882,4 +882,4 @@ def step_problems(renderer, settings, step: SequenceStep, upcoming=()) -> list[s
 
 
 # The kinds of mail this module makes, for the sender (registered by mailer.build).
-MAIL_KINDS = {STEP: Kind(step_email), STEP_TEST: Kind(step_email)}
+MAIL_KINDS = {STEP: Kind(step_email, label="Automation step"), STEP_TEST: Kind(step_email, label="Automation step test")}

@@ -748,4 +748,7 @@ def _registrants(webinar_id: int):
 
 
 # The kinds of mail this module makes, for the sender (registered by mailer.build).
-MAIL_KINDS = {kind: Kind(webinar_email) for kind in KINDS}
+KIND_LABELS = {CONFIRMATION: "Webinar confirmation", WAITLISTED: "Webinar waitlist place",
+               PROMOTED: "Webinar seat from the waitlist", REMINDER: "Webinar reminder", UPDATED: "Webinar change",
+               CANCELLED: "Webinar cancelled", FOLLOW_UP: "Webinar follow-up", SEAT_CANCELLED: "Webinar seat given back"}
+MAIL_KINDS = {kind: Kind(webinar_email, label=KIND_LABELS[kind]) for kind in KINDS}

@@ -20,6 +20,8 @@ class Kind:
     builder: Callable
     # Mail tied to a list goes out only while the person's subscription is in this state.
     required_subscription: str = SubscriptionStatus.ACTIVE
+    # What staff read for it (deliveries, a contact's mail): "Webinar confirmation".
+    label: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,7 @@ class AudienceHooks:
 # The registry of this process: kind → builder, kind → the subscription state it needs.
 BUILDERS: dict[str, Callable] = {}
 REQUIRED_SUBSCRIPTION: dict[str, str] = {}
+LABELS: dict[str, str] = {}
 _hooks: list[AudienceHooks] = []
 
 
@@ -47,10 +50,22 @@ def register(kinds: dict[str, Kind], hooks: AudienceHooks) -> None:
     every app, worker and command)."""
     BUILDERS.clear()
     REQUIRED_SUBSCRIPTION.clear()
+    LABELS.clear()
     for name, kind in kinds.items():
         BUILDERS[name] = kind.builder
         REQUIRED_SUBSCRIPTION[name] = kind.required_subscription
+        LABELS[name] = label_of(name, kind)
     _hooks[:] = [hooks]
+
+
+def label_of(name: str, kind: Kind) -> str:
+    """Its declared words, else its key made readable ("blog_digest" → "Blog digest")."""
+    return kind.label or name.replace("_", " ").capitalize()
+
+
+def kind_label(kind: str) -> str:
+    """A kind of mail in words, for staff pages; an unregistered key as it is stored."""
+    return LABELS.get(kind, kind)
 
 
 def audience() -> AudienceHooks:

@@ -8,6 +8,7 @@
   var url = form.getAttribute("data-count-url");
   var token = form.querySelector("input[name=csrf_token]").value;
   var count = document.getElementById("segment-count");
+  var noun = document.getElementById("segment-noun");
   var text = document.getElementById("segment-text");
   var sample = document.getElementById("segment-sample");
   var problem = document.getElementById("segment-problem");
@@ -26,12 +27,14 @@
         problem.textContent = data.error.message;
         problem.hidden = false;
         count.textContent = "—";
+        if (noun) noun.textContent = "contacts";
         text.textContent = "";
         sample.replaceChildren();
         return;
       }
       problem.hidden = true;
       count.textContent = data.count.toLocaleString("en-GB");
+      if (noun) noun.textContent = data.count === 1 ? "contact" : "contacts";
       text.textContent = data.text;
       sample.replaceChildren.apply(sample, data.sample.map(function (c) {
         var item = document.createElement("li");

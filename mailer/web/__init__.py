@@ -13,7 +13,7 @@ from werkzeug.routing import IntegerConverter
 from mailer.web.api.api_schemas import MAX_ID
 from mailer.audience.consent import RequestContext
 from mailer.db import session_scope
-from mailer.clock import format_local
+from mailer.clock import format_local, format_local_short
 
 csrf = CSRFProtect()
 SETTINGS_MAX_AGE = 5.0
@@ -91,6 +91,12 @@ class IdConverter(IntegerConverter):
         return number
 
 
+def plural(singular: str, count: int | None, many: str | None = None) -> str:
+    """The noun for `count` things, for a template: {{ 'active subscription' | plural(n) }}
+    is 'active subscription' for 1 and 'active subscriptions' otherwise."""
+    return singular if count == 1 else (many or singular + "s")
+
+
 def _security_headers(response):
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     # Links carry tokens: never leak them to another site in a Referer.
@@ -127,6 +133,8 @@ def _forget_client_ip(_error=None) -> None:
 def register(app: Flask) -> None:
     from mailer.audience.contacts import PublicLists
     from mailer.campaigns.newsletters import sample_subject
+    from mailer.delivery.registry import kind_label
+    from mailer.audience.consent import source_page
     from mailer.web.admin import (admin, auth, automations_admin, contacts_admin, newsletters_admin, segments_admin,
                                   staff_admin, webinars_admin)
     from mailer.web.api import api, hooks
@@ -137,6 +145,7 @@ def register(app: Flask) -> None:
     from mailer.web.admin import deliverability_admin
     from mailer.web.admin import media_admin
     from mailer.web.ratelimit import Limiter, storage_for
+    from mailer.web import error_pages
 
     for module in ("api_people", "api_outbox", "api_sequences", "api_segments", "api_fields", "api_bulk", "api_media"):  # importing them adds their routes to api.bp
         importlib.import_module(f"mailer.web.api.{module}")
@@ -155,10 +164,15 @@ def register(app: Flask) -> None:
                       contacts_admin.bp, deliveries_admin.bp, hooks.bp, api.bp, staff_admin.bp, import_admin.bp,
                       lists_admin.bp, fields_admin.bp, deliverability_admin.bp, media_files.bp, media_admin.bp):
         app.register_blueprint(blueprint)
+    error_pages.register(app)
     app.after_request(_security_headers)
     app.before_request(_fresh_settings)
     app.before_request(_note_client_ip)
     app.teardown_request(_forget_client_ip)
     app.context_processor(lambda: {"settings": mailer().settings})
     app.add_template_filter(format_local, "local_time")
-    app.add_template_filter(sample_subject, "sample_subject")  # staff lists: a subject as a reader reads it
+    app.add_template_filter(format_local_short, "local_short")  # in table cells
+    app.add_template_filter(sample_subject, "sample_subject")
+    app.add_template_filter(kind_label, "kind_label")
+    app.add_template_filter(plural, "plural")
+    app.add_template_filter(source_page, "source_page")  # a consent event's page, without tokens  # staff lists: a subject as a reader reads it

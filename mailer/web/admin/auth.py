@@ -30,18 +30,24 @@ def _known_device_user() -> int | None:
         return None
 
 
+def session_user() -> User | None:
+    """The staff user this browser is logged in as, or None."""
+    user_id = session.get("user_id")
+    if user_id is None:
+        return None
+    with db_reader() as s:
+        user = s.get(User, user_id)
+    # A disabled account, or a password changed since this login, ends the session.
+    if user is not None and (user.disabled_at is not None or session.get("stamp") != users.session_stamp(user)):
+        session.clear()
+        return None
+    return user
+
+
 def login_required(view):
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
-        user_id = session.get("user_id")
-        user = None
-        if user_id is not None:
-            with db_reader() as s:
-                user = s.get(User, user_id)
-            # A disabled account, or a password changed since this login, ends the session.
-            if user is not None and (user.disabled_at is not None or session.get("stamp") != users.session_stamp(user)):
-                session.clear()
-                user = None
+        user = session_user()
         if user is None:
             return redirect(url_for("auth.login", next=request.full_path))
         g.user = user

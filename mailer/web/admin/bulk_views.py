@@ -48,7 +48,8 @@ def queue(session, planned: bulk.Plan, *, about: str, back_url: str, run_url: st
     (job id or None, the page to show when None). Audit it (audited) once the session is over."""
     problem = None
     if str(planned.count) != request.form.get("count", ""):
-        problem = f"There are {planned.count:,} contacts now, not {request.form.get('count')}: check again."
+        problem = (f"There {'is 1 contact' if planned.count == 1 else f'are {planned.count:,} contacts'} now, not "
+                   f"{request.form.get('count')}: check again.")
     elif planned.action == bulk.ERASE and request.form.get("confirm", "").strip() != f"erase {planned.count}":
         problem = f"To confirm, type “erase {planned.count}”. Nothing was erased."
     if problem:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, render_template, request, url_for
 
 from mailer.delivery import outbox, sender
+from mailer.delivery.registry import kind_label
 from mailer.errors import InvalidInput
 from mailer.models import DeliveryStatus
 from mailer.web import db_reader
@@ -61,5 +62,5 @@ def index():
     page_args = {key: value for key, value in filters.items() if value}
     return render_template(
         "admin/deliveries/index.html", rows=rows, filters=filters, error=error, statuses=list(DeliveryStatus),
-        kinds=sorted(sender.BUILDERS), page_args=page_args, first_page=request.args.get("before") is None,
+        kinds=sorted(sender.BUILDERS, key=kind_label), page_args=page_args, first_page=request.args.get("before") is None,
         next_url=url_for(".index", **page_args, before=rows[-1][0].id) if more else None), 400 if error else 200

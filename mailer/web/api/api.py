@@ -219,12 +219,16 @@ def _code(exc: HTTPException) -> str:
     return re.sub(r"\W+", "_", exc.name.lower()).strip("_")
 
 
+def is_api_path() -> bool:
+    return request.path == "/api" or request.path.startswith("/api/")
+
+
 # An unknown path or method fails in routing, before any blueprint is chosen, so those
-# two are answered at the application level, for /api/ paths only.
-@bp.app_errorhandler(404)
+# two are answered at the application level, for /api/ paths only (web/error_pages.py
+# answers an unknown path elsewhere with a page, and hands /api/ ones to routing_error).
 @bp.app_errorhandler(405)
-def _routing_error(exc: HTTPException):
-    if request.path == "/api" or request.path.startswith("/api/"):
+def routing_error(exc: HTTPException):
+    if is_api_path():
         return _http_error(exc)
     return exc
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, current_app, jsonify, render_template, request
+from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
 from mailer.audience import contacts
 from mailer.db import utcnow
@@ -123,6 +123,19 @@ def subscribe():
     return _done()
 
 
+@bp.post("/subscribe/check")
+def check_address():
+    """Step 1 of the form asks here before step 2 (subscribe.js), so a visitor hears of a
+    mistyped address before typing a name and ticking consent. The same rules as /subscribe
+    (contacts.normalise_email) and nothing else: no lookup, so the answer is the same whether
+    or not the address is known."""
+    raw = request.form.get("email")
+    try:
+        return jsonify(email=contacts.normalise_email(raw if isinstance(raw, str) else "")), 200
+    except InvalidInput as exc:
+        return error_json(exc.code, exc.message, exc.field, 400)
+
+
 def _link_page(result, status_for_invalid=404):
     titles = {
         contacts.LinkOutcome.CONFIRMED: ("Subscription confirmed", "Thank you! You are now subscribed to {list}."),
@@ -169,20 +182,25 @@ def preferences(token: str):
     """What this person gets: their name, and each list (ticking one starts double opt-in,
     unticking one unsubscribes at once). The signed link is the credential."""
     settings = mailer().settings
-    saved = False
+    change = None
     with db_session() as session:
         contact = contacts.contact_for_preferences(session, settings, token)
         if contact is None:
             return _link_page(contacts.LinkResult(contacts.LinkOutcome.INVALID))
         if request.method == "POST":
-            contacts.update_preferences(session, settings, contact, name=request.form.get("name", ""),
-                                        wanted=set(request.form.getlist("lists")),
-                                        context=request_context(), now=utcnow())
-            saved = True
+            change = contacts.update_preferences(session, settings, contact, name=request.form.get("name", ""),
+                                                 wanted=set(request.form.getlist("lists")),
+                                                 context=request_context(), now=utcnow())
         choices = contacts.preferences(session, contact)
-        page = render_template("public/preferences.html", contact=contact, choices=choices, saved=saved,
+        page = render_template("public/preferences.html", contact=contact, choices=choices, change=change,
                                title="Your preferences")
     return page
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    """For browsers and feed readers that ask at the root rather than read <link rel=icon>."""
+    return redirect(url_for("static", filename="favicon.svg"), 301)
 
 
 @bp.get("/livez")
@@ -196,6 +214,4 @@ def index():
     with db_session() as session:
         lists = session.scalars(sa.select(MailingList).where(MailingList.public, MailingList.archived_at.is_(None))
                                 .order_by(MailingList.id)).all()
-    if not lists:
-        abort(404)
     return render_template("public/index.html", lists=lists)
