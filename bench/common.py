@@ -37,13 +37,15 @@ def load_average() -> str:
 
 
 def git_state() -> str:
-    """The commit measured, and whether mailer/ had uncommitted changes."""
+    """The commit measured, and whether the code it runs (mailer/, templates/, config/) had
+    uncommitted changes."""
     import subprocess
 
     def git(*args):
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return f"{head}{' + uncommitted changes in mailer/' if git('status', '--porcelain', '--', 'mailer') else ''}"
+    dirty = git("status", "--porcelain", "--", "mailer", "templates", "config")
+    return f"{head}{' + uncommitted changes in mailer/, templates/ or config/' if dirty else ''}"
 
 
 def verdict(met: bool) -> str:

@@ -75,7 +75,7 @@ TARGET_MATERIALISE_S = 30.0
 PG_WORKERS = 2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, VENV_PYTHON, free_port, use_project_python  # noqa: E402
+from common import ROOT, VENV_PYTHON, free_port, git_state, load_average, use_project_python, verdict  # noqa: E402
 
 use_project_python()
 import sqlalchemy as sa  # noqa: E402
@@ -899,22 +899,6 @@ def print_rss_samples(run: WorkerRun) -> None:
 
 
 # Whole run ----------------------------------------------------------------------------------
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def git_state() -> str:
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "mailer", "templates", "config")
-    return f"{head}{' + uncommitted changes in mailer/ or templates/' if dirty else ''}"
-
-
-def verdict(met: bool) -> str:
-    return "met" if met else "MISSED"
-
 
 def markdown_table(args, sample: Sample, floor: FloorResult | None, throughput: list[ThroughputResult],
                    small: MemoryResult | None, large: MemoryResult | None) -> str:

@@ -150,3 +150,14 @@ def test_signing_is_off_without_a_selector(mailer, client, smtp_server):
     with mailer.sender() as sender:
         sender.drain()
     assert b"DKIM-Signature" not in smtp_server.received[0].data
+
+
+def test_the_signer_is_made_once_per_key_file(database_url, tmp_path):
+    """A worker asks for the signer every batch: the key is read again only when its file changes."""
+    settings = load_settings(settings_for(database_url, tmp_path, dkim_selector="s1"))
+    path = dkim.key_path(settings, "s1", dkim.signing_domain(settings))
+    dkim.generate_key(path)
+    first = dkim.signer_for(settings)
+    assert dkim.signer_for(settings) is first
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000_000))
+    assert dkim.signer_for(settings) is not first  # a replaced file is read again

@@ -178,12 +178,12 @@ def signer_for(settings: Settings) -> Signer | None:
             pem = path.read_bytes()
             try:
                 parse_pem_private_key(pem)
-                key = serialization.load_pem_private_key(pem, password=None)
+                private_key = serialization.load_pem_private_key(pem, password=None)
             except (UnparsableKeyError, ValueError, TypeError) as exc:
                 raise DkimError(f"the DKIM key {path} is not a PEM RSA private key (PKCS#1): {exc}") from None
-            if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 1024:
+            if not isinstance(private_key, rsa.RSAPrivateKey) or private_key.key_size < 1024:
                 raise DkimError(f"the DKIM key {path} is not an RSA key of at least 1024 bits")
-            signer = Signer(selector.encode(), domain.encode(), pem, key)
+            signer = Signer(selector.encode(), domain.encode(), pem, private_key)
             _cache.clear()
             _cache[key] = signer
     return signer
