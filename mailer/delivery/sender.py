@@ -93,11 +93,14 @@ class Composing:
     dropped once sent, so a large batch holds a few messages' bytes at a time. A message
     that cannot be composed is recorded as a rendering failure and skipped."""
 
-    def __init__(self, sender: "Sender", planned: list[Planned], log: "OutcomeLog"):
+    def __init__(self, sender: "Sender", planned: list[Planned], log: "OutcomeLog", *, for_data: bool = False):
         self.sender = sender
         self.planned = planned
         self.log = log
         self.index = 0
+        # For the SMTP client: each message dot-stuffed as it is built, ready to follow DATA
+        # (not when DKIM signs it: the signature covers the message as it is read).
+        self.stuffed = for_data and sender.signer is None
 
     def __iter__(self) -> "Composing":
         return self
@@ -108,14 +111,15 @@ class Composing:
             self.index += 1
             delivery, recipient = plan.delivery, plan.recipient
             try:
-                data = self.sender._compose(plan.builder, delivery, recipient, plan.content, plan.custom)
+                data = self.sender._compose(plan.builder, delivery, recipient, plan.content, plan.custom,
+                                            stuffed=self.stuffed)
             except Exception as exc:  # one broken message must not stop the rest of the batch
                 log.exception("cannot render delivery %s", delivery.id)
                 self.log.group.failed[delivery.id] = (ErrorClass.RENDERING, f"rendering failed: {exc}")
                 self.log.added()
                 continue
             return OutgoingMessage(delivery.id, recipient.email, data,
-                                   bounces.return_path(self.sender.settings, delivery.id))
+                                   bounces.return_path(self.sender.settings, delivery.id), self.stuffed)
         raise StopIteration
 
     def rest(self) -> list["OutgoingMessage"]:
@@ -131,7 +135,7 @@ class OutgoingMessage:
     rcpt_to: str
     data: bytes
     mail_from: str = ""  # the envelope sender: a VERP return path (bounces.return_path), or "" for From
-    mail_from: str = ""  # the envelope sender (VERP return path); empty: the From address
+    stuffed: bool = False  # data is dot-stuffed, CRLF only: as it goes after DATA, but for the final "."
 
     @property
     def domain(self) -> str:
@@ -399,7 +403,7 @@ class Sender:
         return None
 
     def _compose(self, builder: MessageBuilder, delivery: Delivery, recipient: "Recipient", content,
-                 custom: dict[int | None, dict[str, str]] | None = None) -> bytes:
+                 custom: dict[int | None, dict[str, str]] | None = None, *, stuffed: bool = False) -> bytes:
         settings = self.settings
         context = dict(self.static_context,
                        contact={"first_name": recipient.first_name, "name": recipient.name, "email": recipient.email,
@@ -423,7 +427,7 @@ class Sender:
         else:
             rendered = content.render(context)
         data = builder.build(rendered, to_email=recipient.email, to_name=recipient.name,
-                             message_id=delivery.message_id, headers=headers)
+                             message_id=delivery.message_id, headers=headers, stuffed=stuffed)
         # DKIM (issue 16): the one place the final bytes are signed.
         return data if self.signer is None else self.signer.sign(data)
 
@@ -445,7 +449,7 @@ class Sender:
                 self.sleep(max(wait, 0.01))
                 continue
             chunk, pending = pending[:grant.count], pending[grant.count:]
-            messages = Composing(self, chunk, log)
+            messages = Composing(self, chunk, log, for_data=self.pipeline is not None)
             if self.pipeline is not None:
                 self.pipeline.run(messages, log.report)
             else:

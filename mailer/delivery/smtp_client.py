@@ -457,7 +457,11 @@ class Pipeline:
                 # Stopping: the server waits for content that will not come; hang up (nothing went).
                 self._lost(wire, TransportError("stopping", temporary=True, connection_lost=True))
                 return
-            wire.out += wire_data(job.message.data)
+            if getattr(job.message, "stuffed", False):  # built ready for DATA (MessageBuilder.build)
+                wire.out += job.message.data
+                wire.out += b".\r\n"
+            else:
+                wire.out += wire_data(job.message.data)
             job.content_sent = True
             wire.expect.append(("END", job))
             # The next message's commands follow its content in the same write.
