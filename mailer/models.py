@@ -124,7 +124,12 @@ class Contact(Base):
 
     @property
     def first_name(self) -> str:
-        return self.name.split(" ")[0] if self.name else ""
+        return first_name_of(self.name)
+
+
+def first_name_of(name: str | None) -> str:
+    """What {{ contact.first_name }} prints: the name up to its first space."""
+    return name.split(" ")[0] if name else ""
 
 
 class MailingList(Base):

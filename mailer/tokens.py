@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import hmac
 
 from itsdangerous import BadSignature, SignatureExpired, Serializer, URLSafeSerializer, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_encode
@@ -18,10 +19,27 @@ class _URLSafe(URLSafeSerializer):
     and a zlib stream set up per token cost 60 µs. Same tokens (tests/test_send_path.py)."""
 
     def dump_payload(self, obj) -> bytes:
-        json = Serializer.dump_payload(self, obj)
+        if type(obj) is list and all(type(item) is int for item in obj):
+            json = f"[{','.join(map(str, obj))}]".encode()  # what the compact JSON serializer writes
+        else:
+            json = Serializer.dump_payload(self, obj)
         if len(json) <= 12:
             return base64_encode(json)
         return super().dump_payload(obj)
+
+    def dumps(self, obj, salt=None) -> str:
+        """The stock dumps, with its signer and derived key made once and the HMAC made by
+        hmac.digest: a send batch signs two tokens a message (13 µs each with the stock
+        dumps, which makes a signer and derives its key for every token; 4 µs so)."""
+        if salt is not None:
+            return super().dumps(obj, salt)
+        made = self.__dict__.get("_made")
+        if made is None:
+            signer = self.make_signer()
+            made = self._made = (signer.sep, signer.derive_key(), signer.digest_method().name)
+        sep, key, digest = made
+        payload = self.dump_payload(obj)
+        return (payload + sep + base64_encode(hmac.digest(key, payload, digest))).decode("utf-8")
 
 
 @functools.lru_cache(maxsize=64)

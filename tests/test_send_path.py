@@ -175,7 +175,7 @@ def test_tokens_are_those_of_the_stock_serializer():
     key = "a-secret-key-of-more-than-32-characters"
     stock = URLSafeSerializer(key, salt="mailer.unsubscribe")
     payloads = [[1, 1], [12345678, 1], [99999999, 9], [11111111, 1], [111111111, 1], [1111111111111, 11], [7],
-                [0, 0], ["aaaaaaaaaa"], [123456789012, 3]] + [[n, n % 7] for n in range(0, 10**9, 7_777_777)]
+                [0, 0], ["aaaaaaaaaa"], [123456789012, 3], [True, 1], [-5, 3], [], {"a": 1}] + [[n, n % 7] for n in range(0, 10**9, 7_777_777)]
     for payload in payloads:
         assert tokens.dumps(key, "unsubscribe", payload) == stock.dumps(payload), payload
         assert tokens.loads(key, "unsubscribe", stock.dumps(payload)) == payload

@@ -16,12 +16,12 @@ import uuid
 from typing import Callable
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from mailer.delivery import bounces, dkim, outbox, registry, send_budget, suppression
 from mailer.db import session_scope, utcnow
-from mailer.models import (ContactFieldValue, Delivery, DeliveryStatus, ErrorClass, Field, Subscription,
-                           SubscriptionStatus, SuppressionReason)
+from mailer.models import (Contact, ContactFieldValue, Delivery, DeliveryStatus, ErrorClass, Field, Subscription,
+                           SubscriptionStatus, SuppressionReason, first_name_of)
 from mailer.delivery.rendering import EmailRenderer, MessageBuilder
 from mailer.settings import Settings
 from mailer.delivery.smtp_client import Pipeline
@@ -65,6 +65,9 @@ class BatchContext:
     rows: dict = dataclasses.field(default_factory=dict)
 
 
+_RECIPIENT_COLUMNS = (Contact.email, Contact.email_hash, Contact.name, Contact.timezone)
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipient:
     """The person (or, for a test copy, the bare address) a delivery is written to."""
@@ -81,7 +84,7 @@ class Recipient:
 class Planned:
     """A claimed row to send: its builder's content, to be composed when its turn comes."""
 
-    delivery: Delivery
+    delivery: sa.Row  # the Delivery's columns (and its contact's, as contact_<column>)
     recipient: Recipient
     content: object
     builder: MessageBuilder
@@ -320,8 +323,13 @@ class Sender:
         """What each claimed row becomes (its builder runs here, with the database), or why
         it is skipped; the message itself is composed later, when a connection has room
         for it (Composing)."""
-        deliveries = session.scalars(sa.select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.id)
-                                     .options(selectinload(Delivery.contact))).all()
+        # Rows, not ORM objects: a builder reads a delivery's columns only, and loading
+        # 100 deliveries with their contacts through the ORM cost 0.5 ms of every 1 ms
+        # planning took per message.
+        deliveries = session.execute(
+            sa.select(*Delivery.__table__.c, *(column.label(f"contact_{column.key}") for column in _RECIPIENT_COLUMNS))
+            .outerjoin(Contact, Contact.id == Delivery.contact_id)
+            .where(Delivery.id.in_(ids)).order_by(Delivery.id)).all()
         recipients = {d.id: self._recipient(d) for d in deliveries}
         suppressed = outbox.suppressed_hashes(session, [r.email_hash for r in recipients.values()])
         subscriptions = self._subscription_states(session, deliveries)
@@ -379,13 +387,13 @@ class Sender:
             values[contact_id][key] = value
         return values
 
-    def _recipient(self, delivery: Delivery) -> "Recipient":
-        """Who a delivery goes to: its contact, or (a test copy to someone who is not a
-        contact) the address it carries, with the keyed hash suppression is checked by."""
-        contact = delivery.contact
-        if contact is not None:
-            return Recipient(contact.id, contact.email, contact.email_hash, contact.name, contact.first_name,
-                             contact.timezone)
+    def _recipient(self, delivery) -> "Recipient":
+        """Who a delivery (a row of _plan's) goes to: its contact, or (a test copy to someone
+        who is not a contact) the address it carries, with the keyed hash suppression is
+        checked by."""
+        if delivery.contact_id is not None:
+            return Recipient(delivery.contact_id, delivery.contact_email, delivery.contact_email_hash,
+                             delivery.contact_name, first_name_of(delivery.contact_name), delivery.contact_timezone)
         address = delivery.to_email
         return Recipient(None, address, suppression.email_hash(self.settings, address) if address else None)
 

@@ -328,6 +328,10 @@ class Pipeline:
         if not busy:
             return  # _assign hands out the next job (or defers them all when the server is down)
         for wire in busy:
+            if wire.out:  # written at once: the selector is asked to wait only for what did not fit
+                self._write(wire)
+            if not wire.is_open:
+                continue
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wire.out else 0)
             if events != wire.registered:
                 if wire.registered:
@@ -345,6 +349,8 @@ class Pipeline:
                 self._write(wire)
             if wire.is_open and events & selectors.EVENT_READ:
                 self._read(wire)
+                if wire.is_open and wire.out:  # the replies' answer (a message, the next commands) goes now
+                    self._write(wire)
         now = time.monotonic()
         for wire in busy:
             if wire.is_open and wire.expect and now > wire.deadline:
