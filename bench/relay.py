@@ -3,9 +3,10 @@
 
 Run from the repository root, as root (it may install Debian's postfix for smtp-sink/smtp-source):
 
-    .venv/bin/python bench/relay.py            # 100 messages per connection, 3 runs a side: about 6 min
-    .venv/bin/python bench/relay.py --quick    # 25 messages per connection, 1 run a side: about 1.5 min
+    .venv/bin/python bench/relay.py            # 100 messages per connection, 3 runs a side: about 7 min
+    .venv/bin/python bench/relay.py --quick    # 25 messages per connection, 1 run a side: about 1 min
     .venv/bin/python bench/relay.py --connections 64 --batch-size 100   # one count, the default batch
+    .venv/bin/python bench/relay.py --quick --postgres   # the worker on a fresh PostgreSQL database per run
 
 Most installs hand their mail to a provider tens of milliseconds away, where round trips, not
 CPU, set the rate; bench/delivery.py measures on loopback, where they cost nothing.
@@ -38,8 +39,57 @@ the first message is reported beside it. The figure is the median of 3 runs for 
 run the deliveries table must hold N rows, all 'sent', and smtp-sink must have counted N more
 messages (exit code 1 otherwise). Target: ours >= 0.8 x smtp-source at equal sessions.
 
-Figures (2 cores shared with another session's benchmarks; see /work/notes/relay_readme.md):
-filled in from the final run below.
+Also reported: smtp-source's bound C / (4 x RTT) and ours C / RTT (one round trip a message with
+pipelining) and how close we come to it; CPU per message of the worker, the link and smtp-sink in
+the steady window (and the machine's busy cores, everyone's); "pauses", gaps of 1.5 round trips or
+more with no message counted, i.e. every connection idle (smtp-source has one every round by
+design: its sessions move in step, 4 round trips a message); and, at the largest count, one worker
+run each with MAILER_SEND_BATCH_SIZE=100 and = N (the whole run in one batch).
+
+Figures, `.venv/bin/python bench/relay.py` at c80a855 (before the machine-busy column was added),
+2 cores shared with another session's benchmarks, load average 3.42 before, 2.65 at the end; SQLite,
+43,502-byte messages, 100 per connection, median of 3 a side, start-up excluded (387 s in all):
+
+| Connections | smtp-source | ours | ours / smtp-source | ours / C / RTT | first message after (source, ours) | worker CPU, steady | link CPU, steady |
+|---:|---:|---:|---:|---:|---:|---:|---:|
+| 4 (batch 100) | 19 msg/s | 69 msg/s | 3.58 (target 0.8: met) | 86% | 0.35 s, 2.07 s | 1.34 ms/msg | 0.48 ms/msg, 0.02 cores |
+| 16 (batch 160) | 76 msg/s | 235 msg/s | 3.10 (met) | 73% | 0.34 s, 4.16 s | 0.95 ms/msg | 0.31 ms/msg, 0.05 cores |
+| 64 (batch 640) | 299 msg/s | 685 msg/s | 2.29 (met) | 54% | 0.35 s, 10.99 s | 0.79 ms/msg | 0.23 ms/msg, 0.11 cores |
+
+64 connections by batch size (one run each, except 640: the median above): 100 -> 352 msg/s with
+65 pauses (11.9 s of the window idle); 640 -> 685 msg/s, 10 pauses (2.1 s); 6,400 -> 613 msg/s,
+11 pauses (1.2 s; the machine's busy cores were not recorded yet, load average ~2.5). A later single
+run, 50 per connection, 3,200 in one batch: 897 msg/s, no pause, the worker at 0.66 cores, the
+machine 1.68 of 2 cores busy (other sessions' load: the rate moves with it).
+
+What limits us over this link (the send path is mailer/delivery/smtp_client.py):
+- Connection set-up is serial and blocks the loop: Wire.open() (smtplib: connect, greeting, EHLO)
+  takes 153 ms here (3 round trips as seen by the client), and Pipeline._assign opens every idle
+  connection before the first _poll, so no message leaves until all C are open: the first message
+  comes 2.1 s after start at 4 connections, 11.0 s at 64 (149 ms more per connection). With
+  STARTTLS and AUTH it would be ~6 round trips a connection.
+- Batch boundaries: Pipeline.run returns once every message of the batch is answered; the next
+  claim and plan run with every connection idle. Each boundary costs ~2 round trips plus the
+  database work (120-140 ms at 4 connections); with the default batch of 100 and 64 connections,
+  a batch is under 2 round trips of work, hence 352 msg/s.
+- CPU is not the limit: the worker used 0.3-0.7 of a core in the steady window at 64 connections.
+The comparison with smtp-source is easy to win at equal sessions because it does not pipeline
+(4 round trips a message against our 1); how close we come to C / RTT is the harder measure.
+
+How many connections for a provider: one pipelining connection carries about one message per
+round trip (plus the time to push the message through the link and the provider's own time per
+message): ~20 msg/s in theory at 50 ms, 11-17 measured here; a server without PIPELINING costs 4
+round trips a message (~5 msg/s at 50 ms). So MAILER_SMTP_CONNECTIONS ~ the rate you want x the
+round trip (time `EHLO` to the provider) x 1.3 for headroom, then lowered to what the provider
+allows: its limit on simultaneous connections (beyond it, it answers 421 and the worker defers
+those messages), and its rate limit per second: connections beyond rate x round trip only wait
+at the provider; set that limit as MAILER_RATE_PER_SECOND too. Every worker process opens its own
+connections: the provider sees workers x connections. MAILER_PER_DOMAIN_CONCURRENCY (default 2)
+caps the connections carrying one recipient domain, also through a relay: raise it to at least
+connections x the largest domain's share of the list (or to the number of connections; the relay
+paces each domain itself). Keep MAILER_SEND_BATCH_SIZE at 10 x connections or more while batch
+boundaries leave connections idle, and expect ~150 ms more start-up per connection while set-up is
+serial.
 """
 from __future__ import annotations
 
@@ -62,8 +112,8 @@ from common import PG_SERVER_URL, git_state, load_average, on_scratch_postgres, 
 
 use_project_python()
 from delivery import (DOMAINS, Sink, deliveries_by_status, ensure_postfix_tools, format_count,  # noqa: E402
-                      format_statuses, postfix_tool, prepare, print_worker, proc_cpu_seconds, run_workers,
-                      size_newsletter, worker_env)
+                      format_statuses, machine_ticks, postfix_tool, prepare, print_worker, proc_cpu_seconds,
+                      run_workers, size_newsletter, worker_env)
 
 DELAY = 0.025  # one way
 TARGET_RATIO = 0.8
@@ -143,7 +193,8 @@ class Arrivals(threading.Thread):
                 self.client_pid = self._client()
             alive = self.client_pid is not None and Path(f"/proc/{self.client_pid}").exists()
             client = proc_cpu_seconds(self.client_pid) if alive else float("nan")
-            self.cpu_at[mark] = (client, self.link.cpu_seconds(), proc_cpu_seconds(self.sink.proc.pid))
+            self.cpu_at[mark] = (client, self.link.cpu_seconds(), proc_cpu_seconds(self.sink.proc.pid),
+                                 *machine_ticks())
 
     def run(self) -> None:
         offset = 0
@@ -193,8 +244,9 @@ class Run:
     first: float | None  # smtp-sink counted the run's first message
     steady: float | None  # ... its C-th: every connection has carried one (start-up is over)
     last: float | None  # ... its N-th
-    cpu_steady: tuple[float, float, float] | None  # CPU seconds of (client, link, smtp-sink) at the C-th
-    cpu_last: tuple[float, float, float] | None  # ... and at the N-th
+    # CPU seconds of (client, link, smtp-sink), then the machine's (busy, total) ticks, at the C-th message
+    cpu_steady: tuple | None
+    cpu_last: tuple | None  # ... and at the N-th
     received: int  # counted by smtp-sink during the run
     pauses: list[float]  # gaps of PAUSE_ROUND_TRIPS or more between two counts in the steady window
     link_cpu: float  # the whole run
@@ -219,6 +271,15 @@ class Run:
     def steady_cores(self, which: int) -> float:
         """Cores used in the steady window: 0 client, 1 link, 2 smtp-sink."""
         return self.steady_cpu(which) / 1000 * self.rate
+
+    @property
+    def machine_cores(self) -> float:
+        """Busy cores of the whole machine (everyone's processes) in the steady window."""
+        if not self.cpu_steady or not self.cpu_last:
+            return float("nan")
+        busy = self.cpu_last[3] - self.cpu_steady[3]
+        total = self.cpu_last[4] - self.cpu_steady[4]
+        return busy / max(total, 1) * (os.cpu_count() or 1)
 
     @property
     def to_first(self) -> float:
@@ -340,7 +401,7 @@ def describe(run: Run) -> str:
             f"{run.to_first:.2f} s after start, wall {run.wall:.1f} s incl. start-up); CPU per message in that "
             f"window: client {run.steady_cpu(0):.2f} ms, link {run.steady_cpu(1):.2f} ms, smtp-sink "
             f"{run.steady_cpu(2):.2f} ms (cores: {run.steady_cores(0):.2f}, {run.steady_cores(1):.2f}, "
-            f"{run.steady_cores(2):.2f}); whole run: client {run.client_cpu:.1f} s, link {run.link_cpu:.2f} s, "
+            f"{run.steady_cores(2):.2f}; the machine: {run.machine_cores:.2f} of {os.cpu_count()} busy); whole run: client {run.client_cpu:.1f} s, link {run.link_cpu:.2f} s, "
             f"smtp-sink {run.sink_cpu:.2f} s; {len(run.pauses)} pauses of {PAUSE_ROUND_TRIPS} round trips or more "
             f"with no message, {sum(run.pauses):.2f} s in all (longest {max(run.pauses, default=0) * 1000:.0f} ms); {run.check}")
 
@@ -352,8 +413,8 @@ def batch_size_for(connections: int, requested: int | None) -> int:
 def markdown_table(results: list[tuple[Side, Side, int]], rtt: float) -> str:
     lines = ["| Connections | smtp-source | ours | ours / smtp-source | Target | | Latency bounds (source, ours) | "
              "Ours / its bound | First message after (source, ours) | CPU per message, steady (worker; link) | "
-             "Runs (source; ours) |",
-             "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+             "Machine busy, steady (source; ours) | Runs (source; ours) |",
+             "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
     for source, ours, batch in results:
         c = source.connections
         ratio = ours.rate / source.rate if source.rate else float("nan")
@@ -365,6 +426,8 @@ def markdown_table(results: list[tuple[Side, Side, int]], rtt: float) -> str:
             f"{verdict(ratio >= TARGET_RATIO)} | {c / (4 * rtt):,.0f}, {c / rtt:,.0f} msg/s | {ours.rate * rtt / c:.0%} | "
             f"{source.median(lambda r: r.to_first):.2f} s, {ours.median(lambda r: r.to_first):.2f} s | "
             f"{worker_ms:.2f} ms; {link_ms:.2f} ms ({link_cores:.2f} cores at most) | "
+            f"{source.median(lambda r: r.machine_cores):.1f}; {ours.median(lambda r: r.machine_cores):.1f} "
+            f"of {os.cpu_count()} cores | "
             f"{', '.join(f'{r.rate:,.0f}' for r in source.runs)}; {', '.join(f'{r.rate:,.0f}' for r in ours.runs)} |")
     return "\n".join(lines)
 
@@ -456,12 +519,14 @@ def main() -> int:
         ours = results[-1][1]
         print(f"\nOne worker, {c} connections, by MAILER_SEND_BATCH_SIZE (pauses: {PAUSE_ROUND_TRIPS} round trips or "
               "more with no message counted, in the steady window):\n")
-        print("| Batch size | ours | Pauses | Worker CPU (steady) | Runs |\n|---:|---:|---:|---:|---|")
+        print("| Batch size | ours | Pauses | Worker CPU (steady) | Machine busy (steady) | Runs |\n"
+              "|---:|---:|---:|---:|---:|---|")
         rows = [(b, [r]) for b, r in sweep] + [(results[-1][2], ours.runs)]
         for batch, runs_ in sorted(rows, key=lambda row: row[0]):
             middle = sorted(runs_, key=lambda r: r.rate)[len(runs_) // 2]
             print(f"| {batch:,} | {middle.rate:,.0f} msg/s | {len(middle.pauses)}, {sum(middle.pauses):.2f} s | "
                   f"{middle.steady_cpu(0):.2f} ms/msg, {middle.steady_cores(0):.2f} cores | "
+                  f"{middle.machine_cores:.1f} of {os.cpu_count()} cores | "
                   f"{'median of ' + str(len(runs_)) if len(runs_) > 1 else 'one run'} |")
     print(f"\nResult: {'FAILED' if failed else 'ok'}: every run must deliver each message exactly once "
           "(the target is reported above; it does not change the exit code)")
