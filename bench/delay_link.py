@@ -27,10 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
 import signal
-import socket
-import sys
 
 _EOF = None  # in a queue: close the transport once what is before it is written
 
