@@ -291,3 +291,19 @@ def test_an_issue_built_from_its_skeleton_is_the_message_rendered_whole():
     # All go the fast way but the issue that tests a name, and the nameless reader of the
     # one that starts with the name (stripping the whole text would reach past it).
     assert spliced == 4 * (len(bodies) - 1) - 1
+
+
+def test_under_a_per_second_limit_a_claim_fits_in_half_its_lease(mailer, smtp_server, db):
+    """A batch waits its turn message by message under a per-second limit: no more is
+    claimed than can go out in half the lease, or another worker could claim (and send)
+    rows whose lease ran out while they waited."""
+    import dataclasses
+
+    make_audience(mailer, 30)
+    make_newsletter(mailer)
+    with mailer.sender() as sender:
+        sender._adopt(dataclasses.replace(sender.settings, send_batch_size=500, rate_per_second=4, lease_seconds=5))
+        assert sender._batch_size() == 10
+        first = sender.send_batch()
+    assert first.claimed == 10 and first.sent == 10
+    assert _statuses(db) == {"sent": 10, "queued": 20}

@@ -282,7 +282,7 @@ class Sender:
         self.signer = dkim.signer_for(settings)
         with session_scope(self.session_factory) as session:
             ids = outbox.claim_due(session, worker_id=self.worker_id, now=self.clock(),
-                                   limit=settings.send_batch_size, lease_seconds=settings.lease_seconds,
+                                   limit=self._batch_size(), lease_seconds=settings.lease_seconds,
                                    message_domain=settings.from_domain)
         if not ids:
             return BatchResult()
@@ -303,6 +303,15 @@ class Sender:
             log.close()
         log.totals.claimed = len(ids)
         return log.totals
+
+    def _batch_size(self) -> int:
+        """Rows to claim: the batch size, but under a per-second limit no more than can go
+        out in half the lease, so no claim outlives its lease while it waits its turn (a
+        row whose lease ran out can be claimed, and sent, by another worker)."""
+        size = self.settings.send_batch_size
+        if self.limits.per_second:
+            size = min(size, max(1, self.limits.per_second * self.settings.lease_seconds // 2))
+        return size
 
     def _record(self, outcomes: outbox.Outcomes, addresses: dict[int, str]) -> None:
         """Write one group of outcomes; a hard bounce suppresses the address."""
