@@ -301,3 +301,21 @@ def test_under_a_per_second_limit_a_claim_fits_in_half_its_lease(mailer, smtp_se
         first = sender.send_batch()
     assert first.claimed == 10 and first.sent == 10
     assert _statuses(db) == {"sent": 10, "queued": 20}
+
+
+def test_a_subject_rendered_once_per_issue_equals_rendering_it_for_each_reader():
+    from mailer.delivery.rendering import EmailRenderer, compile_newsletter, one_line
+
+    subjects = ["Monthly news from {{ organisation }}", "News for {{ contact.first_name }}",
+                "{{ contact.first_name or 'Friend' }}, {{ contact.fields.clinic }} news", "{{ contact.name | upper }}!",
+                "{% if contact.first_name %}Hi {{ contact.first_name }}{% else %}Hello{% endif %}",
+                "  {{ contact.first_name }}  ", "{{ contact.first_name }}"]
+    for subject in subjects:
+        compiled = compile_newsletter(EmailRenderer(), subject=subject, preheader="", body_markdown="Hello",
+                                      layout="default", context=STATIC)
+        for contact in READERS:
+            context = dict(STATIC, contact=dict(contact, email="a@example.com", timezone="UTC"),
+                           unsubscribe_url="https://news.example.org/u/t1", preferences_url="https://news.example.org/p/t1",
+                           archive_url="https://news.example.org/a", upcoming_webinars=[])
+            for _ in range(2):  # the second copy comes from the kept parts
+                assert compiled.render(context).subject == one_line(compiled.subject.render(context)), (subject, contact)

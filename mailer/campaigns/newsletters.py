@@ -790,17 +790,22 @@ class _Issue:
                  posts=()):
         self.compiled, self.upcoming, self.base_url, self.test, self.why = compiled, upcoming, base_url, test, why
         self.posts = list(posts)
+        self.extras: dict[str | None, dict] = {}  # reader's zone -> what the copy adds (read, never changed)
 
     def render(self, context: dict) -> RenderedEmail:
         zone = (context.get("contact") or {}).get("timezone")
-        extra = {"archive_url": f"{self.base_url}/archive", "upcoming_webinars": [
-            {"title": title, "starts_local": format_local(starts, zone or organiser_zone), "url": url}
-            for title, starts, organiser_zone, url in self.upcoming], "new_posts": self.posts}
-        if self.why:
-            extra["why"] = self.why
-        if self.test:
-            extra.update(unsubscribe_url=f"{self.base_url}/unsubscribe/test-copy",
-                         preferences_url=f"{self.base_url}/preferences/test-copy")
+        extra = self.extras.get(zone)
+        if extra is None:
+            extra = {"archive_url": f"{self.base_url}/archive", "upcoming_webinars": [
+                {"title": title, "starts_local": format_local(starts, zone or organiser_zone), "url": url}
+                for title, starts, organiser_zone, url in self.upcoming], "new_posts": self.posts}
+            if self.why:
+                extra["why"] = self.why
+            if self.test:
+                extra.update(unsubscribe_url=f"{self.base_url}/unsubscribe/test-copy",
+                             preferences_url=f"{self.base_url}/preferences/test-copy")
+            if len(self.extras) < 1000:
+                self.extras[zone] = extra
         rendered = self.compiled.render(dict(context, **extra))
         return dataclasses.replace(rendered, subject=f"[TEST] {rendered.subject}") if self.test else rendered
 

@@ -18,6 +18,7 @@ from html.parser import HTMLParser
 
 import css_inline
 import jinja2
+import jinja2.meta
 import jinja2.sandbox
 import nh3
 from jinja2 import nodes
@@ -228,13 +229,19 @@ class CompiledNewsletter:
     personal: "_PersonalSlots | None" = None  # None: each copy is sanitised whole
     slots: dict = dataclasses.field(default_factory=dict, compare=False)  # shared-context key -> _Slots
     text_personal: "_PersonalSlots | None" = None  # None: the text part is rendered whole for each copy
+    # The subject: tokens for the reader's values (None: rendered whole for each copy,
+    # unless `subject_shared`: it reads no reader's value at all).
+    subject_personal: "_PersonalSlots | None" = None
+    subject_shared: bool = False
+    subject_slots: dict = dataclasses.field(default_factory=dict, compare=False)  # shared-context key -> parts
     # shared-context key -> _stripped_skeleton(the text part rendered with tokens)
     text_slots: dict = dataclasses.field(default_factory=dict, compare=False)
 
     def render(self, context: dict) -> RenderedEmail:
-        subject = one_line(self.subject.render(context))
-        text = self.text_spliced(context)
-        html = self.html_spliced(context, subject)
+        key = self._shared_key(context)
+        subject = self._subject(context, key)
+        text = self.text_spliced(context, key)
+        html = self.html_spliced(context, subject, key)
         return RenderedEmail(subject,
                              text.joined() if text is not None else self.text.render(context).strip() + "\n",
                              html.joined() if html is not None else self.html_document(context, subject),
@@ -246,9 +253,31 @@ class CompiledNewsletter:
                 + sanitise_html(self.html.render(context)) + self.tail)
 
     def _shared_key(self, context: dict) -> str:
+        """What the copies rendered once per shared context are kept by: every value but the reader's."""
         return repr(sorted((k, v) for k, v in context.items() if k not in PERSONAL_NAMES))
 
-    def text_spliced(self, context: dict) -> Spliced | None:
+    def _subject(self, context: dict, key: str) -> str:
+        """The subject for this recipient: rendered once per shared context (with tokens
+        for the reader's values, filled in per copy, as the text part is), else whole."""
+        if self.subject_personal is None and not self.subject_shared:
+            return one_line(self.subject.render(context))
+        parts = self.subject_slots.get(key)
+        if parts is None:
+            if len(self.subject_slots) > 64:  # one per reader time zone in practice
+                self.subject_slots.clear()
+            template = self.subject if self.subject_personal is None else self.subject_personal.template
+            parts = self.subject_slots[key] = tuple(_SLOT.split(template.render(context)))
+        if len(parts) == 1:
+            return one_line(parts[0])
+        printed = self.subject_personal.printed(context, escape=False)
+        if printed is None:
+            return one_line(self.subject.render(context))
+        filled = list(parts)
+        for i in range(1, len(filled), 2):
+            filled[i] = printed[filled[i]]
+        return one_line("".join(filled))
+
+    def text_spliced(self, context: dict, key: str | None = None) -> Spliced | None:
         """The text part for this recipient (stripped, one newline at the end) as the
         issue's skeleton and this reader's values; None: render it whole. The template is
         rendered once per shared context with tokens for the reader's values, and each
@@ -258,7 +287,7 @@ class CompiledNewsletter:
         printed = self.text_personal.printed(context, escape=False) if self.text_personal is not None else None
         if printed is None:
             return None
-        key = self._shared_key(context)
+        key = self._shared_key(context) if key is None else key
         entry = self.text_slots.get(key)
         if entry is None:
             if len(self.text_slots) > 64:  # one per reader time zone in practice
@@ -279,11 +308,11 @@ class CompiledNewsletter:
                 return None
         return Spliced(skeleton, tuple(values))
 
-    def html_spliced(self, context: dict, subject: str) -> Spliced | None:
+    def html_spliced(self, context: dict, subject: str, key: str | None = None) -> Spliced | None:
         """The whole HTML for this recipient (the layout, the subject in its <title>, the
         sanitised body) as the issue's skeleton and this reader's escaped values; None:
         render and sanitise it whole (html_document)."""
-        found = self._body_slots(context)
+        found = self._body_slots(context, key)
         if found is None:
             return None
         slots, printed = found
@@ -304,7 +333,7 @@ class CompiledNewsletter:
             parts[i] = printed[parts[i]]
         return "".join(parts)
 
-    def _body_slots(self, context: dict) -> "tuple[_Slots, dict[str, str]] | None":
+    def _body_slots(self, context: dict, key: str | None = None) -> "tuple[_Slots, dict[str, str]] | None":
         """The issue's sanitised body with tokens for this shared context, and what this
         reader's copy prints for each token; None when their copy must be sanitised whole."""
         if self.personal is None:
@@ -312,7 +341,7 @@ class CompiledNewsletter:
         printed = self.personal.printed(context)
         if printed is None:
             return None
-        key = self._shared_key(context)
+        key = self._shared_key(context) if key is None else key
         slots = self.slots.get(key)
         if slots is None:
             if len(self.slots) > 64:  # one per reader time zone in practice
@@ -577,7 +606,8 @@ def compile_newsletter(renderer: "EmailRenderer", *, subject: str, preheader: st
     html = html_env.from_string(body_source)
     text_source = body_markdown.rstrip() + "\n\n" + footer
     return CompiledNewsletter(
-        subject=text_env.from_string(subject),
+        subject=text_env.from_string(subject), subject_personal=personal_slots(text_env, subject),
+        subject_shared=not jinja2.meta.find_undeclared_variables(text_env.parse(subject)) & set(PERSONAL_NAMES),
         text=text_env.from_string(text_source),
         html=html, head=head, tail=tail, personal=personal_slots(html_env, body_source),
         text_personal=personal_slots(text_env, text_source),
