@@ -1060,8 +1060,11 @@ def compiled_issue(batch, key: tuple, *, subject: str, preheader: str, body_md: 
     posts_key = ("new_posts", newsletter.id if newsletter is not None else None)
     if posts_key not in batch.rows:
         batch.rows[posts_key] = blog.posts_for_issue(batch.session, batch.settings, newsletter, now=batch.clock())
-    return _Issue(batch.cache[key], batch.rows["upcoming_webinars"], batch.settings.base_url, test=test, why=why,
-                  posts=batch.rows[posts_key])
+    issue_key = ("issue", key, test, posts_key)  # one per batch: what it makes per reader's zone is kept
+    if issue_key not in batch.rows:
+        batch.rows[issue_key] = _Issue(batch.cache[key], batch.rows["upcoming_webinars"], batch.settings.base_url,
+                                       test=test, why=why, posts=batch.rows[posts_key])
+    return batch.rows[issue_key]
 
 
 # The kinds of mail this module makes, for the sender (registered by mailer.build).
