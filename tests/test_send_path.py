@@ -287,20 +287,46 @@ def test_an_issue_built_from_its_skeleton_is_the_message_rendered_whole():
     assert spliced == 4 * (len(bodies) - 1) - 1
 
 
-def test_under_a_per_second_limit_a_claim_fits_in_half_its_lease(mailer, smtp_server, db):
+def test_under_a_per_second_limit_a_claim_fits_in_half_its_lease(mailer, smtp_server, db, monkeypatch):
     """A batch waits its turn message by message under a per-second limit: no more is
     claimed than can go out in half the lease, or another worker could claim (and send)
     rows whose lease ran out while they waited."""
     import dataclasses
 
-    make_audience(mailer, 30)
+    from mailer.delivery import outbox
+
+    claims = []
+    claim_due = outbox.claim_due
+    monkeypatch.setattr(outbox, "claim_due", lambda *a, **k: claims.append(claim_due(*a, **k)) or claims[-1])
+    make_audience(mailer, 25)
     make_newsletter(mailer)
     with mailer.sender() as sender:
-        sender._adopt(dataclasses.replace(sender.settings, send_batch_size=500, rate_per_second=4, lease_seconds=5))
+        sender._adopt(dataclasses.replace(sender.settings, send_batch_size=500, rate_per_second=5, lease_seconds=4))
         assert sender._batch_size() == 10
-        first = sender.send_batch()
-    assert first.claimed == 10 and first.sent == 10
-    assert _statuses(db) == {"sent": 10, "queued": 20}
+        result = sender.send_batch(chain=True)
+    assert [len(ids) for ids in claims] == [10, 10, 5, 0]  # each batch claimed as the one before ran out
+    assert result.claimed == 25 and result.sent == 25 and _statuses(db) == {"sent": 25}
+
+
+def test_the_next_batch_is_claimed_while_the_last_messages_are_on_the_wire(mailer, smtp_server, db, monkeypatch):
+    """No pause with every connection idle at a batch boundary: the next batch is claimed
+    and planned when the last message of this one has been handed to a connection, before
+    it is answered."""
+    import dataclasses
+
+    from mailer.delivery import outbox
+
+    seen = []
+    claim_due = outbox.claim_due
+    monkeypatch.setattr(outbox, "claim_due", lambda *a, **k: seen.append(len(smtp_server.received)) or claim_due(*a, **k))
+    make_audience(mailer, 40)
+    make_newsletter(mailer)
+    with mailer.sender() as sender:
+        sender._adopt(dataclasses.replace(sender.settings, send_batch_size=10))
+        result = sender.send_batch(chain=True)
+    assert result.claimed == 40 and result.sent == 40 and _statuses(db) == {"sent": 40}
+    assert len(seen) == 5  # four batches and the empty claim that ends the run, all in one send_batch
+    assert all(received < 10 * i for i, received in enumerate(seen[1:4], start=1)), seen  # before batch i is all in
 
 
 def test_a_subject_rendered_once_per_issue_equals_rendering_it_for_each_reader():

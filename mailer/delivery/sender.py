@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 # needs to go out. Handed over by the modules that define the kinds (registry.register).
 BUILDERS = registry.BUILDERS
 REQUIRED_SUBSCRIPTION = registry.REQUIRED_SUBSCRIPTION
+# How long one send_batch may go on claiming further batches while its last messages are
+# on the wire (Sender._next_batch).
+CHAIN_SECONDS = 5.0
 
 
 @dataclasses.dataclass
@@ -96,11 +99,15 @@ class Composing:
     dropped once sent, so a large batch holds a few messages' bytes at a time. A message
     that cannot be composed is recorded as a rendering failure and skipped."""
 
-    def __init__(self, sender: "Sender", planned: list[Planned], log: "OutcomeLog", *, for_data: bool = False):
+    def __init__(self, sender: "Sender", planned: list[Planned], log: "OutcomeLog", *, for_data: bool = False,
+                 more: "Callable[[OutcomeLog], list[Planned]] | None" = None):
         self.sender = sender
         self.planned = planned
         self.log = log
         self.index = 0
+        # When these are all handed out: the next batch, claimed and planned while the last
+        # of these are still on the wire (Sender._next_batch); an empty list ends the run.
+        self.more = more
         # For the SMTP client: each message dot-stuffed as it is built, ready to follow DATA
         # (not when DKIM signs it: the signature covers the message as it is read).
         self.stuffed = for_data and sender.signer is None
@@ -123,11 +130,17 @@ class Composing:
                 continue
             return OutgoingMessage(delivery.id, recipient.email, data,
                                    bounces.return_path(self.sender.settings, delivery.id), self.stuffed)
+        if self.more is not None:
+            self.planned, self.index = self.more(self.log), 0
+            if self.planned:
+                return next(self)
+            self.more = None
         raise StopIteration
 
     def rest(self) -> list["OutgoingMessage"]:
         """Those not composed yet (stopping, the server down, the budget spent): stand-ins
-        without content, to be released or deferred."""
+        without content, to be released or deferred. No further batch is claimed."""
+        self.more = None
         rest, self.index = self.planned[self.index:], len(self.planned)
         return [OutgoingMessage(p.delivery.id, p.recipient.email, b"") for p in rest]
 
@@ -251,6 +264,7 @@ class Sender:
         self.compiled: dict = {}
         self._adopt(settings)
         self.stopping = threading.Event()
+        self._chain_until = 0.0  # send_batch claims further batches until then (_next_batch)
         self.signer: dkim.Signer | None = None
         self.pipeline: Pipeline | None = None  # SMTP: every connection, driven from one thread
         self.connection = None  # another transport (dev mailbox, memory): one connection
@@ -269,7 +283,9 @@ class Sender:
 
     # The batch ---------------------------------------------------------------------
 
-    def send_batch(self) -> BatchResult:
+    def send_batch(self, *, chain: bool = False) -> BatchResult:
+        """Claim a batch and send it. With `chain` (drain), further batches are claimed as
+        each one's last messages go on the wire (_next_batch), for up to CHAIN_SECONDS."""
         if self.stopping.is_set():
             return BatchResult()
         if self.settings_source is not None:
@@ -297,12 +313,48 @@ class Sender:
             raise
         group = log.group
         log.added(len(group.skipped) + len(group.failed))
+        log.totals.claimed = len(ids)
+        self._chain_until = time.monotonic() + CHAIN_SECONDS if chain else 0.0
         try:
             self._transmit(planned, log)
         finally:
             log.close()
-        log.totals.claimed = len(ids)
         return log.totals
+
+    def _next_batch(self, book: "OutcomeLog") -> list["Planned"]:
+        """Claim and plan the next batch while the last messages of this one are still on
+        the wire, so the connections do not stand idle at every batch boundary (over a
+        50 ms link a boundary cost two round trips plus the database's work). Only while
+        no hourly or daily budget could hold rows back (those batches go one at a time,
+        as _transmit grants them), for CHAIN_SECONDS at most (then the drain loop takes
+        the next batch afresh: settings, the DKIM key). [] ends the run."""
+        if (self.stopping.is_set() or self.limits.per_hour or self.limits.per_day
+                or time.monotonic() > self._chain_until):
+            return []
+        with session_scope(self.session_factory) as session:
+            ids = outbox.claim_due(session, worker_id=self.worker_id, now=self.clock(),
+                                   limit=self._batch_size(), lease_seconds=self.settings.lease_seconds,
+                                   message_domain=self.settings.from_domain)
+        if not ids:
+            return []
+        book.totals.claimed += len(ids)
+        outcomes = outbox.Outcomes()
+        try:
+            with session_scope(self.session_factory) as session:
+                planned = self._plan(session, ids, outcomes)
+            with session_scope(self.session_factory) as session:  # counted in the send windows
+                send_budget.take(session, len(planned), self.limits, self.clock())
+        except sa.exc.SQLAlchemyError:
+            # The database failed us, not the messages: give these rows back untried (only
+            # these: the rest of this worker's claims are on the wire).
+            log.exception("cannot plan the next batch; its rows are given back")
+            book.group.released.extend(ids)
+            book.added(len(ids))
+            return []
+        book.group.skipped.update(outcomes.skipped)
+        book.group.failed.update(outcomes.failed)
+        book.added(len(outcomes.skipped) + len(outcomes.failed))
+        return planned
 
     def _batch_size(self) -> int:
         """Rows to claim: the batch size, but under a per-second limit no more than can go
@@ -466,7 +518,8 @@ class Sender:
                 self.sleep(max(wait, 0.01))
                 continue
             chunk, pending = pending[:grant.count], pending[grant.count:]
-            messages = Composing(self, chunk, log, for_data=self.pipeline is not None)
+            messages = Composing(self, chunk, log, for_data=self.pipeline is not None,
+                                 more=None if pending else self._next_batch)
             if self.pipeline is not None:
                 self.pipeline.run(messages, log.report)
             else:
@@ -530,7 +583,7 @@ class Sender:
         total = BatchResult()
         batches = 0
         while (max_batches is None or batches < max_batches) and not self.stopping.is_set():
-            result = self.send_batch()
+            result = self.send_batch(chain=max_batches is None)
             batches += 1
             total.add(result)
             if progress:
