@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import binascii
 import functools
-import hmac
 
 from itsdangerous import BadSignature, SignatureExpired, Serializer, URLSafeSerializer, URLSafeTimedSerializer
 
@@ -36,10 +35,25 @@ class _URLSafe(URLSafeSerializer):
         made = self.__dict__.get("_made")
         if made is None:
             signer = self.make_signer()
-            made = self._made = (signer.sep, signer.derive_key(), signer.digest_method().name)
-        sep, key, digest = made
+            made = self._made = (signer.sep, *_hmac_pads(signer.derive_key(), signer.digest_method))
+        sep, inner, outer = made
         payload = self.dump_payload(obj)
-        return (payload + sep + _base64(hmac.digest(key, payload, digest))).decode("utf-8")
+        mac = inner.copy()
+        mac.update(payload)
+        mac, digest = outer.copy(), mac.digest()
+        mac.update(digest)
+        return (payload + sep + _base64(mac.digest())).decode("utf-8")
+
+
+def _hmac_pads(key: bytes, digest_method):
+    """HMAC (RFC 2104) with the key's inner and outer pads hashed once; each token then
+    costs two hash copies. (hmac.digest, twice as slow, also lets go of the GIL for every
+    token, and the send loop then waits for the thread that records outcomes.)"""
+    block = digest_method().block_size
+    if len(key) > block:
+        key = digest_method(key).digest()
+    key = key.ljust(block, b"\0")
+    return (digest_method(bytes(b ^ 0x36 for b in key)), digest_method(bytes(b ^ 0x5C for b in key)))
 
 
 _URL_SAFE = bytes.maketrans(b"+/", b"-_")
