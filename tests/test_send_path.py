@@ -303,13 +303,14 @@ import time  # noqa: E402
 
 class _Gate:
     """A TCP forwarder in front of a test server: it holds the server's greeting back `delay`
-    seconds on each connection, and on those whose number is in `hang` (1: the first accepted)
-    it accepts and never greets. It notes (time.time()) when each was accepted, greeted, and
-    closed by the client."""
+    seconds on each connection (`delays`: on the connections numbered so, 1 being the first
+    accepted), and on those numbered in `hang` it accepts and never greets. It notes
+    (time.time()) when each was accepted, greeted, and closed by the client."""
 
-    def __init__(self, upstream_port: int, *, delay: float = 0.0, hang=()):
+    def __init__(self, upstream_port: int, *, delay: float = 0.0, delays: dict[int, float] | None = None, hang=()):
         self.upstream_port = upstream_port
         self.delay = delay
+        self.delays = delays or {}
         self.hang = set(hang)
         self.accepted: dict[int, float] = {}
         self.greeted: dict[int, float] = {}
@@ -344,7 +345,7 @@ class _Gate:
         upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
         self.sockets.append(upstream)
         greeting = upstream.recv(65536)
-        time.sleep(self.delay)
+        time.sleep(self.delays.get(number, self.delay))
         client.sendall(greeting)
         self.greeted[number] = time.time()
         threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
@@ -426,6 +427,38 @@ def test_a_set_up_that_hangs_holds_up_only_the_message_waiting_for_it(database_u
     times = server.handler.times
     assert sum(t < gate.accepted[2] + 1.5 for t in times) == 29, (gate.accepted, times)  # not held up
     assert max(times) > gate.closed[2] - 0.2  # the one that waited went after the set-up failed
+
+
+def test_a_reconnect_in_the_middle_of_a_run_does_not_hold_up_the_other_connections(database_url, tmp_path, db):
+    """A 421 closes one of four connections; its new set-up takes 1 s (the fifth connection
+    the server sees). The other three keep delivering meanwhile."""
+    from tests.smtp_server import SMTPServer
+
+    server = SMTPServer().start()
+    gate = _Gate(server.port, delays={5: 1.0})
+    closed = []
+
+    def close_once(data: bytes):
+        if address(20).encode() in data and not closed:
+            closed.append(time.time())
+            return "421 4.4.2 Closing this connection"
+        return None
+
+    server.handler.data_reply = close_once
+    mailer = _gated_mailer(database_url, tmp_path, gate.url, smtp_connections=4, per_domain_concurrency=4)
+    try:
+        make_audience(mailer, 60)
+        make_newsletter(mailer)
+        result = mailer.drain()
+    finally:
+        gate.stop()
+        server.stop()
+        mailer.engine.dispose()
+    assert (result.sent, result.deferred, result.failed) == (59, 1, 0)  # the 421 at the end of DATA: deferred
+    assert sorted(r.rcpt_tos[0] for r in server.received) == sorted(address(i) for i in range(60) if i != 20)
+    assert len(gate.accepted) == 5 and gate.greeted[5] - gate.accepted[5] >= 1.0
+    during = [t for t in server.handler.times if gate.accepted[5] < t < gate.greeted[5]]
+    assert len(during) >= 20, (len(during), gate.accepted, gate.greeted, closed)
 
 
 def test_server_down_defers_everything_after_one_attempt(database_url, tmp_path, db):
