@@ -337,16 +337,19 @@ class _Gate:
             threading.Thread(target=self._serve, args=(number, client), daemon=True).start()
 
     def _serve(self, number: int, client: socket.socket) -> None:
-        if number in self.hang:
-            while client.recv(65536):  # until the client gives up and closes
-                pass
-            self.closed[number] = time.time()
+        try:
+            if number in self.hang:
+                while client.recv(65536):  # until the client gives up and closes
+                    pass
+                self.closed[number] = time.time()
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self.sockets.append(upstream)
+            greeting = upstream.recv(65536)
+            time.sleep(self.delays.get(number, self.delay))
+            client.sendall(greeting)
+        except OSError:  # stopped meanwhile
             return
-        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-        self.sockets.append(upstream)
-        greeting = upstream.recv(65536)
-        time.sleep(self.delays.get(number, self.delay))
-        client.sendall(greeting)
         self.greeted[number] = time.time()
         threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
         self._pump(client, upstream)
