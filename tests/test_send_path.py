@@ -345,3 +345,256 @@ def test_a_subject_rendered_once_per_issue_equals_rendering_it_for_each_reader()
                            archive_url="https://news.example.org/a", upcoming_webinars=[])
             for _ in range(2):  # the second copy comes from the kept parts
                 assert compiled.render(context).subject == one_line(compiled.subject.render(context)), (subject, contact)
+
+# Connection set-up off the send loop (issue 15): set-ups run side by side in threads while
+# the loop serves the open connections. ---------------------------------------------------
+
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+
+class _Gate:
+    """A TCP forwarder in front of a test server: it holds the server's greeting back `delay`
+    seconds on each connection (`delays`: on the connections numbered so, 1 being the first
+    accepted), and on those numbered in `hang` it accepts and never greets. It notes
+    (time.time()) when each was accepted, greeted, and closed by the client."""
+
+    def __init__(self, upstream_port: int, *, delay: float = 0.0, delays: dict[int, float] | None = None, hang=()):
+        self.upstream_port = upstream_port
+        self.delay = delay
+        self.delays = delays or {}
+        self.hang = set(hang)
+        self.accepted: dict[int, float] = {}
+        self.greeted: dict[int, float] = {}
+        self.closed: dict[int, float] = {}
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        number = 0
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            number += 1
+            self.accepted[number] = time.time()
+            self.sockets.append(client)
+            threading.Thread(target=self._serve, args=(number, client), daemon=True).start()
+
+    def _serve(self, number: int, client: socket.socket) -> None:
+        try:
+            if number in self.hang:
+                while client.recv(65536):  # until the client gives up and closes
+                    pass
+                self.closed[number] = time.time()
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self.sockets.append(upstream)
+            greeting = upstream.recv(65536)
+            time.sleep(self.delays.get(number, self.delay))
+            client.sendall(greeting)
+        except OSError:  # stopped meanwhile
+            return
+        self.greeted[number] = time.time()
+        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+        self._pump(client, upstream)
+        self.closed[number] = time.time()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                target.sendall(chunk)
+            target.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self.listener.close()
+        for s in self.sockets:
+            s.close()
+
+
+def _gated_mailer(database_url, tmp_path, url: str, **overrides):
+    from mailer import create_app
+    from tests.conftest import settings_for
+
+    return create_app(settings_for(database_url, tmp_path, smtp_url=url, **overrides)).extensions["mailer"]
+
+
+def test_connections_are_set_up_side_by_side(database_url, tmp_path, db):
+    """Each set-up waits 0.3 s for the greeting; one after another, 8 take 2.4 s before the
+    last can send. One goes first (it tells whether the server is there at all), the other
+    seven together: about two set-up times."""
+    from tests.smtp_server import SMTPServer
+
+    server = SMTPServer().start()
+    gate = _Gate(server.port, delay=0.3)
+    mailer = _gated_mailer(database_url, tmp_path, gate.url, smtp_connections=8, per_domain_concurrency=8)
+    try:
+        make_audience(mailer, 40)
+        make_newsletter(mailer)
+        result = mailer.drain()
+    finally:
+        gate.stop()
+        server.stop()
+        mailer.engine.dispose()
+    assert (result.sent, result.deferred, result.failed) == (40, 0, 0)
+    assert sorted(r.rcpt_tos[0] for r in server.received) == sorted(address(i) for i in range(40))
+    assert len(gate.accepted) == len(gate.greeted) == 8  # every connection carried mail
+    set_up = max(gate.greeted.values()) - min(gate.accepted.values())
+    assert set_up < 4 * 0.3, set_up
+    # The first message did not wait for the other seven set-ups.
+    assert min(server.handler.times) < sorted(gate.greeted.values())[1], (server.handler.times, gate.greeted)
+
+
+def test_a_set_up_that_hangs_holds_up_only_the_message_waiting_for_it(database_url, tmp_path, db):
+    """The second connection is accepted but never greeted. The other three deliver
+    meanwhile; the hanging set-up ends with the set-up timeout (2 s here), and the message
+    that waited for it goes on another connection: each message arrives once."""
+    from tests.smtp_server import SMTPServer
+
+    server = SMTPServer().start()
+    gate = _Gate(server.port, hang={2})
+    mailer = _gated_mailer(database_url, tmp_path, gate.url, smtp_connections=4, per_domain_concurrency=4,
+                           smtp_timeout_seconds=2)
+    try:
+        make_audience(mailer, 30)
+        make_newsletter(mailer)
+        result = mailer.drain()
+    finally:
+        gate.stop()
+        server.stop()
+        mailer.engine.dispose()
+    assert (result.sent, result.deferred, result.failed) == (30, 0, 0)
+    assert sorted(r.rcpt_tos[0] for r in server.received) == sorted(address(i) for i in range(30))
+    assert _statuses(db) == {"sent": 30}
+    assert len(gate.accepted) == 4  # the one that hung is not tried again in the same run
+    waited = gate.closed[2] - gate.accepted[2]
+    assert 1.8 < waited < 6, waited  # the client gave up at its timeout, as smtplib's set-up does
+    times = server.handler.times
+    assert sum(t < gate.accepted[2] + 1.5 for t in times) == 29, (gate.accepted, times)  # not held up
+    assert max(times) > gate.closed[2] - 0.2  # the one that waited went after the set-up failed
+
+
+def test_a_reconnect_in_the_middle_of_a_run_does_not_hold_up_the_other_connections(database_url, tmp_path, db):
+    """A 421 closes one of four connections; its new set-up takes 1 s (the fifth connection
+    the server sees). The other three keep delivering meanwhile."""
+    from tests.smtp_server import SMTPServer
+
+    server = SMTPServer().start()
+    gate = _Gate(server.port, delays={5: 1.0})
+    closed = []
+
+    def close_once(data: bytes):
+        if address(20).encode() in data and not closed:
+            closed.append(time.time())
+            return "421 4.4.2 Closing this connection"
+        return None
+
+    server.handler.data_reply = close_once
+    mailer = _gated_mailer(database_url, tmp_path, gate.url, smtp_connections=4, per_domain_concurrency=4)
+    try:
+        make_audience(mailer, 60)
+        make_newsletter(mailer)
+        result = mailer.drain()
+    finally:
+        gate.stop()
+        server.stop()
+        mailer.engine.dispose()
+    assert (result.sent, result.deferred, result.failed) == (59, 1, 0)  # the 421 at the end of DATA: deferred
+    assert sorted(r.rcpt_tos[0] for r in server.received) == sorted(address(i) for i in range(60) if i != 20)
+    assert len(gate.accepted) == 5 and gate.greeted[5] - gate.accepted[5] >= 1.0
+    during = [t for t in server.handler.times if gate.accepted[5] < t < gate.greeted[5]]
+    assert len(during) >= 20, (len(during), gate.accepted, gate.greeted, closed)
+
+
+def test_server_down_defers_everything_after_one_attempt(database_url, tmp_path, db):
+    """Nothing listening, or a server that refuses every session: every message is deferred
+    with the set-up's error, as when set-up was serial, and the server sees one attempt."""
+    from tests.smtp_server import free_port
+
+    port = free_port()
+    mailer = _gated_mailer(database_url, tmp_path, f"smtp://127.0.0.1:{port}", smtp_connections=8,
+                           per_domain_concurrency=8)
+    try:
+        make_audience(mailer, 20)
+        make_newsletter(mailer)
+        result = mailer.drain()
+        assert (result.sent, result.deferred, result.failed) == (0, 20, 0)
+        rows = db.execute(sa.select(Delivery.status, Delivery.attempts, Delivery.last_error))
+        assert {(r.status, r.attempts) for r in rows} == {("deferred", 1)}
+        assert all(r.last_error.startswith(f"cannot reach SMTP server 127.0.0.1:{port}") for r in rows)
+    finally:
+        mailer.engine.dispose()
+
+    refusing = socket.create_server(("127.0.0.1", 0))
+    sessions = []
+
+    def refuse():
+        while True:
+            try:
+                conn, _ = refusing.accept()
+            except OSError:
+                return
+            sessions.append(conn)
+            conn.sendall(b"421 4.3.2 Service not available\r\n")
+            conn.close()
+
+    threading.Thread(target=refuse, daemon=True).start()
+    url = f"smtp://127.0.0.1:{refusing.getsockname()[1]}"
+    mailer = _gated_mailer(database_url, tmp_path / "second", url, smtp_connections=8, per_domain_concurrency=8)
+    try:
+        make_newsletter(mailer)  # a second issue to the same twenty
+        result = mailer.drain()
+    finally:
+        refusing.close()
+        mailer.engine.dispose()
+    assert (result.sent, result.deferred, result.failed) == (0, 20, 0)
+    assert len(sessions) == 1
+    rows = db.execute(sa.select(Delivery.status, Delivery.attempts, Delivery.last_error))
+    assert {(r.status, r.attempts) for r in rows} == {("deferred", 1)}
+    assert sum(r.last_error.startswith("SMTP server refused the session: 421") for r in rows) == 20
+
+
+def test_stopping_while_a_connection_is_set_up_releases_its_message(database_url, tmp_path, db):
+    """request_stop while the first set-up waits for its greeting: nothing is sent, every
+    message is given back at once (not after the set-up), the connection made later is
+    closed, and the next run sends each message once."""
+    from tests.smtp_server import SMTPServer
+
+    server = SMTPServer().start()
+    gate = _Gate(server.port, delay=1.0)
+    mailer = _gated_mailer(database_url, tmp_path, gate.url, smtp_connections=4, per_domain_concurrency=4)
+    try:
+        make_audience(mailer, 10)
+        make_newsletter(mailer)
+        mailer.process_signups()
+        with mailer.sender() as sender:
+            threading.Timer(0.3, sender.request_stop).start()
+            started = time.monotonic()
+            result = sender.send_batch()
+            took = time.monotonic() - started
+        assert (result.sent, result.released) == (0, 10)
+        assert took < 0.9, took
+        assert _statuses(db) == {"queued": 10}
+        for _ in range(40):  # the set-up ends after its greeting; the connection is then closed
+            if 1 in gate.closed:
+                break
+            time.sleep(0.05)
+        assert 1 in gate.closed
+        gate.delay = 0.0
+        assert mailer.drain().sent == 10
+    finally:
+        gate.stop()
+        server.stop()
+        mailer.engine.dispose()
+    assert sorted(r.rcpt_tos[0] for r in server.received) == sorted(address(i) for i in range(10))

@@ -11,12 +11,23 @@ sent before the next MAIL only after a refused MAIL, RCPT or DATA.
 Replies are classified as before (transports.classify_smtp_reply). When a connection
 is lost, a message whose content had not been sent yet went nowhere and is handed back
 to be tried on another connection; one whose content was sent but not answered is
-deferred as today ("connection lost": it may have arrived). Setting up a connection
-(connect, EHLO, STARTTLS, AUTH) uses smtplib, blocking: it happens once per connection.
+deferred as today ("connection lost": it may have arrived).
+
+Setting up a connection (connect, greeting, EHLO, STARTTLS, AUTH) uses smtplib, which
+blocks, so it runs in a small thread pool (one thread per connection at most) while the
+loop keeps serving the open connections; a finished set-up wakes the loop through a
+socketpair, and the job that waited for it goes out at once. While no connection is open
+only one is set up (a server that is down or refuses our login sees one attempt, as
+before); once one is open, the others are set up side by side. A set-up that fails while
+another connection is open or being set up gives its message back to be sent on another
+connection and leaves that connection closed for the rest of the run; one that fails with
+no other connection left means the server cannot be reached: everything not yet sent is
+deferred with that error.
 """
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import re
 import selectors
 import smtplib
@@ -64,8 +75,9 @@ class Job:
 
 
 class Wire:
-    """One SMTP connection: open (blocking set-up, then non-blocking), the bytes to write,
-    the bytes read, and the replies expected (step, job), oldest first."""
+    """One SMTP connection: set up (blocking, in a set-up thread), then non-blocking: the
+    bytes to write, the bytes read, and the replies expected (step, job), oldest first.
+    While it is being set up, `jobs` holds the job waiting for it."""
 
     def __init__(self, transport: SMTPTransport, number: int):
         self.transport = transport
@@ -84,13 +96,16 @@ class Wire:
         self.needs_rset = False
         self.deadline = 0.0
         self.registered = 0  # the selector events registered
+        self.opening: concurrent.futures.Future | None = None  # the set-up under way (its result: the client)
+        self.resting = False  # its set-up failed in this run while others worked: not tried again in it
 
     @property
     def is_open(self) -> bool:
         return self.sock is not None
 
-    def open(self) -> None:
-        """Connect, EHLO, STARTTLS and AUTH (blocking); TransportError when it cannot."""
+    def connect(self) -> smtplib.SMTP:
+        """Connect, EHLO, STARTTLS and AUTH (blocking; run in a set-up thread: it touches no
+        state of the wire); TransportError when it cannot."""
         client = self.transport._open()
         try:
             client.ehlo_or_helo_if_needed()
@@ -98,6 +113,10 @@ class Wire:
             client.close()
             raise TransportError(f"cannot reach SMTP server {self.transport.host}:{self.transport.port}: {exc}",
                                  temporary=True, connection_lost=True) from None
+        return client
+
+    def adopt(self, client: smtplib.SMTP) -> None:
+        """Take a set-up connection (non-blocking from now on). The jobs that waited for it stay."""
         self.client = client
         self.sock = client.sock
         self.pipelining = client.has_extn("pipelining")
@@ -113,7 +132,6 @@ class Wire:
         self.lines.clear()
         self.expect.clear()
         self.held.clear()
-        self.jobs.clear()
         self.needs_rset = False
 
     def drop(self) -> None:
@@ -172,6 +190,9 @@ class Pipeline:
         self.stopping = stopping
         self.selector = selectors.DefaultSelector()
         self.timeout = transport.timeout
+        # Made at the first set-up, kept while connections are kept, ended by close().
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.waker: tuple[socket.socket, socket.socket] | None = None  # (read end, write end)
 
     # The run ------------------------------------------------------------------------
 
@@ -187,7 +208,9 @@ class Pipeline:
         self.domains: dict[str, dict[int, int]] = {}  # domain -> {wire number: jobs on it}
         self.down: str | None = None  # the server cannot be reached: defer the rest
         for wire in self.wires:
-            if wire.jobs or wire.expect:  # left mid-transaction by a run that raised: start afresh
+            wire.resting = False
+            if wire.jobs or wire.expect or wire.opening is not None:  # left by a run that raised: afresh
+                self._abandon(wire)
                 if wire.registered:
                     self._unregister(wire)
                 wire.drop()
@@ -214,9 +237,21 @@ class Pipeline:
 
     def close(self) -> None:
         for wire in self.wires:
+            self._abandon(wire)
             if wire.registered:
                 self._unregister(wire)
             wire.quit()
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)  # a set-up still running closes its own client
+            self.pool = None
+        if self.waker is not None:
+            try:
+                self.selector.unregister(self.waker[0])
+            except (KeyError, ValueError):
+                pass
+            for end in self.waker:
+                end.close()
+            self.waker = None
 
     # Handing out jobs ---------------------------------------------------------------
 
@@ -224,7 +259,14 @@ class Pipeline:
         """Give each connection with room a job (two at most: one answered, one pipelined
         behind its content)."""
         if self.down is not None or self.stopping():
-            left = list(self.pending)
+            left = []
+            for wire in self.wires:  # waiting for a set-up: nothing went yet
+                if wire.opening is not None:
+                    self._abandon(wire)
+                    left += wire.jobs
+                    for job in list(wire.jobs):
+                        self._detach(job)
+            left += self.pending
             self.pending.clear()
             if not self.exhausted:
                 left += [Job(m) for m in (self.rest() if self.rest is not None else self.source)]
@@ -262,19 +304,22 @@ class Pipeline:
         return None
 
     def _start_next(self, wire: Wire) -> bool:
-        """Put the next job's MAIL, RCPT and DATA on this connection; False when none."""
-        if self.down is not None:
+        """Put the next job's MAIL, RCPT and DATA on this connection, or start setting it up
+        with the job waiting for it; False when none."""
+        if self.down is not None or wire.resting or wire.opening is not None:
+            return False
+        if not wire.is_open and not self._may_open():
             return False
         job = self._take(wire)
         if job is None:
             return False
         if not wire.is_open:
-            try:
-                wire.open()
-            except TransportError as exc:
-                self.down = str(exc)
-                self._finish(job, "deferred", exc)
-                return False
+            self._open(wire, job)
+            return True
+        return self._put(wire, job)
+
+    def _put(self, wire: Wire, job: Job) -> bool:
+        """Put this job's MAIL, RCPT and DATA on this open connection."""
         sender = job.message.mail_from or self.mail_from  # a VERP return path, or the From address
         try:
             mail_from = addresses.wire_address(sender)
@@ -309,6 +354,11 @@ class Pipeline:
         return True
 
     def _finish(self, job: Job, outcome: str, error: TransportError | None) -> None:
+        self._detach(job)
+        self.report(job.message, outcome, error)
+
+    def _detach(self, job: Job) -> None:
+        """Take a job off its connection (and out of the per-domain counts) without reporting it."""
         wire = job.wire
         if wire is not None:
             if job in wire.jobs:
@@ -319,13 +369,96 @@ class Pipeline:
                 if not counts[wire.number]:
                     del counts[wire.number]
             job.wire = None
-        self.report(job.message, outcome, error)
+
+    # Setting connections up ---------------------------------------------------------
+
+    def _may_open(self) -> bool:
+        """While no connection is open, one set-up at a time (a server that is down or refuses
+        our login sees one attempt); once one is open, the others side by side."""
+        return any(w.is_open for w in self.wires) or not any(w.opening is not None for w in self.wires)
+
+    def _open(self, wire: Wire, job: Job) -> None:
+        """Start setting this connection up in a set-up thread; the job waits on it (and counts
+        for its domain on this connection meanwhile)."""
+        if self.pool is None:
+            self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(self.wires),
+                                                              thread_name_prefix="smtp-set-up")
+        if self.waker is None:
+            self.waker = socket.socketpair()
+            for end in self.waker:
+                end.setblocking(False)
+            self.selector.register(self.waker[0], selectors.EVENT_READ, None)
+        job.wire = wire
+        job.error = None
+        job.content_sent = False
+        wire.jobs.append(job)
+        self.domains.setdefault(job.message.domain, {}).setdefault(wire.number, 0)
+        self.domains[job.message.domain][wire.number] += 1
+        wire.opening = self.pool.submit(wire.connect)
+        wire.opening.add_done_callback(self._wake)
+
+    def _wake(self, future) -> None:
+        """In the set-up thread: a set-up ended; wake the loop from select()."""
+        waker = self.waker
+        if waker is not None:
+            try:
+                waker[1].send(b"\0")
+            except OSError:  # full (the loop is awake anyway) or closed (the pipeline is closed)
+                pass
+
+    def _opened(self) -> None:
+        """Take the set-ups that ended: the waiting job goes out, or the set-up failed."""
+        for wire in self.wires:
+            future = wire.opening
+            if future is None or not future.done():
+                continue
+            wire.opening = None
+            try:
+                client = future.result()
+            except TransportError as exc:
+                self._open_failed(wire, exc)
+                continue
+            except Exception as exc:  # not one smtplib raises; still, the job must not be lost
+                self._open_failed(wire, TransportError(
+                    f"cannot reach SMTP server {self.transport.host}:{self.transport.port}: {exc}",
+                    temporary=True, connection_lost=True))
+                continue
+            wire.adopt(client)
+            for job in list(wire.jobs):
+                self._detach(job)
+                self._put(wire, job)
+
+    def _open_failed(self, wire: Wire, error: TransportError) -> None:
+        jobs = list(wire.jobs)
+        if any(w is not wire and (w.is_open or w.opening is not None) for w in self.wires):
+            # Others work (a provider's cap on connections, one lost SYN): the message went
+            # nowhere; another connection takes it. This one is not tried again in this run.
+            wire.resting = True
+            for job in reversed(jobs):
+                if job.requeues >= MAX_REQUEUES:
+                    self._finish(job, "deferred", error)
+                else:
+                    self._detach(job)
+                    job.requeues += 1
+                    self.pending.appendleft(job)
+        else:  # the server cannot be reached: the rest is deferred with this error (_assign)
+            self.down = str(error)
+            for job in jobs:
+                self._finish(job, "deferred", error)
+
+    def _abandon(self, wire: Wire) -> None:
+        """Forget the set-up under way (its jobs stay on the wire): a connection it still makes
+        is closed when it is made."""
+        future, wire.opening = wire.opening, None
+        if future is not None and not future.cancel():
+            future.add_done_callback(_close_made)
 
     # The loop -----------------------------------------------------------------------
 
     def _poll(self) -> None:
         busy = [w for w in self.wires if w.is_open and (w.out or w.expect)]
-        if not busy:
+        opening = any(w.opening is not None for w in self.wires)
+        if not busy and not opening:
             return  # _assign hands out the next job (or defers them all when the server is down)
         for wire in busy:
             if wire.out:  # written at once: the selector is asked to wait only for what did not fit
@@ -340,9 +473,16 @@ class Pipeline:
                     self.selector.register(wire.sock, events, wire)
                 wire.registered = events
         now = time.monotonic()
-        wait = max(0.0, min(min(w.deadline for w in busy) - now, 0.1))
+        wait = max(0.0, min(min((w.deadline for w in busy), default=now + 0.1) - now, 0.1))
         for key, events in self.selector.select(wait):
             wire = key.data
+            if wire is None:  # a set-up ended (the waker)
+                try:
+                    while self.waker[0].recv(4096):
+                        pass
+                except OSError:
+                    pass
+                continue
             if not wire.is_open:
                 continue
             if events & selectors.EVENT_WRITE and wire.out:
@@ -357,6 +497,8 @@ class Pipeline:
                 self._lost(wire, TransportError("SMTP error: timed out", temporary=True, connection_lost=True))
             elif wire.is_open and not wire.out and not wire.expect and wire.registered:
                 self._unregister(wire)
+        if opening:
+            self._opened()
 
     def _unregister(self, wire: Wire) -> None:
         try:
@@ -513,14 +655,16 @@ class Pipeline:
             if job.content_sent or job.requeues >= MAX_REQUEUES:
                 self._finish(job, "deferred", error)
             else:
-                self._finish_quietly(job)
+                self._detach(job)
                 job.requeues += 1
                 self.pending.appendleft(job)
 
-    def _finish_quietly(self, job: Job) -> None:
-        """Take a job off its connection without reporting it (it goes back to pending)."""
-        report, self.report = self.report, lambda *args: None
-        try:
-            self._finish(job, "requeued", None)
-        finally:
-            self.report = report
+
+def _close_made(future: concurrent.futures.Future) -> None:
+    """A set-up nobody waits for any more: close the connection it made."""
+    if future.cancelled() or future.exception() is not None:
+        return
+    try:
+        future.result().close()
+    except OSError:
+        pass
