@@ -21,7 +21,8 @@ What it measures:
      recipient domains, so the per-domain cap does not leave connections idle):
      (a) SQLite, one `python -m mailer worker --drain` process;
      (b) PostgreSQL (fresh database bench_delivery_<random>, dropped at the end), two worker
-         processes started together.
+         processes started together, sharing the floor's sessions (MAILER_SMTP_CONNECTIONS
+         halved for each).
      Messages/s, on both sides, is counted by smtp-sink as the messages arrive (its counter
      polled every 10 ms: from the first message seen to the last), so neither side's start-up
      is in it; the ratio to smtp-source's rate is reported (target >= 0.6). Afterwards the deliveries table must hold exactly N rows,
@@ -648,6 +649,11 @@ def measure_throughput(backend: str, database_url: str, workdir: Path, recipient
     sink = Sink(workdir, backend.lower())
     try:
         env = worker_env(database_url, sink.url, workdir)
+        if workers > 1:  # the workers share the floor's sessions between them
+            sessions = int(env.get("MAILER_SMTP_CONNECTIONS") or load_settings({}).smtp_connections)
+            env["MAILER_SMTP_CONNECTIONS"] = str(max(1, sessions // workers))
+            print(f"  {workers} workers with MAILER_SMTP_CONNECTIONS={env['MAILER_SMTP_CONNECTIONS']} each "
+                  f"({sessions} sessions in all, as the floor)", flush=True)
         print(f"  load average before: {load_average()}", flush=True)
         window = CpuWindow(postgres=backend == "PostgreSQL")
         clock = SinkClock(sink)
