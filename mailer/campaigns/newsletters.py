@@ -1031,9 +1031,12 @@ def newsletter_email(batch, delivery: Delivery):
     if newsletter is None or (newsletter.status == NewsletterStatus.CANCELLED and delivery.kind == NEWSLETTER):
         return outbox.Skip(DeliveryStatus.CANCELLED, "newsletter cancelled")
     tracked = delivery.kind == NEWSLETTER  # test copies are never counted
+    tracking_key = ("tracking", newsletter.id)
+    if tracked and tracking_key not in batch.rows:
+        batch.rows[tracking_key] = tracking_options(batch.settings, newsletter.id)
     return compiled_issue(batch, (NEWSLETTER, newsletter.id, tracked), subject=newsletter.subject,
                           preheader=newsletter.preheader, body_md=newsletter.body_md, layout=newsletter.layout,
-                          tracking=tracking_options(batch.settings, newsletter.id) if tracked else {},
+                          tracking=batch.rows[tracking_key] if tracked else {},
                           test=delivery.kind == NEWSLETTER_TEST, newsletter=newsletter)
 
 
