@@ -598,3 +598,52 @@ def test_stopping_while_a_connection_is_set_up_releases_its_message(database_url
         server.stop()
         mailer.engine.dispose()
     assert sorted(r.rcpt_tos[0] for r in server.received) == sorted(address(i) for i in range(10))
+
+def test_stopping_gives_back_the_batch_planned_ahead(mailer, smtp_server, db):
+    """While a batch is sending the next one is claimed and planned ahead; a stop (SIGTERM)
+    ends the run with that one given back untried, and nothing left leased."""
+    import dataclasses
+
+    make_audience(mailer, 60)
+    make_newsletter(mailer)
+    with mailer.sender() as sender:
+        sender._adopt(dataclasses.replace(sender.settings, send_batch_size=10))
+        smtp_server.handler.data_reply = lambda data: (sender.request_stop() if len(smtp_server.received) >= 14
+                                                       else None)
+        result = sender.drain()
+        statuses = _statuses(db)  # before close(), which would give back whatever this worker still held
+    assert "sending" not in statuses, statuses
+    assert statuses["sent"] == result.sent == len(smtp_server.received) < 60
+    assert statuses["queued"] == 60 - result.sent and result.released >= 10  # the batch ahead at least
+    assert mailer.drain().sent == 60 - result.sent  # and a later run sends each of them once
+    assert len({r.rcpt_tos[0] for r in smtp_server.received}) == len(smtp_server.received) == 60
+
+
+def test_a_database_error_planning_ahead_gives_back_only_that_batch(mailer, smtp_server, db, monkeypatch):
+    import dataclasses
+
+    import sqlalchemy.exc
+
+    from mailer.delivery import sender as sender_module
+
+    make_audience(mailer, 30)
+    make_newsletter(mailer)
+    plan = sender_module.Sender._plan
+    calls = []
+
+    def failing_plan(self, session, ids, outcomes):
+        calls.append(len(ids))
+        if len(calls) == 2:
+            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("database is locked"))
+        return plan(self, session, ids, outcomes)
+
+    monkeypatch.setattr(sender_module.Sender, "_plan", failing_plan)
+    with mailer.sender() as sender:
+        sender._adopt(dataclasses.replace(sender.settings, send_batch_size=10))
+        first = sender.send_batch(chain=True)
+        statuses = _statuses(db)
+    # The batch whose planning failed went back untried (only it: the others were on the
+    # wire), and was claimed again later in the run; each message went once.
+    assert first.released == 10 and first.claimed == 40 and first.sent == 30, first
+    assert statuses == {"sent": 30}
+    assert len({r.rcpt_tos[0] for r in smtp_server.received}) == len(smtp_server.received) == 30

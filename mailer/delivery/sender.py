@@ -4,6 +4,7 @@ record what happened as it happens, a group of outcomes at a time (OutcomeLog). 
 database transaction is open while mail is on the wire."""
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
@@ -272,6 +273,8 @@ class Sender:
         self._turns = (threading.Lock() if bind is not None and bind.dialect.name == "sqlite"
                        else contextlib.nullcontext())
         self._chain_until = 0.0  # send_batch claims further batches until then (_next_batch)
+        self._planner: concurrent.futures.ThreadPoolExecutor | None = None  # plans the next batch ahead
+        self._ahead: concurrent.futures.Future | None = None  # the next batch, being planned
         self.signer: dkim.Signer | None = None
         self.pipeline: Pipeline | None = None  # SMTP: every connection, driven from one thread
         self.connection = None  # another transport (dev mailbox, memory): one connection
@@ -333,28 +336,62 @@ class Sender:
         log.totals.claimed = len(ids)
         self._chain_until = time.monotonic() + CHAIN_SECONDS if chain else 0.0
         try:
+            if self._may_chain() and not self.limits.per_second:
+                self._plan_ahead()
             self._transmit(planned, log)
         finally:
-            log.close()
+            try:
+                self._give_back_ahead(log)
+            finally:
+                log.close()
         return log.totals
 
+    def _may_chain(self) -> bool:
+        """Whether this send_batch may claim a further batch (_next_batch): not stopping, no
+        hourly or daily budget that could hold rows back (those batches go one at a time,
+        as _transmit grants them), and for CHAIN_SECONDS at most (then the drain loop takes
+        the next batch afresh: settings, the DKIM key)."""
+        return not (self.stopping.is_set() or self.limits.per_hour or self.limits.per_day
+                    or time.monotonic() > self._chain_until)
+
     def _next_batch(self, book: "OutcomeLog") -> list["Planned"]:
-        """Claim and plan the next batch while the last messages of this one are still on
-        the wire, so the connections do not stand idle at every batch boundary (over a
-        50 ms link a boundary cost two round trips plus the database's work). Only while
-        no hourly or daily budget could hold rows back (those batches go one at a time,
-        as _transmit grants them), for CHAIN_SECONDS at most (then the drain loop takes
-        the next batch afresh: settings, the DKIM key). [] ends the run."""
-        if (self.stopping.is_set() or self.limits.per_hour or self.limits.per_day
-                or time.monotonic() > self._chain_until):
-            return []
+        """The next batch, for the connections to go on with while the last messages of this
+        one are still on the wire, so they do not stand idle at every batch boundary (over
+        a 50 ms link a boundary cost two round trips plus the database's work). It was
+        claimed and planned ahead by the planner thread (one batch ahead, while this one
+        was sending: the database's share of that work runs beside the send loop), or,
+        under a per-second limit (whose claims must not wait their turn for long), now.
+        [] ends the run."""
+        while True:
+            if self._ahead is not None:
+                ahead, self._ahead = self._ahead, None
+                prepared = ahead.result()
+            elif self._may_chain():
+                prepared = self._prepare_batch()
+            else:
+                return []
+            if prepared is None:
+                return []
+            planned = self._take_prepared(book, prepared)
+            if self._may_chain() and not self.limits.per_second:
+                self._plan_ahead()
+            if planned:
+                return planned  # (a batch all skipped: on to the next one)
+
+    def _plan_ahead(self) -> None:
+        if self._planner is None:
+            self._planner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="planner")
+        self._ahead = self._planner.submit(self._prepare_batch)
+
+    def _prepare_batch(self) -> "tuple[list[int], list[Planned], outbox.Outcomes] | None":
+        """Claim and plan a batch: (its ids, what to send, what was decided without sending
+        (skipped, failed; released when the database failed us)); None when nothing is due."""
         with self._transaction() as session:
             ids = outbox.claim_due(session, worker_id=self.worker_id, now=self.clock(),
                                    limit=self._batch_size(), lease_seconds=self.settings.lease_seconds,
                                    message_domain=self.settings.from_domain)
         if not ids:
-            return []
-        book.totals.claimed += len(ids)
+            return None
         outcomes = outbox.Outcomes()
         try:
             with self._transaction() as session:
@@ -364,14 +401,37 @@ class Sender:
         except sa.exc.SQLAlchemyError:
             # The database failed us, not the messages: give these rows back untried (only
             # these: the rest of this worker's claims are on the wire).
-            log.exception("cannot plan the next batch; its rows are given back")
-            book.group.released.extend(ids)
-            book.added(len(ids))
-            return []
+            log.exception("cannot plan a batch; its rows are given back")
+            return ids, [], outbox.Outcomes(released=list(ids))
+        return ids, planned, outcomes
+
+    @staticmethod
+    def _take_prepared(book: "OutcomeLog", prepared) -> list["Planned"]:
+        """A prepared batch into this run's outcome log: counted as claimed, its decided
+        rows recorded; what to send is returned."""
+        ids, planned, outcomes = prepared
+        book.totals.claimed += len(ids)
         book.group.skipped.update(outcomes.skipped)
         book.group.failed.update(outcomes.failed)
-        book.added(len(outcomes.skipped) + len(outcomes.failed))
+        book.group.released.extend(outcomes.released)
+        book.added(len(outcomes.skipped) + len(outcomes.failed) + len(outcomes.released))
         return planned
+
+    def _give_back_ahead(self, book: "OutcomeLog") -> None:
+        """A batch planned ahead that will not be sent (the run ended: stopping, the server
+        down, time up) is given back untried."""
+        if self._ahead is None:
+            return
+        ahead, self._ahead = self._ahead, None
+        try:
+            prepared = ahead.result()
+        except Exception:  # its rows stay leased; a later claim takes them when the lease runs out
+            log.exception("planning ahead failed")
+            return
+        if prepared is not None:
+            ids, planned, outcomes = prepared
+            outcomes.released.extend(plan.delivery.id for plan in planned)
+            self._take_prepared(book, (ids, [], outcomes))
 
     def _batch_size(self) -> int:
         """Rows to claim: the batch size, but under a per-second limit no more than can go
@@ -621,6 +681,9 @@ class Sender:
         self.close()
 
     def close(self) -> None:
+        if self._planner is not None:
+            self._planner.shutdown(wait=True)
+            self._planner = None
         self._close_connections()
         with self._transaction() as session:
             outbox.release_claims(session, worker_id=self.worker_id)
