@@ -47,7 +47,7 @@ class Skeleton:
 
     def __init__(self, parts: tuple[str, ...]):
         self.parts = parts
-        self.qp_table: tuple | bool | None = None  # False: this text cannot be encoded in parts
+        self.qp_table: tuple | bool | None = None  # _qp_tables; False: this text cannot be encoded in parts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -681,41 +681,44 @@ def _spliced_quoted_printable(spliced: Spliced, stuffed: bool = False) -> bytes 
     `stuffed` (dot-stuffing for SMTP's DATA) is done per piece, the shared ones once.
     None when the text holds a CR (line ends are made uniform over the whole text first)."""
     skeleton = spliced.skeleton
-    table = skeleton.qp_table
-    if table is None:
-        table = skeleton.qp_table = _qp_table(skeleton.parts)
-    if table is False:
+    tables = skeleton.qp_table
+    if tables is None:
+        tables = skeleton.qp_table = _qp_tables(skeleton.parts)
+    if tables is False:
         return None
-    soft = b"=\r\n"
-    plain, dotted, open_line = table[0]
-    pieces = [dotted if stuffed else plain] if plain else []
-    open_line = open_line and bool(plain)  # the last piece ends in the middle of a line
-    encoded: dict[str, tuple[bytes, bool]] = {}  # a reader's name is often printed many times
-    for value, (plain, dotted, ends_open) in zip(spliced.personal, table[1:]):
+    table = tables[stuffed]
+    # Each piece as it goes after a piece that ends at a line's end [0] or in its middle
+    # [1] (then with a soft line break in front), and whether it ends in a line's middle.
+    first, _, open_line = table[0]
+    pieces = [first] if first else []
+    encoded: dict[str, tuple[bytes, bytes, bool]] = {}  # a reader's name is often printed many times
+    for value, part in zip(spliced.personal, table[1:]):
         if value:
             piece = encoded.get(value)
             if piece is None:
                 if "\r" in value:
                     return None
-                piece = encoded[value] = _qp_piece(value, stuffed)
-            if open_line:
-                pieces.append(soft)
-            pieces.append(piece[0])
-            open_line = piece[1]
-        if plain:
-            if open_line:
-                pieces.append(soft)
-            pieces.append(dotted if stuffed else plain)
-            open_line = ends_open
+                piece = encoded[value] = _with_soft_break(*_qp_piece(value, stuffed))
+            pieces.append(piece[open_line])
+            open_line = piece[2]
+        if part[0]:
+            pieces.append(part[open_line])
+            open_line = part[2]
     return b"".join(pieces)
 
 
-def _qp_table(parts: tuple[str, ...]) -> tuple | bool:
-    """Each shared part's (quoted-printable, the same dot-stuffed, whether it ends in the
-    middle of a line); False when a part holds a CR."""
+def _qp_tables(parts: tuple[str, ...]) -> tuple | bool:
+    """The shared parts' pieces (_with_soft_break of their quoted-printable), plain and
+    dot-stuffed; False when a part holds a CR."""
     if any("\r" in part for part in parts):
         return False
-    return tuple((encoded, _dot_stuffed(encoded), ends_open) for encoded, ends_open in map(_qp_piece, parts))
+    return tuple(tuple(_with_soft_break(*_qp_piece(part, stuffed)) for part in parts) for stuffed in (False, True))
+
+
+def _with_soft_break(encoded: bytes, ends_open: bool) -> tuple[bytes, bytes, bool]:
+    """A piece as it goes after a line's end, and after a piece ending mid-line (a soft
+    line break first); an empty piece stays empty (and keeps the line as it was)."""
+    return encoded, (b"=\r\n" + encoded) if encoded else b"", ends_open
 
 
 def _qp_piece(text: str, stuffed: bool = False) -> tuple[bytes, bool]:
