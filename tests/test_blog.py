@@ -77,8 +77,9 @@ def read(mailer, url: str, **changes) -> blog.FeedCheck:
 def received_parts(smtp_server, rcpt: str) -> tuple[str, str]:
     message = message_from_bytes([r for r in smtp_server.received if r.rcpt_tos == [rcpt]][-1].data,
                                  policy=policy.default)
+    # Text parts' line breaks are CRLF in their canonical form (both parts are quoted-printable).
     return (message.get_body(("plain",)).get_content().replace("\r\n", "\n"),
-            message.get_body(("html",)).get_content())
+            message.get_body(("html",)).get_content().replace("\r\n", "\n"))
 
 
 def previous_issue(mailer, *, lists=("newsletter",), rhythm_id=None, month=None) -> int:
