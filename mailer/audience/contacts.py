@@ -183,23 +183,30 @@ class PublicLists:
             raise InvalidInput("consent_version", "The consent wording on this form is unknown; reload the page.")
 
 
-def accept_signup(connection, public_lists: PublicLists, *, email: str, name: str = "", lists=None, consent_given: bool,
-                  consent_version: int | None = None, timezone: str | None = None,
-                  context: consent.RequestContext, now: dt.datetime) -> None:
-    """Validate a signup from the public form and keep it for the worker
-    (process_signups). The request path reads nothing about the address, so the
-    answer, and its timing, cannot tell whether the address is known. Takes a Core
-    connection (or a session): this is the hottest path of the public site."""
+def signup_request(*, email: str, name: str = "", lists=None, consent_given: bool, consent_version: int | None = None,
+                   timezone: str | None = None, context: consent.RequestContext, now: dt.datetime) -> dict:
+    """The intake row for a signup from the public form, or InvalidInput for what the
+    person must correct (pure: reads nothing, so the caller can do it before it opens
+    its transaction). accept_signup checks the lists and keeps it."""
     address = normalise_email(email)
     slugs = list(dict.fromkeys(lists or [DEFAULT_LIST]))
     if not consent_given:
         raise InvalidInput("consent", "Please tick the box to agree to receive the newsletter.")
-    public_lists.check(connection, slugs, consent_version)
-    connection.execute(_INSERT_SIGNUP, {
+    return {
         "email": address, "name": clean_name(name), "lists": ",".join(slugs), "consent_version": consent_version,
         "timezone": clean_timezone(timezone), "source_url": context.source_url, "ip": context.ip,
         "user_agent": context.user_agent, "created_at": now,
-    })
+    }
+
+
+def accept_signup(connection, public_lists: PublicLists, signup: dict) -> None:
+    """Keep a signup (signup_request) for the worker (process_signups), once its lists
+    and consent wording are known to be offered (InvalidInput otherwise). The request path
+    reads nothing about the address, so the answer, and its timing, cannot tell whether
+    the address is known. Takes a Core connection (or a session): this is the hottest path
+    of the public site, one INSERT."""
+    public_lists.check(connection, signup["lists"].split(","), signup["consent_version"])
+    connection.execute(_INSERT_SIGNUP, signup)
 
 
 def process_signups(session: Session, settings: Settings, *, limit: int = 500) -> int:

@@ -99,27 +99,43 @@ def subscribe():
         values = _signup_input()
     except InvalidInput as exc:
         return _error(exc, {}, 1)
-    retry_after = ratelimit.exceeded("signup")
+    # Everything that reads only the form is done before the transaction, so the write lock
+    # (SQLite: BEGIN IMMEDIATE) is held for two statements. The rate-limit counter (in the
+    # database by default) and the signup then share that one transaction: one pool
+    # checkout and one commit per signup, not two. A refused answer commits its count too.
+    signup = error = address = None
+    step_one = values["step"] == "1" and not wants_json()
+    if values[HONEYPOT_FIELD]:
+        pass  # a bot filled the hidden field: answer as usual, do nothing
+    elif step_one:
+        try:
+            address = contacts.normalise_email(values["email"])
+        except InvalidInput as exc:
+            error = exc
+    else:
+        try:
+            signup = contacts.signup_request(
+                email=values["email"], name=values["name"], lists=values["lists"],
+                consent_given=values["consent_given"], consent_version=values["consent_version"],
+                timezone=values["timezone"], context=request_context(values["source_url"]), now=utcnow())
+        except InvalidInput as exc:
+            error = exc
+    with mailer().engine.begin() as connection:
+        retry_after = ratelimit.exceeded("signup", connection)
+        if signup is not None and not retry_after:
+            try:
+                contacts.accept_signup(connection, current_app.extensions["public_lists"], signup)
+            except InvalidInput as exc:
+                error = exc
     if retry_after:
         return ratelimit.with_retry_after(_error(InvalidInput(
             "rate", "Too many signups from your network. Please try again in a minute."), values, 1, 429), retry_after)
     if values[HONEYPOT_FIELD]:
-        return _done()  # a bot filled the hidden field: answer as usual, do nothing
-    if values["step"] == "1" and not wants_json():
-        try:
-            values["email"] = contacts.normalise_email(values["email"])
-        except InvalidInput as exc:
-            return _error(exc, values, 1)
-        return _render_form(2, values)
-    try:
-        with mailer().engine.begin() as connection:
-            contacts.accept_signup(
-                connection, current_app.extensions["public_lists"], email=values["email"], name=values["name"], lists=values["lists"],
-                consent_given=values["consent_given"], consent_version=values["consent_version"],
-                timezone=values["timezone"], context=request_context(values["source_url"]), now=utcnow(),
-            )
-    except InvalidInput as exc:
-        return _error(exc, values, 1 if exc.field == "email" else 2)
+        return _done()
+    if error:
+        return _error(error, values, 1 if step_one or error.field == "email" else 2)
+    if step_one:
+        return _render_form(2, dict(values, email=address))
     return _done()
 
 
