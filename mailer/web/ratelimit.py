@@ -51,10 +51,16 @@ class DatabaseStorage(Storage):
         else:
             from sqlalchemy.dialects.sqlite import insert
         self._increment = _increment_statement(insert)
+        # The same statement as SQL text for this database, for increment(): run on the
+        # driver's cursor, it costs a third of the CPU of SQLAlchemy's execution layer.
+        compiled = self._increment.compile(dialect=engine.dialect)
+        self._increment_sql = compiled.string
+        self._increment_positions = compiled.positiontup if compiled.positional else None
 
     @property
     def base_exceptions(self):
-        return sa.exc.SQLAlchemyError
+        # increment() runs on the driver's cursor: its errors are the driver's own.
+        return (sa.exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error)
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         with self.engine.begin() as connection:
@@ -68,8 +74,14 @@ class DatabaseStorage(Storage):
         the window, when the window ends). The caller commits; with the signup's own
         transaction the counter costs no transaction of its own."""
         now = self.clock()
-        hits, expires_at = connection.execute(self._increment, {
-            "key": key, "amount": amount, "expires_at": now + expiry, "now": now}).one()
+        values = {"key": key, "amount": amount, "expires_at": now + expiry, "now": now}
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute(self._increment_sql, [values[name] for name in self._increment_positions]
+                           if self._increment_positions else values)
+            hits, expires_at = cursor.fetchone()
+        finally:
+            cursor.close()
         if next(self._calls) % PRUNE_EVERY == 0:
             connection.execute(sa.delete(_COUNTERS).where(_COUNTERS.c.expires_at <= now))
         return hits, expires_at

@@ -36,8 +36,9 @@ def _signup_input() -> dict:
         consent_version = data.get("consent_version")
         consent_given = data.get("consent") is True
     else:
-        data = request.form
-        lists = data.getlist("lists")
+        form = request.form
+        lists = form.getlist("lists")
+        data = form.to_dict()  # the first value of each field; missing ones cost no KeyError inside MultiDict.get
         consent_version = data.get("consent_version")
         consent_given = data.get("consent") in {"yes", "on", "1", "true"}
     if isinstance(lists, str):
