@@ -4,6 +4,7 @@ Run from the repository root, as root (it may install wrk with apt-get):
 
     .venv/bin/python bench/signup.py                 # both backends, 10 s per measured phase
     .venv/bin/python bench/signup.py --sqlite-only   # skip PostgreSQL
+    .venv/bin/python bench/signup.py --postgres-only # skip SQLite
     .venv/bin/python bench/signup.py --duration 5 --connections 32
 
 (`python bench/signup.py` with another interpreter re-runs itself under .venv/bin/python.)
@@ -599,6 +600,8 @@ def format_codes(codes: dict[str, int]) -> str:
 # Whole run -----------------------------------------------------------------------------------
 
 def run_sqlite(wrk: str, args: argparse.Namespace) -> BackendReport:
+    if args.postgres_only:
+        return BackendReport("SQLite", skipped="--postgres-only")
     with tempfile.TemporaryDirectory(prefix="bench_signup_") as tmp:
         return bench_backend("SQLite", f"sqlite:///{Path(tmp) / 'bench.db'}", wrk, args, Path(tmp))
 
@@ -665,6 +668,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured phase (default 10)")
     parser.add_argument("--connections", "-c", type=int, default=16, help="wrk connections (default 16)")
     parser.add_argument("--sqlite-only", action="store_true", help="skip PostgreSQL")
+    parser.add_argument("--postgres-only", action="store_true", help="skip SQLite")
     args = parser.parse_args()
     command = os.environ.get("BENCH_COMMAND") or shlex.join(sys.orig_argv)
 
