@@ -191,6 +191,19 @@ def exceeded(name: str, connection: sa.Connection | None = None) -> int | None:
     return max((wait for wait in waits if wait), default=None)
 
 
+def count_only(connection: sa.Connection) -> None:
+    """The transaction `connection` is in holds nothing but rate-limit counts (a refused or
+    not stored request): on PostgreSQL its commit need not wait for the WAL flush, as a
+    counter's own transaction does not (DatabaseStorage.incr). Matters most for a flood
+    from one address, whose requests all update the same counter row: none of them then
+    holds the row while the disk flushes."""
+    from flask import current_app
+
+    if (connection.dialect.name == "postgresql"
+            and isinstance(current_app.extensions["rate_limiter"].storage, DatabaseStorage)):
+        connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+
+
 def with_retry_after(answer, seconds: int):
     """The view's 429 answer with the Retry-After header the client should honour."""
     from flask import make_response

@@ -103,7 +103,8 @@ def subscribe():
     # Everything that reads only the form is done before the transaction, so the write lock
     # (SQLite: BEGIN IMMEDIATE) is held for two statements. The rate-limit counter (in the
     # database by default) and the signup then share that one transaction: one pool
-    # checkout and one commit per signup, not two. A refused answer commits its count too.
+    # checkout and one commit per signup, not two. A refused answer commits its count too,
+    # without waiting for a durable commit (ratelimit.count_only).
     signup = error = address = None
     step_one = values["step"] == "1" and not wants_json()
     if values[HONEYPOT_FIELD]:
@@ -123,11 +124,15 @@ def subscribe():
             error = exc
     with mailer().engine.begin() as connection:
         retry_after = ratelimit.exceeded("signup", connection)
+        stored = False
         if signup is not None and not retry_after:
             try:
                 contacts.accept_signup(connection, current_app.extensions["public_lists"], signup)
+                stored = True
             except InvalidInput as exc:
                 error = exc
+        if not stored:
+            ratelimit.count_only(connection)
     if retry_after:
         return ratelimit.with_retry_after(_error(InvalidInput(
             "rate", "Too many signups from your network. Please try again in a minute."), values, 1, 429), retry_after)
