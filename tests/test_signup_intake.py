@@ -105,3 +105,11 @@ def test_a_driver_error_in_the_counter_lets_the_request_through(tmp_path):
         assert Limiter(DatabaseStorage(engine)).hit(Limit("signup", 1, 60), "203.0.113.1") is None
     finally:
         engine.dispose()
+
+
+def test_showing_the_form_or_an_error_on_it_takes_no_write_transaction(client, mailer):
+    """On SQLite a write transaction takes the lock every signup queues for."""
+    with Transactions(mailer.engine) as seen:
+        assert client.get("/subscribe").status_code == 200
+        assert client.get("/subscribe?lists=newsletter&embed=1").status_code == 200
+    assert seen.commits == 0 and "BEGIN IMMEDIATE" not in seen.statements

@@ -8,7 +8,7 @@ from mailer.audience import contacts
 from mailer.db import utcnow
 from mailer.errors import InvalidInput
 from mailer.models import MailingList
-from mailer.web import db_session, error_json, mailer, ratelimit, request_context, wants_json
+from mailer.web import db_reader, db_session, error_json, mailer, ratelimit, request_context, wants_json
 
 bp = Blueprint("public", __name__)
 
@@ -57,7 +57,9 @@ def _signup_input() -> dict:
 
 
 def _render_form(step: int, values: dict, error: InvalidInput | None = None, status: int = 200):
-    with db_session() as session:
+    # Only reads: a read-only session, so showing the form (or an error on it) never takes
+    # SQLite's write lock that the signups queue for.
+    with db_reader() as session:
         try:
             choices = _form_lists(session, values.get("lists"))
         except InvalidInput as exc:
