@@ -4,6 +4,7 @@ Run from the repository root, as root (it may install wrk with apt-get):
 
     .venv/bin/python bench/signup.py                 # both backends, 10 s per measured phase
     .venv/bin/python bench/signup.py --sqlite-only   # skip PostgreSQL
+    .venv/bin/python bench/signup.py --postgres-only # skip SQLite
     .venv/bin/python bench/signup.py --duration 5 --connections 32
 
 (`python bench/signup.py` with another interpreter re-runs itself under .venv/bin/python.)
@@ -22,6 +23,10 @@ For each backend the script:
 5. fires 1,000 concurrent signups at once and checks in the database that every one answered
    2xx left a 'pending' subscription and a 'requested' consent event, and that gunicorn never
    logged "database is locked".
+
+Each wrk phase also reports the CPU time (user + system) per answered request of gunicorn's
+processes and, on PostgreSQL, of the server backends serving the benchmark's database: rates
+move with whatever else runs on the machine, CPU per request much less.
 
 Targets (reported, they do not change the exit code): subscribe/livez throughput ratio >= 0.5,
 p99 at 200 req/s < 50 ms. Exit code 1 when a signup is lost, any 5xx or connection error
@@ -62,7 +67,7 @@ LOCKED = "database is locked"
 PAUSE_SECONDS = 2  # between phases, so each one starts against an idle server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH_SECRET_KEY, ROOT, free_port, use_project_python  # noqa: E402
+from common import BENCH_SECRET_KEY, ROOT, free_port, git_state, use_project_python  # noqa: E402
 
 use_project_python()
 import sqlalchemy as sa  # noqa: E402
@@ -148,6 +153,10 @@ class LoadResult:
     p99_ms: float
     codes: dict[str, int]
     errors: int = 0  # connection errors, timeouts: no HTTP answer at all
+    # CPU (user + system) per answered request: gunicorn's processes, and on PostgreSQL the
+    # server backends of the benchmark's database (None on SQLite, where it runs in gunicorn).
+    app_cpu_ms: float | None = None
+    db_cpu_ms: float | None = None
 
     @property
     def rps(self) -> float:
@@ -174,6 +183,7 @@ class BurstResult:
     locked_in_log: int
     tracebacks_in_log: int
     seconds: float
+    worker_rate: float | None = None  # signups/s the worker turned into subscriptions and mail
 
     @property
     def server_errors(self) -> int:
@@ -204,6 +214,61 @@ class BackendReport:
         phases = [self.livez, self.subscribe, self.fixed]
         return (self.burst is None or not self.burst.ok
                 or any(p is None or p.server_errors or p.errors for p in phases))
+
+
+# CPU accounting ------------------------------------------------------------------------
+# Rates move with whatever else runs on the machine; CPU time per request does much less.
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, from /proc/PID/stat (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def postgres_backends(database_url: str) -> list[int]:
+    """The server processes connected to this database (the gunicorn workers' pools); only
+    when the server runs on this machine, as the benchmark's does."""
+    if not database_url.startswith("postgresql"):
+        return []
+    engine = make_engine(database_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return list(conn.scalars(sa.text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")))
+    finally:
+        engine.dispose()
+
+
+class CpuMeter:
+    """CPU used by gunicorn (master and workers) and by the database's backends during a phase."""
+
+    def __init__(self, server: "Gunicorn", database_url: str):
+        self.server, self.database_url = server, database_url
+        self.app_pids = [server.process.pid, *children(server.process.pid)]
+        self.db_pids = postgres_backends(database_url)
+        self.app0 = sum(map(proc_cpu_seconds, self.app_pids))
+        self.db0 = sum(map(proc_cpu_seconds, self.db_pids))
+
+    def charge(self, result: "LoadResult") -> "LoadResult":
+        """Put the CPU per answered request on `result` (call right after the phase)."""
+        if result.requests:
+            result.app_cpu_ms = (sum(map(proc_cpu_seconds, self.app_pids)) - self.app0) / result.requests * 1000
+            if self.db_pids:
+                result.db_cpu_ms = (sum(map(proc_cpu_seconds, self.db_pids)) - self.db0) / result.requests * 1000
+        return result
 
 
 # Setup -------------------------------------------------------------------------------
@@ -429,9 +494,10 @@ def process_accepted_signups(database_url: str, workdir: Path) -> tuple[int, flo
     return count, time.perf_counter() - started
 
 
-def rows_for(database_url: str, tag: str, workdir: Path) -> set[str]:
+def rows_for(database_url: str, tag: str, workdir: Path) -> tuple[set[str], float | None]:
     """Addresses with this tag that, once the worker has processed the accepted signups,
-    have a pending subscription and a 'requested' consent event."""
+    have a pending subscription and a 'requested' consent event; and the worker's rate
+    (signups/s, None when it had at most one to do)."""
     count, seconds = process_accepted_signups(database_url, workdir)
     if count > 1:
         print(f"  worker processed {count} accepted signups in {seconds:.1f} s ({count / seconds:.0f}/s)", flush=True)
@@ -444,7 +510,7 @@ def rows_for(database_url: str, tag: str, workdir: Path) -> set[str]:
     """)
     try:
         with engine.connect() as conn:
-            return set(conn.scalars(query, {"pattern": f"{tag}-%"}))
+            return set(conn.scalars(query, {"pattern": f"{tag}-%"})), (count / seconds if count > 1 else None)
     finally:
         engine.dispose()
 
@@ -455,7 +521,7 @@ def preflight(server: Gunicorn, database_url: str, run: str, workdir: Path) -> N
     """One signup by hand: fail early, with the answer shown, if /subscribe does not work."""
     tag = f"pre-{run}"
     status, body = http_request(server.port, "POST", "/subscribe", signup_body(f"{tag}-0@bench.example"))
-    if status != 200 or f"{tag}-0@bench.example" not in rows_for(database_url, tag, workdir):
+    if status != 200 or f"{tag}-0@bench.example" not in rows_for(database_url, tag, workdir)[0]:
         raise RuntimeError(f"preflight signup failed: HTTP {status}\n{body[:2000].decode(errors='replace')}\n"
                            f"{server.log_text()[-4000:]}")
 
@@ -473,17 +539,20 @@ def bench_backend(name: str, database_url: str, wrk: str, args: argparse.Namespa
         print(f"gunicorn -w {WORKERS} on {server.base_url}; wrk -t 2 -c {args.connections} -d {args.duration}s",
               flush=True)
 
-        report.livez = run_wrk(wrk, f"{server.base_url}/livez", "", args, workdir)
+        meter = CpuMeter(server, database_url)
+        report.livez = meter.charge(run_wrk(wrk, f"{server.base_url}/livez", "", args, workdir))
         print_load("GET /livez (wrk)", report.livez)
         time.sleep(PAUSE_SECONDS)
-        report.subscribe = run_wrk(wrk, f"{server.base_url}/subscribe", WRK_SUBSCRIBE_LUA, args, workdir,
-                                   f"wrk-{run}")
+        meter = CpuMeter(server, database_url)  # the backends as they are now (preflight opened them)
+        report.subscribe = meter.charge(run_wrk(wrk, f"{server.base_url}/subscribe", WRK_SUBSCRIBE_LUA, args,
+                                                workdir, f"wrk-{run}"))
         print_load("POST /subscribe (wrk)", report.subscribe)
         print(f"  ratio subscribe/livez: {report.ratio:.2f} (target >= {TARGET_RATIO}: "
               f"{'met' if report.ratio >= TARGET_RATIO else 'MISSED'})", flush=True)
 
         time.sleep(PAUSE_SECONDS)
-        report.fixed = fixed_rate_signups(server.port, FIXED_RATE, args.duration, f"rate-{run}")
+        meter = CpuMeter(server, database_url)
+        report.fixed = meter.charge(fixed_rate_signups(server.port, FIXED_RATE, args.duration, f"rate-{run}"))
         print_load(f"POST /subscribe at {FIXED_RATE}/s (open loop)", report.fixed)
         print(f"  p99 at {FIXED_RATE}/s: {report.fixed.p99_ms:.1f} ms (target < {TARGET_P99_MS:.0f} ms: "
               f"{'met' if report.fixed.p99_ms < TARGET_P99_MS else 'MISSED'})", flush=True)
@@ -491,12 +560,12 @@ def bench_backend(name: str, database_url: str, wrk: str, args: argparse.Namespa
         time.sleep(PAUSE_SECONDS)
         tag = f"burst-{run}"
         codes, no_answer, accepted, seconds = burst_signups(server.port, BURST_SIZE, tag)
-        found = rows_for(database_url, tag, workdir)
+        found, worker_rate = rows_for(database_url, tag, workdir)
         log = server.log_text()
         report.burst = BurstResult(
             codes=codes, no_answer=no_answer, accepted=len(accepted), rows_found=len(found & set(accepted)),
             missing=sorted(set(accepted) - found), locked_in_log=log.count(LOCKED),
-            tracebacks_in_log=log.count("Traceback"), seconds=seconds,
+            tracebacks_in_log=log.count("Traceback"), seconds=seconds, worker_rate=worker_rate,
         )
         print_burst(report.burst)
     finally:
@@ -508,6 +577,10 @@ def print_load(label: str, result: LoadResult) -> None:
     print(f"  {label}: {result.rps:.1f} req/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
           f"{result.requests} answers {format_codes(result.codes)}, non-2xx {result.non_2xx}, "
           f"no answer {result.errors}", flush=True)
+    if result.app_cpu_ms is not None:
+        print(f"    CPU per request: gunicorn {result.app_cpu_ms:.3f} ms"
+              + (f", PostgreSQL backends {result.db_cpu_ms:.3f} ms" if result.db_cpu_ms is not None else ""),
+              flush=True)
 
 
 def print_burst(burst: BurstResult) -> None:
@@ -527,6 +600,8 @@ def format_codes(codes: dict[str, int]) -> str:
 # Whole run -----------------------------------------------------------------------------------
 
 def run_sqlite(wrk: str, args: argparse.Namespace) -> BackendReport:
+    if args.postgres_only:
+        return BackendReport("SQLite", skipped="--postgres-only")
     with tempfile.TemporaryDirectory(prefix="bench_signup_") as tmp:
         return bench_backend("SQLite", f"sqlite:///{Path(tmp) / 'bench.db'}", wrk, args, Path(tmp))
 
@@ -552,19 +627,28 @@ def run_postgres(wrk: str, args: argparse.Namespace) -> BackendReport:
         admin.dispose()
 
 
+def cpu_cell(result: LoadResult) -> str:
+    if result.app_cpu_ms is None:
+        return "–"
+    if result.db_cpu_ms is None:
+        return f"{result.app_cpu_ms:.2f}"
+    return f"{result.app_cpu_ms:.2f} + {result.db_cpu_ms:.2f}"
+
+
 def markdown_table(reports: list[BackendReport]) -> str:
     """The summary as a Markdown table for the README."""
     lines = [
         "| Backend | /livez req/s | /subscribe req/s | ratio (≥ 0.5) | /livez p50 / p99 ms "
-        f"| /subscribe p50 / p99 ms | p99 at {FIXED_RATE}/s (< 50 ms) | non-2xx | burst {BURST_SIZE}: 2xx / lost / 5xx / locked |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| /subscribe p50 / p99 ms | p99 at {FIXED_RATE}/s (< 50 ms) | non-2xx | burst {BURST_SIZE}: 2xx / lost / 5xx / locked "
+        "| CPU ms per request, /livez / /subscribe (gunicorn + PostgreSQL) | worker signups/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in reports:
         if r.skipped:
-            lines.append(f"| {r.name} | skipped: {r.skipped} | | | | | | | |")
+            lines.append(f"| {r.name} | skipped: {r.skipped} | | | | | | | | | |")
             continue
         if not (r.livez and r.subscribe and r.fixed and r.burst):
-            lines.append(f"| {r.name} | did not finish | | | | | | | |")
+            lines.append(f"| {r.name} | did not finish | | | | | | | | | |")
             continue
         non_2xx = r.livez.non_2xx + r.subscribe.non_2xx + r.fixed.non_2xx + sum(
             n for c, n in r.burst.codes.items() if not c.startswith("2"))
@@ -572,7 +656,9 @@ def markdown_table(reports: list[BackendReport]) -> str:
             f"| {r.name} | {r.livez.rps:.0f} | {r.subscribe.rps:.0f} | {r.ratio:.2f} "
             f"| {r.livez.p50_ms:.1f} / {r.livez.p99_ms:.1f} | {r.subscribe.p50_ms:.1f} / {r.subscribe.p99_ms:.1f} "
             f"| {r.fixed.p99_ms:.1f} | {non_2xx} "
-            f"| {r.burst.accepted} / {len(r.burst.missing)} / {r.burst.server_errors} / {r.burst.locked_in_log} |"
+            f"| {r.burst.accepted} / {len(r.burst.missing)} / {r.burst.server_errors} / {r.burst.locked_in_log} "
+            f"| {cpu_cell(r.livez)} / {cpu_cell(r.subscribe)} "
+            f"| {f'{r.burst.worker_rate:.0f}' if r.burst.worker_rate else '–'} |"
         )
     return "\n".join(lines)
 
@@ -582,6 +668,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured phase (default 10)")
     parser.add_argument("--connections", "-c", type=int, default=16, help="wrk connections (default 16)")
     parser.add_argument("--sqlite-only", action="store_true", help="skip PostgreSQL")
+    parser.add_argument("--postgres-only", action="store_true", help="skip SQLite")
     args = parser.parse_args()
     command = os.environ.get("BENCH_COMMAND") or shlex.join(sys.orig_argv)
 
@@ -600,7 +687,8 @@ def main() -> int:
             print(f"\n=== {label} === skipped: {reports[-1].skipped}")
 
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    print(f"\n## Signup benchmark\n\nnproc: {nproc}; load average before the run: {load_before}  ")
+    print(f"\n## Signup benchmark\n\nnproc: {nproc}; load average before the run: {load_before}; "
+          f"commit {git_state()}  ")
     print(f"Command: `{command}` (wrk -t 2 -c {args.connections}, {args.duration} s per phase, "
           f"gunicorn -w {WORKERS} sync, total {time.monotonic() - started:.0f} s)\n")
     print(markdown_table(reports))

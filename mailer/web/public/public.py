@@ -8,7 +8,7 @@ from mailer.audience import contacts
 from mailer.db import utcnow
 from mailer.errors import InvalidInput
 from mailer.models import MailingList
-from mailer.web import db_session, error_json, mailer, ratelimit, request_context, wants_json
+from mailer.web import db_reader, db_session, error_json, mailer, ratelimit, request_context, wants_json
 
 bp = Blueprint("public", __name__)
 
@@ -36,8 +36,9 @@ def _signup_input() -> dict:
         consent_version = data.get("consent_version")
         consent_given = data.get("consent") is True
     else:
-        data = request.form
-        lists = data.getlist("lists")
+        form = request.form
+        lists = form.getlist("lists")
+        data = form.to_dict()  # the first value of each field; missing ones cost no KeyError inside MultiDict.get
         consent_version = data.get("consent_version")
         consent_given = data.get("consent") in {"yes", "on", "1", "true"}
     if isinstance(lists, str):
@@ -56,7 +57,9 @@ def _signup_input() -> dict:
 
 
 def _render_form(step: int, values: dict, error: InvalidInput | None = None, status: int = 200):
-    with db_session() as session:
+    # Only reads: a read-only session, so showing the form (or an error on it) never takes
+    # SQLite's write lock that the signups queue for.
+    with db_reader() as session:
         try:
             choices = _form_lists(session, values.get("lists"))
         except InvalidInput as exc:
@@ -99,27 +102,48 @@ def subscribe():
         values = _signup_input()
     except InvalidInput as exc:
         return _error(exc, {}, 1)
-    retry_after = ratelimit.exceeded("signup")
+    # Everything that reads only the form is done before the transaction, so the write lock
+    # (SQLite: BEGIN IMMEDIATE) is held for two statements. The rate-limit counter (in the
+    # database by default) and the signup then share that one transaction: one pool
+    # checkout and one commit per signup, not two. A refused answer commits its count too,
+    # without waiting for a durable commit (ratelimit.count_only).
+    signup = error = address = None
+    step_one = values["step"] == "1" and not wants_json()
+    if values[HONEYPOT_FIELD]:
+        pass  # a bot filled the hidden field: answer as usual, do nothing
+    elif step_one:
+        try:
+            address = contacts.normalise_email(values["email"])
+        except InvalidInput as exc:
+            error = exc
+    else:
+        try:
+            signup = contacts.signup_request(
+                email=values["email"], name=values["name"], lists=values["lists"],
+                consent_given=values["consent_given"], consent_version=values["consent_version"],
+                timezone=values["timezone"], context=request_context(values["source_url"]), now=utcnow())
+        except InvalidInput as exc:
+            error = exc
+    with mailer().engine.begin() as connection:
+        retry_after = ratelimit.exceeded("signup", connection)
+        stored = False
+        if signup is not None and not retry_after:
+            try:
+                contacts.accept_signup(connection, current_app.extensions["public_lists"], signup)
+                stored = True
+            except InvalidInput as exc:
+                error = exc
+        if not stored:
+            ratelimit.count_only(connection)
     if retry_after:
         return ratelimit.with_retry_after(_error(InvalidInput(
             "rate", "Too many signups from your network. Please try again in a minute."), values, 1, 429), retry_after)
     if values[HONEYPOT_FIELD]:
-        return _done()  # a bot filled the hidden field: answer as usual, do nothing
-    if values["step"] == "1" and not wants_json():
-        try:
-            values["email"] = contacts.normalise_email(values["email"])
-        except InvalidInput as exc:
-            return _error(exc, values, 1)
-        return _render_form(2, values)
-    try:
-        with mailer().engine.begin() as connection:
-            contacts.accept_signup(
-                connection, current_app.extensions["public_lists"], email=values["email"], name=values["name"], lists=values["lists"],
-                consent_given=values["consent_given"], consent_version=values["consent_version"],
-                timezone=values["timezone"], context=request_context(values["source_url"]), now=utcnow(),
-            )
-    except InvalidInput as exc:
-        return _error(exc, values, 1 if exc.field == "email" else 2)
+        return _done()
+    if error:
+        return _error(error, values, 1 if step_one or error.field == "email" else 2)
+    if step_one:
+        return _render_form(2, dict(values, email=address))
     return _done()
 
 

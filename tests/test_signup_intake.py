@@ -1,0 +1,115 @@
+"""POST /subscribe's one transaction: the rate-limit count and the stored signup commit
+together, durably; a request that stores nothing commits only its count, and on PostgreSQL
+without waiting for the WAL flush. The intake row written through the driver's cursor is the
+row SQLAlchemy would write."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import sqlalchemy as sa
+
+from mailer.audience import contacts
+from mailer.audience.consent import RequestContext
+from mailer.db import make_engine
+from mailer.models import RateLimitCounter, SignupRequest
+from mailer.web.ratelimit import DatabaseStorage, Limit, Limiter
+from tests.conftest import signup
+
+ASYNC_COMMIT = "SET LOCAL synchronous_commit TO OFF"
+
+
+class Transactions:
+    """Commits and the statements SQLAlchemy sends, per POST."""
+
+    def __init__(self, engine):
+        self.engine, self.commits, self.statements = engine, 0, []
+
+    def _commit(self, _conn):
+        self.commits += 1
+
+    def _statement(self, _conn, _cursor, statement, *_args):
+        self.statements.append(statement)
+
+    def __enter__(self):
+        sa.event.listen(self.engine, "commit", self._commit)
+        sa.event.listen(self.engine, "before_cursor_execute", self._statement)
+        return self
+
+    def __exit__(self, *_exc):
+        sa.event.remove(self.engine, "commit", self._commit)
+        sa.event.remove(self.engine, "before_cursor_execute", self._statement)
+
+
+def _hits(db) -> int:
+    return db.scalar(sa.select(sa.func.sum(RateLimitCounter.hits)).where(RateLimitCounter.key.like("signup/%"))) or 0
+
+
+def test_a_signup_and_its_count_are_one_durable_commit(client, mailer, db):
+    client.post("/subscribe", data={"email": "warm@example.com", "consent": "yes", "lists": "newsletter"})
+    with Transactions(mailer.engine) as seen:
+        answer = signup(client, "ada@example.com", process=False)
+    assert answer.status_code == 200
+    assert seen.commits == 1
+    assert ASYNC_COMMIT not in seen.statements  # the signup's commit waits for the disk
+    assert db.scalar(sa.select(sa.func.count()).select_from(SignupRequest).where(
+        SignupRequest.email == "ada@example.com")) == 1
+    assert _hits(db) == 2
+
+
+def test_requests_that_store_nothing_still_count_and_do_not_wait_for_the_disk(client, mailer, db):
+    postgres = mailer.engine.dialect.name == "postgresql"
+    with Transactions(mailer.engine) as seen:
+        answers = [signup(client, "bot@example.com", process=False, website="http://spam.example")]  # honeypot
+    assert seen.commits == 1 and seen.statements.count(ASYNC_COMMIT) == (1 if postgres else 0)
+    with Transactions(mailer.engine) as seen:
+        answers.append(signup(client, "no-consent@example.com", process=False, consent=""))  # invalid
+        answers.append(signup(client, "not an address", process=False, step="1"))  # step 1, refused address
+    assert [a.status_code for a in answers] == [200, 400, 400]
+    assert seen.statements.count(ASYNC_COMMIT) == (2 if postgres else 0)
+    assert _hits(db) == 3
+    assert db.scalar(sa.select(sa.func.count()).select_from(SignupRequest)) == 0
+
+
+def test_over_the_limit_nothing_is_stored_and_the_count_goes_on(app, client, mailer, db):
+    mailer.settings = mailer.base_settings = dataclasses.replace(mailer.settings, signup_rate_limit=2)
+    codes = [signup(client, f"p{i}@example.com", process=False).status_code for i in range(4)]
+    assert codes == [200, 200, 429, 429]
+    assert sorted(db.scalars(sa.select(SignupRequest.email))) == ["p0@example.com", "p1@example.com"]
+    assert _hits(db) == 4
+
+
+def test_the_intake_row_is_the_row_sqlalchemy_would_write(mailer):
+    now = dt.datetime(2031, 3, 25, 17, 4, 5, 123456, tzinfo=dt.timezone.utc)
+    row = contacts.signup_request(email=" Ada@Example.COM ", name="Ada\x07 Lovelace", lists=["newsletter"],
+                                  consent_given=True, consent_version=1, timezone="Europe/London",
+                                  context=RequestContext("https://clinic.example/blog", "203.0.113.5", "UA/1"),
+                                  now=now)
+    public_lists = contacts.PublicLists()
+    with mailer.engine.begin() as connection:
+        contacts.accept_signup(connection, public_lists, row)  # the driver's cursor
+        connection.execute(sa.insert(SignupRequest.__table__), row)  # SQLAlchemy's own execution
+    with mailer.engine.connect() as connection:
+        stored = connection.execute(sa.select(SignupRequest).order_by(SignupRequest.id)).all()
+        raw = connection.exec_driver_sql("SELECT created_at FROM signup_requests ORDER BY id").scalars().all()
+    assert len(stored) == 2 and stored[0][1:] == stored[1][1:]
+    assert stored[0].created_at == now and stored[0].email == "ada@example.com" and stored[0].name == "Ada Lovelace"
+    assert raw[0] == raw[1]  # the same text (SQLite) or timestamp (PostgreSQL) in the table
+
+
+def test_a_driver_error_in_the_counter_lets_the_request_through(tmp_path):
+    """The counter runs on the driver's cursor, so its errors are the driver's: still the
+    storage's errors for Limiter.hit, which lets the request through rather than fail."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'not-migrated.db'}")
+    try:
+        assert Limiter(DatabaseStorage(engine)).hit(Limit("signup", 1, 60), "203.0.113.1") is None
+    finally:
+        engine.dispose()
+
+
+def test_showing_the_form_or_an_error_on_it_takes_no_write_transaction(client, mailer):
+    """On SQLite a write transaction takes the lock every signup queues for."""
+    with Transactions(mailer.engine) as seen:
+        assert client.get("/subscribe").status_code == 200
+        assert client.get("/subscribe?lists=newsletter&embed=1").status_code == 200
+    assert seen.commits == 0 and "BEGIN IMMEDIATE" not in seen.statements
