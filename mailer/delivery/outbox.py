@@ -7,6 +7,7 @@ import random
 import typing
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from mailer.db import dialect_insert, is_postgres, newest_first
@@ -132,12 +133,21 @@ def claim_due(session: Session, *, worker_id: str, now: dt.datetime, limit: int,
         return []
     # One UPDATE: the lease, and one stable Message-ID per delivery, fixed before the first
     # attempt leaves and kept on later ones. Two UPDATEs took 10 of a claim's 14.5 ms on PostgreSQL.
+    if is_postgres(session):
+        # Joined to the ids as a set: with `id IN (...)` PostgreSQL read the whole table for
+        # each claim while its statistics were those of a table just filled (a newsletter's
+        # audience queued a moment ago), 100,000 rows for 500.
+        claimed = sa.func.unnest(sa.bindparam("claimed_ids", ids, type_=postgresql.ARRAY(sa.Integer))) \
+            .table_valued("id").render_derived(name="claimed")
+        which = Delivery.id == claimed.c.id
+    else:
+        which = Delivery.id.in_(ids)
     session.execute(
-        sa.update(Delivery).where(Delivery.id.in_(ids)).values(
+        sa.update(Delivery).where(which).values(
             status=DeliveryStatus.SENDING, lease_owner=worker_id,
             lease_expires_at=now + dt.timedelta(seconds=lease_seconds), attempts=Delivery.attempts + 1,
             message_id=sa.func.coalesce(Delivery.message_id, _new_message_id(session, message_domain)),
-        )
+        ).execution_options(synchronize_session=False)  # (no Delivery of this session's to bring up to date)
     )
     return ids
 
