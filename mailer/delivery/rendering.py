@@ -261,12 +261,8 @@ class CompiledNewsletter:
         for the reader's values, filled in per copy, as the text part is), else whole."""
         if self.subject_personal is None and not self.subject_shared:
             return one_line(self.subject.render(context))
-        parts = self.subject_slots.get(key)
-        if parts is None:
-            if len(self.subject_slots) > 64:  # one per reader time zone in practice
-                self.subject_slots.clear()
-            template = self.subject if self.subject_personal is None else self.subject_personal.template
-            parts = self.subject_slots[key] = tuple(_SLOT.split(template.render(context)))
+        template = self.subject if self.subject_personal is None else self.subject_personal.template
+        parts = _kept(self.subject_slots, key, lambda: tuple(_SLOT.split(template.render(context))))
         if len(parts) == 1:
             return one_line(parts[0])
         printed = self.subject_personal.printed(context, escape=False)
@@ -288,12 +284,8 @@ class CompiledNewsletter:
         if printed is None:
             return None
         key = self._shared_key(context) if key is None else key
-        entry = self.text_slots.get(key)
-        if entry is None:
-            if len(self.text_slots) > 64:  # one per reader time zone in practice
-                self.text_slots.clear()
-            entry = self.text_slots[key] = _stripped_skeleton(self.text_personal.template.render(context))
-        skeleton, tokens, lead, trail = entry
+        skeleton, tokens, lead, trail = _kept(
+            self.text_slots, key, lambda: _stripped_skeleton(self.text_personal.template.render(context)))
         if skeleton is None:
             return None
         values = [printed[token] for token in tokens]
@@ -342,17 +334,24 @@ class CompiledNewsletter:
         if printed is None:
             return None
         key = self._shared_key(context) if key is None else key
-        slots = self.slots.get(key)
-        if slots is None:
-            if len(self.slots) > 64:  # one per reader time zone in practice
-                self.slots.clear()
-            slots = self.slots[key] = self.personal.sanitised(context, self.head, self.tail)
+        slots = _kept(self.slots, key, lambda: self.personal.sanitised(context, self.head, self.tail))
         if slots is _SLOT_NONE:
             return None
         for tag, attribute, value in slots.url_checks:
             if not _url_kept(tag, attribute, _SLOT.sub(lambda m: html_unescape(printed[m.group(0)]), value)):
                 return None  # this reader's value would be dropped: sanitise their copy whole
         return slots, printed
+
+
+def _kept(cache: dict, key: str, make):
+    """cache[key], made by make() the first time: what an issue renders once per shared
+    context (one per reader time zone in practice; a cache that grows past 64 starts over)."""
+    found = cache.get(key)
+    if found is None:
+        if len(cache) > 64:
+            cache.clear()
+        found = cache[key] = make()
+    return found
 
 
 def _stripped_skeleton(tokenised: str) -> tuple:

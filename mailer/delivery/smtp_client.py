@@ -338,12 +338,7 @@ class Pipeline:
                 return True
             options = b" SMTPUTF8 BODY=8BITMIME" if wire.eightbit else b" SMTPUTF8"
             encoding = "utf-8"
-        job.wire = wire
-        job.error = None
-        job.content_sent = False
-        wire.jobs.append(job)
-        self.domains.setdefault(job.message.domain, {}).setdefault(wire.number, 0)
-        self.domains[job.message.domain][wire.number] += 1
+        self._attach(job, wire)
         if wire.needs_rset:
             wire.command(b"RSET\r\n", "RSET", job)
             wire.needs_rset = False
@@ -388,14 +383,18 @@ class Pipeline:
             for end in self.waker:
                 end.setblocking(False)
             self.selector.register(self.waker[0], selectors.EVENT_READ, None)
+        self._attach(job, wire)
+        wire.opening = self.pool.submit(wire.connect)
+        wire.opening.add_done_callback(self._wake)
+
+    def _attach(self, job: Job, wire: Wire) -> None:
+        """The job goes on this connection: it counts there for its domain's cap (_room)."""
         job.wire = wire
         job.error = None
         job.content_sent = False
         wire.jobs.append(job)
-        self.domains.setdefault(job.message.domain, {}).setdefault(wire.number, 0)
-        self.domains[job.message.domain][wire.number] += 1
-        wire.opening = self.pool.submit(wire.connect)
-        wire.opening.add_done_callback(self._wake)
+        counts = self.domains.setdefault(job.message.domain, {})
+        counts[wire.number] = counts.get(wire.number, 0) + 1
 
     def _wake(self, future) -> None:
         """In the set-up thread: a set-up ended; wake the loop from select()."""
