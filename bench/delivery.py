@@ -25,7 +25,8 @@ What it measures:
          halved for each).
      Messages/s, on both sides, is counted by smtp-sink as the messages arrive (its counter
      polled every 10 ms: from the first message seen to the last), so neither side's start-up
-     is in it; the ratio to smtp-source's rate is reported (target >= 0.6). Afterwards the deliveries table must hold exactly N rows,
+     is in it; best of 3 runs on both sides (each of ours on a fresh database); the ratio to
+     smtp-source's rate is reported (target >= 0.6). Afterwards the deliveries table must hold exactly N rows,
      all 'sent', and smtp-sink must have received N messages.
    - What limits us: CPU time of the worker(s) (per thread: main vs SMTP pool), smtp-sink and
      PostgreSQL and the machine's busy cores during each run; the time one claim of a batch
@@ -612,6 +613,7 @@ class ThroughputResult:
     error: str = ""
 
     sink_rate: float = 0.0  # as the sink saw the messages arrive (SinkClock): start-up excluded
+    all_rates: list[float] = dataclasses.field(default_factory=list)  # of every run (the best is reported)
 
     @property
     def rate(self) -> float:
@@ -686,11 +688,11 @@ def measure_throughput(backend: str, database_url: str, workdir: Path, recipient
     return result
 
 
-def throughput_sqlite(workdir: Path, recipients: int, body: str) -> ThroughputResult:
-    return measure_throughput("SQLite", f"sqlite:///{workdir / 'throughput.db'}", workdir, recipients, body, 1)
+def throughput_sqlite(workdir: Path, recipients: int, body: str, run: int = 0) -> ThroughputResult:
+    return measure_throughput("SQLite", f"sqlite:///{workdir / f'throughput-{run}.db'}", workdir, recipients, body, 1)
 
 
-def throughput_postgres(workdir: Path, recipients: int, body: str, skip: bool) -> ThroughputResult:
+def throughput_postgres(workdir: Path, recipients: int, body: str, skip: bool, run: int = 0) -> ThroughputResult:
     if skip:
         return ThroughputResult("PostgreSQL", PG_WORKERS, recipients, skipped="--sqlite-only")
     admin = postgres_admin()
@@ -968,7 +970,8 @@ def markdown_table(args, sample: Sample, floor: FloorResult | None, throughput: 
         worker_cpu = sum(r.cpu_seconds for r in t.runs)
         lines.append(
             f"| {label} | {t.rate:,.0f} msg/s = {ratio:.3f} × floor | ≥ {TARGET_RATIO} × floor | "
-            f"{verdict(ratio >= TARGET_RATIO)} | {t.seconds:.0f} s; worker CPU {worker_cpu / t.recipients * 1000:.2f} ms/msg; "
+            f"{verdict(ratio >= TARGET_RATIO)} | best of {len(t.all_rates)} runs ("
+            + ", ".join(f"{r:,.0f}" for r in t.all_rates) + f" msg/s); {t.seconds:.0f} s; worker CPU {worker_cpu / t.recipients * 1000:.2f} ms/msg; "
             f"machine {t.busy_cores:.1f}/{os.cpu_count()} cores busy ({t.other_cores:.1f} by other processes); "
             f"{t.check} |")
     for result in (small, large):
@@ -1037,7 +1040,8 @@ def main() -> int:
 
     started = time.monotonic()
     floor = None
-    throughput: list[ThroughputResult] = []
+    throughput: list[ThroughputResult] = []  # the best run of each backend
+    checked: list[ThroughputResult] = []  # every run: each must have sent every message once
     profile = small = large = None
     with tempfile.TemporaryDirectory(prefix="bench_delivery_", dir=args.workdir) as tmp:
         workdir = Path(tmp)
@@ -1063,19 +1067,29 @@ def main() -> int:
                   f"smtp-sink received {format_count(floor.received)} "
                   f"(expected {FLOOR_RUNS * floor.messages:,})", flush=True)
             for label, workers, runner in (
-                    ("SQLite", 1, lambda: throughput_sqlite(workdir, args.recipients, sample.body)),
+                    ("SQLite", 1, lambda run: throughput_sqlite(workdir, args.recipients, sample.body, run)),
                     ("PostgreSQL", PG_WORKERS,
-                     lambda: throughput_postgres(workdir, args.recipients, sample.body, args.sqlite_only))):
-                try:
-                    result = runner()
-                except Exception as exc:
-                    traceback.print_exc()
-                    result = ThroughputResult(label, workers, args.recipients, error=repr(exc))
+                     lambda run: throughput_postgres(workdir, args.recipients, sample.body, args.sqlite_only, run))):
+                # Best of FLOOR_RUNS, as the floor: each run on a fresh database.
+                results = []
+                for run in range(FLOOR_RUNS):
+                    try:
+                        result = runner(run)
+                    except Exception as exc:
+                        traceback.print_exc()
+                        result = ThroughputResult(label, workers, args.recipients, error=repr(exc))
+                    results.append(result)
+                    if result.skipped or result.error:
+                        break
                 if result.skipped:
                     print(f"\n=== Throughput: {result.backend} === skipped: {result.skipped}")
+                checked.extend(results)
+                result = max((r for r in results if r.ok), key=lambda r: r.rate, default=result)
+                result.all_rates = [r.rate for r in results if r.runs]
                 if result.runs and floor:
                     ratio = result.rate / floor.rate
-                    print(f"  ratio to smtp-source: {ratio:.3f} (target >= {TARGET_RATIO}: "
+                    print(f"  {label}: runs " + ", ".join(f"{r:,.0f}" for r in result.all_rates)
+                          + f" msg/s; the best counts: ratio to smtp-source {ratio:.3f} (target >= {TARGET_RATIO}: "
                           f"{verdict(ratio >= TARGET_RATIO)})", flush=True)
                 throughput.append(result)
 
@@ -1117,7 +1131,7 @@ def main() -> int:
           f"load average at the end: {load_average()}; code: {git_state()}  ")
     print(f"Command: `{command}` (total {time.monotonic() - started:.0f} s)\n")
     print(markdown_table(args, sample, floor, throughput, small, large))
-    checks = [(f"throughput {t.backend}", t.ok) for t in throughput if not t.skipped]
+    checks = [(f"throughput {t.backend}", t.ok) for t in checked if not t.skipped]
     checks += [(f"RSS {m.queued:,}", m.ok) for m in (small, large) if m is not None]
     if "memory" in args.only and large is None:
         checks.append(("materialisation", False))
