@@ -8,6 +8,7 @@ import datetime as dt
 import html
 import io
 import re
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
@@ -57,11 +58,15 @@ def test_staff_build_start_and_watch_an_automation(app, mailer, smtp_server, db)
     assert bad.status_code == 400 and "weekdays 09:00-11:00" in html.unescape(bad.text)
 
     assert step(editor, sequence_id, "Welcome, {{ contact.first_name }}").status_code == 302
-    assert step(editor, sequence_id, "The psoas stretch", delay="3", window="weekdays 09:00-11:00").status_code == 302
+    # The page runs on the real clock: pick a window that Anna's clock (Berlin) is not in
+    # 3 days from now, so step 2 always waits for it (09:00-11:00 failed a run at 09:xx).
+    due = dt.datetime.now(ZoneInfo("Europe/Berlin")) + dt.timedelta(days=3)
+    window = "weekdays 09:00-11:00" if not 8 <= due.hour < 12 else "weekdays 15:00-17:00"
+    assert step(editor, sequence_id, "The psoas stretch", delay="3", window=window).status_code == 302
     assert step(editor, sequence_id, "Shoulder bridge", delay="4", condition="on_list",
                 condition_list=str(newsletter_list(mailer))).status_code == 302
     page = seen(editor.get(f"/admin/automations/{sequence_id}").text)
-    assert "At enrolment" in page and "3 days after the previous step · sent weekdays 09:00-11:00" in page
+    assert "At enrolment" in page and f"3 days after the previous step · sent {window}" in page
     assert "only if still on Monthly newsletter" in page
     assert page.count("Ready") >= 3
 
@@ -78,7 +83,7 @@ def test_staff_build_start_and_watch_an_automation(app, mailer, smtp_server, db)
     [welcome] = [r.message for r in smtp_server.received if r.rcpt_tos == ["anna@example.com"]]
     assert welcome["Subject"] == "Welcome, Anna"
     page = seen(editor.get(f"/admin/automations/{sequence_id}?contact=anna@example.com").text)
-    assert "Enrolled" in page and "sent" in page and "waits for the window (weekdays 09:00-11:00)" in page
+    assert "Enrolled" in page and "sent" in page and f"waits for the window ({window})" in page
     with mailer.read_sessions() as session:
         actions = session.scalars(sa.select(AuditLog.detail).where(AuditLog.action.in_(
             ["sequence.plan", "sequence.enrol"]))).all()
