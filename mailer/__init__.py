@@ -151,13 +151,15 @@ def audience_hooks():
                          unsubscribe_everywhere=unsubscribe_everywhere, normalise_email=contacts.normalise_email)
 
 
-def build(settings: Settings, transport: Transport | None = None) -> Mailer:
+def build(settings: Settings, transport: Transport | None = None, *, web: bool = False) -> Mailer:
+    """`web`: for the web app, whose pooled connections are pinged only after sitting idle
+    (db.make_engine's ping_when_idle); a worker's at every checkout."""
     from mailer.audience.consent import bind_keys
     from mailer.delivery import registry
 
     # Delivery knows no kind of mail and no audience module: it is handed both here.
     registry.register(mail_kinds(), audience_hooks())
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, ping_when_idle=web)
     sessions = make_session_factory(engine)
     read_sessions = make_session_factory(engine, read_only=True)
     bind_keys(sessions, read_sessions, secret_key=settings.secret_key)
@@ -181,7 +183,7 @@ def create_app(overrides: dict | None = None, *, transport: Transport | None = N
         MAX_CONTENT_LENGTH=1024 * 1024,
         WTF_CSRF_TIME_LIMIT=None,
     )
-    app.extensions["mailer"] = build(settings, transport)
+    app.extensions["mailer"] = build(settings, transport, web=True)
     app.extensions["mailer"].anchor_ledger()
     register(app)
     trust_proxies(app, settings.proxy_count)

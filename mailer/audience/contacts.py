@@ -19,7 +19,7 @@ from mailer.audience import consent
 from mailer.delivery import outbox
 from mailer.delivery.registry import Kind
 from mailer.delivery.suppression import email_hash
-from mailer.db import dialect_insert, is_postgres
+from mailer.db import DriverStatement, dialect_insert, is_postgres
 from mailer.db import take_singleton
 from mailer.errors import InvalidInput
 from mailer.logtext import loggable
@@ -133,34 +133,8 @@ _SIGNUP_COLUMNS = ("email", "name", "lists", "consent_version", "timezone", "sou
                    "created_at")
 
 
-class _DriverInsert:
-    """_INSERT_SIGNUP as SQLAlchemy compiles it for one database, with the columns' own
-    bind processing (UTCDateTime, SQLite's datetime text), run on the driver's cursor
-    inside the caller's SQLAlchemy transaction. SQLAlchemy's execution layer costs more
-    CPU than the INSERT itself (measured: 21 against 6 µs a statement on SQLite), and
-    this is the hottest statement of the public site. It bypasses engine events (echo,
-    before_cursor_execute): nothing on this path listens to them."""
-
-    def __init__(self, dialect):
-        # for_executemany: no "RETURNING id" (PostgreSQL), which nobody reads here.
-        compiled = _INSERT_SIGNUP.compile(dialect=dialect, column_keys=list(_SIGNUP_COLUMNS), for_executemany=True)
-        self.sql = compiled.string
-        self.positions = compiled.positiontup if compiled.positional else None
-        columns = SignupRequest.__table__.c
-        self.processors = {name: processor for name in _SIGNUP_COLUMNS
-                           if (processor := columns[name].type.dialect_impl(dialect).bind_processor(dialect))}
-
-    def execute(self, connection: sa.Connection, row: dict) -> None:
-        values = {name: self.processors[name](value) if name in self.processors else value
-                  for name, value in row.items()}
-        cursor = connection.connection.cursor()
-        try:
-            cursor.execute(self.sql, [values[name] for name in self.positions] if self.positions else values)
-        finally:
-            cursor.close()
-
-
-_DRIVER_INSERTS: dict[tuple[str, str], _DriverInsert] = {}  # one per (database, driver)
+# _INSERT_SIGNUP compiled once per (database, driver), run on the driver's cursor.
+_DRIVER_INSERTS: dict[tuple[str, str], DriverStatement] = {}
 
 
 class PublicLists:
@@ -231,17 +205,24 @@ def signup_request(*, email: str, name: str = "", lists=None, consent_given: boo
     }
 
 
+def check_signup(connection: sa.Connection, public_lists: PublicLists, signup: dict) -> None:
+    """InvalidInput unless a signup's lists and consent wording are offered (PublicLists)."""
+    public_lists.check(connection, signup["lists"].split(","), signup["consent_version"])
+
+
 def accept_signup(connection: sa.Connection, public_lists: PublicLists, signup: dict) -> None:
     """Keep a signup (signup_request) for the worker (process_signups), once its lists
     and consent wording are known to be offered (InvalidInput otherwise). The request path
     reads nothing about the address, so the answer, and its timing, cannot tell whether
     the address is known. Takes a Core connection in a transaction: this is the hottest
-    path of the public site, one INSERT (see _DriverInsert)."""
-    public_lists.check(connection, signup["lists"].split(","), signup["consent_version"])
+    path of the public site, one INSERT on the driver's cursor (db.DriverStatement)."""
+    check_signup(connection, public_lists, signup)
     dialect = connection.dialect
     insert = _DRIVER_INSERTS.get((dialect.name, dialect.driver))
     if insert is None:
-        insert = _DRIVER_INSERTS[dialect.name, dialect.driver] = _DriverInsert(dialect)
+        # for_executemany: no "RETURNING id" (PostgreSQL), which nobody reads here.
+        insert = _DRIVER_INSERTS[dialect.name, dialect.driver] = DriverStatement(
+            _INSERT_SIGNUP, dialect, column_keys=list(_SIGNUP_COLUMNS), for_executemany=True)
     insert.execute(connection, signup)
 
 

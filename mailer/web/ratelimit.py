@@ -14,6 +14,7 @@ from limits import RateLimitItemPerSecond
 from limits.storage import Storage
 from limits.strategies import FixedWindowRateLimiter
 
+from mailer.db import DriverStatement
 from mailer.models import RateLimitCounter
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,19 @@ def _increment_statement(insert):
     }).returning(_COUNTERS.c.hits, _COUNTERS.c.expires_at)
 
 
+def _counted_insert_statement(increment, table: sa.Table, columns: list[str]):
+    """WITH counter AS (the increment … RETURNING), kept AS (INSERT INTO table SELECT the
+    row's values FROM counter WHERE hits <= limit) SELECT hits, expires_at, and, when
+    refused, set_config('synchronous_commit', 'off', true). PostgreSQL only."""
+    counter = increment.cte("counter")
+    limit = sa.bindparam("limit", type_=sa.Integer)
+    values = sa.select(*[sa.bindparam(f"row_{name}", type_=table.c[name].type) for name in columns]).where(
+        counter.c.hits <= limit)
+    kept = sa.insert(table).from_select(columns, values).cte("kept")
+    refused = sa.case((counter.c.hits > limit, sa.func.set_config("synchronous_commit", "off", True)))
+    return sa.select(counter.c.hits, counter.c.expires_at, refused).add_cte(kept)
+
+
 class DatabaseStorage(Storage):
     """`limits` storage in the rate_limit_counters table: the increment is one
     INSERT … ON CONFLICT DO UPDATE … RETURNING, atomic on SQLite and PostgreSQL."""
@@ -51,11 +65,10 @@ class DatabaseStorage(Storage):
         else:
             from sqlalchemy.dialects.sqlite import insert
         self._increment = _increment_statement(insert)
-        # The same statement as SQL text for this database, for increment(): run on the
-        # driver's cursor, it costs a third of the CPU of SQLAlchemy's execution layer.
-        compiled = self._increment.compile(dialect=engine.dialect)
-        self._increment_sql = compiled.string
-        self._increment_positions = compiled.positiontup if compiled.positional else None
+        # The same statement as SQL for this database, run on the driver's cursor: it
+        # costs a third of the CPU of SQLAlchemy's execution layer.
+        self._increment_sql = DriverStatement(self._increment, engine.dialect)
+        self._counted_inserts: dict[tuple, DriverStatement] = {}
 
     @property
     def base_exceptions(self):
@@ -74,14 +87,29 @@ class DatabaseStorage(Storage):
         the window, when the window ends). The caller commits; with the signup's own
         transaction the counter costs no transaction of its own."""
         now = self.clock()
-        values = {"key": key, "amount": amount, "expires_at": now + expiry, "now": now}
-        cursor = connection.connection.cursor()
-        try:
-            cursor.execute(self._increment_sql, [values[name] for name in self._increment_positions]
-                           if self._increment_positions else values)
-            hits, expires_at = cursor.fetchone()
-        finally:
-            cursor.close()
+        hits, expires_at = self._increment_sql.execute(
+            connection, {"key": key, "amount": amount, "expires_at": now + expiry, "now": now})
+        if next(self._calls) % PRUNE_EVERY == 0:
+            connection.execute(sa.delete(_COUNTERS).where(_COUNTERS.c.expires_at <= now))
+        return hits, expires_at
+
+    def increment_and_insert(self, connection: sa.Connection, key: str, expiry: int, limit: int,
+                             table: sa.Table, row: dict) -> tuple[int, float]:
+        """PostgreSQL: count one hit and, if the count is then within `limit`, insert `row`
+        into `table`, in one statement (data-modifying CTEs). On a connection in autocommit
+        that is one round trip and one commit, instead of BEGIN, two statements and COMMIT;
+        the counter's row, which every request from one address updates, is locked for
+        that one statement and its WAL flush. A refused request's commit does not wait
+        for the flush (set_config(..., true) holds for the statement's own transaction).
+        (hits in the window, when the window ends), as increment()."""
+        statement = self._counted_inserts.get((table.name, tuple(row)))
+        if statement is None:
+            statement = self._counted_inserts[table.name, tuple(row)] = DriverStatement(
+                _counted_insert_statement(self._increment, table, list(row)), self.engine.dialect)
+        now = self.clock()
+        hits, expires_at, _ = statement.execute(connection, {
+            "key": key, "amount": 1, "expires_at": now + expiry, "now": now, "limit": limit,
+            **{f"row_{name}": value for name, value in row.items()}})
         if next(self._calls) % PRUNE_EVERY == 0:
             connection.execute(sa.delete(_COUNTERS).where(_COUNTERS.c.expires_at <= now))
         return hits, expires_at
@@ -146,14 +174,21 @@ class Limiter:
         self.storage = storage
         self.strategy = FixedWindowRateLimiter(storage)
 
-    def hit(self, limit: Limit, client: str, connection: sa.Connection | None = None) -> int | None:
+    def hit(self, limit: Limit, client: str, connection: sa.Connection | None = None,
+            keep: tuple[sa.Table, dict] | None = None) -> int | None:
         """Count one request; None when allowed, else the seconds to wait (for Retry-After).
         When the storage is unreachable the request is let through and logged: a limit
         protects the site, it must not take the public forms down with Redis.
         `connection`: a transaction the caller is about to commit anyway (the signup's);
         the database storage counts in it instead of opening its own, and a database error
-        there is the caller's, like any other in its transaction. Redis ignores it."""
+        there is the caller's, like any other in its transaction. Redis ignores it.
+        `keep` (table, row), only where keeps_in_one_statement(): the row is inserted by
+        the counting statement itself when the request is allowed."""
         item = limit.item
+        if keep is not None:
+            hits, expires_at = self.storage.increment_and_insert(
+                connection, item.key_for(client), item.get_expiry(), item.amount, *keep)
+            return None if hits <= item.amount else max(1, math.ceil(expires_at - self.storage.clock()))
         if connection is not None and isinstance(self.storage, DatabaseStorage):
             hits, expires_at = self.storage.increment(connection, item.key_for(client), item.get_expiry())
             return None if hits <= item.amount else max(1, math.ceil(expires_at - self.storage.clock()))
@@ -177,18 +212,32 @@ LIMITS = {
 }
 
 
-def exceeded(name: str, connection: sa.Connection | None = None) -> int | None:
+def exceeded(name: str, connection: sa.Connection | None = None,
+             keep: tuple[sa.Table, dict] | None = None) -> int | None:
     """Count this request against limit `name` (one Limit, or several steps) for its client
     IP (the proxy-resolved address, see MAILER_PROXY_COUNT); the seconds to wait when any
-    step is over, else None. With `connection`, counted in that transaction (Limiter.hit)."""
+    step is over, else None. With `connection`, counted in that transaction (Limiter.hit);
+    with `keep` as well (only where keeps_in_one_statement), the row is inserted when allowed."""
     from flask import current_app, request
 
     from mailer.web import mailer
 
     limits = LIMITS[name](mailer().settings)
     limiter, client = current_app.extensions["rate_limiter"], request.remote_addr or "?"
-    waits = [limiter.hit(limit, client, connection) for limit in (limits if isinstance(limits, tuple) else (limits,))]
+    waits = [limiter.hit(limit, client, connection, keep) for limit in (limits if isinstance(limits, tuple) else (limits,))]
     return max((wait for wait in waits if wait), default=None)
+
+
+def keeps_in_one_statement(name: str) -> bool:
+    """Whether exceeded(name, connection, keep=…) can count and insert in one statement:
+    the database storage on PostgreSQL, and a limit of one step."""
+    from flask import current_app
+
+    from mailer.web import mailer
+
+    storage = current_app.extensions["rate_limiter"].storage
+    return (isinstance(storage, DatabaseStorage) and storage._postgres
+            and not isinstance(LIMITS[name](mailer().settings), tuple))
 
 
 def count_only(connection: sa.Connection) -> None:

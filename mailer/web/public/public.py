@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, jsonify, redirect, render_template, re
 from mailer.audience import contacts
 from mailer.db import utcnow
 from mailer.errors import InvalidInput
-from mailer.models import MailingList
+from mailer.models import MailingList, SignupRequest
 from mailer.web import db_reader, db_session, error_json, mailer, ratelimit, request_context, wants_json
 
 bp = Blueprint("public", __name__)
@@ -105,8 +105,8 @@ def subscribe():
     # Everything that reads only the form is done before the transaction, so the write lock
     # (SQLite: BEGIN IMMEDIATE) is held for two statements. The rate-limit counter (in the
     # database by default) and the signup then share that one transaction: one pool
-    # checkout and one commit per signup, not two. A refused answer commits its count too,
-    # without waiting for a durable commit (ratelimit.count_only).
+    # checkout and one commit per signup, not two; on PostgreSQL one statement. A refused
+    # answer commits its count too, without waiting for a durable commit (count_only).
     signup = error = address = None
     step_one = values["step"] == "1" and not wants_json()
     if values[HONEYPOT_FIELD]:
@@ -124,17 +124,31 @@ def subscribe():
                 timezone=values["timezone"], context=request_context(values["source_url"]), now=utcnow())
         except InvalidInput as exc:
             error = exc
-    with mailer().engine.begin() as connection:
-        retry_after = ratelimit.exceeded("signup", connection)
-        stored = False
-        if signup is not None and not retry_after:
+    retry_after, counted = None, False
+    public_lists = current_app.extensions["public_lists"]
+    if signup is not None and ratelimit.keeps_in_one_statement("signup"):
+        # PostgreSQL: count and keep in one statement on a connection in autocommit, one
+        # round trip instead of BEGIN, two statements and COMMIT (increment_and_insert).
+        with mailer().engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             try:
-                contacts.accept_signup(connection, current_app.extensions["public_lists"], signup)
-                stored = True
+                contacts.check_signup(connection, public_lists, signup)
             except InvalidInput as exc:
                 error = exc
-        if not stored:
-            ratelimit.count_only(connection)
+            else:
+                retry_after, counted = ratelimit.exceeded(
+                    "signup", connection, keep=(SignupRequest.__table__, signup)), True
+    if not counted:
+        with mailer().engine.begin() as connection:
+            retry_after = ratelimit.exceeded("signup", connection)
+            stored = False
+            if signup is not None and error is None and not retry_after:
+                try:
+                    contacts.accept_signup(connection, public_lists, signup)
+                    stored = True
+                except InvalidInput as exc:
+                    error = exc
+            if not stored:
+                ratelimit.count_only(connection)
     if retry_after:
         return ratelimit.with_retry_after(_error(InvalidInput(
             "rate", "Too many signups from your network. Please try again in a minute."), values, 1, 429), retry_after)
