@@ -129,6 +129,31 @@ def test_webinar_registration_and_login_are_limited(database_url, smtp_server, t
     app.extensions["mailer"].engine.dispose()
 
 
+def test_webinar_requests_that_keep_nothing_count_too(database_url, smtp_server, tmp_path):
+    """The count and the registration share one transaction (webinar_pages.register): a
+    refused address, a bot's honeypot and an unknown webinar count all the same."""
+    from mailer.campaigns import webinars
+    from mailer.db import session_scope, utcnow
+    from mailer.models import RegistrationRequest
+
+    app = _limited_app(database_url, smtp_server, tmp_path, signup_rate_limit=3)
+    client = app.test_client()
+    with session_scope(app.extensions["mailer"].sessions) as session:
+        webinar = webinars.save_webinar(
+            session, slug="spine-health", title="Spine Health", starts_local=dt.datetime(2031, 3, 25, 18, 0),
+            timezone="Europe/London", duration_minutes=45, capacity=None, description_md="Desk exercises.",
+            join_url="https://meet.example.com/x", replay_url="", reminder_offsets="1440,60", now=utcnow())
+        webinars.publish(session, webinar.id)
+    answers = [client.post("/webinars/spine-health/register", data={"email": "not an address", "name": "Ann"}),
+               client.post("/webinars/spine-health/register", data={"email": "bot@example.com", "website": "x"}),
+               client.post("/webinars/no-such-webinar/register", data={"email": "a@example.com"}),
+               client.post("/webinars/spine-health/register", data={"email": "a@example.com", "name": "Ann"})]
+    assert [a.status_code for a in answers] == [400, 200, 404, 429]
+    with session_scope(app.extensions["mailer"].sessions) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(RegistrationRequest)) == 0
+    app.extensions["mailer"].engine.dispose()
+
+
 @pytest.mark.parametrize("storage", ["database", "redis"])
 def test_the_limit_holds_across_gunicorn_workers(storage, database_url, smtp_server, tmp_path):
     """gunicorn -w 2: 4 signups a minute from one address means 4 in all, not 4 per worker."""

@@ -87,30 +87,42 @@ def register(slug: str):
     values = {k: data.get(k) if isinstance(data.get(k), str) else "" for k in
               ("email", "name", "timezone", "newsletter_version", HONEYPOT_FIELD, "source_url")}
     newsletter = data.get("newsletter") in (True, "yes", "on", "1", "true")
-    retry_after = ratelimit.exceeded("webinar")
+    failure: Exception | None = None
+    try:
+        version = int(values["newsletter_version"]) if values["newsletter_version"] else None
+    except ValueError:
+        failure = InvalidInput("newsletter_version", "Reload the page and try again.")
+    now = utcnow()
+    # The rate-limit count and the registration share one transaction, as a signup's do
+    # (public.subscribe): one commit, and a request that keeps nothing does not wait for
+    # a durable one (ratelimit.count_only). One insert, no read about the address: the
+    # worker registers (process-signups job).
+    with mailer().engine.begin() as connection:
+        retry_after = ratelimit.exceeded("webinar", connection)
+        stored = False
+        if not retry_after and failure is None:
+            try:
+                webinar = webinars.open_for_registration(connection, slug, now)
+                if not values[HONEYPOT_FIELD]:  # a bot filled the hidden field: answer as usual, keep nothing
+                    webinars.accept_registration(
+                        connection, current_app.extensions["public_lists"], webinar.id, email=values["email"],
+                        name=values["name"], timezone=values["timezone"], newsletter=newsletter,
+                        newsletter_version=version, context=request_context(values["source_url"]), now=now)
+                    stored = True
+            except (NotFound, InvalidInput) as exc:  # nothing was written but the count
+                failure = exc
+        if not stored:
+            ratelimit.count_only(connection)
     if retry_after:
         return ratelimit.with_retry_after(_answer_error(slug, InvalidInput(
             "rate", "Too many requests from your network. Please try again in a minute."), values, 429), retry_after)
-    try:
-        version = int(values["newsletter_version"]) if values["newsletter_version"] else None
-        now = utcnow()
-        # One insert, no read about the address: the worker registers (process-signups job).
-        with mailer().engine.begin() as connection:
-            webinar = webinars.open_for_registration(connection, slug, now)
-            if not values[HONEYPOT_FIELD]:  # a bot filled the hidden field: answer as usual, keep nothing
-                webinars.accept_registration(
-                    connection, current_app.extensions["public_lists"], webinar.id, email=values["email"],
-                    name=values["name"], timezone=values["timezone"], newsletter=newsletter,
-                    newsletter_version=version, context=request_context(values["source_url"]), now=now)
-    except ValueError:
-        return _answer_error(slug, InvalidInput("newsletter_version", "Reload the page and try again."), values)
-    except NotFound:
+    if isinstance(failure, NotFound):
         if wants_json():
             abort(404)
         with db_reader() as session:
             _not_here(session, slug)
-    except InvalidInput as exc:
-        return _answer_error(slug, exc, values)
+    if failure is not None:
+        return _answer_error(slug, failure, values)
     return _registered(webinar)
 
 
