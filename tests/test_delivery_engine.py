@@ -74,6 +74,26 @@ def test_sigkill_mid_send_then_a_new_worker_delivers_everything(mailer, smtp_ser
     assert db.scalar(sa.select(sa.func.count()).select_from(Delivery).where(Delivery.status == "sent")) == total
 
 
+def test_a_run_slower_than_its_lease_sends_each_message_once(mailer, smtp_server, db):
+    """A relay that takes 10 ms a message and a 1 s lease: each batch of 100 (and the one
+    planned ahead meanwhile) outlives the lease it was claimed with. The worker renews the
+    leases of the rows it holds (sender._Leases), so its next claim does not take them again
+    as "a dead worker's" and send them a second time (it did: 1,101 of 5,000 twice, seen in
+    the SIGKILL test above on a loaded machine)."""
+    import dataclasses
+
+    total = 400
+    make_audience(mailer, total)
+    make_newsletter(mailer)
+    mailer.settings = mailer.base_settings = dataclasses.replace(
+        mailer.settings, lease_seconds=1, send_batch_size=100, smtp_connections=1)
+    smtp_server.handler.data_reply = lambda data: time.sleep(0.01)  # None: accepted, 10 ms later
+    mailer.drain()
+    counts = received_counts(smtp_server)
+    assert len(counts) == total and max(counts.values()) == 1
+    assert db.scalar(sa.select(sa.func.count()).select_from(Delivery).where(Delivery.status == "sent")) == total
+
+
 def test_sigterm_finishes_in_flight_gives_back_the_rest_and_exits(mailer, smtp_server, database_url, tmp_path, db):
     total = 3000
     make_audience(mailer, total)

@@ -250,6 +250,18 @@ def record_outcomes(session: Session, outcomes: Outcomes, *, worker_id: str, now
             session.execute(_MARK_DEFERRED, changes)
 
 
+_EXTEND_LEASES = sa.update(_DELIVERIES).where(_COLUMN.id.in_(_IDS), _MINE).values(
+    lease_expires_at=sa.bindparam("until", type_=_COLUMN.lease_expires_at.type))
+
+
+def extend_leases(session: Session, ids, *, worker_id: str, until: dt.datetime) -> None:
+    """Push out the lease of rows this worker still holds (claimed, outcome not yet
+    written), so a batch that takes longer than the lease (a slow relay, a starved CPU) is
+    not claimed, and sent a second time, by another worker or by this one's next claim."""
+    if ids:
+        session.execute(_EXTEND_LEASES, {"ids": list(ids), "owner": worker_id, "until": until})
+
+
 def release_claims(session: Session, *, worker_id: str) -> int:
     """Give back every row this worker holds (on shutdown), as if never claimed."""
     return session.execute(sa.update(Delivery).where(
