@@ -314,10 +314,11 @@ def postgres_admin_engine():
 
 
 class Gunicorn:
-    """gunicorn -w 2 serving wsgi:app on a free port; output goes to a log file."""
+    """gunicorn -w N (sync workers) serving wsgi:app on a free port; output goes to a log file."""
 
-    def __init__(self, database_url: str, workdir: Path):
+    def __init__(self, database_url: str, workdir: Path, workers: int = WORKERS):
         self.port = free_port()
+        self.workers = workers
         self.log_path = workdir / "gunicorn.log"
         self.instance = workdir / "instance"
         self.instance.mkdir()
@@ -326,7 +327,7 @@ class Gunicorn:
                    MAILER_INSTANCE_PATH=str(self.instance), MAILER_SIGNUP_RATE_LIMIT="100000000")
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", str(WORKERS), "-b", f"127.0.0.1:{self.port}", "wsgi:app"],
+            [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{self.port}", "wsgi:app"],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
 
@@ -335,14 +336,14 @@ class Gunicorn:
         return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 30) -> None:
-        """Wait until GET /livez answers 200, then give the second worker a moment to boot."""
+        """Wait until GET /livez answers 200, then give the other workers a moment to boot."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log_text()}")
             try:
                 if http_request(self.port, "GET", "/livez")[0] == 200:
-                    time.sleep(1.0)
+                    time.sleep(0.5 * self.workers)
                     return
             except OSError:
                 pass
@@ -532,11 +533,11 @@ def bench_backend(name: str, database_url: str, wrk: str, args: argparse.Namespa
     run = uuid.uuid4().hex[:8]
     print(f"\n=== {name} ===", flush=True)
     prepare_database(database_url)
-    server = Gunicorn(database_url, workdir)
+    server = Gunicorn(database_url, workdir, args.workers)
     try:
         server.wait_ready()
         preflight(server, database_url, run, workdir)
-        print(f"gunicorn -w {WORKERS} on {server.base_url}; wrk -t 2 -c {args.connections} -d {args.duration}s",
+        print(f"gunicorn -w {args.workers} on {server.base_url}; wrk -t 2 -c {args.connections} -d {args.duration}s",
               flush=True)
 
         meter = CpuMeter(server, database_url)
@@ -667,6 +668,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured phase (default 10)")
     parser.add_argument("--connections", "-c", type=int, default=16, help="wrk connections (default 16)")
+    parser.add_argument("--workers", "-w", type=int, default=WORKERS,
+                        help=f"gunicorn sync workers, the same for both routes (default {WORKERS})")
     parser.add_argument("--sqlite-only", action="store_true", help="skip PostgreSQL")
     parser.add_argument("--postgres-only", action="store_true", help="skip SQLite")
     args = parser.parse_args()
@@ -690,7 +693,7 @@ def main() -> int:
     print(f"\n## Signup benchmark\n\nnproc: {nproc}; load average before the run: {load_before}; "
           f"commit {git_state()}  ")
     print(f"Command: `{command}` (wrk -t 2 -c {args.connections}, {args.duration} s per phase, "
-          f"gunicorn -w {WORKERS} sync, total {time.monotonic() - started:.0f} s)\n")
+          f"gunicorn -w {args.workers} sync, total {time.monotonic() - started:.0f} s)\n")
     print(markdown_table(reports))
     failed = [r.name for r in reports if r.failed or (not r.skipped and r.burst is None)]
     print(f"\nResult: {'FAILED (' + ', '.join(failed) + ')' if failed else 'ok: no lost signups, no 5xx'}")
