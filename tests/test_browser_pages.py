@@ -319,8 +319,11 @@ def test_the_webinar_form_shows_the_newsletter_wording_once(live, page):
     import datetime as dt
 
     with session_scope(app.extensions["mailer"].sessions) as session:
+        # 18:00 London time 9 days on: a time that always exists there (the UTC time of day, taken
+        # as London's, was 01:30 on 28 March 2027, the hour the clocks skip, for a run on the 19th).
         w = webinars.save_webinar(session, slug="spine-health", title="Spine Health",
-                                  starts_local=(utcnow() + dt.timedelta(days=9)).replace(tzinfo=None, microsecond=0),
+                                  starts_local=dt.datetime.combine(utcnow().date() + dt.timedelta(days=9),
+                                                                   dt.time(18, 0)),
                                   timezone="Europe/London", capacity=30, join_url="https://meet.example.org/s",
                                   now=utcnow())
         session.flush()

@@ -6,6 +6,7 @@ import re
 
 import pytest
 import sqlalchemy as sa
+import time_machine
 
 from mailer.campaigns import webinars
 from mailer.staff import dashboard
@@ -79,7 +80,11 @@ def _text(html: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
 
 
-def test_dashboard_shows_growth_next_mailings_and_queue(owner, mailer):
+# The page reads the real clock. Its "today" and "this month" must hold changes made minutes
+# before: pinned to a midday in mid-month (a run at 00:02 London time put them on yesterday).
+@time_machine.travel(_utc(2026, 12, 9, 12, 0), tick=True)
+def test_dashboard_shows_growth_next_mailings_and_queue(staff, mailer):
+    owner = staff("viewer")[0]  # logged in on the pinned clock: a staff session lasts 12 hours
     now = utcnow()
     _add(mailer, [(now - dt.timedelta(minutes=5), None, "active"),
                   (now - dt.timedelta(minutes=4), None, "active"),
