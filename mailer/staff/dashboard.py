@@ -3,8 +3,10 @@ unsubscribes, what goes out next, and the health of the queue.
 
 Subscribers over time come from the subscriptions themselves: a subscription counts from
 its confirmation until it ends, so the active count at any past instant is today's count
-minus what was gained since plus what was lost since. Changes are counted per UTC hour in
-the database and folded into days in the organiser's zone here, so days follow DST."""
+minus what was gained since plus what was lost since. Changes are counted per UTC quarter
+hour in the database and folded into days in the organiser's zone here, so days follow DST
+and start on time in zones a half or three quarters of an hour off UTC (Kolkata, Adelaide,
+Kathmandu)."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,23 +24,29 @@ from mailer.models import (MailingList, Newsletter, NewsletterStatus, Rhythm, Su
                            Webinar)
 
 HISTORY_DAYS = 90
+# Every UTC offset and DST change in use is a whole number of quarter hours (+05:45 is the
+# finest), so each quarter hour lies within one local day of every zone; whole hours did not.
+BUCKET_SECONDS = 15 * 60
 
 
-class utc_hour(FunctionElement):
-    """The UTC hour a timestamp falls in, as text 'YYYY-MM-DD HH' on both databases."""
+class utc_quarter_hour(FunctionElement):
+    """The quarter hour a naive-UTC timestamp falls in, as an integer on both databases:
+    whole quarter hours since 1970-01-01 00:00 UTC."""
 
-    type = sa.String()
+    type = sa.BigInteger()
     inherit_cache = True
 
 
-@compiles(utc_hour)
-def _utc_hour_sqlite(element, compiler, **kw):
-    return "strftime('%%Y-%%m-%%d %%H', %s)" % compiler.process(element.clauses, **kw)
+@compiles(utc_quarter_hour)
+def _utc_quarter_hour_sqlite(element, compiler, **kw):
+    return "CAST(strftime('%%s', %s) AS INTEGER) / %d" % (compiler.process(element.clauses, **kw), BUCKET_SECONDS)
 
 
-@compiles(utc_hour, "postgresql")
-def _utc_hour_postgres(element, compiler, **kw):
-    return "to_char(%s, 'YYYY-MM-DD HH24')" % compiler.process(element.clauses, **kw)
+@compiles(utc_quarter_hour, "postgresql")
+def _utc_quarter_hour_postgres(element, compiler, **kw):
+    # A timestamp without time zone: its epoch is read as UTC whatever the session's TimeZone.
+    return "CAST(floor(extract(epoch FROM %s) / %d) AS BIGINT)" % (
+        compiler.process(element.clauses, **kw), BUCKET_SECONDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +57,10 @@ class Day:
     lost: int
 
 
-def _changes_per_hour(session: Session, column, since: dt.datetime, *conditions) -> dict[dt.datetime, int]:
-    bucket = utc_hour(column)
+def _changes_per_quarter_hour(session: Session, column, since: dt.datetime, *conditions) -> dict[dt.datetime, int]:
+    bucket = utc_quarter_hour(column)
     rows = session.execute(sa.select(bucket, sa.func.count()).where(column >= since, *conditions).group_by(bucket))
-    return {dt.datetime.strptime(hour, "%Y-%m-%d %H").replace(tzinfo=dt.timezone.utc): n for hour, n in rows}
+    return {dt.datetime.fromtimestamp(quarter * BUCKET_SECONDS, dt.timezone.utc): n for quarter, n in rows}
 
 
 def _list_filter(list_id: int | None):
@@ -65,11 +73,11 @@ def active_count(session: Session, list_id: int | None = None) -> int:
 
 
 def gains_and_losses(session: Session, since: dt.datetime, list_id: int | None = None):
-    """Confirmations and ends of subscriptions since `since`, per UTC hour."""
-    gained = _changes_per_hour(
+    """Confirmations and ends of subscriptions since `since`, per UTC quarter hour (its start)."""
+    gained = _changes_per_quarter_hour(
         session, Subscription.confirmed_at, since,
         Subscription.status.in_((SubscriptionStatus.ACTIVE, SubscriptionStatus.UNSUBSCRIBED)), *_list_filter(list_id))
-    lost = _changes_per_hour(
+    lost = _changes_per_quarter_hour(
         session, Subscription.unsubscribed_at, since, Subscription.status == SubscriptionStatus.UNSUBSCRIBED,
         Subscription.confirmed_at.is_not(None), *_list_filter(list_id))
     return gained, lost
@@ -92,11 +100,11 @@ def subscriber_figures(session: Session, *, now: dt.datetime, zone: str, days: i
     per_day = {first + dt.timedelta(days=i): [0, 0] for i in range(days)}
     month = {"gained": 0, "lost": 0}
     for changes, slot, name in ((gained, 0, "gained"), (lost, 1, "lost")):
-        for hour, n in changes.items():
-            day = hour.astimezone(tz).date()
+        for quarter, n in changes.items():
+            day = quarter.astimezone(tz).date()
             if day in per_day:
                 per_day[day][slot] += n
-            if hour >= month_from:
+            if quarter >= month_from:
                 month[name] += n
     active = active_count(session, list_id) if active_now is None else active_now
     history = []
