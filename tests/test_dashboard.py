@@ -8,11 +8,13 @@ import pytest
 import sqlalchemy as sa
 import time_machine
 
+from mailer import create_app
 from mailer.campaigns import webinars
-from mailer.staff import dashboard
+from mailer.staff import dashboard, users
 from mailer.audience.consent import RequestContext
 from mailer.db import session_scope, utcnow
 from mailer.models import Contact, Delivery, MailingList, Newsletter, Subscription
+from tests.conftest import STAFF_PASSWORD, settings_for
 
 UTC = dt.timezone.utc
 
@@ -69,6 +71,71 @@ def test_this_month_starts_at_local_midnight(mailer):
     with mailer.read_sessions() as s:
         _, month = dashboard.subscriber_figures(s, now=_utc(2026, 11, 20), zone="Europe/London", days=3)
     assert month == {"gained": 2, "lost": 2, "net": 0}
+
+
+def test_days_and_month_are_exact_in_a_half_hour_zone(mailer):
+    # Asia/Kolkata is UTC+05:30: its days start at 18:30 UTC. Counted per UTC hour, a change in
+    # the first half hour of a local day fell on the day before (and out of "this month").
+    _add(mailer, [
+        (_utc(2026, 11, 30, 18, 20), None, "active"),              # 23:50 on 30 November: last month
+        (_utc(2026, 11, 30, 18, 40), None, "active"),              # 00:10 on 1 December: this month
+        (_utc(2026, 12, 1, 18, 20), None, "active"),               # 23:50 on 1 December
+        (_utc(2026, 12, 1, 18, 40), _utc(2026, 12, 2, 18, 35), "unsubscribed"),  # 00:10 on the 2nd; left 00:05, 3rd
+    ])
+    with mailer.read_sessions() as s:
+        history, month = dashboard.subscriber_figures(s, now=_utc(2026, 12, 3, 6, 30), zone="Asia/Kolkata", days=5)
+    assert [(d.date.isoformat(), d.active, d.gained, d.lost) for d in history] == [
+        ("2026-11-29", 0, 0, 0),
+        ("2026-11-30", 1, 1, 0),
+        ("2026-12-01", 3, 2, 0),
+        ("2026-12-02", 4, 1, 0),
+        ("2026-12-03", 3, 0, 1),
+    ]
+    assert month == {"gained": 3, "lost": 1, "net": 2}
+
+
+def test_days_are_exact_in_a_quarter_hour_zone(mailer):
+    # Asia/Kathmandu is UTC+05:45: 18:20 UTC is 00:05 on the next local day, 18:10 UTC 23:55.
+    _add(mailer, [(_utc(2026, 12, 1, 18, 10), None, "active"), (_utc(2026, 12, 1, 18, 20), None, "active")])
+    with mailer.read_sessions() as s:
+        history, month = dashboard.subscriber_figures(s, now=_utc(2026, 12, 2, 6), zone="Asia/Kathmandu", days=2)
+    assert [(d.date.isoformat(), d.gained) for d in history] == [("2026-12-01", 1), ("2026-12-02", 1)]
+    assert month["gained"] == 2
+
+
+@pytest.fixture
+def kolkata(database_url, smtp_server, tmp_path):
+    """The app of an organisation in Asia/Kolkata (MAILER_TIMEZONE) and a viewer's login."""
+    app = create_app(settings_for(database_url, tmp_path, smtp_url=smtp_server.url, timezone="Asia/Kolkata"))
+    with session_scope(app.extensions["mailer"].sessions) as session:
+        users.create_user(session, "viewer@clinic.example", STAFF_PASSWORD, "viewer")
+
+    def login():
+        client = app.test_client()
+        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/admin/login").text).group(1)
+        assert client.post("/admin/login", data={"email": "viewer@clinic.example", "password": STAFF_PASSWORD,
+                                                 "csrf_token": token}).status_code == 302
+        return client
+
+    yield app.extensions["mailer"], login
+    app.extensions["mailer"].engine.dispose()
+
+
+# 12:00 on 2 December in Kolkata.
+@time_machine.travel(_utc(2026, 12, 2, 6, 30), tick=True)
+def test_dashboard_page_counts_this_month_from_local_midnight_in_a_half_hour_zone(kolkata):
+    mailer, login = kolkata
+    client = login()  # on the pinned clock: a staff session lasts 12 hours
+    _add(mailer, [
+        (_utc(2026, 11, 30, 18, 20), None, "active"),  # 23:50 on 30 November: last month
+        (_utc(2026, 11, 30, 18, 40), None, "active"),  # 00:10 on 1 December
+        (_utc(2026, 12, 1, 18, 40), None, "active"),   # 00:10 on 2 December: today
+    ])
+    page = client.get("/admin/")
+    assert page.status_code == 200
+    assert "This month: +2 new, −0 unsubscribed (net +2)." in _text(page.text)
+    assert re.findall(r"<rect[^>]*><title>([^<]+)</title>", page.text) == [
+        "2026-11-30: +1", "2026-12-01: +1", "2026-12-02: +1"]
 
 
 @pytest.fixture
