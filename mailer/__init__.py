@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from flask import Flask
@@ -16,6 +17,9 @@ from mailer.db import make_engine, make_session_factory
 from mailer.delivery.rendering import EmailRenderer
 from mailer.settings import Settings, load_settings
 from mailer.delivery.transports import Transport, transport_from_settings
+
+if TYPE_CHECKING:
+    from mailer.staff.metrics import CachedCheck
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)

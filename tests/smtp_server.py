@@ -91,7 +91,8 @@ _handed_out: set[int] = set()
 
 def _ephemeral_range() -> tuple[int, int]:
     try:
-        low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            low, high = map(int, ports.read().split())
         return low, high
     except (OSError, ValueError):
         return 32768, 60999

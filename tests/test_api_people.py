@@ -149,7 +149,6 @@ def test_the_answer_is_the_same_for_new_known_and_suppressed_addresses(api, mail
     subscribe(api, "ann@example.com")
     mailer.drain()
     with session_scope(mailer.sessions) as session:
-        from mailer.audience import contacts
         suppression.suppress_address(session, mailer.settings, "gone@example.com", reason="hard_bounce", now=utcnow())
     subscribe(api, "ann@example.com")  # pending: not re-sent within the hour
     subscribe(api, "gone@example.com")  # suppressed: nothing stored, nothing sent

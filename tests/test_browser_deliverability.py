@@ -22,7 +22,7 @@ OTHER_KEY = ("v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAu1SU
 
 @pytest.fixture
 def live(database_url, smtp_server, tmp_path):
-    settings = settings_with_key(tmp_path, "clinic.example")
+    settings_with_key(tmp_path, "clinic.example")  # writes the DKIM key the app reads
     records = {"clinic.example": ["v=spf1 ip4:192.0.2.10 ~all"], f"{SELECTOR}._domainkey.clinic.example": [OTHER_KEY]}
     with DNSServer(records) as dns:
         app, port = live_app(database_url, tmp_path, smtp_url=smtp_server.url, dkim_selector=SELECTOR,

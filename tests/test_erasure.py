@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from mailer import privacy
 from mailer.delivery import suppression
-from mailer.audience import consent, contacts, imports
+from mailer.audience import consent, imports
 from mailer.campaigns import webinars
 from mailer.cli import main
 from mailer.audience.consent import RequestContext

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import re
 
 import pytest
 import sqlalchemy as sa
@@ -18,7 +16,7 @@ from mailer.campaigns import newsletters
 from mailer.cli import main
 from mailer.db import session_scope, utcnow
 from mailer.errors import InvalidInput
-from mailer.models import AuditLog, Contact, ContactFieldValue, Registration
+from mailer.models import AuditLog, Contact, ContactFieldValue
 from tests.conftest import SECRET
 from tests.test_api_newsletters import Api, error_of
 from tests.test_segments import NOW, people, rule  # noqa: F401 (a fixture)

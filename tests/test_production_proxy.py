@@ -4,7 +4,6 @@ addresses; the consent ledger and the rate limits see the visitor, never the pro
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from mailer import create_app
-from mailer.models import Contact, RateLimitCounter
+from mailer.models import RateLimitCounter
 from mailer.web.ratelimit import DatabaseStorage, Limit, Limiter, redis_storage
 from tests.conftest import STAFF_PASSWORD, settings_for
 from tests.production import REDIS_URL, gunicorn, redis_client, request, stop
