@@ -97,19 +97,26 @@ def test_signup_answers_429_with_retry_after_in_html_and_json(database_url, smtp
     app.extensions["mailer"].engine.dispose()
 
 
-def test_webinar_registration_and_login_are_limited(database_url, smtp_server, tmp_path):
+def _publish_webinar(app) -> None:
+    """A published webinar at /webinars/spine-health, in 2031."""
     from mailer.campaigns import webinars
-    from mailer.staff import users
     from mailer.db import session_scope, utcnow
 
-    app = _limited_app(database_url, smtp_server, tmp_path, signup_rate_limit=1)
-    client = app.test_client()
     with session_scope(app.extensions["mailer"].sessions) as session:
         webinar = webinars.save_webinar(
             session, slug="spine-health", title="Spine Health", starts_local=dt.datetime(2031, 3, 25, 18, 0),
             timezone="Europe/London", duration_minutes=45, capacity=None, description_md="Desk exercises.",
             join_url="https://meet.example.com/x", replay_url="", reminder_offsets="1440,60", now=utcnow())
         webinars.publish(session, webinar.id)
+
+
+def test_webinar_registration_and_login_are_limited(database_url, smtp_server, tmp_path):
+    from mailer.staff import users
+    from mailer.db import session_scope
+
+    app = _limited_app(database_url, smtp_server, tmp_path, signup_rate_limit=1)
+    client = app.test_client()
+    _publish_webinar(app)
     answers = [client.post("/webinars/spine-health/register", data={"email": "a@example.com", "name": "Ann"})
                for _ in range(2)]
     assert [a.status_code for a in answers] == [200, 429]
@@ -132,18 +139,12 @@ def test_webinar_registration_and_login_are_limited(database_url, smtp_server, t
 def test_webinar_requests_that_keep_nothing_count_too(database_url, smtp_server, tmp_path):
     """The count and the registration share one transaction (webinar_pages.register): a
     refused address, a bot's honeypot and an unknown webinar count all the same."""
-    from mailer.campaigns import webinars
-    from mailer.db import session_scope, utcnow
+    from mailer.db import session_scope
     from mailer.models import RegistrationRequest
 
     app = _limited_app(database_url, smtp_server, tmp_path, signup_rate_limit=3)
     client = app.test_client()
-    with session_scope(app.extensions["mailer"].sessions) as session:
-        webinar = webinars.save_webinar(
-            session, slug="spine-health", title="Spine Health", starts_local=dt.datetime(2031, 3, 25, 18, 0),
-            timezone="Europe/London", duration_minutes=45, capacity=None, description_md="Desk exercises.",
-            join_url="https://meet.example.com/x", replay_url="", reminder_offsets="1440,60", now=utcnow())
-        webinars.publish(session, webinar.id)
+    _publish_webinar(app)
     answers = [client.post("/webinars/spine-health/register", data={"email": "not an address", "name": "Ann"}),
                client.post("/webinars/spine-health/register", data={"email": "bot@example.com", "website": "x"}),
                client.post("/webinars/no-such-webinar/register", data={"email": "a@example.com"}),
