@@ -67,7 +67,7 @@ class DatabaseStorage(Storage):
         self._increment = _increment_statement(insert)
         # The same statement as SQL for this database, run on the driver's cursor: it
         # costs a third of the CPU of SQLAlchemy's execution layer.
-        self._increment_sql = DriverStatement(self._increment, engine.dialect)
+        self._increment_run = DriverStatement(self._increment, engine.dialect)
         self._counted_inserts: dict[tuple, DriverStatement] = {}
 
     @property
@@ -87,10 +87,9 @@ class DatabaseStorage(Storage):
         the window, when the window ends). The caller commits; with the signup's own
         transaction the counter costs no transaction of its own."""
         now = self.clock()
-        hits, expires_at = self._increment_sql.execute(
+        hits, expires_at = self._increment_run.execute(
             connection, {"key": key, "amount": amount, "expires_at": now + expiry, "now": now})
-        if next(self._calls) % PRUNE_EVERY == 0:
-            connection.execute(sa.delete(_COUNTERS).where(_COUNTERS.c.expires_at <= now))
+        self._prune_now_and_then(connection, now)
         return hits, expires_at
 
     def increment_and_insert(self, connection: sa.Connection, key: str, expiry: int, limit: int,
@@ -110,9 +109,13 @@ class DatabaseStorage(Storage):
         hits, expires_at, _ = statement.execute(connection, {
             "key": key, "amount": 1, "expires_at": now + expiry, "now": now, "limit": limit,
             **{f"row_{name}": value for name, value in row.items()}})
+        self._prune_now_and_then(connection, now)
+        return hits, expires_at
+
+    def _prune_now_and_then(self, connection: sa.Connection, now: float) -> None:
+        """Every PRUNE_EVERY increments, delete the windows that have ended."""
         if next(self._calls) % PRUNE_EVERY == 0:
             connection.execute(sa.delete(_COUNTERS).where(_COUNTERS.c.expires_at <= now))
-        return hits, expires_at
 
     def _live(self, column, key: str):
         # read_only: on SQLite a plain BEGIN, not the write lock (mailer.db.make_engine).
