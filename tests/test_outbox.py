@@ -1,6 +1,9 @@
 """Outbox rules: a dedupe key is queued once; suppressed and erased people get nothing."""
 from __future__ import annotations
 
+import datetime as dt
+
+import pytest
 import sqlalchemy as sa
 
 from mailer.audience import contacts
@@ -99,3 +102,50 @@ def test_a_database_error_while_building_gives_the_batch_back_untried(client, ma
     row = db.execute(sa.select(Delivery.status, Delivery.attempts, Delivery.lease_owner))[0]
     assert tuple(row) == ("queued", 0, None)  # not failed: a later, healthy worker sends it
     assert smtp_server.received == []
+
+
+def test_rows_named_by_id_are_looked_up_by_primary_key_on_postgresql(mailer):
+    """A claim's UPDATE and a group's outcomes name their rows by id. With the statistics of
+    a table just filled (a newsletter's audience), PostgreSQL planned `id IN (...)` as a
+    read of the whole table, and with the status's index as a read of every entry 'sending'
+    ever had (outbox._among_ids): the plans must go by primary key alone."""
+    if mailer.engine.dialect.name != "postgresql":
+        pytest.skip("the plans in question are PostgreSQL's")
+    now = utcnow()
+    with session_scope(mailer.sessions) as session:
+        session.execute(sa.text(
+            "INSERT INTO deliveries (to_email, kind, dedupe_key, status, priority, attempts, next_attempt_at, "
+            "created_at) SELECT 'r' || n || '@example.com', 'newsletter', 'plan-' || n, 'queued', 1, 0, :now, :now "
+            "FROM generate_series(1, 5000) AS n"), {"now": now})
+    statements = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("UPDATE deliveries"):
+            statements.append((statement, parameters))
+
+    sa.event.listen(mailer.engine, "before_cursor_execute", capture)
+    try:
+        for _ in range(3):  # earlier groups sent, so 'sending' has had entries that are gone now
+            with session_scope(mailer.sessions) as session:
+                ids = outbox.claim_due(session, worker_id="w", now=now, limit=500, lease_seconds=300,
+                                       message_domain="clinic.example")
+            for start in range(0, len(ids), 50):
+                with session_scope(mailer.sessions) as session:
+                    outbox.record_outcomes(session, outbox.Outcomes(sent=ids[start:start + 50]), worker_id="w",
+                                           now=now, base_seconds=60, cap_seconds=3600, deadline=dt.timedelta(days=3))
+        with session_scope(mailer.sessions) as session:
+            ids = outbox.claim_due(session, worker_id="w", now=now, limit=500, lease_seconds=300,
+                                   message_domain="clinic.example")
+            outbox.extend_leases(session, ids, worker_id="w", until=now + dt.timedelta(minutes=10))
+    finally:
+        sa.event.remove(mailer.engine, "before_cursor_execute", capture)
+    claim, mark_sent, extend = ([s for s in statements if word in s[0]][-1]
+                                for word in ("message_id", "sent_at", "SET lease_expires_at"))
+    with mailer.engine.connect() as connection:
+        cursor = connection.connection.driver_connection.cursor()
+        for statement, parameters in (claim, mark_sent, extend):
+            cursor.execute("EXPLAIN " + statement, parameters)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "pk_deliveries" in plan, plan
+            assert "Seq Scan on deliveries" not in plan and "ix_deliveries" not in plan, plan
+        connection.rollback()

@@ -128,6 +128,32 @@ def test_worker_killed_after_claiming_leaves_rows_that_a_new_worker_sends_once(c
     assert [r.status for r in _rows(db)] == ["sent", "sent"]
 
 
+def test_a_running_worker_takes_a_dead_workers_rows_within_a_tenth_of_a_lease(client, mailer, smtp_server, db):
+    """A worker looks for rows whose lease ran out at its first claim and then once every
+    tenth of a lease (Sender._claim), not at every claim: a dead worker's rows go out at
+    most a tenth of a lease after their lease ran out, once."""
+    from mailer.delivery import outbox
+    from mailer.db import session_scope
+
+    lease = dt.timedelta(seconds=mailer.settings.lease_seconds)
+    clock = [utcnow() + lease + dt.timedelta(seconds=1)]
+    with Sender(mailer.settings, mailer.sessions, mailer.transport, mailer.renderer, clock=lambda: clock[0]) as live:
+        assert live.drain().claimed == 0  # its first claim looked, and found nothing
+        signup(client, "a@example.com")
+        with session_scope(mailer.sessions) as session:  # the dead worker claimed, then vanished
+            claimed = outbox.claim_due(session, worker_id="dead", now=utcnow(), limit=10,
+                                       lease_seconds=mailer.settings.lease_seconds, message_domain="clinic.example")
+        assert len(claimed) == 1
+        clock[0] += lease / 10 - dt.timedelta(seconds=2)  # run out, but looked for a moment ago
+        assert live.drain().claimed == 0
+        clock[0] += dt.timedelta(seconds=2)
+        assert live.drain().sent == 1
+        clock[0] += lease
+        assert live.drain().claimed == 0
+    assert [r.rcpt_tos for r in smtp_server.received] == [["a@example.com"]]
+    assert [r.status for r in _rows(db)] == ["sent"]
+
+
 def test_restarted_worker_sends_exactly_once(database_url, tmp_path, smtp_server, db):
     overrides = settings_for(database_url, tmp_path, smtp_url=smtp_server.url)
     first = create_app(overrides)
