@@ -219,8 +219,8 @@ _IDS = sa.bindparam("ids")
 
 
 def _mine_among_ids(postgres: bool) -> tuple:
-    return (_among_ids(_COLUMN.id, _IDS, postgres=True), _MINE_BY_ROW) if postgres else (_COLUMN.id.in_(
-        sa.bindparam("ids", expanding=True)), _MINE)
+    """This worker's leased rows among the ids bound as "ids"."""
+    return _among_ids(_COLUMN.id, _IDS, postgres=postgres), (_MINE_BY_ROW if postgres else _MINE)
 
 
 # Each statement that names rows by a list of ids comes in two forms, indexed by
