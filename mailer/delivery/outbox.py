@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import random
 import typing
 
@@ -186,6 +187,10 @@ class Outcomes:
     skipped: dict[int, tuple[str, str]] = dataclasses.field(default_factory=dict)  # id → (status, reason)
     released: list[int] = dataclasses.field(default_factory=list)  # claimed, never attempted
     release_until: dt.datetime | None = None  # when released rows may go again (None: at once)
+
+    def ids(self):
+        """Every row this records an outcome for."""
+        return itertools.chain(self.sent, self.released, self.deferred, self.failed, self.skipped)
 
 
 class Skip(typing.NamedTuple):

@@ -275,8 +275,7 @@ class _Leases:
 
     def done(self, outcomes: outbox.Outcomes) -> None:
         with self._lock:
-            for ids in (outcomes.sent, outcomes.released, outcomes.deferred, outcomes.failed, outcomes.skipped):
-                self._ids.difference_update(ids)
+            self._ids.difference_update(outcomes.ids())
 
     def due(self, lease_seconds: float) -> list[int]:
         """The held rows, when a third of the lease has passed since they were last renewed."""

@@ -71,6 +71,11 @@ class DatabaseStorage(Storage):
         self._counted_inserts: dict[tuple, DriverStatement] = {}
 
     @property
+    def counts_and_inserts_in_one_statement(self) -> bool:
+        """Whether increment_and_insert is available: PostgreSQL (data-modifying CTEs)."""
+        return self._postgres
+
+    @property
     def base_exceptions(self):
         # increment() runs on the driver's cursor: its errors are the driver's own.
         return (sa.exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error)
@@ -239,7 +244,7 @@ def keeps_in_one_statement(name: str) -> bool:
     from mailer.web import mailer
 
     storage = current_app.extensions["rate_limiter"].storage
-    return (isinstance(storage, DatabaseStorage) and storage._postgres
+    return (isinstance(storage, DatabaseStorage) and storage.counts_and_inserts_in_one_statement
             and not isinstance(LIMITS[name](mailer().settings), tuple))
 
 
