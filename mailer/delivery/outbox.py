@@ -8,10 +8,9 @@ import random
 import typing
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from mailer.db import dialect_insert, is_postgres, newest_first
+from mailer.db import dialect_insert, is_postgres, newest_first, one_of
 from mailer.errors import NotFound
 from mailer.models import (NOT_YET_SENT, PENDING_DELIVERY, Contact, Delivery, DeliveryStatus, ErrorClass, Priority,
                            Suppression)
@@ -83,7 +82,8 @@ def suppressed_hashes(session: Session, email_hashes) -> set[str]:
     wanted = [h for h in email_hashes if h]
     if not wanted:
         return set()
-    return set(session.scalars(sa.select(Suppression.email_hash).where(Suppression.email_hash.in_(wanted))))
+    return set(session.scalars(sa.select(Suppression.email_hash).where(
+        one_of(Suppression.email_hash, wanted, postgres=is_postgres(session)))))
 
 
 def cancel_pending(session: Session, *, contact_id: int, list_id: int | None = None,
@@ -139,30 +139,14 @@ def claim_due(session: Session, *, worker_id: str, now: dt.datetime, limit: int,
         return []
     # One UPDATE: the lease, and one stable Message-ID per delivery, fixed before the first
     # attempt leaves and kept on later ones. Two UPDATEs took 10 of a claim's 14.5 ms on PostgreSQL.
-    which = _among_ids(Delivery.id, sa.bindparam("claimed_ids", ids), postgres=is_postgres(session))
     session.execute(
-        sa.update(Delivery).where(which).values(
+        sa.update(Delivery).where(one_of(Delivery.id, ids, postgres=is_postgres(session))).values(
             status=DeliveryStatus.SENDING, lease_owner=worker_id,
             lease_expires_at=now + dt.timedelta(seconds=lease_seconds), attempts=Delivery.attempts + 1,
             message_id=sa.func.coalesce(Delivery.message_id, _new_message_id(session, message_domain)),
         ).execution_options(synchronize_session=False)  # (no Delivery of this session's to bring up to date)
     )
     return ids
-
-
-def _among_ids(column, ids: sa.BindParameter, *, postgres: bool):
-    """`column IN ids`, a list bound at execution. On PostgreSQL written as
-    `column = ANY(ARRAY(SELECT unnest(ids)))`: the planner cannot see into an array made by
-    a subquery and takes it for a few rows, so it looks them up by primary key whatever its
-    statistics say. Written as `IN (...)`, or joined to `unnest(...)`, a batch's UPDATE was
-    planned over a table just filled by a newsletter's audience as a read of the whole
-    table (100,000 rows for 500: 24-37 ms a claim), and a group's outcome as a read of every
-    index entry of 'sending', which grows with each message sent until VACUUM passes
-    (2.8 ms for 40 rows after 100,000 sent; both measured on PostgreSQL 15)."""
-    if not postgres:
-        return column.in_(sa.bindparam(ids.key, ids.value, expanding=True))
-    array = sa.bindparam(ids.key, ids.value, type_=postgresql.ARRAY(column.type))
-    return column == sa.any_(sa.func.array(sa.select(sa.func.unnest(array)).scalar_subquery()))
 
 
 def _new_message_id(session: Session, domain: str):
@@ -215,7 +199,7 @@ _DELIVERIES = Delivery.__table__
 _COLUMN = _DELIVERIES.c
 _MINE = sa.and_(_COLUMN.lease_owner == sa.bindparam("owner"), _COLUMN.status == DeliveryStatus.SENDING.value)
 # The same test, which no index can answer: on PostgreSQL the rows come by primary key
-# (_among_ids), and with the status's index joined in, it read every entry 'sending' ever
+# (db.one_of), and with the status's index joined in, it read every entry 'sending' ever
 # had until VACUUM passed, as slow as the plain `IN (...)`.
 _MINE_BY_ROW = sa.and_(_COLUMN.lease_owner == sa.bindparam("owner"),
                        _COLUMN.status.concat("") == DeliveryStatus.SENDING.value)
@@ -223,17 +207,17 @@ _DONE = {"lease_owner": None, "lease_expires_at": None}
 _IDS = sa.bindparam("ids")
 
 
-def _mine_among_ids(postgres: bool) -> tuple:
+def _mine_among(postgres: bool) -> tuple:
     """This worker's leased rows among the ids bound as "ids"."""
-    return _among_ids(_COLUMN.id, _IDS, postgres=postgres), (_MINE_BY_ROW if postgres else _MINE)
+    return one_of(_COLUMN.id, _IDS, postgres=postgres), (_MINE_BY_ROW if postgres else _MINE)
 
 
 # Each statement that names rows by a list of ids comes in two forms, indexed by
-# is_postgres(session): see _among_ids.
-_MARK_SENT = tuple(sa.update(_DELIVERIES).where(*_mine_among_ids(pg)).values(
+# is_postgres(session): see db.one_of.
+_MARK_SENT = tuple(sa.update(_DELIVERIES).where(*_mine_among(pg)).values(
     status=DeliveryStatus.SENT.value, sent_at=sa.bindparam("at", type_=_COLUMN.sent_at.type),
     last_error=None, error_class=None, **_DONE) for pg in (False, True))
-_MARK_RELEASED = tuple(sa.update(_DELIVERIES).where(*_mine_among_ids(pg)).values(
+_MARK_RELEASED = tuple(sa.update(_DELIVERIES).where(*_mine_among(pg)).values(
     status=DeliveryStatus.QUEUED.value, attempts=_COLUMN.attempts - 1,
     next_attempt_at=sa.func.coalesce(sa.bindparam("until", type_=_COLUMN.next_attempt_at.type),
                                      _COLUMN.next_attempt_at), **_DONE) for pg in (False, True))
@@ -243,7 +227,7 @@ _MARK_FAILED = sa.update(_DELIVERIES).where(_COLUMN.id == sa.bindparam("row"), _
     status=DeliveryStatus.FAILED.value, last_error=sa.bindparam("error"), error_class=sa.bindparam("error_class"),
     **_DONE)
 _LEASED = tuple(sa.select(_COLUMN.id, _COLUMN.attempts, _COLUMN.created_at).where(
-    *_mine_among_ids(pg)) for pg in (False, True))
+    *_mine_among(pg)) for pg in (False, True))
 _MARK_DEFERRED = sa.update(_DELIVERIES).where(_COLUMN.id == sa.bindparam("row")).values(
     status=sa.bindparam("new_status"), last_error=sa.bindparam("error"), error_class=sa.bindparam("error_class"),
     next_attempt_at=sa.func.coalesce(sa.bindparam("retry_at", type_=_COLUMN.next_attempt_at.type),
@@ -283,7 +267,7 @@ def record_outcomes(session: Session, outcomes: Outcomes, *, worker_id: str, now
             session.execute(_MARK_DEFERRED, changes)
 
 
-_EXTEND_LEASES = tuple(sa.update(_DELIVERIES).where(*_mine_among_ids(pg)).values(
+_EXTEND_LEASES = tuple(sa.update(_DELIVERIES).where(*_mine_among(pg)).values(
     lease_expires_at=sa.bindparam("until", type_=_COLUMN.lease_expires_at.type)) for pg in (False, True))
 
 
