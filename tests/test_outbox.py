@@ -108,7 +108,7 @@ def test_rows_named_by_id_are_looked_up_by_primary_key_on_postgresql(mailer):
     """A claim's UPDATE and a group's outcomes name their rows by id. With the statistics of
     a table just filled (a newsletter's audience), PostgreSQL planned `id IN (...)` as a
     read of the whole table, and with the status's index as a read of every entry 'sending'
-    ever had (outbox._among_ids): the plans must go by primary key alone."""
+    ever had (db.one_of): the plans must go by primary key alone."""
     if mailer.engine.dialect.name != "postgresql":
         pytest.skip("the plans in question are PostgreSQL's")
     now = utcnow()
