@@ -40,7 +40,7 @@ REQUIRED_SUBSCRIPTION = registry.REQUIRED_SUBSCRIPTION
 # How long one send_batch may go on claiming further batches while its last messages are
 # on the wire (Sender._next_batch).
 CHAIN_SECONDS = 5.0
-# A worker looks for rows whose lease ran out once every this fraction of a lease (Sender._claim).
+# A worker looks for rows whose lease ran out once every 1/RECLAIM_EVERY of a lease (Sender._claim).
 RECLAIM_EVERY = 10
 
 
@@ -424,8 +424,8 @@ class Sender:
 
     def _claim(self, session) -> list[int]:
         """Lease the next batch. Rows whose lease ran out (a dead worker's) are looked for
-        at the first claim and then once every RECLAIM_EVERY of a lease, not at every claim
-        (see outbox.claim_due): a dead worker's rows wait at most a tenth of a lease more."""
+        at the first claim and then once every tenth of a lease (RECLAIM_EVERY), not at every
+        claim (see outbox.claim_due): a dead worker's rows wait at most that much longer."""
         settings, now = self.settings, self.clock()
         every = dt.timedelta(seconds=settings.lease_seconds / RECLAIM_EVERY)
         last = self._reclaimed_at
