@@ -197,10 +197,13 @@ def one_of(column, values, *, postgres: bool):
     - one parameter instead of one per value: SQLAlchemy rendering 500 casts and psycopg
       converting a statement too long for its cache cost 30 µs of a worker's CPU per
       message planned (cProfile)."""
-    key, value = (values.key, values.value) if isinstance(values, sa.BindParameter) else (None, list(values))
+    if isinstance(values, sa.BindParameter):  # a named list, required at execution as `values` was
+        key, given = values.key, {}
+    else:
+        key, given = None, {"value": list(values)}
     if not postgres:
-        return column.in_(sa.bindparam(key, value, expanding=True))
-    array = sa.bindparam(key, value, type_=postgresql.ARRAY(column.type))
+        return column.in_(sa.bindparam(key, expanding=True, **given))
+    array = sa.bindparam(key, type_=postgresql.ARRAY(column.type), **given)
     return column == sa.any_(sa.func.array(sa.select(sa.func.unnest(array)).scalar_subquery()))
 
 

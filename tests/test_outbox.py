@@ -141,8 +141,7 @@ def test_rows_named_by_id_are_looked_up_by_primary_key_on_postgresql(mailer):
         sa.event.remove(mailer.engine, "before_cursor_execute", capture)
     claim, mark_sent, extend = ([s for s in statements if word in s[0]][-1]
                                 for word in ("message_id", "sent_at", "SET lease_expires_at"))
-    with mailer.engine.connect() as connection:
-        cursor = connection.connection.driver_connection.cursor()
+    with mailer.engine.connect() as connection, connection.connection.driver_connection.cursor() as cursor:
         for statement, parameters in (claim, mark_sent, extend):
             cursor.execute("EXPLAIN " + statement, parameters)
             plan = "\n".join(row[0] for row in cursor.fetchall())
