@@ -331,7 +331,8 @@ class Sender:
         lock (BEGIN IMMEDIATE), and the send loop and the outcome writer would meet in
         SQLite's busy handler, which sleeps 1, 2, 5, 10 ms... between its tries (a stall
         of the send loop at nearly every batch); here they take turns on a lock of their
-        own, which wakes the one waiting at once. (Other processes still meet in SQLite.)"""
+        own, which wakes the one waiting at once. (Across processes, writers take turns on
+        the database's lock file, db._WriterTurns, polled every 20-250 µs.)"""
         with self._turns, session_scope(self.session_factory) as session:
             yield session
 
