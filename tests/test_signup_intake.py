@@ -141,3 +141,21 @@ def test_a_connection_the_server_closed_while_it_was_idle_is_replaced(client, ma
     monkeypatch.setattr(mailer_db, "PING_AFTER_IDLE_SECONDS", 0.0)  # each pooled connection counts as idle
     assert signup(client, "after@example.com", process=False).status_code == 200
     assert sorted(db.scalars(sa.select(SignupRequest.email))) == ["after@example.com", "before@example.com"]
+
+
+def test_without_a_referer_the_evidence_names_the_page_the_form_was_posted_to(client, db):
+    """The consent event's source is the address the browser posted to (request.url, made
+    once per address and kept: mailer.web._page_address), the query string included."""
+    data = {"email": "ada@example.com", "name": "Ada", "consent": "yes", "consent_version": "1", "lists": "newsletter"}
+    for path, email in (("/subscribe?embed=1", "ada@example.com"), ("/subscribe", "bob@example.com"),
+                        ("/subscribe?embed=1&from=caf%C3%A9", "cy@example.com")):
+        assert client.post(path, data=dict(data, email=email)).status_code == 200
+    referred = client.post("/subscribe", data=dict(data, email="di@example.com"),
+                           headers={"Referer": "https://clinic.example/newsletter"})
+    assert referred.status_code == 200
+    assert db.execute(sa.select(SignupRequest.email, SignupRequest.source_url).order_by(SignupRequest.id)) == [
+        ("ada@example.com", "http://localhost/subscribe?embed=1"),
+        ("bob@example.com", "http://localhost/subscribe"),
+        ("cy@example.com", "http://localhost/subscribe?embed=1&from=café"),
+        ("di@example.com", "https://clinic.example/newsletter"),
+    ]

@@ -10,12 +10,14 @@ import math
 import time
 
 import sqlalchemy as sa
+from flask import current_app, make_response, request
 from limits import RateLimitItemPerSecond
 from limits.storage import Storage
 from limits.strategies import FixedWindowRateLimiter
 
 from mailer.db import DriverStatement
 from mailer.models import RateLimitCounter
+from mailer.web import mailer
 
 log = logging.getLogger(__name__)
 _COUNTERS = RateLimitCounter.__table__
@@ -226,10 +228,6 @@ def exceeded(name: str, connection: sa.Connection | None = None,
     IP (the proxy-resolved address, see MAILER_PROXY_COUNT); the seconds to wait when any
     step is over, else None. With `connection`, counted in that transaction (Limiter.hit);
     with `keep` as well (only where keeps_in_one_statement), the row is inserted when allowed."""
-    from flask import current_app, request
-
-    from mailer.web import mailer
-
     limits = LIMITS[name](mailer().settings)
     limiter, client = current_app.extensions["rate_limiter"], request.remote_addr or "?"
     waits = [limiter.hit(limit, client, connection, keep) for limit in (limits if isinstance(limits, tuple) else (limits,))]
@@ -239,10 +237,6 @@ def exceeded(name: str, connection: sa.Connection | None = None,
 def keeps_in_one_statement(name: str) -> bool:
     """Whether exceeded(name, connection, keep=…) can count and insert in one statement:
     the database storage on PostgreSQL, and a limit of one step."""
-    from flask import current_app
-
-    from mailer.web import mailer
-
     storage = current_app.extensions["rate_limiter"].storage
     return (isinstance(storage, DatabaseStorage) and storage.counts_and_inserts_in_one_statement
             and not isinstance(LIMITS[name](mailer().settings), tuple))
@@ -254,8 +248,6 @@ def count_only(connection: sa.Connection) -> None:
     counter's own transaction does not (DatabaseStorage.incr). Matters most for a flood
     from one address, whose requests all update the same counter row: none of them then
     holds the row while the disk flushes."""
-    from flask import current_app
-
     if (connection.dialect.name == "postgresql"
             and isinstance(current_app.extensions["rate_limiter"].storage, DatabaseStorage)):
         connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
@@ -263,8 +255,6 @@ def count_only(connection: sa.Connection) -> None:
 
 def with_retry_after(answer, seconds: int):
     """The view's 429 answer with the Retry-After header the client should honour."""
-    from flask import make_response
-
     response = make_response(answer)
     response.headers["Retry-After"] = str(seconds)
     return response
