@@ -106,3 +106,21 @@ def test_without_smtputf8_the_non_ascii_local_part_fails_cleanly_and_the_batch_g
         assert db.scalar(sa.select(sa.func.count()).select_from(Suppression)) == 0
     finally:
         mailer.engine.dispose()
+
+
+def test_a_domain_checked_once_is_answered_the_same_from_then_on():
+    """contacts keeps email-validator's answer per domain (_check_each_domain_once): the
+    same normalised address whether the domain was seen before or not, and a refused
+    domain is refused every time, with its reason."""
+    from mailer.audience import contacts
+    from mailer.errors import InvalidInput
+
+    for _ in range(2):
+        assert contacts.normalise_email("Jöhn@EXÄMPLE.com") == "jöhn@exämple.com"
+        assert contacts.normalise_email("ann@xn--exmple-cua.com") == "ann@exämple.com"
+        assert contacts.normalise_email(CHINESE) == CHINESE
+        for bad, reason in (("ann@exa..mple.com", "two periods"), ("ann@ex ample.com", "invalid characters"),
+                            ("ann@-example.com", "hyphen")):
+            with pytest.raises(InvalidInput) as refused:
+                contacts.normalise_email(bad)
+            assert reason in refused.value.message
