@@ -3,6 +3,7 @@ in the usual error shape, and an id no INTEGER column can hold answers 404, neve
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
 from mailer import create_app
 from tests.conftest import settings_for
@@ -99,3 +100,55 @@ def test_public_ids_beyond_the_column_answer_404(database_url, smtp_server, tmp_
             assert web.get(f"/t/c/{number}/0000000000000000").status_code == 404
     finally:
         tracked.extensions["mailer"].engine.dispose()
+
+
+FORM_BODIES = [
+    "email=ann%40example.com&name=Ann+Smith&consent=yes&lists=newsletter&lists=clinic",
+    "name=&consent=&=orphan&lonely&a=1;b=2",
+    "name=J%C3%B6rg&bad=%FF%FE&half=%E2%82&plus=a+b%2Bc&pct=100%25",
+    "name=" + "é" * 10 + "&raw=\u00e9",
+    "",
+    b"email=a%40b.example&name=\xff\xfe&consent=yes",  # not UTF-8: an empty form, then "enter your address"
+]
+
+
+@pytest.mark.parametrize("body", FORM_BODIES, ids=["fields", "blanks", "escapes", "unicode", "empty", "not-utf8"])
+def test_a_short_urlencoded_form_is_read_as_werkzeug_reads_it(app, body):
+    """mailer.web.Request parses short urlencoded bodies itself: the same fields, values and
+    order as werkzeug's own form parser, whatever the escapes."""
+    import flask
+
+    raw = body if isinstance(body, bytes) else body.encode()
+    with app.test_request_context("/subscribe", method="POST", data=raw,
+                                  content_type="application/x-www-form-urlencoded") as ctx:
+        ours = ctx.request.form
+        assert type(ctx.request).__name__ == "Request" and type(ctx.request) is not flask.Request
+        theirs = flask.Request(dict(ctx.request.environ, **{"wsgi.input": __import__("io").BytesIO(raw)})).form
+    assert list(ours.items(multi=True)) == list(theirs.items(multi=True))
+
+
+def test_a_form_not_in_utf8_over_the_size_limit_or_cut_short_is_refused(app, client):
+    from werkzeug.exceptions import ClientDisconnected
+
+    undecodable = client.post("/subscribe", data=b"email=a%40b.example&name=\xff&consent=yes",
+                              content_type="application/x-www-form-urlencoded")
+    assert undecodable.status_code == 400 and "Please enter your email address" in undecodable.text
+    app.config["MAX_CONTENT_LENGTH"] = 1000
+    answer = client.post("/subscribe", data={"email": "ann@example.com", "name": "x" * 2000, "consent": "yes"})
+    assert answer.status_code == 413
+    with app.test_request_context("/subscribe", method="POST", data=b"email=ann%40example.com",
+                                  content_type="application/x-www-form-urlencoded",
+                                  environ_overrides={"CONTENT_LENGTH": "500"}) as ctx:
+        with pytest.raises(ClientDisconnected):
+            ctx.request.form
+
+
+def test_a_multipart_signup_still_takes_werkzeugs_parser(client, db):
+    """A form posted as multipart/form-data (FormData from a script) is not read here."""
+    from mailer.models import SignupRequest
+
+    answer = client.post("/subscribe", content_type="multipart/form-data", data={
+        "email": "multi@example.com", "name": "Multi", "consent": "yes", "consent_version": "1",
+        "lists": "newsletter"})
+    assert answer.status_code == 200 and "Check your inbox" in answer.text
+    assert db.scalars(sa.select(SignupRequest.email)) == ["multi@example.com"]

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import functools
 import importlib
+import io
+import urllib.parse
 from contextlib import contextmanager
 
+import flask
 from flask import Flask, current_app, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from flask_wtf.csrf import CSRFProtect
-from werkzeug.exceptions import NotFound
+from werkzeug.exceptions import ClientDisconnected, NotFound, RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter
 from werkzeug.sansio.utils import get_current_url
 
@@ -89,6 +92,45 @@ class JSONProvider(DefaultJSONProvider):
             raise ValueError("The JSON is nested too deeply.") from None
 
 
+class Request(flask.Request):
+    """Flask's request, with a short urlencoded form (what the public signup form and
+    staff forms post) parsed straight from the body: werkzeug's form loading took 31 µs of
+    a signup's 280 µs in the app (its stream wrappers, the size limits read through
+    current_app at each step), 12 µs here. The same parse as werkzeug's for urlencoded
+    bodies (parse_qsl, blank values kept, werkzeug's quoting of undecodable escapes) and
+    the same limits and answers: a body not in UTF-8 is an empty form; one without a length,
+    longer than SHORT_FORM_BYTES or of another type takes werkzeug's path (chunked bodies,
+    multipart files)."""
+
+    SHORT_FORM_BYTES = 64 * 1024
+
+    def _load_form_data(self) -> None:
+        if "form" in self.__dict__:
+            return
+        length = self.content_length
+        if (length is None or length > self.SHORT_FORM_BYTES or getattr(self, "_cached_data", None) is not None
+                or self.mimetype != "application/x-www-form-urlencoded"):
+            return super()._load_form_data()
+        limit = self.max_content_length
+        if limit is not None and length > limit:
+            raise RequestEntityTooLarge()
+        stream, chunks, missing = self.environ["wsgi.input"], [], length
+        while missing:
+            chunk = stream.read(missing)
+            if not chunk:  # the client went away mid-body: as werkzeug's LimitedStream reports it
+                raise ClientDisconnected()
+            chunks.append(chunk)
+            missing -= len(chunk)
+        try:
+            items = urllib.parse.parse_qsl(b"".join(chunks).decode(), keep_blank_values=True,
+                                           errors="werkzeug.url_quote")
+        except ValueError:  # a body that is not UTF-8: an empty form, as werkzeug's parser gives
+            items = []
+        # As werkzeug does: into the instance dict, past the cached properties.
+        self.__dict__.update(stream=io.BytesIO(), form=self.parameter_storage_class(items),
+                             files=self.parameter_storage_class())
+
+
 class IdConverter(IntegerConverter):
     """`<int:…>` in our routes: ids are 32-bit INTEGER columns on PostgreSQL, so a larger
     number names nothing: 404, instead of overflowing the database driver (500). Raised
@@ -162,6 +204,7 @@ def register(app: Flask) -> None:
         importlib.import_module(f"mailer.web.api.{module}")
     settings = app.extensions["mailer"].settings
     app.json = JSONProvider(app)
+    app.request_class = Request
     app.url_map.converters["int"] = IdConverter  # before any rule is added
     app.extensions["rate_limiter"] = Limiter(storage_for(settings, app.extensions["mailer"].engine))
     app.extensions["public_lists"] = PublicLists()
