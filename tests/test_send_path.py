@@ -653,9 +653,15 @@ def test_a_database_error_planning_ahead_gives_back_only_that_batch(mailer, smtp
     with mailer.sender() as sender:
         sender._adopt(dataclasses.replace(sender.settings, send_batch_size=10))
         first = sender.send_batch(chain=True)
+        # The released rows reach the database with the outcome log's next group: a claim
+        # the planner makes before that finds nothing due and ends the run, and the next
+        # run takes them (which one happens depends on the threads' timing).
+        later = sender.send_batch(chain=True) if first.sent < 30 else None
         statuses = _statuses(db)
     # The batch whose planning failed went back untried (only it: the others were on the
-    # wire), and was claimed again later in the run; each message went once.
-    assert first.released == 10 and first.claimed == 40 and first.sent == 30, first
+    # wire), and was claimed again, in this run or the next; each message went once.
+    assert first.released == 10 and first.sent in (20, 30), first
+    assert first.claimed == 10 + first.sent, first
+    assert later is None or (later.claimed == later.sent == 10 and not later.released), later
     assert statuses == {"sent": 30}
     assert len({r.rcpt_tos[0] for r in smtp_server.received}) == len(smtp_server.received) == 30
