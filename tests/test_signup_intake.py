@@ -104,6 +104,30 @@ def test_the_intake_row_is_the_row_sqlalchemy_would_write(mailer):
     assert raw[0] == raw[1]  # the same text (SQLite) or timestamp (PostgreSQL) in the table
 
 
+def test_a_failed_driver_statement_leaves_the_connection_fit_for_the_next(mailer):
+    """DriverStatement keeps one cursor per connection on PostgreSQL: a statement that fails
+    there (a duplicate key) must not spoil the next ones on the same pooled connection."""
+    table = SignupRequest.__table__
+    insert = mailer_db.DriverStatement(sa.insert(table).returning(table.c.id), mailer.engine.dialect)
+    row = {"email": "ada@example.com", "name": "Ada", "lists": "newsletter", "consent_version": 1,
+           "timezone": None, "source_url": None, "ip": None, "user_agent": None,
+           "created_at": dt.datetime(2031, 3, 25, 17, 4, 5, tzinfo=dt.timezone.utc)}
+    with mailer.engine.connect() as connection:
+        dbapi_connection = connection.connection.dbapi_connection
+        with connection.begin():
+            (first,) = insert.execute(connection, dict(row, id=1))
+        with pytest.raises(mailer.engine.dialect.loaded_dbapi.IntegrityError):  # the driver's own error
+            with connection.begin():
+                insert.execute(connection, dict(row, id=1))  # the same key again
+        with connection.begin():
+            (second,) = insert.execute(connection, dict(row, id=2, email="grace@example.com"))
+        assert connection.connection.dbapi_connection is dbapi_connection  # the same connection throughout
+    with mailer.engine.connect() as connection:
+        stored = connection.execute(sa.select(table.c.id, table.c.email).order_by(table.c.id)).all()
+    assert (first, second) == (1, 2)
+    assert stored == [(1, "ada@example.com"), (2, "grace@example.com")]
+
+
 def test_a_driver_error_in_the_counter_lets_the_request_through(tmp_path):
     """The counter runs on the driver's cursor, so its errors are the driver's: still the
     storage's errors for Limiter.hit, which lets the request through rather than fail."""
