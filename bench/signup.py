@@ -6,6 +6,7 @@ Run from the repository root, as root (it may install wrk with apt-get):
     .venv/bin/python bench/signup.py --sqlite-only   # skip PostgreSQL
     .venv/bin/python bench/signup.py --postgres-only # skip SQLite
     .venv/bin/python bench/signup.py --duration 5 --connections 32
+    .venv/bin/python bench/signup.py --ceiling       # also the most any storing route reaches
 
 (`python bench/signup.py` with another interpreter re-runs itself under .venv/bin/python.)
 
@@ -23,7 +24,11 @@ For each backend the script:
    (latency counted from the moment each request was due, so queueing is not hidden);
 5. fires 1,000 concurrent signups at once and checks in the database that every one answered
    2xx left a 'pending' subscription and a 'requested' consent event, and that gunicorn never
-   logged "database is locked".
+   logged "database is locked";
+6. with --ceiling, starts another gunicorn serving bench/store_one_row.py (the same app plus a
+   route that does nothing but store one row, the way a signup stores its own) and runs /livez
+   and that route alternately like step 3: the ratio no route that writes to this database can
+   beat on this machine, whatever else it does.
 
 Each wrk phase also reports the CPU time (user + system) per answered request of gunicorn's
 processes and, on PostgreSQL, of the server backends serving the benchmark's database: rates
@@ -204,6 +209,13 @@ class BackendReport:
     burst: BurstResult | None = None
     skipped: str = ""
     runs: int = 1  # wrk runs of each route; livez and subscribe are the median ones
+    # --ceiling: /livez and GET /bench/store-one-row (bench/store_one_row.py) on their own gunicorn.
+    ceiling_livez: LoadResult | None = None
+    ceiling: LoadResult | None = None
+
+    @property
+    def ceiling_ratio(self) -> float:
+        return self.ceiling.rps / self.ceiling_livez.rps if self.ceiling and self.ceiling_livez.rps else 0.0
 
     @property
     def ratio(self) -> float:
@@ -213,7 +225,7 @@ class BackendReport:
     def failed(self) -> bool:
         if self.skipped:
             return False
-        phases = [self.livez, self.subscribe, self.fixed]
+        phases = [self.livez, self.subscribe, self.fixed] + [p for p in (self.ceiling_livez, self.ceiling) if p]
         return (self.burst is None or not self.burst.ok
                 or any(p is None or p.server_errors or p.errors for p in phases))
 
@@ -318,18 +330,19 @@ def postgres_admin_engine():
 class Gunicorn:
     """gunicorn -w N (sync workers) serving wsgi:app on a free port; output goes to a log file."""
 
-    def __init__(self, database_url: str, workdir: Path, workers: int = WORKERS):
+    def __init__(self, database_url: str, workdir: Path, workers: int = WORKERS, app: str = "wsgi:app"):
         self.port = free_port()
         self.workers = workers
-        self.log_path = workdir / "gunicorn.log"
-        self.instance = workdir / "instance"
+        self.log_path = workdir / f"gunicorn-{app.partition(':')[0]}.log"
+        self.instance = workdir / f"instance-{app.partition(':')[0]}"
         self.instance.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}  # no SMTP URL, no stray settings
         env.update(MAILER_DATABASE_URL=database_url, MAILER_SECRET_KEY=BENCH_SECRET_KEY,
                    MAILER_INSTANCE_PATH=str(self.instance), MAILER_SIGNUP_RATE_LIMIT="100000000")
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{self.port}", "wsgi:app"],
+            [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{self.port}",
+             *([] if app == "wsgi:app" else ["--pythonpath", str(Path(__file__).resolve().parent)]), app],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
 
@@ -580,7 +593,44 @@ def bench_backend(name: str, database_url: str, wrk: str, args: argparse.Namespa
         print_burst(report.burst)
     finally:
         server.stop()
+    if args.ceiling:
+        measure_ceiling(report, database_url, wrk, args, workdir)
     return report
+
+
+def measure_ceiling(report: BackendReport, database_url: str, wrk: str, args: argparse.Namespace,
+                    workdir: Path) -> None:
+    """/livez against a route that only stores one row (bench/store_one_row.py), alternately
+    like the main phases, on a gunicorn of their own: the most any route that writes to this
+    database can reach next to /livez here, whatever it does besides."""
+    from store_one_row import create_table
+
+    engine = make_engine(database_url)
+    try:
+        create_table(engine)
+    finally:
+        engine.dispose()
+    server = Gunicorn(database_url, workdir, args.workers, app="store_one_row:app")
+    try:
+        server.wait_ready()
+        status, body = http_request(server.port, "GET", "/bench/store-one-row")
+        if status != 200:
+            raise RuntimeError(f"GET /bench/store-one-row answered {status}: {body[:200]!r}\n{server.log_text()}")
+        livez, stored = [], []
+        for i in range(args.runs):
+            livez.append(CpuMeter(server, database_url).charge(
+                run_wrk(wrk, f"{server.base_url}/livez", "", args, workdir)))
+            print_load(f"ceiling: GET /livez (wrk), run {i + 1}", livez[-1])
+            time.sleep(PAUSE_SECONDS)
+            stored.append(CpuMeter(server, database_url).charge(
+                run_wrk(wrk, f"{server.base_url}/bench/store-one-row", "", args, workdir)))
+            print_load(f"ceiling: GET /bench/store-one-row (wrk), run {i + 1}", stored[-1])
+            time.sleep(PAUSE_SECONDS)
+        report.ceiling_livez, report.ceiling = median_run(livez), median_run(stored)
+        print(f"  ceiling, medians of {args.runs}: /livez {report.ceiling_livez.rps:.1f} req/s, one stored row "
+              f"{report.ceiling.rps:.1f} req/s; ratio {report.ceiling_ratio:.2f}", flush=True)
+    finally:
+        server.stop()
 
 
 def median_run(results: list[LoadResult]) -> LoadResult:
@@ -688,6 +738,8 @@ def main() -> int:
                         help=f"gunicorn sync workers, the same for both routes (default {WORKERS})")
     parser.add_argument("--sqlite-only", action="store_true", help="skip PostgreSQL")
     parser.add_argument("--postgres-only", action="store_true", help="skip SQLite")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also measure /livez against a route that only stores one row (bench/store_one_row.py)")
     args = parser.parse_args()
     command = os.environ.get("BENCH_COMMAND") or shlex.join(sys.orig_argv)
 
@@ -712,6 +764,11 @@ def main() -> int:
           f"median of {args.runs} alternating runs per route, "
           f"gunicorn -w {args.workers} sync, total {time.monotonic() - started:.0f} s)\n")
     print(markdown_table(reports))
+    for r in reports:
+        if r.ceiling:
+            print(f"\nCeiling on {r.name}: a route that only stores one row, {r.ceiling.rps:.0f} req/s against "
+                  f"{r.ceiling_livez.rps:.0f} for /livez, ratio {r.ceiling_ratio:.2f}; CPU ms per request "
+                  f"{cpu_cell(r.ceiling_livez)} / {cpu_cell(r.ceiling)}")
     failed = [r.name for r in reports if r.failed or (not r.skipped and r.burst is None)]
     print(f"\nResult: {'FAILED (' + ', '.join(failed) + ')' if failed else 'ok: no lost signups, no 5xx'}")
     return 1 if failed else 0
