@@ -212,6 +212,7 @@ class BackendReport:
     # --ceiling: /livez and GET /bench/store-one-row (bench/store_one_row.py) on their own gunicorn.
     ceiling_livez: LoadResult | None = None
     ceiling: LoadResult | None = None
+    ceiling_failed: bool = False
 
     @property
     def ceiling_ratio(self) -> float:
@@ -226,7 +227,7 @@ class BackendReport:
         if self.skipped:
             return False
         phases = [self.livez, self.subscribe, self.fixed] + [p for p in (self.ceiling_livez, self.ceiling) if p]
-        return (self.burst is None or not self.burst.ok
+        return (self.burst is None or not self.burst.ok or self.ceiling_failed
                 or any(p is None or p.server_errors or p.errors for p in phases))
 
 
@@ -333,8 +334,9 @@ class Gunicorn:
     def __init__(self, database_url: str, workdir: Path, workers: int = WORKERS, app: str = "wsgi:app"):
         self.port = free_port()
         self.workers = workers
-        self.log_path = workdir / f"gunicorn-{app.partition(':')[0]}.log"
-        self.instance = workdir / f"instance-{app.partition(':')[0]}"
+        name = app.partition(":")[0]
+        self.log_path = workdir / f"gunicorn-{name}.log"
+        self.instance = workdir / f"instance-{name}"
         self.instance.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}  # no SMTP URL, no stray settings
         env.update(MAILER_DATABASE_URL=database_url, MAILER_SECRET_KEY=BENCH_SECRET_KEY,
@@ -594,7 +596,12 @@ def bench_backend(name: str, database_url: str, wrk: str, args: argparse.Namespa
     finally:
         server.stop()
     if args.ceiling:
-        measure_ceiling(report, database_url, wrk, args, workdir)
+        try:
+            measure_ceiling(report, database_url, wrk, args, workdir)
+        except Exception:  # keep the phases above
+            print(f"{name}: the ceiling's phases failed:", file=sys.stderr)
+            traceback.print_exc()
+            report.ceiling_failed = True
     return report
 
 
@@ -610,7 +617,7 @@ def measure_ceiling(report: BackendReport, database_url: str, wrk: str, args: ar
         create_table(engine)
     finally:
         engine.dispose()
-    server = Gunicorn(database_url, workdir, args.workers, app="store_one_row:app")
+    server = Gunicorn(database_url, workdir, args.workers, app="store_one_row:create()")
     try:
         server.wait_ready()
         status, body = http_request(server.port, "GET", "/bench/store-one-row")

@@ -7,7 +7,8 @@ signup stores its row (mailer.db.DriverStatement on the app's own engine and poo
 PostgreSQL one statement on a connection in autocommit, on SQLite a write transaction with
 its BEGIN IMMEDIATE and turn), and answers "ok". No form, no validation, no rate limit, no
 page: a signup does all of those and this one write. `bench/signup.py` creates the table
-(create_table) before it starts gunicorn with `store_one_row:app`."""
+(create_table) before it starts gunicorn with `store_one_row:create()`; importing this module
+makes no app (the benchmark's own process imports it for the table)."""
 from __future__ import annotations
 
 import itertools
@@ -33,12 +34,17 @@ def create_table(engine: sa.Engine) -> None:
     ROWS.create(engine, checkfirst=True)
 
 
-app = create_app()
 _insert: DriverStatement | None = None
 _serial = itertools.count()
 
 
-@app.get("/bench/store-one-row")
+def create():
+    """gunicorn's app factory: the app of wsgi.py with the route below."""
+    app = create_app()
+    app.add_url_rule("/bench/store-one-row", view_func=store_one_row)
+    return app
+
+
 def store_one_row():
     global _insert
     engine = mailer().engine
