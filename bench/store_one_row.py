@@ -17,8 +17,7 @@ import os
 import sqlalchemy as sa
 
 from mailer import create_app
-from mailer.db import DriverStatement, utcnow
-from mailer.db import UTCDateTime
+from mailer.db import DriverStatement, UTCDateTime, utcnow
 from mailer.web import mailer
 
 ROWS = sa.Table(
