@@ -557,20 +557,8 @@ def bench_backend(name: str, database_url: str, wrk: str, args: argparse.Namespa
         print(f"gunicorn -w {args.workers} on {server.base_url}; wrk -t 2 -c {args.connections} -d {args.duration}s",
               flush=True)
 
-        # Both routes alternately, `--runs` times each, and the median run of each: a lone
-        # run of /livez moved between 2,400 and 5,000 req/s on a quiet machine.
-        livez, subscribe = [], []
-        for i in range(args.runs):
-            meter = CpuMeter(server, database_url)
-            livez.append(meter.charge(run_wrk(wrk, f"{server.base_url}/livez", "", args, workdir)))
-            print_load(f"GET /livez (wrk), run {i + 1}", livez[-1])
-            time.sleep(PAUSE_SECONDS)
-            meter = CpuMeter(server, database_url)  # the backends as they are now (preflight opened them)
-            subscribe.append(meter.charge(run_wrk(wrk, f"{server.base_url}/subscribe", WRK_SUBSCRIBE_LUA, args,
-                                                  workdir, f"wrk-{run}-{i}")))
-            print_load(f"POST /subscribe (wrk), run {i + 1}", subscribe[-1])
-            time.sleep(PAUSE_SECONDS)
-        report.livez, report.subscribe = median_run(livez), median_run(subscribe)
+        report.livez, report.subscribe = alternate_with_livez(
+            server, database_url, wrk, args, workdir, "POST /subscribe", WRK_SUBSCRIBE_LUA, lambda i: (f"wrk-{run}-{i}",))
         report.runs = args.runs
         print(f"  medians of {args.runs}: /livez {report.livez.rps:.1f} req/s, /subscribe {report.subscribe.rps:.1f} "
               f"req/s; ratio subscribe/livez: {report.ratio:.2f} (target >= {TARGET_RATIO}: "
@@ -623,21 +611,33 @@ def measure_ceiling(report: BackendReport, database_url: str, wrk: str, args: ar
         status, body = http_request(server.port, "GET", "/bench/store-one-row")
         if status != 200:
             raise RuntimeError(f"GET /bench/store-one-row answered {status}: {body[:200]!r}\n{server.log_text()}")
-        livez, stored = [], []
-        for i in range(args.runs):
-            livez.append(CpuMeter(server, database_url).charge(
-                run_wrk(wrk, f"{server.base_url}/livez", "", args, workdir)))
-            print_load(f"ceiling: GET /livez (wrk), run {i + 1}", livez[-1])
-            time.sleep(PAUSE_SECONDS)
-            stored.append(CpuMeter(server, database_url).charge(
-                run_wrk(wrk, f"{server.base_url}/bench/store-one-row", "", args, workdir)))
-            print_load(f"ceiling: GET /bench/store-one-row (wrk), run {i + 1}", stored[-1])
-            time.sleep(PAUSE_SECONDS)
-        report.ceiling_livez, report.ceiling = median_run(livez), median_run(stored)
+        report.ceiling_livez, report.ceiling = alternate_with_livez(
+            server, database_url, wrk, args, workdir, "GET /bench/store-one-row", prefix="ceiling: ")
         print(f"  ceiling, medians of {args.runs}: /livez {report.ceiling_livez.rps:.1f} req/s, one stored row "
               f"{report.ceiling.rps:.1f} req/s; ratio {report.ceiling_ratio:.2f}", flush=True)
     finally:
         server.stop()
+
+
+def alternate_with_livez(server: Gunicorn, database_url: str, wrk: str, args: argparse.Namespace, workdir: Path,
+                         route: str, script: str = "", lua_args=lambda i: (),
+                         prefix: str = "") -> tuple[LoadResult, LoadResult]:
+    """GET /livez and `route` ("METHOD /path", its requests made by the wrk `script`)
+    alternately, `--runs` times each, each run charged with its CPU; the median run of
+    each (a lone run of /livez moved between 2,400 and 5,000 req/s on a quiet machine)."""
+    path = route.split()[1]
+    livez, other = [], []
+    for i in range(args.runs):
+        livez.append(CpuMeter(server, database_url).charge(
+            run_wrk(wrk, f"{server.base_url}/livez", "", args, workdir)))
+        print_load(f"{prefix}GET /livez (wrk), run {i + 1}", livez[-1])
+        time.sleep(PAUSE_SECONDS)
+        # A new meter: the backends as they are now (the first requests opened them).
+        other.append(CpuMeter(server, database_url).charge(
+            run_wrk(wrk, f"{server.base_url}{path}", script, args, workdir, *lua_args(i))))
+        print_load(f"{prefix}{route} (wrk), run {i + 1}", other[-1])
+        time.sleep(PAUSE_SECONDS)
+    return median_run(livez), median_run(other)
 
 
 def median_run(results: list[LoadResult]) -> LoadResult:

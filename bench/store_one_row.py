@@ -18,7 +18,6 @@ import sqlalchemy as sa
 
 from mailer import create_app
 from mailer.db import DriverStatement, UTCDateTime, utcnow
-from mailer.web import mailer
 
 ROWS = sa.Table(
     "bench_rows", sa.MetaData(),
@@ -33,28 +32,23 @@ def create_table(engine: sa.Engine) -> None:
     ROWS.create(engine, checkfirst=True)
 
 
-_insert: DriverStatement | None = None
-_serial = itertools.count()
-
-
 def create():
-    """gunicorn's app factory: the app of wsgi.py with the route below."""
+    """gunicorn's app factory: the app of wsgi.py with GET /bench/store-one-row."""
     app = create_app()
-    app.add_url_rule("/bench/store-one-row", view_func=store_one_row)
+    engine = app.extensions["mailer"].engine
+    insert = DriverStatement(sa.insert(ROWS), engine.dialect, column_keys=["email", "source_url", "created_at"])
+    serial = itertools.count()
+
+    @app.get("/bench/store-one-row")
+    def store_one_row():
+        row = {"email": f"row-{os.getpid()}-{next(serial)}@bench.example",
+               "source_url": "http://127.0.0.1/subscribe", "created_at": utcnow()}
+        if engine.dialect.name == "postgresql":
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                insert.execute(connection, row)
+        else:
+            with engine.begin() as connection:
+                insert.execute(connection, row)
+        return "ok\n", 200, {"Content-Type": "text/plain"}
+
     return app
-
-
-def store_one_row():
-    global _insert
-    engine = mailer().engine
-    if _insert is None:
-        _insert = DriverStatement(sa.insert(ROWS), engine.dialect, column_keys=["email", "source_url", "created_at"])
-    row = {"email": f"row-{os.getpid()}-{next(_serial)}@bench.example", "source_url": "http://127.0.0.1/subscribe",
-           "created_at": utcnow()}
-    if engine.dialect.name == "postgresql":
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            _insert.execute(connection, row)
-    else:
-        with engine.begin() as connection:
-            _insert.execute(connection, row)
-    return "ok\n", 200, {"Content-Type": "text/plain"}

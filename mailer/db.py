@@ -76,11 +76,11 @@ class DriverStatement:
                       if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect))}
         # Literals in the statement (func.f('x')) are binds with a value of their own.
         self.constants = {name: bind.value for name, bind in compiled.binds.items() if not bind.required}
-        # (name, processor or None) in the order the driver takes them: positional
-        # parameters as a list, named ones as a dict.
+        # The binds in the order the driver takes them (positional parameters as a list,
+        # named ones as a dict) and each one's processor (None: the value as it is).
+        self.names = tuple(compiled.positiontup if compiled.positional else compiled.binds)
+        self.processors = tuple(processors.get(name) for name in self.names)
         self.positional = compiled.positional
-        names = compiled.positiontup if compiled.positional else list(compiled.binds)
-        self.binds = [(name, processors.get(name)) for name in names]
         # Known here, not asked of the cursor: psycopg builds cursor.description anew at each
         # call (4 % of a signup's CPU on PostgreSQL, py-spy).
         self.returns_rows = statement.is_select or bool(compiled.returning)
@@ -93,18 +93,17 @@ class DriverStatement:
     def execute(self, connection: sa.Connection, values: dict) -> tuple | None:
         """Run with `values` by bind name; the first row when the statement returns rows."""
         values = self.constants | values if self.constants else values
-        processed = [processor(values[name]) if processor else values[name] for name, processor in self.binds]
-        parameters = processed if self.positional else dict(zip((name for name, _ in self.binds), processed))
-        if self.reuses_cursor:
-            cursor = _connection_cursor(connection.connection)
-            cursor.execute(self.sql, parameters)
-            return cursor.fetchone() if self.returns_rows else None
-        cursor = connection.connection.cursor()
+        processed = [processor(values[name]) if processor else values[name]
+                     for name, processor in zip(self.names, self.processors)]
+        parameters = processed if self.positional else dict(zip(self.names, processed))
+        fairy = connection.connection
+        cursor = _connection_cursor(fairy) if self.reuses_cursor else fairy.cursor()
         try:
             cursor.execute(self.sql, parameters)
             return cursor.fetchone() if self.returns_rows else None
         finally:
-            cursor.close()
+            if not self.reuses_cursor:
+                cursor.close()
 
 
 def _connection_cursor(fairy):
